@@ -1,0 +1,245 @@
+"""Command-line entry points: `swarmllm bootstrap | serve | generate | up | models`.
+
+Only argument parsing and printing live here; each command calls into the package.
+Errors a user can meet (unknown model, unreachable peers, missing blocks, a port in use,
+a prompt longer than max_length) are printed as one clear sentence with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Optional, Sequence
+
+from swarmllm.local_swarm import READY_MARKER
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _parse_blocks(text: str) -> tuple[int, int]:
+    try:
+        start, end = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--blocks must look like START:END (e.g. 0:10), got {text!r}") from None
+    if not 0 <= start < end:
+        raise argparse.ArgumentTypeError(f"--blocks {text}: need 0 <= START < END")
+    return start, end
+
+
+def _print_ready(payload: dict) -> None:
+    print(READY_MARKER + json.dumps(payload), flush=True)
+
+
+# --- bootstrap -----------------------------------------------------------------------
+def cmd_bootstrap(args) -> int:
+    from swarmllm.swarm import SwarmNode
+
+    async def main() -> None:
+        node = await SwarmNode.create(args.initial_peers or (), host=args.host, port=args.port,
+                                      identity_path=args.identity)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        addresses = await node.visible_addresses()
+        print("swarmllm bootstrap peer is up. Other peers join with:", flush=True)
+        for address in addresses:
+            print(f"  --initial-peers {address}", flush=True)
+        _print_ready({"role": "bootstrap", "peer_id": node.peer_id, "addresses": addresses})
+        await stop.wait()
+        await node.shutdown()
+
+    asyncio.run(main())
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from swarmllm.server.node import ServerConfig, ServerNode
+
+    config = ServerConfig(
+        model=args.model, initial_peers=tuple(args.initial_peers), blocks=args.blocks, num_blocks=args.num_blocks,
+        host=args.host, port=args.port, announce_addresses=tuple(args.announce or ()),
+        max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
+        session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
+        throughput=args.throughput)
+
+    def on_ready(status) -> None:
+        print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
+              f"loaded in {status.load_seconds:.2f} s, {status.throughput:.1f} tokens/s, "
+              f"ready {status.startup_seconds:.2f} s after start", flush=True)
+        _print_ready({"role": "server", "peer_id": status.peer_id, "start": status.start, "end": status.end,
+                      "addresses": status.addresses, "load_seconds": status.load_seconds,
+                      "startup_seconds": status.startup_seconds, "throughput": status.throughput})
+
+    async def main() -> None:
+        node = ServerNode(config)
+        node.install_signal_handlers()
+        await node.run(on_ready=on_ready)
+
+    asyncio.run(main())
+    return 0
+
+
+# --- generate ------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+    from swarmllm.client.generation import generate_text
+    from swarmllm.engine.sampling import SamplingParams
+
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ()))
+    if not args.local and not args.initial_peers:
+        raise SystemExit("swarmllm generate: pass --initial-peers MADDR to use a swarm, or --local to run in-process")
+    result = generate_text(args.model, args.prompt, params, initial_peers=None if args.local else args.initial_peers,
+                           system=args.system, raw=args.raw, max_length=args.max_length,
+                           stream_to=None if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print()
+        print(f"[{result['generated_tokens']} tokens, {result['decode_tokens_per_second']:.1f} tokens/s, "
+              f"ttft {result['time_to_first_token'] * 1000:.0f} ms, via {result['route']}]", file=sys.stderr)
+    return 0
+
+
+# --- up --------------------------------------------------------------------------------
+def cmd_up(args) -> int:
+    from swarmllm.local_swarm import LocalSwarm, even_spans
+    from swarmllm.weights import read_config
+    from swarmllm.models.catalog import resolve_model
+
+    source = resolve_model(args.model)
+    n_blocks = read_config(source).n_blocks
+    spans = even_spans(n_blocks, args.nodes)
+    print(f"starting a local swarm: bootstrap + {args.nodes} nodes serving {source.model_id} "
+          f"({n_blocks} blocks: {', '.join(f'[{a}, {b})' for a, b in spans)})", flush=True)
+    swarm = LocalSwarm(args.model, spans, log_dir=args.log_dir)
+    started = time.perf_counter()
+    try:
+        swarm.start(timeout=args.timeout)
+        peers = " ".join(swarm.initial_peers)
+        print(f"swarm ready in {time.perf_counter() - started:.1f} s; logs in {swarm.log_dir}", flush=True)
+        for node in swarm.nodes:
+            r = node.ready
+            print(f"  {node.name}: peer {r['peer_id']} blocks [{r['start']}, {r['end']}) "
+                  f"{r['throughput']:.0f} tokens/s", flush=True)
+        print("\nGenerate through it from another terminal:\n"
+              f"  swarmllm generate --model {args.model} --initial-peers {peers} \"Tell me about bees\"\n"
+              f"Join it with another node:\n  swarmllm serve --model {args.model} --initial-peers {peers} "
+              f"--blocks 0:{n_blocks}\n", flush=True)
+        _print_ready({"role": "up", "initial_peers": swarm.initial_peers, "log_dir": str(swarm.log_dir)})
+        if args.prompt:
+            from swarmllm.client.generation import generate_text
+            from swarmllm.engine.sampling import SamplingParams
+            print(f"> {args.prompt}", flush=True)
+            generate_text(args.model, args.prompt, SamplingParams(max_new_tokens=args.max_new_tokens),
+                          initial_peers=swarm.initial_peers, stream_to=sys.stdout)
+            print(flush=True)
+        if args.exit_after_prompt:
+            return 0
+        print("Press Ctrl-C to stop the swarm.", flush=True)
+        stop = {"now": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        while not stop["now"]:
+            for node in swarm.nodes:
+                if not node.alive:
+                    print(f"warning: {node.name} exited:\n{node.log_tail()}", file=sys.stderr, flush=True)
+                    swarm.nodes.remove(node)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping the swarm...", flush=True)
+        swarm.stop()
+    return 0
+
+
+def cmd_models(args) -> int:
+    from swarmllm.models.catalog import list_catalog
+    for entry in list_catalog():
+        print(entry)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarmllm", description="Run LLMs over a P2P swarm of volunteer nodes.")
+    parser.add_argument("--log-level", default=os.environ.get("SWARMLLM_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bootstrap", help="run a DHT entry peer and print the multiaddr others join with")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
+    p.add_argument("--port", type=int, default=31337, help="TCP port (0 = any free port)")
+    p.add_argument("--initial-peers", nargs="*", default=[], help="other bootstrap peers to connect to")
+    p.add_argument("--identity", help="private key file: keeps the peer id (and so the multiaddr) across restarts")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("serve", help="host a span of blocks of a model")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name (see `swarmllm models`) or .gguf / folder path")
+    p.add_argument("--initial-peers", nargs="+", required=True, help="multiaddr(s) of peers already in the swarm")
+    p.add_argument("--blocks", type=_parse_blocks, help="START:END half-open span to host (default: chosen from the DHT)")
+    p.add_argument("--num-blocks", type=int, help="span length when --blocks is not given")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    p.add_argument("--announce", nargs="*", help="multiaddrs to announce instead of the listening ones (NAT, relays)")
+    p.add_argument("--max-length", type=int, default=4096, help="longest session (positions) to accept")
+    p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory budget for all sessions")
+    p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
+    p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")
+    p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
+    p.add_argument("--identity", help="private key file for a stable peer id")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
+    p.add_argument("prompt")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--initial-peers", nargs="+", default=[])
+    p.add_argument("--local", action="store_true", help="run the whole model in this process (the reference)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", nargs="*", help="stop strings")
+    p.add_argument("--system", help="system message for the chat template")
+    p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    p.add_argument("--json", action="store_true", help="print text, token ids and timings as JSON")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("up", help="start a local swarm (bootstrap + nodes) on the bundled model and keep it up")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--log-dir")
+    p.add_argument("--prompt", help="generate a reply to this prompt once the swarm is ready")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--exit-after-prompt", action="store_true", help="stop the swarm after --prompt (for scripts)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("models", help="list the model catalog")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from swarmllm.protocol import SwarmError
+    known: tuple = (SwarmError, ConnectionError, ValueError, FileNotFoundError, TimeoutError)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except known as e:
+        print(f"swarmllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

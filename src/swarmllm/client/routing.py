@@ -1,0 +1,112 @@
+"""Chain routing: pick servers that cover blocks [0, n) with the least per-token latency.
+
+Pure functions over announced `ServerRecord`s and measured RTTs; no I/O.
+
+Model of one token through a chain of hops h_1..h_k (server s_i running blocks [a_i, b_i)):
+    latency = sum_i ( link(s_i) + (b_i - a_i) / (throughput(s_i) * span_length(s_i)) )
+where `link(s)` is half the measured client<->s RTT (a stand-in for the server->server link,
+which the client cannot measure; unknown RTTs count `DEFAULT_RTT`) plus `HOP_OVERHEAD`,
+the fixed cost of one more hop (encode, decode, framing). Shortest path over block
+boundaries 0..n, so overlapping spans combine (a server may serve a sub-span).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from swarmllm.protocol import ServerRecord, ServerState, SwarmError
+from swarmllm.protocol.messages import PROTOCOL_VERSION
+
+DEFAULT_RTT = 0.15       # seconds, for servers we have not pinged
+HOP_OVERHEAD = 0.002     # seconds per extra hop
+
+
+class MissingBlocksError(SwarmError):
+    """No online server covers some blocks of the model."""
+
+    def __init__(self, model_id: str, n_blocks: int, missing: list[tuple[int, int]]):
+        spans = ", ".join(f"[{a}, {b})" for a, b in missing)
+        super().__init__(f"no online server hosts blocks {spans} of {model_id} (of {n_blocks} blocks); start a node "
+                         f"with --blocks covering them, or wait for nodes to join")
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One hop of a chain: `record`'s server runs blocks [start, end)."""
+
+    record: ServerRecord
+    start: int
+    end: int
+
+    @property
+    def peer_id(self) -> str:
+        return self.record.peer_id
+
+
+def usable(record: ServerRecord, max_length: int = 1) -> bool:
+    return (record.state == ServerState.ONLINE and record.protocol_version == PROTOCOL_VERSION
+            and record.max_session_length >= max_length)
+
+
+def missing_spans(n_blocks: int, records: Iterable[ServerRecord]) -> list[tuple[int, int]]:
+    covered = [False] * n_blocks
+    for r in records:
+        for b in range(max(0, r.start), min(n_blocks, r.end)):
+            covered[b] = True
+    spans, b = [], 0
+    while b < n_blocks:
+        if not covered[b]:
+            a = b
+            while b < n_blocks and not covered[b]:
+                b += 1
+            spans.append((a, b))
+        else:
+            b += 1
+    return spans
+
+
+def hop_cost(record: ServerRecord, start: int, end: int, rtts: Mapping[str, float]) -> float:
+    per_block = 1.0 / (max(record.throughput, 1e-6) * max(record.span_length, 1))
+    return rtts.get(record.peer_id, DEFAULT_RTT) / 2 + HOP_OVERHEAD + (end - start) * per_block
+
+
+def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rtts: Mapping[str, float] | None = None,
+               *, max_length: int = 1, exclude: Iterable[str] = ()) -> list[ChainLink]:
+    """Cheapest chain covering [0, n_blocks); raises MissingBlocksError naming the gaps."""
+    rtts = rtts or {}
+    excluded = set(exclude)
+    candidates = [r for r in records if usable(r, max_length) and r.peer_id not in excluded]
+    gaps = missing_spans(n_blocks, candidates)
+    if gaps:
+        raise MissingBlocksError(model_id, n_blocks, gaps)
+    # Dijkstra over block boundaries; from boundary i a server covering i can take us to any j <= its end.
+    best: dict[int, float] = {0: 0.0}
+    back: dict[int, tuple[int, ServerRecord]] = {}
+    heap = [(0.0, 0)]
+    while heap:
+        cost, i = heapq.heappop(heap)
+        if i == n_blocks:
+            break
+        if cost > best.get(i, float("inf")):
+            continue
+        for r in candidates:
+            if not (r.start <= i < r.end):
+                continue
+            for j in range(i + 1, min(r.end, n_blocks) + 1):
+                c = cost + hop_cost(r, i, j, rtts)
+                if c < best.get(j, float("inf")) - 1e-12:
+                    best[j], back[j] = c, (i, r)
+                    heapq.heappush(heap, (c, j))
+    chain, j = [], n_blocks
+    while j > 0:
+        i, r = back[j]
+        chain.append(ChainLink(record=r, start=i, end=j))
+        j = i
+    return chain[::-1]
+
+
+def estimated_latency(chain: list[ChainLink], rtts: Mapping[str, float] | None = None) -> float:
+    return sum(hop_cost(link.record, link.start, link.end, rtts or {}) for link in chain)

@@ -1,0 +1,151 @@
+"""Start a whole swarm on this machine: a bootstrap peer and N node processes.
+
+Used by `swarmllm up`, by the integration-test fixtures and by the benchmarks, so all three
+exercise the same real processes talking over the real P2P stack. Each process writes its
+output to a log file; readiness is read from the `READY_MARKER` line each process prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+READY_MARKER = "swarmllm-ready "
+
+
+class LocalSwarmError(RuntimeError):
+    pass
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    args: list[str]
+    log_path: Path
+    process: Optional[subprocess.Popen] = None
+    ready: Optional[dict] = None
+
+    def start(self, env: dict) -> None:
+        self.ready = None
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def poll_ready(self) -> Optional[dict]:
+        if self.ready is None and self.log_path.exists():
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if line.startswith(READY_MARKER):
+                    self.ready = json.loads(line[len(READY_MARKER):])
+        return self.ready
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            os.kill(self.process.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+@dataclass
+class LocalSwarm:
+    model: str
+    spans: Sequence[tuple[int, int]]
+    host: str = "127.0.0.1"
+    node_args: Sequence[str] = ()
+    log_dir: Optional[Path] = None
+    env: dict = field(default_factory=dict)
+    bootstrap: Optional[ManagedProcess] = None
+    nodes: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def initial_peers(self) -> list[str]:
+        if self.bootstrap is None or self.bootstrap.ready is None:
+            raise LocalSwarmError("the bootstrap peer is not running")
+        return self.bootstrap.ready["addresses"]
+
+    def _env(self) -> dict:
+        env = dict(os.environ)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on shared cores
+        env.update(self.env)
+        return env
+
+    def start(self, timeout: float = 120.0) -> "LocalSwarm":
+        self.log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="swarmllm-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        cli = [sys.executable, "-m", "swarmllm.cli"]
+        self.bootstrap = ManagedProcess("bootstrap", cli + ["bootstrap", "--host", self.host, "--port", "0"],
+                                        self.log_dir / "bootstrap.log")
+        self.bootstrap.start(self._env())
+        self._wait([self.bootstrap], timeout)
+        for i, (start, end) in enumerate(self.spans):
+            self.add_node(start, end, name=f"node{i}")
+        self._wait(self.nodes, timeout)
+        return self
+
+    def add_node(self, start: int, end: int, name: Optional[str] = None, extra_args: Sequence[str] = ()) -> ManagedProcess:
+        cli = [sys.executable, "-m", "swarmllm.cli"]
+        name = name or f"node{len(self.nodes)}"
+        node = ManagedProcess(name, cli + ["serve", "--model", self.model, "--initial-peers", *self.initial_peers,
+                                           "--blocks", f"{start}:{end}", "--host", self.host, *self.node_args,
+                                           *extra_args], self.log_dir / f"{name}.log")
+        node.start(self._env())
+        self.nodes.append(node)
+        return node
+
+    def wait_ready(self, processes: Sequence[ManagedProcess], timeout: float = 120.0) -> None:
+        self._wait(processes, timeout)
+
+    def _wait(self, processes: Sequence[ManagedProcess], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(processes)
+        while pending:
+            for proc in list(pending):
+                if proc.poll_ready() is not None:
+                    pending.remove(proc)
+                elif not proc.alive:
+                    raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}")
+            if pending and time.monotonic() > deadline:
+                raise LocalSwarmError(f"{pending[0].name} was not ready after {timeout:.0f} s:\n{pending[0].log_tail()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.nodes + ([self.bootstrap] if self.bootstrap else []):
+            proc.stop()
+
+    def __enter__(self) -> "LocalSwarm":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def even_spans(n_blocks: int, n_nodes: int) -> list[tuple[int, int]]:
+    """Split [0, n_blocks) into n_nodes contiguous spans of near-equal length."""
+    bounds = [round(i * n_blocks / n_nodes) for i in range(n_nodes + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(n_nodes)]

@@ -1,0 +1,34 @@
+"""Wire messages, DHT record schemas, errors and the protocol version.
+
+This package holds data definitions and their (de)serialisation only: no networking, no
+compute. Client and server meet here and nowhere else.
+"""
+
+from swarmllm.protocol.errors import ErrorCode, ProtocolError, SwarmError
+from swarmllm.protocol.messages import (
+    PROTOCOL_VERSION,
+    CloseSession,
+    ErrorReply,
+    Message,
+    NextHop,
+    OpenSession,
+    Ping,
+    Pong,
+    PING_HANDLER,
+    PUSH_HANDLER,
+    SESSION_HANDLER,
+    SessionOpened,
+    Step,
+    StepResult,
+    TensorMeta,
+    WIRE_DTYPES,
+)
+from swarmllm.protocol.codec import decode_frame, encode_frame, encode_tensor, decode_tensor
+from swarmllm.protocol.records import ServerRecord, parse_records, ServerState, block_key, model_registry_key, MODEL_REGISTRY_KEY
+
+__all__ = [
+    "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "SwarmError",
+    "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "PING_HANDLER", "PUSH_HANDLER", "SESSION_HANDLER", "SessionOpened", "Step",
+    "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
+    "ServerRecord", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
+]

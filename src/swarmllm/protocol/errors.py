@@ -1,0 +1,39 @@
+"""Errors that cross the wire or reach a user.
+
+Every error a node sends carries a stable `ErrorCode` (so a client can decide whether to
+retry elsewhere) and a sentence a person can act on. Nothing here raises on its own.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    """Why a request failed. Clients branch on these, so values never change meaning."""
+
+    MALFORMED = "malformed"                    # frame or header could not be parsed
+    VERSION_MISMATCH = "version_mismatch"      # peer speaks another protocol version
+    UNKNOWN_SESSION = "unknown_session"        # session id not open on this node (closed, evicted)
+    BAD_SPAN = "bad_span"                      # requested blocks not hosted by this node
+    BAD_SHAPE = "bad_shape"                    # tensor shape/dtype/size does not fit the session
+    POSITION = "position"                      # step does not continue the session's positions
+    STALE_STEP = "stale_step"                  # step id already applied (duplicate or replay)
+    OUT_OF_CAPACITY = "out_of_capacity"        # not enough KV-cache room for max_length
+    TOO_LONG = "too_long"                      # positions would exceed the session's max_length
+    DOWNSTREAM = "downstream"                  # the next server of the chain failed or is unreachable
+    SHUTTING_DOWN = "shutting_down"            # node is leaving; open the session elsewhere
+    INTERNAL = "internal"                      # bug on the node; the session is still valid
+
+
+class SwarmError(Exception):
+    """Base class of errors a swarmllm user can meet; `str()` is a clear sentence."""
+
+
+class ProtocolError(SwarmError):
+    """A message broke the protocol; carries the code to send back."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message

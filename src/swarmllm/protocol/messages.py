@@ -1,0 +1,145 @@
+"""Typed, versioned wire messages of the inference protocol.
+
+One session = one bidirectional stream from the client to each server of its chain
+(handler `SESSION_HANDLER`). Hidden states flow client -> server 1 -> server 2 -> ... ->
+last server -> client: each server pushes its output to the next one over a push stream
+(handler `PUSH_HANDLER`), and only the last server answers on the client's stream. Every
+server may send an `ErrorReply` to the client on its own session stream.
+
+    client                 server A [0,10)      server B [10,20)     server C [20,30)
+      |-- OpenSession ------->|                      |                    |
+      |-- OpenSession ------------------------------>|                    |
+      |-- OpenSession ------------------------------------------------->|
+      |<- SessionOpened ...  (one per server)
+      |-- Step(h, pos) ------>|-- Step(h', pos) ---->|-- Step(h'', pos) ->|
+      |<------------------------------------------------- StepResult ----|
+
+Messages are pydantic models, frozen, with a literal `type` tag; tensors travel beside the
+header as raw bytes described by a `TensorMeta` (see codec.py). Steps are deterministic
+given (session inputs, positions): a step can be replayed on another server or on two
+servers at once and the outputs compared, which later verification builds on.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
+PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
+PING_HANDLER = "swarmllm.v1.ping"         # anyone -> server: liveness and RTT
+
+# Wire dtypes of hidden states. fp32 is exact; 16-bit halves the bytes per hop.
+WIRE_DTYPES = ("float32", "float16", "bfloat16")
+
+MAX_POSITIONS_PER_STEP = 8192  # a single step may carry at most this many new positions
+MAX_SESSION_LENGTH = 131072    # sanity bound on max_length, whatever the node's memory
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorMeta(_Wire):
+    """Describes the raw bytes that follow a header."""
+
+    dtype: Literal["float32", "float16", "bfloat16"]  # element type on the wire
+    shape: tuple[int, ...]                            # e.g. (batch=1, positions, hidden)
+
+
+class NextHop(_Wire):
+    """Where a server pushes its output for a session instead of replying to the client."""
+
+    peer_id: str     # base58 libp2p peer id of the next server
+    session_id: str  # the session id the next server knows this session by
+
+
+class OpenSession(_Wire):
+    """Client -> server: reserve KV cache for a session over blocks [start, end)."""
+
+    type: Literal["open_session"] = "open_session"
+    protocol_version: int = PROTOCOL_VERSION  # must equal the server's PROTOCOL_VERSION
+    session_id: str = Field(min_length=8, max_length=64)  # random, chosen by the client
+    model_id: str                     # catalog id of the model, e.g. "smollm2-135m"
+    start: int = Field(ge=0)          # first block to run (inclusive)
+    end: int = Field(gt=0)            # last block to run (exclusive)
+    max_length: int = Field(gt=0, le=MAX_SESSION_LENGTH)  # positions to reserve KV cache for
+    wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype of pushed/returned hidden states
+    next_hop: Optional[NextHop] = None  # None: this server is last and replies to the client
+
+
+class SessionOpened(_Wire):
+    """Server -> client: the session is ready; KV cache for max_length is reserved."""
+
+    type: Literal["session_opened"] = "session_opened"
+    session_id: str
+    peer_id: str                 # the server's own peer id (for the client's records)
+    start: int
+    end: int
+    max_length: int
+
+
+class Step(_Wire):
+    """Hidden states for new positions: client -> first server, or server -> next server.
+
+    Positions [start_position, start_position + T) are processed, where T = tensor.shape[1].
+    start_position must equal the number of positions the server has cached, or be smaller
+    to roll the cache back (speculative decoding, replay after failover).
+    """
+
+    type: Literal["step"] = "step"
+    session_id: str
+    step_id: int = Field(ge=0)         # strictly increasing per session; duplicates are rejected
+    start_position: int = Field(ge=0)  # absolute position of the first new token
+    tensor: TensorMeta                 # hidden states [1, T, hidden]
+
+
+class StepResult(_Wire):
+    """Last server -> client: the chain's output hidden states for a step."""
+
+    type: Literal["step_result"] = "step_result"
+    session_id: str
+    step_id: int
+    start_position: int
+    tensor: TensorMeta
+    compute_seconds: float = 0.0  # time this server spent computing (for diagnostics)
+
+
+class CloseSession(_Wire):
+    """Client -> server: release the session's KV cache now."""
+
+    type: Literal["close_session"] = "close_session"
+    session_id: str
+
+
+class ErrorReply(_Wire):
+    """Server -> client (on the session stream) or -> caller: a request failed."""
+
+    type: Literal["error"] = "error"
+    code: str                         # an ErrorCode value
+    message: str                      # a sentence saying what was wrong
+    session_id: Optional[str] = None  # the session concerned, if known
+    step_id: Optional[int] = None     # the step concerned, if known
+    peer_id: Optional[str] = None     # the server that raised it (a server may relay a downstream error)
+
+
+class Ping(_Wire):
+    """Anyone -> server: liveness probe; the reply measures RTT."""
+
+    type: Literal["ping"] = "ping"
+    nonce: int = 0
+
+
+class Pong(_Wire):
+    type: Literal["pong"] = "pong"
+    nonce: int = 0
+    peer_id: str = ""
+
+
+Message = Annotated[
+    Union[OpenSession, SessionOpened, Step, StepResult, CloseSession, ErrorReply, Ping, Pong],
+    Field(discriminator="type"),
+]

@@ -1,0 +1,81 @@
+"""DHT record schemas: what a node announces and under which keys.
+
+A node hosting blocks [start, end) of model M stores, for every block i in its span,
+a `ServerRecord` under key `block_key(M, i)` with subkey = its peer id, and one entry under
+`MODEL_REGISTRY_KEY` with subkey = M so that gateways can list models. Records expire
+`ttl` seconds after each refresh, so a node that stops refreshing drops out of routing.
+
+Records are unsigned today; `peer_id` is explicit so that a later signature check (and
+per-node reputation, trust radius) attaches to the same identity without a redesign.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from swarmllm.protocol.messages import PROTOCOL_VERSION
+
+MODEL_REGISTRY_KEY = "swarmllm.v1.models"
+
+
+def block_key(model_id: str, block: int) -> str:
+    return f"swarmllm.v1.{model_id}.block{block}"
+
+
+def model_registry_key() -> str:
+    return MODEL_REGISTRY_KEY
+
+
+class ServerState(str, Enum):
+    JOINING = "joining"   # loading weights; not routable yet
+    ONLINE = "online"     # accepting sessions
+    LEAVING = "leaving"   # draining: finishing in-flight steps, refusing new sessions
+
+
+class ServerRecord(BaseModel):
+    """What a node announces about itself for one model."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    peer_id: str                      # base58 libp2p peer id: the node's identity
+    model_id: str                     # catalog id of the hosted model
+    start: int = Field(ge=0)          # first hosted block (inclusive)
+    end: int = Field(gt=0)            # last hosted block (exclusive)
+    n_blocks: int = Field(gt=0)       # total blocks of the model (so anyone can spot gaps)
+    state: ServerState = ServerState.ONLINE
+    throughput: float = Field(ge=0)   # decode tokens/s through the whole span, measured at start-up
+    free_cache_tokens: int = Field(ge=0)  # KV positions it can still reserve for new sessions
+    max_session_length: int = Field(gt=0)  # longest session it accepts
+    active_sessions: int = Field(default=0, ge=0)
+    compute_dtype: str = "float32"
+    protocol_version: int = PROTOCOL_VERSION
+    addresses: tuple[str, ...] = ()   # multiaddrs the node is reachable at
+    software_version: str = ""
+
+    @property
+    def span_length(self) -> int:
+        return self.end - self.start
+
+    def covers(self, block: int) -> bool:
+        return self.start <= block < self.end
+
+
+def parse_records(found: Mapping[str, Mapping[str, dict]], model_id: Optional[str] = None) -> list[ServerRecord]:
+    """Validate raw DHT values ({key: {subkey: value}}) into records, one per peer.
+
+    Malformed values are skipped: any peer can write to the DHT, so a bad record must not
+    make a whole lookup fail.
+    """
+    records: dict[str, ServerRecord] = {}
+    for subs in found.values():
+        for value in subs.values():
+            try:
+                record = ServerRecord.model_validate(value)
+            except ValueError:
+                continue
+            if model_id is None or record.model_id == model_id:
+                records[record.peer_id] = record
+    return list(records.values())

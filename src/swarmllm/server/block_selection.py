@@ -1,0 +1,44 @@
+"""Choosing which blocks a node serves when the operator did not say (pure functions).
+
+Rule: among all windows of `num_blocks` consecutive blocks, take the one that fills the
+most uncovered blocks; then the one whose weakest block is least served (fewest servers,
+then lowest summed throughput); then the one with the lowest total throughput. Ties go to the lowest start, so nodes
+starting together spread out deterministically once their records are visible.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from swarmllm.protocol import ServerRecord
+
+
+def block_coverage(n_blocks: int, records: Iterable[ServerRecord]) -> tuple[list[int], list[float]]:
+    """Per block: (number of serving nodes, their summed throughput)."""
+    counts, throughput = [0] * n_blocks, [0.0] * n_blocks
+    seen: set[tuple[str, int]] = set()
+    for record in records:
+        for block in range(max(0, record.start), min(n_blocks, record.end)):
+            if (record.peer_id, block) not in seen:
+                seen.add((record.peer_id, block))
+                counts[block] += 1
+                throughput[block] += record.throughput
+    return counts, throughput
+
+
+def choose_span(n_blocks: int, num_blocks: int, records: Iterable[ServerRecord]) -> tuple[int, int]:
+    """The half-open span [start, end) a new node should serve."""
+    num_blocks = max(1, min(num_blocks, n_blocks))
+    counts, throughput = block_coverage(n_blocks, records)
+    best_start, best_key = 0, None
+    for start in range(0, n_blocks - num_blocks + 1):
+        window = range(start, start + num_blocks)
+        # Most important: how many blocks of the window nobody serves (more is better), then the
+        # weakest block's coverage and throughput (lower is better), then the window's total
+        # throughput (lower is better: reinforce as many weak blocks as possible).
+        uncovered = sum(1 for b in window if counts[b] == 0)
+        key = (-uncovered, min(counts[b] for b in window), min(throughput[b] for b in window),
+               sum(throughput[b] for b in window))
+        if best_key is None or key < best_key:
+            best_start, best_key = start, key
+    return best_start, best_start + num_blocks

@@ -1,0 +1,181 @@
+"""Request handlers: wire messages in, compute, hidden states out to the next hop.
+
+Flow of one step on a node: validate (sessions.py) -> decode tensor -> run the span on
+the compute thread -> encode -> push to the next server (or reply to the client if this
+node is last). Every failure becomes an `ErrorReply` on the client's session stream; a
+bad message from one peer never affects another session, and never stops the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+from swarmllm.protocol import (
+    PUSH_HANDLER, CloseSession, ErrorCode, ErrorReply, OpenSession, Ping, Pong, ProtocolError, SessionOpened, Step,
+    StepResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
+)
+from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.server.sessions import ServerSession, SessionTable
+
+logger = logging.getLogger(__name__)
+
+
+class SessionService:
+    """Serves the session and push streams of one node."""
+
+    def __init__(self, swarm, backend, table: SessionTable, model_id: str):
+        self.swarm, self.backend, self.table, self.model_id = swarm, backend, table, model_id
+        self.peer_id: str = swarm.peer_id
+        # One compute thread: steps of all sessions are serialised on the span's weights.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmllm-compute")
+        self.accepting = True
+        self.tokens_processed = 0
+
+    # --- stream entry points ---------------------------------------------------------
+    async def serve_session_stream(self, stream) -> None:
+        """A client's stream: OpenSession first, then Steps / CloseSession / Ping."""
+        opened: list[str] = []
+        try:
+            while True:
+                frame = await stream.recv()
+                msg = None
+                try:
+                    msg, payload = decode_frame(frame)
+                    if isinstance(msg, OpenSession):
+                        await self._open(msg, stream)
+                        opened.append(msg.session_id)
+                    elif isinstance(msg, Step):
+                        await self._step(msg, payload)
+                    elif isinstance(msg, CloseSession):
+                        self.close_session(msg.session_id)
+                    elif isinstance(msg, Ping):
+                        await stream.send(encode_frame(Pong(nonce=msg.nonce, peer_id=self.peer_id)))
+                    else:
+                        raise ProtocolError(ErrorCode.MALFORMED, f"a server does not accept {msg.type!r} messages")
+                except ProtocolError as e:
+                    await self._reply_error(stream, e, getattr(msg, "session_id", None), getattr(msg, "step_id", None))
+        finally:
+            for session_id in opened:  # the client went away: free what it held
+                self.close_session(session_id)
+
+    async def serve_push_stream(self, stream) -> None:
+        """The previous server's stream: Steps only. Errors go to the session's client."""
+        while True:
+            frame = await stream.recv()
+            msg = None
+            try:
+                msg, payload = decode_frame(frame)
+                if not isinstance(msg, Step):
+                    raise ProtocolError(ErrorCode.MALFORMED, f"push streams carry steps only, not {msg.type!r}")
+                await self._step(msg, payload)
+            except ProtocolError as e:
+                # Tell the upstream server too: it relays the failure to its client.
+                await self._reply_error(stream, e, getattr(msg, "session_id", None), getattr(msg, "step_id", None))
+
+    # --- operations --------------------------------------------------------------------
+    async def _open(self, msg: OpenSession, stream) -> None:
+        if msg.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(ErrorCode.VERSION_MISMATCH, f"client speaks protocol v{msg.protocol_version}, this "
+                                                            f"node speaks v{PROTOCOL_VERSION}; upgrade swarmllm")
+        if not self.accepting:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "this node is shutting down; open the session elsewhere")
+        self.table.check_open(msg, self.model_id)
+        cache = self.backend.new_cache(msg.start, msg.end, msg.max_length)
+        session = ServerSession(
+            session_id=msg.session_id, start=msg.start, end=msg.end, max_length=msg.max_length,
+            wire_dtype=msg.wire_dtype, next_hop=msg.next_hop, cache=cache,
+            reserved_tokens=msg.max_length * (msg.end - msg.start), client_stream=stream)
+        self.table.add(session)
+        await stream.send(encode_frame(SessionOpened(session_id=msg.session_id, peer_id=self.peer_id,
+                                                     start=msg.start, end=msg.end, max_length=msg.max_length)))
+
+    async def _step(self, msg: Step, payload) -> None:
+        session = self.table.get(msg.session_id)
+        async with session.lock:
+            if session.closed:
+                raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"session {msg.session_id} was closed")
+            session.last_active = time.monotonic()
+            try:
+                n_new = self.table.validate_step(session, msg)
+                hidden = decode_tensor(msg.tensor, payload, self.backend.dtype)
+            except ProtocolError as e:
+                await self._reply_error(session.client_stream, e, session.session_id, msg.step_id)
+                return
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            try:
+                output = await loop.run_in_executor(self.executor, self.backend.forward, hidden, session.cache,
+                                                    session.start, session.end, msg.start_position)
+            except Exception as e:  # keep the node alive; the session stays consistent (see backend)
+                logger.exception("compute failed for session %s", session.session_id)
+                await self._reply_error(session.client_stream, ProtocolError(ErrorCode.INTERNAL, f"compute failed: {e}"),
+                                        session.session_id, msg.step_id)
+                return
+            compute_seconds = time.perf_counter() - started
+            session.last_step_id = msg.step_id
+            self.tokens_processed += n_new
+            meta, raw = encode_tensor(output, session.wire_dtype)
+            if session.next_hop is None:
+                result = StepResult(session_id=session.session_id, step_id=msg.step_id,
+                                    start_position=msg.start_position, tensor=meta, compute_seconds=compute_seconds)
+                await session.client_stream.send(encode_frame(result, raw))
+            else:
+                await self._push(session, Step(session_id=session.next_hop.session_id, step_id=msg.step_id,
+                                               start_position=msg.start_position, tensor=meta), raw)
+
+    async def _push(self, session: ServerSession, step: Step, raw: bytes) -> None:
+        next_peer = session.next_hop.peer_id
+        try:
+            if session.push_stream is None or session.push_stream.closed:
+                session.push_stream = await self.swarm.open_stream(next_peer, PUSH_HANDLER)
+                asyncio.create_task(self._relay_downstream_errors(session, session.push_stream))
+            await session.push_stream.send(encode_frame(step, raw))
+        except ConnectionError as e:
+            error = ProtocolError(ErrorCode.DOWNSTREAM, f"could not push step {step.step_id} to the next server "
+                                                        f"{next_peer}: {e}")
+            await self._reply_error(session.client_stream, error, session.session_id, step.step_id, peer_id=next_peer)
+
+    async def _relay_downstream_errors(self, session: ServerSession, push_stream) -> None:
+        """Errors the next server sends back on the push stream are relayed to our client."""
+        try:
+            while True:
+                msg, _ = decode_frame(await push_stream.recv())
+                if isinstance(msg, ErrorReply) and not session.closed:
+                    await session.client_stream.send(encode_frame(ErrorReply(
+                        code=ErrorCode.DOWNSTREAM.value, message=f"next server failed: {msg.message}",
+                        session_id=session.session_id, step_id=msg.step_id,
+                        peer_id=session.next_hop.peer_id)))
+        except (ConnectionError, ProtocolError):
+            pass
+
+    def close_session(self, session_id: str) -> None:
+        session = self.table.remove(session_id)
+        if session is not None:
+            if session.push_stream is not None:
+                session.push_stream.close()
+            session.cache = None  # drop the KV tensors now
+
+    def evict_idle(self, timeout: float) -> list[str]:
+        evicted = self.table.idle_sessions(timeout)
+        for session_id in evicted:
+            logger.info("evicting idle session %s", session_id)
+            session = self.table.sessions.get(session_id)
+            self.close_session(session_id)
+            if session is not None and session.client_stream is not None:
+                session.client_stream.close()
+        return evicted
+
+    async def _reply_error(self, stream, error: ProtocolError, session_id: Optional[str], step_id: Optional[int],
+                           peer_id: Optional[str] = None) -> None:
+        if stream is None:
+            return
+        reply = ErrorReply(code=error.code.value, message=error.message, session_id=session_id, step_id=step_id,
+                           peer_id=peer_id or self.peer_id)
+        try:
+            await stream.send(encode_frame(reply))
+        except ConnectionError:
+            pass

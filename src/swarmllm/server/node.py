@@ -1,0 +1,161 @@
+"""Node lifecycle: load a span, measure it, join the swarm, announce, serve, leave.
+
+`ServerNode.run()` is the whole life of a `swarmllm serve` process:
+1. resolve the model and read its config (no weights yet);
+2. join the swarm; if no span was given, choose one from the DHT records;
+3. load only that span's tensors and measure its decode throughput;
+4. register the session/push/ping handlers and announce a `ServerRecord` under every
+   block key, refreshed every `announce_period` s and expiring after `record_ttl` s;
+5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
+   steps finish (bounded by `drain_seconds`), and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from swarmllm import __version__
+from swarmllm.protocol import (
+    MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key, parse_records,
+)
+from swarmllm.server.backend import SpanBackend
+from swarmllm.server.block_selection import choose_span
+from swarmllm.server.handlers import SessionService
+from swarmllm.server.sessions import SessionTable
+from swarmllm.swarm import SwarmNode, dht_time
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str                                  # catalog name or path
+    initial_peers: tuple[str, ...] = ()
+    blocks: Optional[tuple[int, int]] = None    # [start, end); None = choose from the DHT
+    num_blocks: Optional[int] = None            # span length when choosing (default: a third of the model)
+    host: str = "127.0.0.1"
+    port: int = 0
+    announce_addresses: tuple[str, ...] = ()
+    max_session_length: int = 4096
+    cache_memory_bytes: int = 512 * 2**20       # KV-cache budget for all sessions
+    announce_period: float = 5.0
+    record_ttl: float = 15.0
+    session_timeout: float = 300.0              # idle sessions are evicted after this
+    drain_seconds: float = 10.0
+    num_threads: Optional[int] = None
+    identity_path: Optional[str] = None
+    throughput: Optional[float] = None          # announce this instead of measuring
+
+
+@dataclass
+class NodeStatus:
+    peer_id: str = ""
+    start: int = 0
+    end: int = 0
+    load_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    throughput: float = 0.0
+    addresses: list[str] = field(default_factory=list)
+
+
+class ServerNode:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.status = NodeStatus()
+        self._stop = asyncio.Event()
+
+    async def run(self, on_ready=None) -> None:
+        began = time.perf_counter()
+        backend_spec = SpanBackend.describe(self.config.model)  # raises UnknownModelError early
+        swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
+                                       announce_addresses=self.config.announce_addresses,
+                                       identity_path=self.config.identity_path)
+        try:
+            start, end = await self._choose_blocks(swarm, backend_spec.model_id, backend_spec.n_blocks)
+            loaded = time.perf_counter()
+            backend = await asyncio.get_running_loop().run_in_executor(
+                None, SpanBackend.load, self.config.model, start, end, self.config.num_threads)
+            self.status.load_seconds = time.perf_counter() - loaded
+            self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
+                None, backend.measure_throughput)
+            table = SessionTable(start, end, backend.hidden_size,
+                                 budget_block_positions=self.config.cache_memory_bytes // backend.kv_bytes_per_block_position,
+                                 max_session_length=self.config.max_session_length)
+            service = SessionService(swarm, backend, table, backend.model_id)
+            await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
+            await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
+            await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
+            self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
+            self.status.addresses = await swarm.visible_addresses()
+            await self._announce(swarm, backend, table, ServerState.ONLINE)
+            self.status.startup_seconds = time.perf_counter() - began
+            if on_ready is not None:
+                on_ready(self.status)
+            await self._serve_until_stopped(swarm, backend, table, service)
+        finally:
+            await swarm.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def _choose_blocks(self, swarm: SwarmNode, model_id: str, n_blocks: int) -> tuple[int, int]:
+        if self.config.blocks is not None:
+            start, end = self.config.blocks
+            if not (0 <= start < end <= n_blocks):
+                raise ValueError(f"--blocks {start}:{end} is outside the model's {n_blocks} blocks; "
+                                 f"use START:END with 0 <= START < END <= {n_blocks}")
+            return start, end
+        found = await swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
+        records = parse_records(found, model_id)
+        num_blocks = self.config.num_blocks or -(-n_blocks // 3)
+        return choose_span(n_blocks, num_blocks, records)
+
+    def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
+        return ServerRecord(
+            peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
+            n_blocks=backend.n_blocks, state=state, throughput=self.status.throughput,
+            free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
+            active_sessions=len(table.sessions), compute_dtype=str(backend.dtype).replace("torch.", ""),
+            addresses=tuple(self.status.addresses), software_version=__version__)
+
+    async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
+                        ttl: Optional[float] = None) -> None:
+        record = self._record(backend, table, state).model_dump(mode="json")
+        items = [(block_key(backend.model_id, b), self.status.peer_id, record)
+                 for b in range(self.status.start, self.status.end)]
+        items.append((MODEL_REGISTRY_KEY, backend.model_id, {"model_id": backend.model_id, "n_blocks": backend.n_blocks}))
+        try:
+            await swarm.store_records(items, dht_time() + (ttl or self.config.record_ttl))
+        except Exception as e:  # the DHT being briefly unreachable must not kill the node
+            logger.warning("announcing to the DHT failed: %s", e)
+
+    async def _serve_until_stopped(self, swarm, backend, table, service: SessionService) -> None:
+        next_announce = time.monotonic() + self.config.announce_period
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            service.evict_idle(self.config.session_timeout)
+            if time.monotonic() >= next_announce and not self._stop.is_set():
+                await self._announce(swarm, backend, table, ServerState.ONLINE)
+                next_announce = time.monotonic() + self.config.announce_period
+        # Leaving: tell routers first, then drain in-flight steps.
+        service.accepting = False
+        await self._announce(swarm, backend, table, ServerState.LEAVING, ttl=self.config.announce_period)
+        deadline = time.monotonic() + self.config.drain_seconds
+        while any(s.lock.locked() for s in table.sessions.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session_id in list(table.sessions):
+            service.close_session(session_id)
+        service.executor.shutdown(wait=False, cancel_futures=True)

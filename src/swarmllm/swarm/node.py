@@ -1,0 +1,209 @@
+"""`SwarmNode`: one peer of the swarm (libp2p daemon + Kademlia DHT), via hivemind.
+
+What it promises:
+- `create()` starts a p2pd daemon and a DHT node in the caller's event loop and joins the
+  swarm through `initial_peers`; if none of them answers it raises `SwarmUnreachableError`
+  with a sentence saying what to check. A port already in use is reported the same way.
+- `store_records` / `get_records` put and fetch subkeyed, expiring DHT values.
+- `add_stream_handler` / `open_stream` give length-prefixed `FrameStream`s over
+  Noise-encrypted libp2p streams, with a hard cap on frame size.
+It knows nothing about models, sessions or message schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Awaitable, Callable, Iterable, Optional, Sequence
+
+os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
+
+from hivemind.dht.node import DHTNode  # noqa: E402
+from hivemind.p2p import P2P, PeerID  # noqa: E402
+from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError  # noqa: E402
+from hivemind.utils import get_dht_time  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+_LEN_BYTES = P2P.HEADER_LEN  # hivemind's 8-byte big-endian length prefix
+
+
+def dht_time() -> float:
+    """The clock DHT expirations are measured on."""
+    return get_dht_time()
+
+
+class SwarmUnreachableError(ConnectionError):
+    """The swarm could not be joined or a peer could not be reached."""
+
+
+class StreamClosed(ConnectionError):
+    """The other side closed the stream or went away."""
+
+
+class FrameStream:
+    """A bidirectional stream of frames (bytes), safe for one reader and many writers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote_peer_id: str):
+        self._reader, self._writer = reader, writer
+        self._write_lock = asyncio.Lock()
+        self.remote_peer_id = remote_peer_id
+        self.closed = False
+
+    async def send(self, frame: bytes) -> None:
+        if self.closed:
+            raise StreamClosed(f"stream to {self.remote_peer_id} is closed")
+        async with self._write_lock:
+            try:
+                self._writer.write(len(frame).to_bytes(_LEN_BYTES, P2P.BYTEORDER))
+                self._writer.write(frame)
+                await self._writer.drain()
+            except (ConnectionError, OSError, RuntimeError) as e:
+                self.closed = True
+                raise StreamClosed(f"stream to {self.remote_peer_id} broke: {e}") from e
+
+    async def recv(self) -> bytes:
+        try:
+            header = await self._reader.readexactly(_LEN_BYTES)
+            size = int.from_bytes(header, P2P.BYTEORDER)
+            if size > MAX_FRAME_BYTES:
+                raise StreamClosed(f"peer {self.remote_peer_id} sent a frame of {size} bytes (limit {MAX_FRAME_BYTES})")
+            return await self._reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            self.closed = True
+            raise StreamClosed(f"stream from {self.remote_peer_id} closed") from e
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._writer.close()
+            except (ConnectionError, OSError, RuntimeError):
+                pass
+
+
+StreamHandler = Callable[[FrameStream], Awaitable[None]]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SwarmUnreachableError(
+                f"port {port} on {host} is already in use ({e.strerror}); stop whatever holds it or pass another --port"
+            ) from None
+
+
+class SwarmNode:
+    """A peer of the swarm. Create with `await SwarmNode.create(...)`; one per process."""
+
+    def __init__(self, p2p: P2P, dht: DHTNode):
+        self._p2p, self._dht = p2p, dht
+        self.peer_id: str = p2p.peer_id.to_base58()
+
+    @classmethod
+    async def create(
+        cls,
+        initial_peers: Sequence[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        announce_addresses: Sequence[str] = (),
+        client_mode: bool = False,
+        identity_path: Optional[str] = None,
+    ) -> "SwarmNode":
+        _check_port_free(host, port)
+        host_maddrs = [] if client_mode else [f"/ip4/{host}/tcp/{port}"]
+        try:
+            p2p = await P2P.create(
+                initial_peers=list(initial_peers) or None,
+                host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
+                announce_maddrs=list(announce_addresses) or None,
+                identity_path=identity_path,
+                startup_timeout=30,
+            )
+        except P2PDaemonError as e:
+            raise SwarmUnreachableError(_explain_daemon_error(str(e), initial_peers, port)) from None
+        try:
+            dht = await DHTNode.create(p2p=p2p, initial_peers=list(initial_peers) or None, client_mode=client_mode,
+                                       cache_locally=False, cache_on_store=False, wait_timeout=5)
+        except Exception:
+            await p2p.shutdown()
+            raise
+        node = cls(p2p, dht)
+        if initial_peers and not await node._has_dht_neighbours():
+            await node.shutdown()
+            raise SwarmUnreachableError(
+                f"none of the initial peers answered: {', '.join(initial_peers)}. Check that the bootstrap "
+                "peer is running and that the multiaddr (including /p2p/<peer id>) is exactly what it printed.")
+        return node
+
+    async def _has_dht_neighbours(self) -> bool:
+        return any(len(bucket.nodes_to_peer_id) > 0 for bucket in self._dht.protocol.routing_table.buckets)
+
+    async def visible_addresses(self) -> list[str]:
+        return [str(m) for m in await self._p2p.get_visible_maddrs()]
+
+    # --- DHT -------------------------------------------------------------------------
+    async def store_records(self, items: Iterable[tuple[str, str, dict]], expiration_time: float) -> bool:
+        """Store (key, subkey, value) items; True if all were stored somewhere."""
+        items = list(items)
+        if not items:
+            return True
+        keys, subkeys, values = zip(*items)
+        results = await self._dht.store_many(list(keys), list(values), expiration_time, subkeys=list(subkeys))
+        return all(results.values())
+
+    async def get_records(self, keys: Sequence[str]) -> dict[str, dict[str, dict]]:
+        """For each key, {subkey: value} of unexpired entries (empty if none)."""
+        found = await self._dht.get_many(list(keys), sufficient_expiration_time=float("inf"))
+        out: dict[str, dict[str, dict]] = {}
+        for key in keys:
+            entry = found.get(key)
+            subs = entry.value if entry is not None and isinstance(entry.value, dict) else {}
+            out[key] = {str(sk): v.value for sk, v in subs.items() if isinstance(v.value, dict)}
+        return out
+
+    # --- streams ---------------------------------------------------------------------
+    async def add_stream_handler(self, name: str, handler: StreamHandler) -> None:
+        async def _on_stream(info, reader, writer) -> None:
+            stream = FrameStream(reader, writer, info.peer_id.to_base58())
+            try:
+                await handler(stream)
+            except StreamClosed:
+                pass
+            except Exception:  # a handler bug must not take the node down
+                logger.exception("stream handler %s failed", name)
+            finally:
+                stream.close()
+
+        await self._p2p.add_binary_stream_handler(name, _on_stream)
+
+    async def open_stream(self, peer_id: str, name: str, timeout: float = 10.0) -> FrameStream:
+        try:
+            _, reader, writer = await asyncio.wait_for(
+                self._p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), name), timeout)
+        except (P2PHandlerError, P2PDaemonError, asyncio.TimeoutError, ConnectionError, OSError, ValueError) as e:
+            raise SwarmUnreachableError(f"could not open a stream to peer {peer_id}: {e or type(e).__name__}") from None
+        return FrameStream(reader, writer, peer_id)
+
+    async def shutdown(self) -> None:
+        try:
+            await self._dht.shutdown()
+        finally:
+            await self._p2p.shutdown()
+
+
+def _explain_daemon_error(text: str, initial_peers: Sequence[str], port: int) -> str:
+    if "address already in use" in text.lower():
+        return f"port {port} is already in use; pass another --port"
+    if initial_peers:
+        return (f"could not join the swarm through {', '.join(initial_peers)}: {text.strip()}. "
+                "Check that the bootstrap peer is running and the multiaddr is exactly what it printed.")
+    return f"the p2p daemon failed to start: {text.strip()}"

@@ -1,0 +1,67 @@
+"""Weight loading entry point: one API over GGUF files and safetensors folders.
+
+    config = read_config(source)
+    blocks = load_blocks(source, config, start, end)   # only blocks [start, end) are read
+    head = load_head(source, config)
+
+`source` is a `swarmllm.models.catalog.ModelSource`. This package reads files only; it knows
+nothing about the network or the engine.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from swarmllm.models.catalog import ModelSource
+from swarmllm.models.config import ModelConfig
+from swarmllm.weights.gguf_reader import (
+    load_gguf_blocks,
+    load_gguf_head,
+    read_gguf_config,
+    record_dequantized,
+)
+from swarmllm.weights.safetensors_reader import (
+    load_safetensors_blocks,
+    load_safetensors_head,
+    read_safetensors_config,
+)
+from swarmllm.weights.types import BlockWeights, HeadWeights
+
+__all__ = [
+    "BlockWeights",
+    "HeadWeights",
+    "load_blocks",
+    "load_head",
+    "read_config",
+    "record_dequantized",
+]
+
+
+def _check_format(source: ModelSource) -> None:
+    if source.format not in ("gguf", "safetensors"):
+        raise ValueError(f"Unsupported weight format {source.format!r}; expected 'gguf' or 'safetensors'.")
+
+
+def read_config(source: ModelSource) -> ModelConfig:
+    _check_format(source)
+    if source.format == "gguf":
+        return read_gguf_config(source.path)
+    return read_safetensors_config(source.path)
+
+
+def load_blocks(
+    source: ModelSource, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32
+) -> list[BlockWeights]:
+    """Weights of blocks [start, end), in HF orientation; nothing outside the span is read."""
+    _check_format(source)
+    if source.format == "gguf":
+        return load_gguf_blocks(source.path, config, start, end, dtype)
+    return load_safetensors_blocks(source.path, config, start, end, dtype)
+
+
+def load_head(source: ModelSource, config: ModelConfig, dtype: torch.dtype = torch.float32) -> HeadWeights:
+    """Token embedding, final norm and LM head (the same tensor as the embedding when tied)."""
+    _check_format(source)
+    if source.format == "gguf":
+        return load_gguf_head(source.path, config, dtype)
+    return load_safetensors_head(source.path, config, dtype)

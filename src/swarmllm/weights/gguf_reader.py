@@ -1,0 +1,137 @@
+"""GGUF reader: config, metadata arrays and per-span tensors from one memory-mapped file.
+
+Contract:
+- `load_gguf_blocks(path, config, start, end)` dequantizes ONLY tensors of blocks [start, end);
+  `load_gguf_head` only the embedding, final norm and LM head. Every dequantized tensor name
+  is reported to observers registered with `record_dequantized()` so tests can prove it.
+- Tensors come back in HF orientation ([out, in]); llama.cpp's q/k row permutation is undone
+  for families whose `FamilySpec.gguf_permuted_qk` is set.
+- Supports every type `gguf.quants.dequantize` supports (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+  Q8_0, Q4_K, Q5_K, Q6_K, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from swarmllm.models.config import ModelConfig
+from swarmllm.models.registry import FamilySpec, config_from_gguf, family_for_gguf, get_family
+from swarmllm.weights.types import BlockWeights, HeadWeights
+
+_MAX_METADATA_ARRAY = 4096  # arrays longer than this (token lists) are read on demand only
+_observers: list[list[str]] = []
+
+
+@contextlib.contextmanager
+def record_dequantized() -> Iterator[list[str]]:
+    """Collect the names of all GGUF tensors dequantized inside the `with` block."""
+    names: list[str] = []
+    _observers.append(names)
+    try:
+        yield names
+    finally:
+        _observers.remove(names)
+
+
+@functools.lru_cache(maxsize=8)
+def _open(path: str) -> Any:
+    from gguf import GGUFReader  # gguf pulls in numpy-heavy modules; import on first use
+
+    return GGUFReader(path, "r")
+
+
+@functools.lru_cache(maxsize=8)
+def _tensors(path: str) -> dict[str, Any]:
+    return {tensor.name: tensor for tensor in _open(path).tensors}
+
+
+@functools.lru_cache(maxsize=8)
+def read_gguf_metadata(path: str) -> dict[str, Any]:
+    """Scalar and short-array metadata as Python values (long arrays such as tokens are skipped)."""
+    metadata: dict[str, Any] = {}
+    for key, field in _open(path).fields.items():
+        if len(field.data) > _MAX_METADATA_ARRAY:
+            continue
+        metadata[key] = field.contents()
+    return metadata
+
+
+def read_gguf_array(path: str, key: str) -> list[Any] | None:
+    """A metadata array of any length (e.g. "tokenizer.ggml.tokens"), or None when absent."""
+    field = _open(path).fields.get(key)
+    return None if field is None else field.contents()
+
+
+def _dequantize(path: str, name: str) -> np.ndarray:
+    from gguf.quants import dequantize
+
+    tensor = _tensors(path).get(name)
+    if tensor is None:
+        raise ValueError(f"The GGUF file {path} has no tensor {name!r}; the file is incomplete or not a supported model.")
+    for names in _observers:
+        names.append(name)
+    array = dequantize(tensor.data, tensor.tensor_type)
+    expected = tuple(int(n) for n in reversed(tensor.shape))
+    array = np.ascontiguousarray(array, dtype=np.float32).reshape(expected)
+    # F32/F16 tensors can come back as read-only views of the memory map; own the data.
+    return array if array.flags.writeable else array.copy()
+
+
+def _to_torch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    return tensor.to(dtype) if dtype != torch.float32 else tensor
+
+
+def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's rotary row permutation: [H, hd/2, 2, in] -> [H, 2, hd/2, in]."""
+    rows, cols = w.shape
+    return w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def read_gguf_config(path: str) -> ModelConfig:
+    metadata = read_gguf_metadata(path)
+    spec = family_for_gguf(str(metadata["general.architecture"]))
+    shapes = {name: tuple(int(n) for n in reversed(t.shape)) for name, t in _tensors(path).items()}
+    extra_eos: tuple[int, ...] = ()
+    if spec.extra_eos_tokens:
+        tokens = read_gguf_array(path, "tokenizer.ggml.tokens") or []
+        index = {token: i for i, token in enumerate(tokens) if token in spec.extra_eos_tokens}
+        extra_eos = tuple(index[t] for t in spec.extra_eos_tokens if t in index)
+    freq_factors = None
+    if "rope_freqs.weight" in shapes:
+        freq_factors = tuple(float(x) for x in _dequantize(path, "rope_freqs.weight").reshape(-1))
+    return config_from_gguf(metadata, shapes, extra_eos, freq_factors)
+
+
+def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype) -> BlockWeights:
+    tensors: dict[str, torch.Tensor] = {}
+    available = _tensors(path)
+    for role, name in spec.block_tensor_names("gguf", index).items():
+        if name not in available and role in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
+            continue
+        weight = _to_torch(_dequantize(path, name), dtype)
+        if spec.gguf_permuted_qk and role in ("q", "k"):
+            weight = _unpermute(weight, config.n_heads if role == "q" else config.n_kv_heads)
+        tensors[role] = weight
+    return BlockWeights(index=index, **tensors)
+
+
+def load_gguf_blocks(
+    path: str, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32
+) -> list[BlockWeights]:
+    config.check_span(start, end)
+    spec = get_family(config.family)
+    return [_block(path, spec, config, i, dtype) for i in range(start, end)]
+
+
+def load_gguf_head(path: str, config: ModelConfig, dtype: torch.dtype = torch.float32) -> HeadWeights:
+    names = get_family(config.family).gguf_head_names
+    embed = _to_torch(_dequantize(path, names["embed"]), dtype)
+    final_norm = _to_torch(_dequantize(path, names["final_norm"]), dtype)
+    lm_head = embed if config.tie_embeddings else _to_torch(_dequantize(path, names["lm_head"]), dtype)
+    return HeadWeights(embed=embed, final_norm=final_norm, lm_head=lm_head)

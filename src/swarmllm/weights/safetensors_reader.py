@@ -1,0 +1,99 @@
+"""Safetensors reader for Hugging Face model folders (config.json + *.safetensors).
+
+Contract: `load_safetensors_blocks` opens only the tensors of blocks [start, end) (safetensors
+reads lazily per tensor, so other blocks are never materialized); names are mapped through the
+family's `hf_block_names`. RMSNorm weights are returned as final multipliers (the family's
+`hf_norm_offset` is added, e.g. Gemma's 1 + w). Sharded folders are supported through
+`model.safetensors.index.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from swarmllm.models.config import ModelConfig
+from swarmllm.models.registry import NORM_ROLES, FamilySpec, config_from_hf, get_family
+from swarmllm.weights.types import BlockWeights, HeadWeights
+
+# Multimodal checkpoints nest the text model one level deeper.
+_PREFIX_ALIASES = (("model.", "model.language_model."), ("lm_head.", "language_model.lm_head."))
+
+
+def read_hf_config_dict(folder: str) -> dict:
+    with open(Path(folder) / "config.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_safetensors_config(folder: str) -> ModelConfig:
+    return config_from_hf(read_hf_config_dict(folder))
+
+
+@functools.lru_cache(maxsize=8)
+def _tensor_files(folder: str) -> dict[str, str]:
+    """Tensor name -> file that holds it."""
+    root = Path(folder)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        return {name: str(root / file) for name, file in weight_map.items()}
+    files: dict[str, str] = {}
+    for file in sorted(root.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            files.update({name: str(file) for name in handle.keys()})
+    if not files:
+        raise ValueError(f"No *.safetensors files found in {folder}.")
+    return files
+
+
+def _find(folder: str, name: str) -> str | None:
+    files = _tensor_files(folder)
+    if name in files:
+        return name
+    for plain, nested in _PREFIX_ALIASES:
+        if name.startswith(plain) and nested + name[len(plain):] in files:
+            return nested + name[len(plain):]
+    return None
+
+
+def _read(folder: str, name: str, dtype: torch.dtype) -> torch.Tensor:
+    stored = _find(folder, name)
+    if stored is None:
+        raise ValueError(f"The checkpoint in {folder} has no tensor {name!r}; it is incomplete or not a supported model.")
+    with safe_open(_tensor_files(folder)[stored], framework="pt") as handle:
+        return handle.get_tensor(stored).to(dtype)
+
+
+def _block(folder: str, spec: FamilySpec, index: int, dtype: torch.dtype) -> BlockWeights:
+    tensors: dict[str, torch.Tensor] = {}
+    for role, name in spec.block_tensor_names("hf", index).items():
+        if _find(folder, name) is None and role in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
+            continue
+        weight = _read(folder, name, torch.float32)
+        if role in NORM_ROLES and spec.hf_norm_offset:
+            weight = weight + spec.hf_norm_offset
+        tensors[role] = weight.to(dtype)
+    return BlockWeights(index=index, **tensors)
+
+
+def load_safetensors_blocks(
+    folder: str, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32
+) -> list[BlockWeights]:
+    config.check_span(start, end)
+    spec = get_family(config.family)
+    return [_block(folder, spec, i, dtype) for i in range(start, end)]
+
+
+def load_safetensors_head(folder: str, config: ModelConfig, dtype: torch.dtype = torch.float32) -> HeadWeights:
+    spec = get_family(config.family)
+    names = spec.hf_head_names
+    embed = _read(folder, names["embed"], dtype)
+    final_norm = _read(folder, names["final_norm"], torch.float32) + spec.hf_norm_offset
+    tied = config.tie_embeddings or _find(folder, names["lm_head"]) is None
+    lm_head = embed if tied else _read(folder, names["lm_head"], dtype)
+    return HeadWeights(embed=embed, final_norm=final_norm.to(dtype), lm_head=lm_head)
