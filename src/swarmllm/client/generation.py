@@ -1,0 +1,112 @@
+"""Text generation through the swarm, or in-process with the same engine (`--local`).
+
+The client holds the embeddings, the final norm and the LM head (a few tens of MB) and the
+tokenizer; the blocks run remotely. Both paths drive the engine's one generation loop with
+a `forward_fn(hidden, start_position)`: locally a `SpanModel` over all blocks, remotely a
+`RemoteSession` over a chain. So the swarm's output is, by construction, what the local
+engine computes, and tests can compare them token for token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence, TextIO
+
+from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.engine.generation import iter_generate
+from swarmllm.engine.head import ModelHead
+from swarmllm.engine.sampling import SamplingParams
+from swarmllm.models.catalog import ModelSource, resolve_model
+from swarmllm.models.tokenizer import load_tokenizer
+from swarmllm.protocol import SwarmError
+from swarmllm.weights import load_head, read_config
+
+
+class PromptTooLongError(SwarmError):
+    pass
+
+
+@dataclass
+class ClientModel:
+    """What a client keeps locally for one model: config, head and tokenizer."""
+
+    source: ModelSource
+    config: object
+    head: ModelHead
+    tokenizer: object
+
+    @classmethod
+    def load(cls, model: str) -> "ClientModel":
+        source = resolve_model(model)
+        config = read_config(source)
+        return cls(source, config, ModelHead(config, load_head(source, config)), load_tokenizer(source))
+
+    def prompt_ids(self, prompt: str, system: Optional[str] = None, raw: bool = False) -> list[int]:
+        if raw:
+            return self.tokenizer.encode(prompt)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+    def session_length(self, n_prompt: int, params: SamplingParams, max_length: Optional[int]) -> int:
+        limit = min(max_length or n_prompt + params.max_new_tokens, self.config.context_length)
+        if n_prompt >= limit:
+            raise PromptTooLongError(
+                f"the prompt is {n_prompt} tokens but the session allows at most {limit} (prompt plus new tokens); "
+                f"shorten the prompt or raise --max-length (the model's context is {self.config.context_length})")
+        return limit
+
+
+def local_forward_fn(source: ModelSource, config, max_length: int):
+    """forward_fn over all blocks in this process (the reference path)."""
+    from swarmllm.engine.blocks import SpanModel
+    from swarmllm.weights import load_blocks
+
+    span = SpanModel(config, load_blocks(source, config, 0, config.n_blocks), 0, config.n_blocks)
+    cache = span.new_cache(max_length)
+    return lambda hidden, start_position: span.forward(hidden, cache, start_position)
+
+
+def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_peers: Optional[Sequence[str]] = None,
+                  system: Optional[str] = None, raw: bool = False, max_length: Optional[int] = None,
+                  stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None) -> dict:
+    """Generate a reply; through the swarm if initial_peers (or client) is given, else locally."""
+    local = ClientModel.load(model)
+    prompt_ids = local.prompt_ids(prompt, system, raw)
+    length = local.session_length(len(prompt_ids), params, max_length)
+    own_client = None
+    session = None
+    try:
+        if initial_peers is None and client is None:
+            forward_fn, route = local_forward_fn(local.source, local.config, length), "local"
+        else:
+            client = client or (own_client := SwarmClient.connect(initial_peers))
+            session = client.open_session(local.source.model_id, local.config.n_blocks, length)
+            forward_fn = session.forward
+            route = " -> ".join(f"{link.peer_id[-8:]}[{link.start},{link.end})" for link in session.chain)
+        started = time.perf_counter()
+        token_ids: list[int] = []
+        first_token_at = None
+        finish_reason = "length"
+        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params):
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            token_ids.append(event.token_id)
+            if stream_to is not None and event.text:
+                stream_to.write(event.text)
+                stream_to.flush()
+            finish_reason = event.finish_reason or finish_reason
+        ended = time.perf_counter()
+    finally:
+        if session is not None:
+            session.close()
+        if own_client is not None:
+            own_client.close()
+    n = len(token_ids)
+    ttft = (first_token_at or ended) - started
+    return {
+        "text": local.tokenizer.decode(token_ids), "token_ids": token_ids, "prompt_tokens": len(prompt_ids),
+        "generated_tokens": n, "finish_reason": finish_reason, "route": route,
+        "time_to_first_token": ttft, "total_seconds": ended - started,
+        "decode_tokens_per_second": (n - 1) / (ended - first_token_at) if n > 1 and ended > first_token_at else 0.0,
+    }

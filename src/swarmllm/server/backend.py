@@ -1,0 +1,81 @@
+"""The node's compute backend: the engine's `SpanModel` over the node's span.
+
+Loads only the span's tensors, creates per-session KV caches for sub-spans, runs steps
+and measures decode throughput. A failed `forward` leaves the cache's valid length
+unchanged (the engine advances it only after all blocks ran), so a session survives a
+rejected or crashed step.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from swarmllm.engine.blocks import SpanModel
+from swarmllm.engine.kv_cache import KVCache, kv_bytes_per_token
+from swarmllm.models.catalog import resolve_model
+from swarmllm.weights import load_blocks, read_config
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    model_id: str
+    n_blocks: int
+    hidden_size: int
+
+
+class SpanBackend:
+    def __init__(self, model_id: str, config, span: SpanModel, dtype: torch.dtype):
+        self.model_id, self.config, self.span, self.dtype = model_id, config, span, dtype
+        self.start, self.end = span.start, span.end
+        self.n_blocks = config.n_blocks
+        self.hidden_size = config.hidden_size
+        self.kv_bytes_per_block_position = kv_bytes_per_token(config, 1, dtype)
+        self._sub_spans: dict[tuple[int, int], SpanModel] = {(self.start, self.end): span}
+
+    @staticmethod
+    def describe(model: str) -> ModelDescription:
+        source = resolve_model(model)
+        config = read_config(source)
+        return ModelDescription(source.model_id, config.n_blocks, config.hidden_size)
+
+    @classmethod
+    def load(cls, model: str, start: int, end: int, num_threads: int | None = None,
+             dtype: torch.dtype = torch.float32) -> "SpanBackend":
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        source = resolve_model(model)
+        config = read_config(source)
+        config.check_span(start, end)
+        span = SpanModel(config, load_blocks(source, config, start, end, dtype), start, end, dtype)
+        return cls(source.model_id, config, span, dtype)
+
+    def _model_for(self, start: int, end: int) -> SpanModel:
+        model = self._sub_spans.get((start, end))
+        if model is None:  # a view over some of our layers; weights are shared, not copied
+            model = copy.copy(self.span)
+            model.start, model.end = start, end
+            model.layers = self.span.layers[start - self.start:end - self.start]
+            self._sub_spans[(start, end)] = model
+        return model
+
+    def new_cache(self, start: int, end: int, max_length: int) -> KVCache:
+        return self._model_for(start, end).new_cache(max_length)
+
+    def forward(self, hidden: torch.Tensor, cache: KVCache, start: int, end: int, start_position: int) -> torch.Tensor:
+        return self._model_for(start, end).forward(hidden, cache, start_position)
+
+    def measure_throughput(self, steps: int = 8) -> float:
+        """Decode tokens/s through the whole span (one position per step)."""
+        cache = self.span.new_cache(steps + 4)
+        hidden = torch.randn(1, 1, self.hidden_size, generator=torch.Generator().manual_seed(0))
+        timings = []
+        for position in range(steps + 2):
+            started = time.perf_counter()
+            self.span.forward(hidden, cache, position)
+            timings.append(time.perf_counter() - started)
+        return 1.0 / statistics.median(timings[2:])  # the first steps warm up kernels and caches

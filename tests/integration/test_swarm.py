@@ -1,0 +1,141 @@
+"""A real bootstrap + 3 node processes on loopback: the swarm computes what one process does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from swarmllm.client.generation import generate_text
+from swarmllm.client.routing import plan_chain
+from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.engine.sampling import SamplingParams
+from swarmllm.protocol import (
+    SESSION_HANDLER, ErrorReply, OpenSession, SessionOpened, Step, StepResult, decode_frame, decode_tensor,
+    encode_frame, encode_tensor,
+)
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-135m"
+PROMPT = "Write a short story about a robot who learns to paint."
+GREEDY_48 = SamplingParams(max_new_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def local_reference():
+    return generate_text(MODEL, PROMPT, GREEDY_48)
+
+
+@pytest.fixture(scope="module")
+def client(swarm3):
+    with SwarmClient.connect(swarm3.initial_peers) as c:
+        yield c
+
+
+def test_swarm_greedy_equals_local(swarm3, client, local_reference):
+    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
+    assert local_reference["generated_tokens"] >= 48
+    assert result["token_ids"] == local_reference["token_ids"]
+    assert result["text"] == local_reference["text"]
+    assert result["route"].count("->") == 2  # three hops: one per node
+
+
+def test_chain_uses_the_three_nodes(swarm3, client):
+    chain = client.plan(MODEL, 30)
+    assert [(link.start, link.end) for link in chain] == [(0, 10), (10, 20), (20, 30)]
+    assert {link.peer_id for link in chain} == {n.ready["peer_id"] for n in swarm3.nodes[:3]}
+
+
+def test_cli_generate_json_through_swarm(swarm3, local_reference):
+    out = subprocess.run([sys.executable, "-m", "swarmllm.cli", "generate", "--model", MODEL, "--initial-peers",
+                          *swarm3.initial_peers, "--max-new-tokens", "48", "--json", PROMPT],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["token_ids"] == local_reference["token_ids"]
+    assert result["time_to_first_token"] > 0 and result["decode_tokens_per_second"] > 0
+
+
+def _raw_session(client, peer_id, session_id, start, end, max_length=8):
+    """Open a session on one node by hand, speaking the protocol directly."""
+    async def run():
+        stream = await client.swarm.open_stream(peer_id, SESSION_HANDLER)
+        await stream.send(encode_frame(OpenSession(session_id=session_id, model_id=MODEL, start=start, end=end,
+                                                   max_length=max_length)))
+        reply, _ = decode_frame(await stream.recv())
+        return stream, reply
+    return client.loop.run(run())
+
+
+def _send_recv(client, stream, frame):
+    async def run():
+        await stream.send(frame)
+        return decode_frame(await stream.recv())
+    return client.loop.run(run())
+
+
+def test_malformed_messages_get_error_replies_and_node_keeps_serving(swarm3, client, local_reference):
+    node = swarm3.nodes[1]
+    peer_id = node.ready["peer_id"]
+    stream, opened = _raw_session(client, peer_id, "m" * 16, 10, 20)
+    assert isinstance(opened, SessionOpened)
+
+    reply, _ = _send_recv(client, stream, b"\x00\x01garbage that is not a frame")
+    assert isinstance(reply, ErrorReply) and reply.code == "malformed"
+
+    meta, raw = encode_tensor(torch.zeros(1, 2, 100), "float32")  # wrong hidden size
+    reply, _ = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=0, start_position=0,
+                                                            tensor=meta), raw))
+    assert reply.code == "bad_shape" and "576" in reply.message
+
+    meta, raw = encode_tensor(torch.zeros(1, 1, 576), "float32")
+    reply, _ = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=0, start_position=3,
+                                                            tensor=meta), raw))
+    assert reply.code == "position"
+    reply, _ = _send_recv(client, stream, encode_frame(Step(session_id="x" * 16, step_id=0, start_position=0,
+                                                            tensor=meta), raw))
+    assert reply.code == "unknown_session"
+
+    meta, raw = encode_tensor(torch.zeros(1, 9, 576), "float32")  # longer than max_length=8
+    reply, _ = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=0, start_position=0,
+                                                            tensor=meta), raw))
+    assert reply.code == "too_long"
+
+    # After all that, the session itself is intact and computes (this node is "last": no next hop).
+    meta, raw = encode_tensor(torch.randn(1, 3, 576), "float32")
+    reply, payload = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=1, start_position=0,
+                                                                  tensor=meta), raw))
+    assert isinstance(reply, StepResult) and decode_tensor(reply.tensor, payload).shape == (1, 3, 576)
+    stream.close()
+
+    assert node.alive
+    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
+    assert result["token_ids"] == local_reference["token_ids"]
+
+
+def test_out_of_capacity_is_a_clear_error(swarm3, client):
+    peer_id = swarm3.nodes[0].ready["peer_id"]
+    stream, reply = _raw_session(client, peer_id, "c" * 16, 0, 10, max_length=4096)
+    assert isinstance(reply, SessionOpened)  # within the node's limit
+    stream2, reply2 = _raw_session(client, peer_id, "d" * 16, 0, 10, max_length=131072)
+    assert isinstance(reply2, ErrorReply) and reply2.code in ("too_long", "out_of_capacity")
+    stream.close(), stream2.close()
+
+
+def test_overlapping_fourth_node_does_not_break_routing(swarm3, client, local_reference):
+    extra = swarm3.add_node(5, 25, name="overlap")
+    swarm3.wait_ready([extra], timeout=180)
+    records = []
+    for _ in range(50):  # the DHT needs a moment to show the new record
+        records = client.find_servers(MODEL, 30)
+        if len(records) == 4:
+            break
+    assert len(records) == 4
+    chain = plan_chain(MODEL, 30, records, client.ping(r.peer_id for r in records))
+    assert chain[0].start == 0 and chain[-1].end == 30
+    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
+    assert result["token_ids"] == local_reference["token_ids"]
