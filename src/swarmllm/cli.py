@@ -32,6 +32,17 @@ def _parse_blocks(text: str) -> tuple[int, int]:
     return start, end
 
 
+def _peer_list(text: str) -> list[str]:
+    return [part for part in text.replace(" ", ",").split(",") if part]
+
+
+def _add_initial_peers(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    # One value per flag (repeat the flag or separate with commas), so that a positional
+    # prompt after it is not swallowed.
+    parser.add_argument("--initial-peers", type=_peer_list, action="extend", required=required, default=[],
+                        metavar="MADDR[,MADDR...]", help="multiaddr(s) of peers already in the swarm")
+
+
 def _print_ready(payload: dict) -> None:
     print(READY_MARKER + json.dumps(payload), flush=True)
 
@@ -122,7 +133,7 @@ def cmd_up(args) -> int:
     started = time.perf_counter()
     try:
         swarm.start(timeout=args.timeout)
-        peers = " ".join(swarm.initial_peers)
+        peers = ",".join(swarm.initial_peers)
         print(f"swarm ready in {time.perf_counter() - started:.1f} s; logs in {swarm.log_dir}", flush=True)
         for node in swarm.nodes:
             r = node.ready
@@ -175,13 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bootstrap", help="run a DHT entry peer and print the multiaddr others join with")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
     p.add_argument("--port", type=int, default=31337, help="TCP port (0 = any free port)")
-    p.add_argument("--initial-peers", nargs="*", default=[], help="other bootstrap peers to connect to")
+    _add_initial_peers(p)
     p.add_argument("--identity", help="private key file: keeps the peer id (and so the multiaddr) across restarts")
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("serve", help="host a span of blocks of a model")
     p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name (see `swarmllm models`) or .gguf / folder path")
-    p.add_argument("--initial-peers", nargs="+", required=True, help="multiaddr(s) of peers already in the swarm")
+    _add_initial_peers(p, required=True)
     p.add_argument("--blocks", type=_parse_blocks, help="START:END half-open span to host (default: chosen from the DHT)")
     p.add_argument("--num-blocks", type=int, help="span length when --blocks is not given")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
@@ -198,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
     p.add_argument("prompt")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--initial-peers", nargs="+", default=[])
+    _add_initial_peers(p)
     p.add_argument("--local", action="store_true", help="run the whole model in this process (the reference)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")

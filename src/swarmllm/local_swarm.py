@@ -111,7 +111,7 @@ class LocalSwarm:
     def add_node(self, start: int, end: int, name: Optional[str] = None, extra_args: Sequence[str] = ()) -> ManagedProcess:
         cli = [sys.executable, "-m", "swarmllm.cli"]
         name = name or f"node{len(self.nodes)}"
-        node = ManagedProcess(name, cli + ["serve", "--model", self.model, "--initial-peers", *self.initial_peers,
+        node = ManagedProcess(name, cli + ["serve", "--model", self.model, "--initial-peers", ",".join(self.initial_peers),
                                            "--blocks", f"{start}:{end}", "--host", self.host, *self.node_args,
                                            *extra_args], self.log_dir / f"{name}.log")
         node.start(self._env())

@@ -52,7 +52,7 @@ def test_chain_uses_the_three_nodes(swarm3, client):
 
 def test_cli_generate_json_through_swarm(swarm3, local_reference):
     out = subprocess.run([sys.executable, "-m", "swarmllm.cli", "generate", "--model", MODEL, "--initial-peers",
-                          *swarm3.initial_peers, "--max-new-tokens", "48", "--json", PROMPT],
+                          ",".join(swarm3.initial_peers), "--max-new-tokens", "48", "--json", PROMPT],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

@@ -86,14 +86,16 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
             route = " -> ".join(f"{link.peer_id[-8:]}[{link.start},{link.end})" for link in session.chain)
         started = time.perf_counter()
         token_ids: list[int] = []
+        pieces: list[str] = []
         first_token_at = None
         finish_reason = "length"
-        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params):
+        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params, length):
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             token_ids.append(event.token_id)
-            if stream_to is not None and event.text:
-                stream_to.write(event.text)
+            pieces.append(event.text_delta)
+            if stream_to is not None and event.text_delta:
+                stream_to.write(event.text_delta)
                 stream_to.flush()
             finish_reason = event.finish_reason or finish_reason
         ended = time.perf_counter()
@@ -105,7 +107,7 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
     n = len(token_ids)
     ttft = (first_token_at or ended) - started
     return {
-        "text": local.tokenizer.decode(token_ids), "token_ids": token_ids, "prompt_tokens": len(prompt_ids),
+        "text": "".join(pieces), "token_ids": token_ids, "prompt_tokens": len(prompt_ids),
         "generated_tokens": n, "finish_reason": finish_reason, "route": route,
         "time_to_first_token": ttft, "total_seconds": ended - started,
         "decode_tokens_per_second": (n - 1) / (ended - first_token_at) if n > 1 and ended > first_token_at else 0.0,

@@ -21,9 +21,9 @@ import torch
 
 from swarmllm.models.config import ModelConfig
 from swarmllm.models.registry import FamilySpec, config_from_gguf, family_for_gguf, get_family
+from swarmllm.weights.gguf_file import GGUFFile
 from swarmllm.weights.types import BlockWeights, HeadWeights
 
-_MAX_METADATA_ARRAY = 4096  # arrays longer than this (token lists) are read on demand only
 _observers: list[list[str]] = []
 
 
@@ -39,46 +39,29 @@ def record_dequantized() -> Iterator[list[str]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _open(path: str) -> Any:
-    from gguf import GGUFReader  # gguf pulls in numpy-heavy modules; import on first use
-
-    return GGUFReader(path, "r")
-
-
-@functools.lru_cache(maxsize=8)
-def _tensors(path: str) -> dict[str, Any]:
-    return {tensor.name: tensor for tensor in _open(path).tensors}
+def open_gguf(path: str) -> GGUFFile:
+    """The parsed header of a GGUF file (cached per path; tensor data stays memory-mapped)."""
+    return GGUFFile(path)
 
 
-@functools.lru_cache(maxsize=8)
 def read_gguf_metadata(path: str) -> dict[str, Any]:
-    """Scalar and short-array metadata as Python values (long arrays such as tokens are skipped)."""
-    metadata: dict[str, Any] = {}
-    for key, field in _open(path).fields.items():
-        if len(field.data) > _MAX_METADATA_ARRAY:
-            continue
-        metadata[key] = field.contents()
-    return metadata
-
-
-def read_gguf_array(path: str, key: str) -> list[Any] | None:
-    """A metadata array of any length (e.g. "tokenizer.ggml.tokens"), or None when absent."""
-    field = _open(path).fields.get(key)
-    return None if field is None else field.contents()
+    """All metadata as Python values; arrays are lists (strings) or NumPy arrays (numbers)."""
+    return open_gguf(path).metadata
 
 
 def _dequantize(path: str, name: str) -> np.ndarray:
+    from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    tensor = _tensors(path).get(name)
-    if tensor is None:
+    file = open_gguf(path)
+    info = file.tensors.get(name)
+    if info is None:
         raise ValueError(f"The GGUF file {path} has no tensor {name!r}; the file is incomplete or not a supported model.")
     for names in _observers:
         names.append(name)
-    array = dequantize(tensor.data, tensor.tensor_type)
-    expected = tuple(int(n) for n in reversed(tensor.shape))
-    array = np.ascontiguousarray(array, dtype=np.float32).reshape(expected)
-    # F32/F16 tensors can come back as read-only views of the memory map; own the data.
+    array = dequantize(file.raw(name), GGMLQuantizationType(info.type))
+    array = np.ascontiguousarray(array, dtype=np.float32).reshape(info.hf_shape)
+    # F32 tensors come back as read-only views of the memory map; own the data.
     return array if array.flags.writeable else array.copy()
 
 
@@ -96,10 +79,10 @@ def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def read_gguf_config(path: str) -> ModelConfig:
     metadata = read_gguf_metadata(path)
     spec = family_for_gguf(str(metadata["general.architecture"]))
-    shapes = {name: tuple(int(n) for n in reversed(t.shape)) for name, t in _tensors(path).items()}
+    shapes = {name: info.hf_shape for name, info in open_gguf(path).tensors.items()}
     extra_eos: tuple[int, ...] = ()
     if spec.extra_eos_tokens:
-        tokens = read_gguf_array(path, "tokenizer.ggml.tokens") or []
+        tokens = metadata.get("tokenizer.ggml.tokens", [])
         index = {token: i for i, token in enumerate(tokens) if token in spec.extra_eos_tokens}
         extra_eos = tuple(index[t] for t in spec.extra_eos_tokens if t in index)
     freq_factors = None
@@ -110,7 +93,7 @@ def read_gguf_config(path: str) -> ModelConfig:
 
 def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype) -> BlockWeights:
     tensors: dict[str, torch.Tensor] = {}
-    available = _tensors(path)
+    available = open_gguf(path).tensors
     for role, name in spec.block_tensor_names("gguf", index).items():
         if name not in available and role in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
             continue

@@ -1,0 +1,148 @@
+"""The generation loop shared by local inference and the swarm client.
+
+`iter_generate(head, tokenizer, forward_fn, prompt_ids, params)` yields one `GenerationStep`
+per sampled token; `generate(...)` drains it into a `GenerationResult` with timings.
+`forward_fn(hidden[1, T, D], start_position) -> hidden[1, T, D]` runs ALL blocks and keeps its
+own KV state: locally a SpanModel + KVCache, in the swarm a chain of remote spans. The prompt
+is prefilled in one call, then one token per call.
+
+Stopping: an EOS id (finish "stop", the EOS id is the last of `token_ids` but adds no text), a
+stop string (finish "stop"; the text is cut before it, text after it is never emitted), or
+`max_new_tokens` / the context limit (finish "length"). Text deltas are emitted only once they
+cannot be the start of a stop string and do not end in a partial UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+import torch
+
+from swarmllm.engine.head import ModelHead
+from swarmllm.engine.sampling import Sampler, SamplingParams
+
+ForwardFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class TextCodec(Protocol):
+    eos_token_ids: tuple[int, ...]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+@dataclass(frozen=True)
+class GenerationStep:
+    token_id: int
+    text_delta: str  # new text that became final with this token ("" when held back)
+    finish_reason: str | None = None  # set on the last step: "stop" or "length"
+
+
+@dataclass(frozen=True)
+class GenerationTimings:
+    ttft_s: float  # prompt submitted -> first token sampled (prefill + head)
+    total_s: float
+    decode_tokens_per_s: float  # tokens after the first / time after the first token
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # sampled ids, EOS included when generation stopped on it
+    finish_reason: str
+    prompt_tokens: int
+    timings: GenerationTimings = field(compare=False)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+def iter_generate(
+    head: ModelHead,
+    tokenizer: TextCodec,
+    forward_fn: ForwardFn,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    max_length: int | None = None,
+) -> Iterator[GenerationStep]:
+    """Yield one GenerationStep per sampled token; the last one carries finish_reason."""
+    if not prompt_ids:
+        raise ValueError("The prompt is empty; give at least one token.")
+    limit = max_length or head.config.context_length
+    if len(prompt_ids) >= limit:
+        raise ValueError(f"The prompt has {len(prompt_ids)} tokens; this model accepts at most {limit - 1}.")
+    sampler = Sampler(params)
+    eos = set(tokenizer.eos_token_ids)
+    generated: list[int] = []
+    emitted = 0  # characters of decoded text already yielded
+    position = 0
+    tokens_in = list(prompt_ids)
+    while True:
+        hidden = forward_fn(head.embed([tokens_in]), position)
+        position += len(tokens_in)
+        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1])
+        generated.append(token)
+        if token in eos:
+            yield GenerationStep(token, _final_delta(tokenizer, generated[:-1], emitted, params.stop), "stop")
+            return
+        text = tokenizer.decode(generated)
+        cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            yield GenerationStep(token, text[emitted:cut], "stop")
+            return
+        if len(generated) >= params.max_new_tokens or position >= limit:
+            yield GenerationStep(token, text[emitted:], "length")
+            return
+        safe = len(text) - _held_back(text, params.stop)
+        if text.endswith("\ufffd"):  # partial multi-byte character: wait for the next token
+            safe = min(safe, len(text) - 1)
+        delta = text[emitted:safe] if safe > emitted else ""
+        emitted = max(emitted, safe)
+        yield GenerationStep(token, delta)
+        tokens_in = [token]
+
+
+def _final_delta(tokenizer: TextCodec, ids: list[int], emitted: int, stops: tuple[str, ...]) -> str:
+    text = tokenizer.decode(ids)
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[emitted:cut]
+
+
+def generate(
+    head: ModelHead,
+    tokenizer: TextCodec,
+    forward_fn: ForwardFn,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    max_length: int | None = None,
+) -> GenerationResult:
+    """Run iter_generate to the end and collect text, ids, finish reason and timings."""
+    started = time.perf_counter()
+    first_at = started
+    pieces: list[str] = []
+    ids: list[int] = []
+    finish = "length"
+    for step in iter_generate(head, tokenizer, forward_fn, prompt_ids, params, max_length):
+        if not ids:
+            first_at = time.perf_counter()
+        ids.append(step.token_id)
+        pieces.append(step.text_delta)
+        if step.finish_reason:
+            finish = step.finish_reason
+    ended = time.perf_counter()
+    decode_s = ended - first_at
+    timings = GenerationTimings(
+        ttft_s=first_at - started,
+        total_s=ended - started,
+        decode_tokens_per_s=(len(ids) - 1) / decode_s if len(ids) > 1 and decode_s > 0 else 0.0,
+    )
+    return GenerationResult("".join(pieces), ids, finish, len(prompt_ids), timings)

@@ -1,0 +1,62 @@
+"""LocalModel: a whole model in one process (head + all blocks + tokenizer).
+
+Used for local chat, as the oracle that distributed output must equal, and by benchmarks.
+`new_forward_fn()` returns a `forward_fn` with its own KV cache, the same callable shape the
+swarm client provides, so both paths share `swarmllm.engine.generation`. Loading reads files
+through `swarmllm.weights`; after that everything is pure compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from swarmllm.engine.blocks import SpanModel
+from swarmllm.engine.generation import ForwardFn, GenerationResult, generate
+from swarmllm.engine.head import ModelHead
+from swarmllm.engine.sampling import SamplingParams
+from swarmllm.models.catalog import ModelSource, resolve_model
+from swarmllm.models.config import ModelConfig
+from swarmllm.models.tokenizer import Tokenizer, load_tokenizer
+
+DEFAULT_MAX_LENGTH = 4096
+
+
+@dataclass
+class LocalModel:
+    config: ModelConfig
+    head: ModelHead
+    span: SpanModel
+    tokenizer: Tokenizer
+    max_length: int
+
+    @classmethod
+    def load(
+        cls, source: ModelSource | str, dtype: torch.dtype = torch.float32, max_length: int | None = None
+    ) -> "LocalModel":
+        from swarmllm.weights import load_blocks, load_head, read_config
+
+        if isinstance(source, str):
+            source = resolve_model(source)
+        config = read_config(source)
+        blocks = load_blocks(source, config, 0, config.n_blocks, dtype)
+        span = SpanModel(config, blocks, 0, config.n_blocks, dtype)
+        head = ModelHead(config, load_head(source, config, dtype), dtype)
+        length = min(max_length or DEFAULT_MAX_LENGTH, config.context_length)
+        return cls(config, head, span, load_tokenizer(source), length)
+
+    def new_forward_fn(self, max_length: int | None = None) -> ForwardFn:
+        """A forward_fn over all blocks with a fresh KV cache of `max_length` positions."""
+        cache = self.span.new_cache(max_length or self.max_length)
+
+        def forward_fn(hidden: torch.Tensor, start_position: int) -> torch.Tensor:
+            return self.span.forward(hidden, cache, start_position)
+
+        return forward_fn
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
+        return generate(self.head, self.tokenizer, self.new_forward_fn(), prompt_ids, params, self.max_length)

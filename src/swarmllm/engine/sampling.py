@@ -1,0 +1,64 @@
+"""Token sampling: greedy, temperature, top-k, top-p -- deterministic and replayable.
+
+`Sampler(params)` owns a `torch.Generator` seeded from `params.seed` (0 when None), so the same
+seed and the same logits always give the same tokens; a swarm client can replay a session
+after failover. `temperature == 0` is greedy argmax and ignores the generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1.0 = no nucleus filter
+    seed: int | None = None
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = ()  # generation ends before the first occurrence of any of these
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if isinstance(self.stop, str):
+            raise ValueError("stop must be a tuple of strings, not a single string.")
+
+
+class Sampler:
+    """Picks one token id from a 1-D logits vector."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(params.seed if params.seed is not None else 0)
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """logits [V] (any float dtype) -> token id."""
+        p = self.params
+        logits = logits.float().reshape(-1)
+        if p.temperature == 0.0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k and p.top_k < logits.numel():
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+            drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep the token crossing top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
