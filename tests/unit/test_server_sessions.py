@@ -92,3 +92,15 @@ def test_choose_span_fills_gaps_first():
     assert choose_span(30, 10, [rec("a", 0, 10), rec("b", 10, 20)]) == (20, 30)
     # Everything covered once: reinforce the weakest (lowest throughput) window.
     assert choose_span(30, 10, [rec("a", 0, 10, 50), rec("b", 10, 20, 5), rec("c", 20, 30, 50)]) == (10, 20)
+
+
+def test_idle_sessions_are_found_and_busy_ones_spared():
+    t = table()
+    idle = add(t, open_msg("i" * 16, max_length=10))
+    busy = add(t, open_msg("b" * 16, max_length=10))
+    fresh = add(t, open_msg("f" * 16, max_length=10))
+    idle.last_active = busy.last_active = 100.0
+    fresh.last_active = 195.0
+    assert sorted(t.idle_sessions(timeout=60, now=200.0)) == ["b" * 16, "i" * 16]
+    busy.lock._locked = True  # a step is in flight: never evict under it
+    assert t.idle_sessions(timeout=60, now=200.0) == ["i" * 16]

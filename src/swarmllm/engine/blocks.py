@@ -103,7 +103,7 @@ class SpanModel:
         cos, sin = (self.rope_local if sliding else self.rope_global).slice(start, T)
         end = start + T
         window = cfg.sliding_window if sliding else None
-        k0 = max(0, end - window) if window else 0  # keys below k0 are invisible to every query
+        k0 = max(0, start + 1 - window) if window else 0  # keys below k0 are invisible to every query
         if T == 1:
             return cos, sin, k0, None
         q_pos = torch.arange(start, end)[:, None]
