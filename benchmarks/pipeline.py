@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,8 +126,9 @@ def main() -> None:
 
     ours = run_ours_local(params, repeats)
     hf = None if args.no_transformers else run_transformers(params, repeats)
-    one, one_nodes = run_swarm([(0, 30)], params, repeats, out / "logs-1node")
-    three, three_nodes = run_swarm(even_spans(30, 3), params, repeats, out / "logs-3node")
+    logs = Path(tempfile.mkdtemp(prefix="swarmllm-bench-"))
+    one, one_nodes = run_swarm([(0, 30)], params, repeats, logs / "1node")
+    three, three_nodes = run_swarm(even_spans(30, 3), params, repeats, logs / "3node")
 
     per_token = {name: 1 / r["decode_tokens_per_second"] for name, r in (("local", ours), ("one", one), ("three", three))}
     results = {

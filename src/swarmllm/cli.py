@@ -143,7 +143,6 @@ def cmd_up(args) -> int:
               f"  swarmllm generate --model {args.model} --initial-peers {peers} \"Tell me about bees\"\n"
               f"Join it with another node:\n  swarmllm serve --model {args.model} --initial-peers {peers} "
               f"--blocks 0:{n_blocks}\n", flush=True)
-        _print_ready({"role": "up", "initial_peers": swarm.initial_peers, "log_dir": str(swarm.log_dir)})
         if args.prompt:
             from swarmllm.client.generation import generate_text
             from swarmllm.engine.sampling import SamplingParams
@@ -167,6 +166,41 @@ def cmd_up(args) -> int:
     finally:
         print("stopping the swarm...", flush=True)
         swarm.stop()
+    return 0
+
+
+def cmd_gateway(args) -> int:
+    import uvicorn
+
+    from swarmllm.client.swarm_client import SwarmClient
+    from swarmllm.gateway.app import GatewaySettings, create_app
+
+    settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+                               max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+                               max_active=args.max_active, max_queue=args.max_queue)
+    client = SwarmClient.connect(args.initial_peers)
+    try:
+        app = create_app(client, settings)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+        server = uvicorn.Server(config)
+        if server.config.should_reload:
+            raise SystemExit("reload is not supported")
+        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+
+        async def serve() -> None:
+            task = asyncio.create_task(server.serve())
+            while not server.started:
+                if task.done():
+                    await task
+                    raise SystemExit(f"the gateway could not listen on {args.host}:{args.port} (port in use?)")
+                await asyncio.sleep(0.05)
+            print(f"swarmllm gateway: chat {url}/  dashboard {url}/dashboard  API {url}/v1", flush=True)
+            _print_ready({"role": "gateway", "url": url})
+            await task
+
+        asyncio.run(serve())
+    finally:
+        client.close()
     return 0
 
 
@@ -232,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--exit-after-prompt", action="store_true", help="stop the swarm after --prompt (for scripts)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("gateway", help="OpenAI-compatible API, chat page and dashboard in front of a swarm")
+    _add_initial_peers(p, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--requests-per-minute", type=int, default=60, help="per client IP")
+    p.add_argument("--tokens-per-minute", type=int, default=40000, help="per client IP (prompt + max_tokens)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-active", type=int, default=8, help="generations running at once")
+    p.add_argument("--max-queue", type=int, default=16, help="generations waiting; beyond this requests get 503")
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("models", help="list the model catalog")
     p.set_defaults(func=cmd_models)

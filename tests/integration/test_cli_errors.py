@@ -79,3 +79,10 @@ def test_missing_blocks_then_server_out_of_memory(partial_swarm):
     assert out.returncode == 2
     assert "not enough KV-cache memory" in out.stderr, out.stderr
     assert small.alive and partial_swarm.nodes[0].alive
+
+
+def test_serve_without_blocks_fills_the_gap(tmp_path):
+    with LocalSwarm(MODEL, [(0, 10)], log_dir=tmp_path) as swarm:
+        chooser = swarm.add_node(None, None, name="chooser", extra_args=("--num-blocks", "20"))
+        swarm.wait_ready([chooser])
+        assert (chooser.ready["start"], chooser.ready["end"]) == (10, 30)

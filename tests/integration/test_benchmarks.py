@@ -1,0 +1,26 @@
+"""The benchmarks keep working: each runs in its tiny setting and writes its JSON + table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pipeline_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--quick", "--no-transformers",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "pipeline.json").read_text())
+    assert result["swarm_3_nodes"]["generated_tokens"] == 8
+    assert result["swarm_3_nodes"]["decode_tokens_per_second"] > 0
+    assert result["bytes_per_token_per_hop"] > 576 * 4
+    assert all(node["peak_rss_mb"] > 0 for node in result["nodes_3"])
+    assert "| swarm, 3 nodes |" in (tmp_path / "pipeline.md").read_text()
