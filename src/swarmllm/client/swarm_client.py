@@ -124,9 +124,17 @@ class SwarmClient:
         return plan_chain(model_id, n_blocks, records, self.rtts, max_length=max_length,
                           exclude=set(exclude) | unreachable)
 
-    def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: str = "float32",
+    def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
                      chain: Optional[list[ChainLink]] = None) -> RemoteSession:
+        """Open a session over `chain` (default: the best chain now).
+
+        wire_dtype None = lossless for this chain: 16-bit when every server computes in that
+        16-bit dtype (its outputs carry no more precision), else float32.
+        """
         chain = chain or self.plan(model_id, n_blocks, max_length)
+        if wire_dtype is None:
+            dtypes = {link.record.compute_dtype for link in chain}
+            wire_dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"bfloat16", "float16"} else "float32"
         session = InferenceSession(self.swarm, model_id, chain, max_length, wire_dtype=wire_dtype)
         self.loop.run(session.open())
         return RemoteSession(self, session)

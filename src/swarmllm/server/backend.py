@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from swarmllm.engine.blocks import SpanModel
+from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.engine.kv_cache import KVCache, kv_bytes_per_token
 from swarmllm.models.catalog import resolve_model
 from swarmllm.weights import load_blocks, read_config
@@ -45,9 +46,10 @@ class SpanBackend:
 
     @classmethod
     def load(cls, model: str, start: int, end: int, num_threads: int | None = None,
-             dtype: torch.dtype = torch.float32) -> "SpanBackend":
+             dtype_name: str = "auto") -> "SpanBackend":
         if num_threads:
             torch.set_num_threads(num_threads)
+        dtype = resolve_dtype(dtype_name)
         source = resolve_model(model)
         config = read_config(source)
         config.check_span(start, end)

@@ -23,6 +23,7 @@ from swarmllm import __version__
 from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key, parse_records,
 )
+from swarmllm.engine.dtypes import dtype_name
 from swarmllm.server.backend import SpanBackend
 from swarmllm.server.block_selection import choose_span
 from swarmllm.server.handlers import SessionService
@@ -50,6 +51,7 @@ class ServerConfig:
     num_threads: Optional[int] = None
     identity_path: Optional[str] = None
     throughput: Optional[float] = None          # announce this instead of measuring
+    dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
 
 
 @dataclass
@@ -79,7 +81,7 @@ class ServerNode:
             start, end = await self._choose_blocks(swarm, backend_spec.model_id, backend_spec.n_blocks)
             loaded = time.perf_counter()
             backend = await asyncio.get_running_loop().run_in_executor(
-                None, SpanBackend.load, self.config.model, start, end, self.config.num_threads)
+                None, SpanBackend.load, self.config.model, start, end, self.config.num_threads, self.config.dtype)
             self.status.load_seconds = time.perf_counter() - loaded
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
                 None, backend.measure_throughput)
@@ -125,7 +127,7 @@ class ServerNode:
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
             n_blocks=backend.n_blocks, state=state, throughput=self.status.throughput,
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
-            active_sessions=len(table.sessions), compute_dtype=str(backend.dtype).replace("torch.", ""),
+            active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype),
             addresses=tuple(self.status.addresses), software_version=__version__)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
