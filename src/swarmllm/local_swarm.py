@@ -82,6 +82,7 @@ class LocalSwarm:
     env: dict = field(default_factory=dict)
     bootstrap: Optional[ManagedProcess] = None
     nodes: list[ManagedProcess] = field(default_factory=list)
+    gateways: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def initial_peers(self) -> list[str]:
@@ -126,6 +127,15 @@ class LocalSwarm:
         self.nodes.append(node)
         return node
 
+    def add_gateway(self, port: int, extra_args: Sequence[str] = (), name: str = "gateway") -> ManagedProcess:
+        """Start an OpenAI-compatible gateway in front of this swarm."""
+        gateway = ManagedProcess(name, [sys.executable, "-m", "swarmllm.cli", "gateway", "--initial-peers",
+                                        ",".join(self.initial_peers), "--host", self.host, "--port", str(port),
+                                        *extra_args], self.log_dir / f"{name}.log")
+        gateway.start(self._env())
+        self.gateways.append(gateway)
+        return gateway
+
     def wait_ready(self, processes: Sequence[ManagedProcess], timeout: float = 120.0) -> None:
         self._wait(processes, timeout)
 
@@ -143,7 +153,7 @@ class LocalSwarm:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        for proc in self.nodes + ([self.bootstrap] if self.bootstrap else []):
+        for proc in self.gateways + self.nodes + ([self.bootstrap] if self.bootstrap else []):
             proc.stop()
 
     def __enter__(self) -> "LocalSwarm":
@@ -151,6 +161,14 @@ class LocalSwarm:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def even_spans(n_blocks: int, n_nodes: int) -> list[tuple[int, int]]:

@@ -1,0 +1,93 @@
+"""Request and response models of the OpenAI API subset the gateway implements.
+
+Requests are validated strictly on the fields we act on and tolerant of the extra fields
+OpenAI clients send (they are ignored). Responses follow OpenAI's shapes so the official
+`openai` package parses them unchanged; our extension (`swarmllm`: route and speed) rides
+in an extra field that OpenAI clients ignore.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+
+
+class _SamplingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=200)
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: Optional[int] = None
+    stop: Optional[Union[str, list[str]]] = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings of at most 200 characters")
+        return stops
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str = Field(max_length=200_000)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RouteHop(BaseModel):
+    peer_id: str
+    start: int
+    end: int
+
+
+class SwarmInfo(BaseModel):
+    """Our extension: which nodes served the reply and how fast."""
+
+    route: list[RouteHop]
+    tokens_per_second: float
+    time_to_first_token: float
+    completion_tokens: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "swarmllm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

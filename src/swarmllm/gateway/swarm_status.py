@@ -1,0 +1,82 @@
+"""The live view of the swarm the dashboard shows (and scripts read at /api/swarm).
+
+Every `period` seconds: read the model registry and every model's block records from the
+DHT, ping the nodes (RTT from the gateway), compute per-block coverage, and sample the
+tokens/s served through this gateway. The snapshot is a plain JSON-able dict; readers
+never wait on the DHT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Callable
+
+from swarmllm.client.routing import usable
+from swarmllm.client.swarm_client import SwarmClient
+
+logger = logging.getLogger(__name__)
+
+
+class SwarmStatus:
+    def __init__(self, client: SwarmClient, tokens_counter: Callable[[], int], period: float = 2.0,
+                 history_seconds: float = 300.0):
+        self.client, self.tokens_counter, self.period = client, tokens_counter, period
+        self.history: deque = deque(maxlen=max(2, int(history_seconds / period)))
+        self.snapshot: dict = {"updated_at": 0.0, "models": [], "nodes": [], "throughput_history": [],
+                               "active_sessions": 0}
+        self._last_tokens = (time.time(), tokens_counter())
+        self._last_ping = 0.0
+        self.changed = asyncio.Event()
+
+    def complete_models(self) -> list[str]:
+        return [m["model_id"] for m in self.snapshot["models"] if m["complete"]]
+
+    def refresh(self) -> dict:
+        """One synchronous refresh (runs on a worker thread)."""
+        registry = self.client.list_models()
+        models, nodes = [], []
+        for model_id, info in sorted(registry.items()):
+            n_blocks = int(info.get("n_blocks", 0))
+            if n_blocks <= 0:
+                continue
+            records = self.client.find_servers(model_id, n_blocks)
+            coverage = [0] * n_blocks
+            for r in records:
+                if usable(r):
+                    for b in range(max(0, r.start), min(n_blocks, r.end)):
+                        coverage[b] += 1
+            models.append({"model_id": model_id, "n_blocks": n_blocks, "coverage": coverage,
+                           "complete": bool(records) and min(coverage) > 0})
+            nodes.extend(records)
+        if time.time() - self._last_ping > 10 or any(r.peer_id not in self.client.rtts for r in nodes):
+            self.client.ping({r.peer_id for r in nodes})
+            self._last_ping = time.time()
+        now, tokens = time.time(), self.tokens_counter()
+        last_t, last_tokens = self._last_tokens
+        self.history.append({"t": now, "tokens_per_second": (tokens - last_tokens) / max(now - last_t, 1e-6)})
+        self._last_tokens = (now, tokens)
+        self.snapshot = {
+            "updated_at": now,
+            "models": models,
+            "nodes": [{"peer_id": r.peer_id, "model_id": r.model_id, "start": r.start, "end": r.end,
+                       "throughput": r.throughput, "state": r.state.value, "active_sessions": r.active_sessions,
+                       "free_cache_tokens": r.free_cache_tokens, "protocol_version": r.protocol_version,
+                       "rtt_ms": round(self.client.rtts[r.peer_id] * 1000, 2) if r.peer_id in self.client.rtts else None,
+                       "software_version": r.software_version} for r in sorted(nodes, key=lambda r: (r.model_id, r.start))],
+            "throughput_history": list(self.history),
+            "active_sessions": sum(r.active_sessions for r in nodes),
+        }
+        return self.snapshot
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh)
+                self.changed.set()
+                self.changed = asyncio.Event()
+            except Exception as e:  # the DHT being briefly unreachable must not stop the dashboard
+                logger.warning("refreshing the swarm status failed: %s", e)
+            await asyncio.sleep(self.period)

@@ -1,0 +1,38 @@
+"""A real 3-node swarm with a gateway in front, for tests through HTTP clients."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from swarmllm.local_swarm import LocalSwarm, even_spans, free_port
+
+
+def wait_for_model(url: str, model: str = "smollm2-135m", timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(m["id"] == model for m in httpx.get(f"{url}/v1/models", timeout=5).json()["data"]):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{model} never appeared at {url}/v1/models")
+
+
+@pytest.fixture(scope="session")
+def gateway_swarm(tmp_path_factory):
+    """(swarm, gateway url): 3 nodes, a gateway with a low per-IP request limit for the 429 test."""
+    swarm = LocalSwarm("smollm2-135m", even_spans(30, 3), log_dir=tmp_path_factory.mktemp("e2e-swarm"))
+    swarm.start(timeout=180)
+    try:
+        port = free_port()
+        gateway = swarm.add_gateway(port, ["--requests-per-minute", "1000", "--status-period", "1"])
+        swarm.wait_ready([gateway], timeout=120)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_model(url)
+        yield swarm, url
+    finally:
+        swarm.stop()

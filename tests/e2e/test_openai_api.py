@@ -1,0 +1,116 @@
+"""The gateway through the official `openai` package and raw HTTP, against a real swarm."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import openai
+import pytest
+
+from swarmllm.client.generation import generate_text
+from swarmllm.engine.sampling import SamplingParams
+from swarmllm.local_swarm import free_port
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-135m"
+QUESTION = "Name three colours of the rainbow."
+
+
+@pytest.fixture(scope="module")
+def api(gateway_swarm):
+    _, url = gateway_swarm
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(gateway_swarm):
+    """Greedy reply computed directly through the swarm, without the gateway."""
+    swarm, _ = gateway_swarm
+    return generate_text(MODEL, QUESTION, SamplingParams(max_new_tokens=24), initial_peers=swarm.initial_peers)
+
+
+def test_models_lists_the_served_model(api):
+    assert [m.id for m in api.models.list().data] == [MODEL]
+
+
+def test_chat_non_streaming_equals_swarm_reference(api, reference):
+    reply = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                        max_tokens=24, temperature=0)
+    assert reply.choices[0].message.content == reference["text"]
+    assert reply.choices[0].finish_reason == reference["finish_reason"]
+    assert reply.usage.completion_tokens == reference["generated_tokens"]
+    assert reply.usage.prompt_tokens == reference["prompt_tokens"]
+    route = reply.model_extra["swarmllm"]["route"]
+    assert [(hop["start"], hop["end"]) for hop in route] == [(0, 10), (10, 20), (20, 30)]
+
+
+def test_chat_streaming_equals_swarm_reference(api, reference):
+    stream = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                         max_tokens=24, temperature=0, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == reference["text"]
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # really streamed
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_completions_endpoint_and_stop_strings(api):
+    reply = api.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, stop=[" 7"])
+    text = reply.choices[0].text
+    assert " 7" not in text and reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_unknown_model_is_404(api):
+    with pytest.raises(openai.NotFoundError) as info:
+        api.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert "no-such-model" in str(info.value)
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"{not json", 400),
+    (b'{"model": "smollm2-135m", "messages": "hello"}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "n": 2}', 400),
+])
+def test_bad_requests_get_openai_errors(gateway_swarm, body, status):
+    _, url = gateway_swarm
+    r = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    assert r.json()["error"]["message"]
+
+
+def test_oversized_body_is_413(gateway_swarm):
+    _, url = gateway_swarm
+    r = httpx.post(f"{url}/v1/chat/completions", content=b"x" * 2_000_000, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_rate_limited_client_gets_429(gateway_swarm):
+    swarm, _ = gateway_swarm
+    port = free_port()
+    gateway = swarm.add_gateway(port, ["--requests-per-minute", "2"], name="strict-gateway")
+    swarm.wait_ready([gateway])
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    for _ in range(2):
+        api.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as info:
+        api.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+    assert int(info.value.response.headers["retry-after"]) >= 1
+    gateway.stop()
+
+
+def test_saturated_gateway_answers_503_not_a_pile_up(gateway_swarm):
+    swarm, _ = gateway_swarm
+    port = free_port()
+    gateway = swarm.add_gateway(port, ["--max-active", "1", "--max-queue", "0"], name="tiny-gateway")
+    swarm.wait_ready([gateway])
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    body = {"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 48, "temperature": 0}
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        statuses = sorted(pool.map(lambda _: httpx.post(url, json=body, timeout=120).status_code, range(3)))
+    assert statuses[0] == 200 and 503 in statuses
+    gateway.stop()

@@ -1,0 +1,227 @@
+import { useEffect, useState } from "react";
+import { type ModelSummary, type NodeInfo, type SwarmSnapshot, fmtNum, shortPeer } from "../shared/api";
+import { type ConnMode, useSwarm } from "./useSwarm";
+
+const STALE_AFTER_S = 10;
+
+/** Runs of uncovered blocks, e.g. [[10, 19], [25, 25]] (inclusive). */
+export function gaps(coverage: number[]): [number, number][] {
+  const out: [number, number][] = [];
+  coverage.forEach((c, i) => {
+    if (c > 0) return;
+    const last = out[out.length - 1];
+    if (last && last[1] === i - 1) last[1] = i;
+    else out.push([i, i]);
+  });
+  return out;
+}
+
+function coverageStatus(m: ModelSummary): { ok: boolean; text: string } {
+  const g = gaps(m.coverage);
+  if (m.complete && g.length === 0) {
+    const min = m.coverage.length ? Math.min(...m.coverage) : 0;
+    return { ok: true, text: `complete — every block served (at least ${min} server${min === 1 ? "" : "s"} each)` };
+  }
+  if (g.length === 0) return { ok: false, text: "not servable yet (nodes still joining)" };
+  const spans = g.map(([a, b]) => (a === b ? `${a}` : `${a}–${b}`)).join(", ");
+  const missing = g.reduce((n, [a, b]) => n + b - a + 1, 0);
+  return { ok: false, text: `gap: block${missing === 1 ? "" : "s"} ${spans} (${missing} of ${m.n_blocks} unserved)` };
+}
+
+function level(count: number): number {
+  return count <= 0 ? 0 : Math.min(count, 3);
+}
+
+function Coverage({ models }: { models: ModelSummary[] }) {
+  if (!models.length) return <p className="muted">No models announced by the swarm.</p>;
+  return (
+    <>
+      {models.map((m) => {
+        const st = coverageStatus(m);
+        return (
+          <div className="model-cov" key={m.model_id} data-testid="model-coverage" data-model={m.model_id}>
+            <div className="model-cov-head">
+              <strong>{m.model_id}</strong>
+              <span className="muted">{m.n_blocks} blocks</span>
+              <span className={st.ok ? "status-ok" : "status-gap"} data-testid="coverage-status">{st.text}</span>
+            </div>
+            <div className="cov-grid">
+              {m.coverage.map((c, i) => (
+                <div
+                  key={i}
+                  className="cov-cell"
+                  data-testid="coverage-cell"
+                  data-count={c}
+                  data-level={level(c)}
+                  title={`block ${i}: ${c} server${c === 1 ? "" : "s"}`}
+                >
+                  {c}
+                </div>
+              ))}
+            </div>
+          </div>
+        );
+      })}
+      <div className="legend">
+        <span>Cell = one transformer block, number = servers covering it:</span>
+        <span><i className="cov-cell" data-level="0" /> 0 (gap)</span>
+        <span><i className="cov-cell" data-level="1" /> 1</span>
+        <span><i className="cov-cell" data-level="2" /> 2</span>
+        <span><i className="cov-cell" data-level="3" /> 3+</span>
+      </div>
+    </>
+  );
+}
+
+function fmtClock(t: number): string {
+  return new Date(t * 1000).toLocaleTimeString();
+}
+
+function ThroughputChart({ history }: { history: SwarmSnapshot["throughput_history"] }) {
+  const W = 600, H = 160;
+  const pts = [...history].sort((a, b) => a.t - b.t);
+  const maxV = Math.max(1, ...pts.map((p) => p.tokens_per_second)) * 1.15;
+  const t0 = pts.length ? pts[0].t : 0;
+  const t1 = pts.length ? pts[pts.length - 1].t : 1;
+  const span = Math.max(t1 - t0, 1e-6);
+  const xy = pts.map((p) => [
+    pts.length === 1 ? W : ((p.t - t0) / span) * W,
+    H - (Math.max(0, p.tokens_per_second) / maxV) * H,
+  ]);
+  const line = xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
+  const area = xy.length ? `M${xy[0][0]},${H} L${line.replace(/ /g, " L")} L${xy[xy.length - 1][0]},${H} Z` : "";
+  return (
+    <div className="chart" data-testid="throughput-chart">
+      <div className="chart-axis"><span>{fmtNum(maxV, 1)} tok/s</span></div>
+      <svg viewBox={`0 0 ${W} ${H}`} preserveAspectRatio="none" role="img" aria-label="swarm throughput over time">
+        {[0.25, 0.5, 0.75].map((f) => <line key={f} className="grid" x1={0} x2={W} y1={H * f} y2={H * f} />)}
+        <line className="grid" x1={0} x2={W} y1={H - 0.5} y2={H - 0.5} />
+        {xy.length > 0 && <path className="area" d={area} />}
+        {xy.length > 0 && <polyline className="line" points={line} />}
+      </svg>
+      <div className="chart-axis">
+        {pts.length ? (
+          <><span>{fmtClock(t0)}</span><span>{fmtClock(t1)}</span></>
+        ) : (
+          <span>no data yet</span>
+        )}
+      </div>
+    </div>
+  );
+}
+
+function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
+  const sorted = [...nodes].sort((a, b) => a.model_id.localeCompare(b.model_id) || a.start - b.start || a.end - b.end);
+  if (!sorted.length) return <p className="muted">No nodes found in the swarm.</p>;
+  return (
+    <div className="table-wrap">
+      <table>
+        <thead>
+          <tr>
+            <th>Peer ID</th><th>Model</th><th>Span</th><th className="num">Throughput (tok/s)</th><th>State</th>
+            <th className="num" title="active inference sessions on this node">Load (sessions)</th>
+            <th className="num" title="free attention-cache space, in tokens">Free cache</th><th>Protocol</th>
+            <th className="num">RTT (ms)</th><th>Version</th>
+          </tr>
+        </thead>
+        <tbody>
+          {sorted.map((n) => (
+            <tr key={n.peer_id + n.model_id + n.start} data-testid="node-row" data-peer-id={n.peer_id}>
+              <td className="mono" title={n.peer_id}>{shortPeer(n.peer_id)}</td>
+              <td>{n.model_id}</td>
+              <td className="mono">[{n.start}, {n.end})</td>
+              <td className="num">{fmtNum(n.throughput)}</td>
+              <td><span className={`state ${n.state}`}>{n.state}</span></td>
+              <td className="num">{n.active_sessions}</td>
+              <td className="num">{n.free_cache_tokens?.toLocaleString() ?? "–"}</td>
+              <td>{n.protocol_version}</td>
+              <td className="num">{n.rtt_ms == null ? "–" : fmtNum(n.rtt_ms)}</td>
+              <td className="muted">{n.software_version}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+const MODE_TEXT: Record<ConnMode, string> = {
+  connecting: "connecting…",
+  live: "live",
+  polling: "polling",
+  down: "disconnected",
+};
+
+function useNow(): number {
+  const [now, setNow] = useState(() => Date.now() / 1000);
+  useEffect(() => {
+    const id = window.setInterval(() => setNow(Date.now() / 1000), 1000);
+    return () => window.clearInterval(id);
+  }, []);
+  return now;
+}
+
+export function Dashboard() {
+  const { snap, mode, error } = useSwarm();
+  const now = useNow();
+  const age = snap ? Math.max(0, now - snap.updated_at) : null;
+  const hist = snap?.throughput_history ?? [];
+  const currentTps = hist.length ? [...hist].sort((a, b) => a.t - b.t)[hist.length - 1].tokens_per_second : null;
+  const online = snap?.nodes.filter((n) => n.state === "online").length ?? 0;
+  const servable = snap?.models.filter((m) => m.complete).length ?? 0;
+
+  return (
+    <>
+      <header className="topbar">
+        <span className="brand">swarmllm<small>dashboard</small></span>
+        <span className="conn" data-testid="connection">
+          <span className={`dot ${mode === "live" ? "live" : mode === "polling" ? "polling" : mode === "down" ? "down" : ""}`} />
+          {MODE_TEXT[mode]}
+        </span>
+        <span className="muted" data-testid="last-update">
+          last update:{" "}
+          {snap ? (
+            <span className={age !== null && age > STALE_AFTER_S ? "stale" : ""}>
+              {fmtClock(snap.updated_at)} ({Math.round(age ?? 0)} s ago)
+            </span>
+          ) : "never"}
+        </span>
+        <span className="spacer" />
+        <a href="/">← Chat</a>
+      </header>
+      {error && !snap && <div className="notice">Can't load the swarm status: {error}</div>}
+      <main className="dash">
+        <section className="cards">
+          <div className="card">
+            <div className="label">Nodes online</div>
+            <div className="value">{snap ? `${online} / ${snap.nodes.length}` : "–"}</div>
+          </div>
+          <div className="card">
+            <div className="label">Active sessions</div>
+            <div className="value" data-testid="active-sessions">{snap ? snap.active_sessions : "–"}</div>
+          </div>
+          <div className="card">
+            <div className="label">Swarm throughput</div>
+            <div className="value">{fmtNum(currentTps)} <span className="muted" style={{ fontSize: "0.9rem" }}>tok/s</span></div>
+          </div>
+          <div className="card">
+            <div className="label">Models servable</div>
+            <div className="value">{snap ? `${servable} / ${snap.models.length}` : "–"}</div>
+          </div>
+        </section>
+        <section className="panel">
+          <h2>Layer coverage</h2>
+          {snap ? <Coverage models={snap.models} /> : <p className="muted">loading…</p>}
+        </section>
+        <section className="panel">
+          <h2>Swarm throughput (output tokens/s)</h2>
+          <ThroughputChart history={hist} />
+        </section>
+        <section className="panel">
+          <h2>Nodes</h2>
+          {snap ? <NodesTable nodes={snap.nodes} /> : <p className="muted">loading…</p>}
+        </section>
+      </main>
+    </>
+  );
+}

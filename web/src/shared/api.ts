@@ -1,0 +1,123 @@
+// Types and helpers for the gateway's HTTP contract (same origin as the pages).
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string;
+}
+
+export interface RouteHop {
+  peer_id: string;
+  start: number;
+  end: number;
+}
+
+/** The `swarmllm` extension object on the final chunk of a streamed completion. */
+export interface SwarmInfo {
+  route: RouteHop[];
+  tokens_per_second: number | null;
+  time_to_first_token: number | null;
+  completion_tokens: number | null;
+}
+
+export interface ModelSummary {
+  model_id: string;
+  n_blocks: number;
+  coverage: number[];
+  complete: boolean;
+}
+
+export interface NodeInfo {
+  peer_id: string;
+  model_id: string;
+  start: number;
+  end: number;
+  throughput: number;
+  state: "online" | "joining" | "leaving" | string;
+  active_sessions: number;
+  free_cache_tokens: number;
+  protocol_version: string | number;
+  rtt_ms: number | null;
+  software_version: string;
+}
+
+export interface SwarmSnapshot {
+  updated_at: number;
+  models: ModelSummary[];
+  nodes: NodeInfo[];
+  throughput_history: { t: number; tokens_per_second: number }[];
+  active_sessions: number;
+}
+
+/** An error carrying the message of an OpenAI-style `{"error": {...}}` body. */
+export class ApiError extends Error {
+  status: number;
+  retryAfter: number | null;
+  constructor(message: string, status: number, retryAfter: number | null = null) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Builds an ApiError from a non-2xx response, preferring the JSON body's error.message. */
+export async function errorFromResponse(res: Response): Promise<ApiError> {
+  let message = `${res.status} ${res.statusText}`.trim();
+  try {
+    const text = await res.text();
+    try {
+      const body = JSON.parse(text);
+      const m = body?.error?.message ?? body?.detail ?? body?.message;
+      if (typeof m === "string" && m) message = m;
+      else if (m) message = JSON.stringify(m);
+    } catch {
+      if (text.trim()) message = text.trim().slice(0, 500);
+    }
+  } catch {
+    /* body unreadable: keep the status line */
+  }
+  const ra = res.headers.get("Retry-After");
+  const retryAfter = ra !== null && ra.trim() !== "" && !isNaN(Number(ra)) ? Number(ra) : null;
+  return new ApiError(message, res.status, retryAfter);
+}
+
+/**
+ * Reads a `text/event-stream` body and yields the `data:` payload of each event
+ * (multi-line data joined with "\n"). EventSource can't POST, so the chat uses this.
+ */
+export async function* readSSE(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  let data: string[] = [];
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += decoder.decode(value, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl).replace(/\r$/, "");
+        buf = buf.slice(nl + 1);
+        if (line === "") {
+          if (data.length) yield data.join("\n");
+          data = [];
+        } else if (line.startsWith("data:")) {
+          data.push(line.slice(5).replace(/^ /, ""));
+        } // comments (":") and other fields are ignored
+      }
+    }
+    if (buf.startsWith("data:")) data.push(buf.slice(5).replace(/^ /, ""));
+    if (data.length) yield data.join("\n");
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** `…a1b2c3d4`: the last 8 characters of a peer id. */
+export function shortPeer(peerId: string): string {
+  return peerId.length > 8 ? `…${peerId.slice(-8)}` : peerId;
+}
+
+export function fmtNum(x: number | null | undefined, digits = 1): string {
+  return x === null || x === undefined || !isFinite(x) ? "–" : x.toFixed(digits);
+}
