@@ -126,45 +126,49 @@ def cmd_generate(args) -> int:
 # --- up --------------------------------------------------------------------------------
 def cmd_up(args) -> int:
     from swarmllm.local_swarm import LocalSwarm, even_spans
-    from swarmllm.weights import read_config
     from swarmllm.models.catalog import resolve_model
+    from swarmllm.weights import read_config
 
     source = resolve_model(args.model)
     n_blocks = read_config(source).n_blocks
     spans = even_spans(n_blocks, args.nodes)
     print(f"starting a local swarm: bootstrap + {args.nodes} nodes serving {source.model_id} "
-          f"({n_blocks} blocks: {', '.join(f'[{a}, {b})' for a, b in spans)})", flush=True)
+          f"({n_blocks} blocks: {', '.join(f'[{a}, {b})' for a, b in spans)}) + gateway", flush=True)
     swarm = LocalSwarm(args.model, spans, log_dir=args.log_dir)
     started = time.perf_counter()
     try:
         swarm.start(timeout=args.timeout)
+        gateway = swarm.add_gateway(args.port, ["--host", args.host] if args.host != swarm.host else [])
+        swarm.wait_ready([gateway], timeout=args.timeout)
+        url = gateway.ready["url"]
         peers = ",".join(swarm.initial_peers)
         print(f"swarm ready in {time.perf_counter() - started:.1f} s; logs in {swarm.log_dir}", flush=True)
         for node in swarm.nodes:
             r = node.ready
             print(f"  {node.name}: peer {r['peer_id']} blocks [{r['start']}, {r['end']}) "
                   f"{r['throughput']:.0f} tokens/s", flush=True)
-        print("\nGenerate through it from another terminal:\n"
-              f"  swarmllm generate --model {args.model} --initial-peers {peers} \"Tell me about bees\"\n"
-              f"Join it with another node:\n  swarmllm serve --model {args.model} --initial-peers {peers} "
-              f"--blocks 0:{n_blocks}\n", flush=True)
+        print(f"\n  Chat in your browser:  {url}/\n  Swarm dashboard:       {url}/dashboard\n"
+              f"  OpenAI API:            {url}/v1   (e.g. OpenAI(base_url=\"{url}/v1\", api_key=\"none\"))\n\n"
+              f"Generate from a terminal:\n  swarmllm generate --model {args.model} --initial-peers {peers} "
+              f"\"Tell me about bees\"\nJoin with another node:\n  swarmllm serve --model {args.model} "
+              f"--initial-peers {peers}\n", flush=True)
         if args.prompt:
             from swarmllm.client.generation import generate_text
             from swarmllm.engine.sampling import SamplingParams
             print(f"> {args.prompt}", flush=True)
             generate_text(args.model, args.prompt, SamplingParams(max_new_tokens=args.max_new_tokens),
                           initial_peers=swarm.initial_peers, stream_to=sys.stdout)
-            print(flush=True)
+            print("\n", flush=True)
         if args.exit_after_prompt:
             return 0
         print("Press Ctrl-C to stop the swarm.", flush=True)
         stop = {"now": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
         while not stop["now"]:
-            for node in swarm.nodes:
-                if not node.alive:
-                    print(f"warning: {node.name} exited:\n{node.log_tail()}", file=sys.stderr, flush=True)
-                    swarm.nodes.remove(node)
+            for proc in swarm.nodes + swarm.gateways:
+                if not proc.alive and not getattr(proc, "reported", False):
+                    proc.reported = True
+                    print(f"warning: {proc.name} exited:\n{proc.log_tail()}", file=sys.stderr, flush=True)
             time.sleep(1)
     except KeyboardInterrupt:
         pass
@@ -273,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="generate a reply to this prompt once the swarm is ready")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--exit-after-prompt", action="store_true", help="stop the swarm after --prompt (for scripts)")
+    p.add_argument("--port", type=int, default=8000, help="gateway port (chat page, dashboard, OpenAI API)")
+    p.add_argument("--host", default="127.0.0.1", help="gateway interface (0.0.0.0 to share it on your network)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("gateway", help="OpenAI-compatible API, chat page and dashboard in front of a swarm")

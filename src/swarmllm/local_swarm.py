@@ -32,9 +32,12 @@ class ManagedProcess:
     log_path: Path
     process: Optional[subprocess.Popen] = None
     ready: Optional[dict] = None
+    _log_offset: int = 0
 
     def start(self, env: dict) -> None:
         self.ready = None
+        # Read readiness only from what this run writes: the log may hold earlier runs.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
@@ -46,7 +49,10 @@ class ManagedProcess:
 
     def poll_ready(self) -> Optional[dict]:
         if self.ready is None and self.log_path.exists():
-            for line in self.log_path.read_text(errors="replace").splitlines():
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                text = f.read().decode(errors="replace")
+            for line in text.splitlines():
                 if line.startswith(READY_MARKER):
                     self.ready = json.loads(line[len(READY_MARKER):])
         return self.ready

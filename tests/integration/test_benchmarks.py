@@ -24,3 +24,12 @@ def test_pipeline_benchmark_quick(tmp_path):
     assert result["bytes_per_token_per_hop"] > 576 * 2
     assert all(node["peak_rss_mb"] > 0 for node in result["nodes_3"])
     assert "| swarm, 3 nodes |" in (tmp_path / "pipeline.md").read_text()
+
+
+def test_load_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "load.json").read_text())
+    assert result["all_completed"] and [x["concurrency"] for x in result["levels"]] == [1, 4]
+    assert all(x["aggregate_tokens_per_second"] > 0 for x in result["levels"])

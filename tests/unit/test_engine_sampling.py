@@ -105,3 +105,14 @@ def test_context_limit_ends_with_length():
     head = ScriptedHead(ids_of("aaaaaaaaaa"))
     result = generate(head, FakeTokenizer(), identity_forward, [0, 1], SamplingParams(max_new_tokens=50), max_length=6)
     assert result.finish_reason == "length" and len(result.token_ids) == 5
+
+
+def test_tiny_top_p_keeps_the_most_likely_token():
+    # Found by fuzzing the gateway: top_p=5e-324 dropped every token and sampling crashed.
+    import torch
+
+    from swarmllm.engine.sampling import Sampler, SamplingParams
+
+    logits = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=5e-324, seed=3))
+    assert sampler.sample(logits) == int(torch.argmax(logits))

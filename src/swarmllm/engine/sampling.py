@@ -58,6 +58,7 @@ class Sampler:
             sorted_logits, order = torch.sort(logits, descending=True)
             cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
             drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep the token crossing top_p
+            drop[0] = False  # the most likely token always survives (rounding can push it over a tiny top_p)
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
         probs = torch.softmax(logits, dim=-1)

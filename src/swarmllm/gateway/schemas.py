@@ -42,10 +42,16 @@ class _SamplingRequest(BaseModel):
 
 
 class ChatCompletionRequest(_SamplingRequest):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 3}]})
+
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
 
 
 class CompletionRequest(_SamplingRequest):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 3, "stream": True}]})
+
     prompt: str = Field(max_length=200_000)
 
 

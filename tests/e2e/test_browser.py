@@ -1,0 +1,89 @@
+"""The chat page and the dashboard in headless Chromium (Debian's, driven by Playwright).
+
+Screenshots go to $SWARMLLM_ARTIFACTS (or a temporary folder) as test artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+
+from swarmllm.local_swarm import LocalSwarm, even_spans, free_port
+
+from .conftest import wait_for_model
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (scripts/test.sh installs it with apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Its own swarm: the dashboard test stops one of its nodes."""
+    swarm = LocalSwarm("smollm2-135m", even_spans(30, 3), log_dir=tmp_path_factory.mktemp("browser-swarm"))
+    swarm.start(timeout=180)
+    try:
+        port = free_port()
+        swarm.wait_ready([swarm.add_gateway(port, ["--status-period", "1"])], timeout=120)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_model(url)
+        yield swarm, url
+    finally:
+        swarm.stop()
+
+
+def test_chat_streams_a_reply(browser, site, artifacts_dir):
+    _, url = site
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.wait_for_selector("[data-testid=model-select] >> text=smollm2-135m", state="attached", timeout=30_000)
+    page.fill("[data-testid=chat-input]", "Name a colour.")
+    page.click("[data-testid=send-button]")
+    reply = page.locator("[data-testid=assistant-message]").first
+    page.wait_for_function(
+        "() => { const m = document.querySelector('[data-testid=assistant-message]'); return m && m.innerText.trim().length > 0 }",
+        timeout=60_000)
+    page.wait_for_selector("[data-testid=reply-meta]", timeout=60_000)
+    meta = page.locator("[data-testid=reply-meta]").first.inner_text()
+    assert "tok/s" in meta and "[0,10)" in meta and "[20,30)" in meta
+    assert reply.inner_text().strip()
+    page.screenshot(path=os.path.join(artifacts_dir, "chat.png"), full_page=True)
+    page.close()
+
+
+def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_dir):
+    swarm, url = site
+    page = browser.new_page()
+    page.goto(url + "/dashboard")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=node-row]').length === 3", timeout=30_000)
+    status = page.locator("[data-testid=coverage-status]").first
+    assert "complete" in status.inner_text()
+    assert page.locator("[data-testid=coverage-cell]").count() == 30
+    assert page.locator("[data-testid=coverage-cell][data-count='0']").count() == 0
+    page.screenshot(path=os.path.join(artifacts_dir, "dashboard-complete.png"), full_page=True)
+
+    swarm.nodes[1].signal(signal.SIGTERM)  # graceful leave: blocks [10, 20) become uncovered
+    page.wait_for_function(
+        "() => { const s = document.querySelector('[data-testid=coverage-status]'); return s && s.innerText.includes('gap') }",
+        timeout=40_000)  # no page reload: the dashboard updates live
+    assert page.locator("[data-testid=coverage-cell][data-count='0']").count() == 10
+    assert "10" in status.inner_text()
+    page.screenshot(path=os.path.join(artifacts_dir, "dashboard-gap.png"), full_page=True)
+    page.close()
