@@ -65,6 +65,18 @@ def test_chat_streams_a_reply(browser, site, artifacts_dir):
     assert "tok/s" in meta and "[0,10)" in meta and "[20,30)" in meta
     assert reply.inner_text().strip()
     page.screenshot(path=os.path.join(artifacts_dir, "chat.png"), full_page=True)
+
+    # Second turn (the whole conversation is sent), stopped by the user mid-stream.
+    page.fill("[data-testid=max-tokens]", "400")
+    page.fill("[data-testid=chat-input]", "Now write a long poem about it.")
+    page.click("[data-testid=send-button]")
+    page.wait_for_function(
+        "() => { const m = document.querySelectorAll('[data-testid=assistant-message]'); "
+        "return m.length === 2 && m[1].innerText.trim().length > 20 }", timeout=60_000)
+    page.click("[data-testid=stop-button]")
+    page.wait_for_selector("[data-testid=send-button]", timeout=10_000)
+    assert "stopped" in page.locator("body").inner_text().lower()
+    page.screenshot(path=os.path.join(artifacts_dir, "chat-stopped.png"), full_page=True)
     page.close()
 
 
