@@ -142,6 +142,21 @@ class LocalSwarm:
         self.gateways.append(gateway)
         return gateway
 
+    def restart(self, proc: ManagedProcess, wait: bool = True, timeout: float = 120.0) -> ManagedProcess:
+        """Start a stopped or killed process again with the same arguments (a new peer id)."""
+        proc.stop()
+        proc.start(self._env())
+        if wait:
+            self._wait([proc], timeout)
+        return proc
+
+    def kill(self, proc: ManagedProcess, sig: int = signal.SIGKILL) -> None:
+        """Signal the process and its p2p daemon together, as when a machine dies or freezes."""
+        if proc.alive:
+            os.killpg(proc.process.pid, sig)
+            if sig == signal.SIGKILL:
+                proc.process.wait(10)
+
     def wait_ready(self, processes: Sequence[ManagedProcess], timeout: float = 120.0) -> None:
         self._wait(processes, timeout)
 

@@ -110,6 +110,10 @@ def test_malformed_messages_get_error_replies_and_node_keeps_serving(swarm3, cli
     reply, payload = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=1, start_position=0,
                                                                   tensor=meta), raw))
     assert isinstance(reply, StepResult) and decode_tensor(reply.tensor, payload).shape == (1, 3, 576)
+    # The same step again (a duplicate or a retry that arrives late) is never applied twice.
+    reply, _ = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=1, start_position=3,
+                                                            tensor=meta), raw))
+    assert isinstance(reply, ErrorReply) and reply.code == "stale_step"
     stream.close()
 
     assert node.alive

@@ -53,3 +53,12 @@ def test_leaving_excluded_and_short_servers_skipped():
     assert [link.peer_id for link in plan_chain("m", 30, records, max_length=100)] == ["c"]
     with pytest.raises(MissingBlocksError):
         plan_chain("m", 30, records, max_length=100, exclude=["c"])
+
+
+def test_sub_range_for_failover():
+    records = [rec("a", 0, 10), rec("b", 10, 20), rec("b2", 10, 20), rec("c", 20, 30)]
+    chain = plan_chain("m", 30, records, start=10, end=20, exclude=["b"])
+    assert spans(chain) == [("b2", 10, 20)]
+    with pytest.raises(MissingBlocksError) as info:
+        plan_chain("m", 30, records, start=10, end=20, exclude=["b", "b2"])
+    assert info.value.missing == [(10, 20)]

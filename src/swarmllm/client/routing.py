@@ -51,16 +51,19 @@ def usable(record: ServerRecord, max_length: int = 1) -> bool:
             and record.max_session_length >= max_length)
 
 
-def missing_spans(n_blocks: int, records: Iterable[ServerRecord]) -> list[tuple[int, int]]:
+def missing_spans(n_blocks: int, records: Iterable[ServerRecord], start: int = 0,
+                  end: int | None = None) -> list[tuple[int, int]]:
+    """Maximal runs of blocks in [start, end) that no record covers."""
+    end = n_blocks if end is None else end
     covered = [False] * n_blocks
     for r in records:
         for b in range(max(0, r.start), min(n_blocks, r.end)):
             covered[b] = True
-    spans, b = [], 0
-    while b < n_blocks:
+    spans, b = [], start
+    while b < end:
         if not covered[b]:
             a = b
-            while b < n_blocks and not covered[b]:
+            while b < end and not covered[b]:
                 b += 1
             spans.append((a, b))
         else:
@@ -74,34 +77,40 @@ def hop_cost(record: ServerRecord, start: int, end: int, rtts: Mapping[str, floa
 
 
 def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rtts: Mapping[str, float] | None = None,
-               *, max_length: int = 1, exclude: Iterable[str] = ()) -> list[ChainLink]:
-    """Cheapest chain covering [0, n_blocks); raises MissingBlocksError naming the gaps."""
+               *, max_length: int = 1, exclude: Iterable[str] = (), start: int = 0,
+               end: int | None = None) -> list[ChainLink]:
+    """Cheapest chain covering blocks [start, end) (default: the whole model).
+
+    Raises MissingBlocksError naming the gaps. A sub-range is what failover asks for: a
+    replacement for exactly the span of the servers that failed.
+    """
+    end = n_blocks if end is None else end
     rtts = rtts or {}
     excluded = set(exclude)
     candidates = [r for r in records if usable(r, max_length) and r.peer_id not in excluded]
-    gaps = missing_spans(n_blocks, candidates)
+    gaps = missing_spans(n_blocks, candidates, start, end)
     if gaps:
         raise MissingBlocksError(model_id, n_blocks, gaps)
     # Dijkstra over block boundaries; from boundary i a server covering i can take us to any j <= its end.
-    best: dict[int, float] = {0: 0.0}
+    best: dict[int, float] = {start: 0.0}
     back: dict[int, tuple[int, ServerRecord]] = {}
-    heap = [(0.0, 0)]
+    heap = [(0.0, start)]
     while heap:
         cost, i = heapq.heappop(heap)
-        if i == n_blocks:
+        if i == end:
             break
         if cost > best.get(i, float("inf")):
             continue
         for r in candidates:
             if not (r.start <= i < r.end):
                 continue
-            for j in range(i + 1, min(r.end, n_blocks) + 1):
+            for j in range(i + 1, min(r.end, end) + 1):
                 c = cost + hop_cost(r, i, j, rtts)
                 if c < best.get(j, float("inf")) - 1e-12:
                     best[j], back[j] = c, (i, r)
                     heapq.heappush(heap, (c, j))
-    chain, j = [], n_blocks
-    while j > 0:
+    chain, j = [], end
+    while j > start:
         i, r = back[j]
         chain.append(ChainLink(record=r, start=i, end=j))
         j = i

@@ -1,10 +1,18 @@
-"""One inference session over a chain of servers (async).
+"""One inference session over a chain of servers (async), with failover at any position.
 
 Opening sends `OpenSession` to every server of the chain on its own stream, each naming
 the next server as its `next_hop`, and waits until all have reserved KV cache. A step sends
-hidden states to the first server only; the output arrives from the last server. Any
-server may report an error on its stream; the pending step then fails with
-`RemoteStepError` naming that server, so a caller can route around it.
+hidden states to the first server only; the output arrives from the last server.
+
+Failover: any server may fail a step (error reply, lost stream, or silence past the step
+timeout). The session then finds which servers failed (the one named, or by pinging all
+of them after a timeout), asks the planner for a replacement of exactly their blocks,
+opens sessions there, and rebuilds their KV caches by replay: the server before the gap
+re-sends its stored outputs for every committed position (`Reroute`), or the client sends
+its stored inputs if the gap starts at block 0. Then the failed step is sent again with a
+new step id; upstream servers roll their caches back to its start position and recompute
+it deterministically. The caller sees no error and the same outputs: greedy text is
+identical to an unfaulted run and the sampler's RNG is untouched.
 """
 
 from __future__ import annotations
@@ -12,15 +20,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Optional
 
 import torch
 
 from swarmllm.client.routing import ChainLink
 from swarmllm.protocol import (
-    SESSION_HANDLER, CloseSession, ErrorReply, NextHop, OpenSession, ProtocolError, SessionOpened, Step, StepResult,
-    SwarmError, decode_frame, decode_tensor, encode_frame, encode_tensor,
+    PING_HANDLER, SESSION_HANDLER, CloseSession, ErrorReply, NextHop, OpenSession, Ping, ProtocolError, Reroute,
+    SessionOpened, Step, StepResult, SwarmError, decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
+
+# Errors that say the client itself is wrong: retrying elsewhere cannot help.
+NOT_RETRYABLE = {"bad_shape", "too_long", "malformed", "version_mismatch"}
+
+Replanner = Callable[[int, int, set], Awaitable[list[ChainLink]]]
 
 
 class RemoteStepError(SwarmError):
@@ -31,81 +45,120 @@ class RemoteStepError(SwarmError):
         self.peer_id, self.code = peer_id, code
 
 
+@dataclass
+class Hop:
+    """One server of the chain as this session sees it."""
+
+    link: ChainLink
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stream: object = None
+    reader: Optional[asyncio.Task] = None
+    warm: bool = True  # False while a replacement's KV cache has not been rebuilt yet
+
+    @property
+    def peer_id(self) -> str:
+        return self.link.peer_id
+
+    def next_hop(self) -> NextHop:
+        return NextHop(peer_id=self.peer_id, session_id=self.session_id)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.stream is not None:
+            self.stream.close()
+
+
+@dataclass
+class FailoverEvent:
+    peer_ids: list[str]          # servers replaced
+    code: str                    # why the step failed
+    blocks: tuple[int, int]      # the span replaced
+    position: int                # committed positions replayed
+    replacement: list[str]       # servers that took over
+    seconds: float = 0.0         # from the failure to the retried step's success
+
+
 class InferenceSession:
     def __init__(self, swarm, model_id: str, chain: list[ChainLink], max_length: int, *, wire_dtype: str = "float32",
-                 step_timeout: float = 30.0, open_timeout: float = 15.0):
-        self.swarm, self.model_id, self.chain = swarm, model_id, chain
+                 step_timeout: Optional[float] = None, open_timeout: float = 15.0,
+                 replanner: Optional[Replanner] = None, on_peer_failure: Callable[[str], None] = lambda peer: None,
+                 max_failovers: int = 8):
+        self.swarm, self.model_id = swarm, model_id
         self.max_length, self.wire_dtype = max_length, wire_dtype
         self.step_timeout, self.open_timeout = step_timeout, open_timeout
-        self.session_ids = [uuid.uuid4().hex for _ in chain]
-        self.streams: list = []
-        self.position = 0               # positions processed by the whole chain so far
+        self.replanner, self.on_peer_failure, self.max_failovers = replanner, on_peer_failure, max_failovers
+        self.hops = [Hop(link) for link in chain]
+        self.position = 0               # positions the whole chain has committed
+        self.inputs: Optional[torch.Tensor] = None  # [max_length, D]: what we sent to block 0, for replays
+        self.chunks: list[int] = []     # lengths of the committed steps, in order (replays repeat them)
         self.last_step_seconds = 0.0
+        self.failovers: list[FailoverEvent] = []
         self._next_step_id = 0
         self._pending: dict[int, asyncio.Future] = {}
-        self._readers: list[asyncio.Task] = []
         self._closed = False
 
+    @property
+    def chain(self) -> list[ChainLink]:
+        return [hop.link for hop in self.hops]
+
+    # --- opening ---------------------------------------------------------------------
     async def open(self) -> "InferenceSession":
         try:
-            await asyncio.wait_for(self._open_all(), self.open_timeout)
-        except asyncio.TimeoutError:
-            await self.close()
-            raise RemoteStepError(self.chain[0].peer_id, "timeout", f"servers did not open the session within "
-                                                                     f"{self.open_timeout:.0f} s") from None
+            await self._open_hops(self.hops, None)
         except BaseException:
             await self.close()
             raise
         return self
 
-    async def _open_all(self) -> None:
-        async def open_one(index: int, link: ChainLink):
+    async def _open_hops(self, hops: list[Hop], after: Optional[NextHop]) -> None:
+        """Open sessions on `hops` (pushing to each other, the last one to `after`)."""
+        async def open_one(index: int, hop: Hop) -> None:
             try:
-                stream = await self.swarm.open_stream(link.peer_id, SESSION_HANDLER)
+                hop.stream = await self.swarm.open_stream(hop.peer_id, SESSION_HANDLER)
             except ConnectionError as e:
-                raise RemoteStepError(link.peer_id, "unreachable", str(e)) from None
-            next_hop = None
-            if index + 1 < len(self.chain):
-                next_hop = NextHop(peer_id=self.chain[index + 1].peer_id, session_id=self.session_ids[index + 1])
-            await stream.send(encode_frame(OpenSession(
-                session_id=self.session_ids[index], model_id=self.model_id, start=link.start, end=link.end,
+                raise RemoteStepError(hop.peer_id, "unreachable", str(e)) from None
+            next_hop = hops[index + 1].next_hop() if index + 1 < len(hops) else after
+            await hop.stream.send(encode_frame(OpenSession(
+                session_id=hop.session_id, model_id=self.model_id, start=hop.link.start, end=hop.link.end,
                 max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop)))
             try:
-                reply, _ = decode_frame(await stream.recv())
+                reply, _ = decode_frame(await hop.stream.recv())
             except (ConnectionError, ProtocolError) as e:
-                stream.close()
-                raise RemoteStepError(link.peer_id, "unreachable", f"no answer to OpenSession: {e}") from None
+                raise RemoteStepError(hop.peer_id, "unreachable", f"no answer to OpenSession: {e}") from None
             if isinstance(reply, ErrorReply):
-                stream.close()
-                raise RemoteStepError(link.peer_id, reply.code, reply.message)
+                raise RemoteStepError(hop.peer_id, reply.code, reply.message)
             if not isinstance(reply, SessionOpened):
-                stream.close()
-                raise RemoteStepError(link.peer_id, "malformed", f"expected session_opened, got {reply.type}")
-            return stream
+                raise RemoteStepError(hop.peer_id, "malformed", f"expected session_opened, got {reply.type}")
+            hop.reader = asyncio.create_task(self._read(hop))
 
-        results = await asyncio.gather(*(open_one(i, link) for i, link in enumerate(self.chain)),
-                                       return_exceptions=True)
-        self.streams = [r for r in results if not isinstance(r, BaseException)]
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(open_one(i, hop) for i, hop in enumerate(hops)), return_exceptions=True),
+                self.open_timeout)
+        except asyncio.TimeoutError:
+            results = [RemoteStepError(hops[0].peer_id, "timeout", f"no answer to OpenSession within "
+                                                                   f"{self.open_timeout:.0f} s")]
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
+            for hop in hops:
+                await self._close_hop(hop)
             raise errors[0]
-        self._readers = [asyncio.create_task(self._read(link.peer_id, stream))
-                         for link, stream in zip(self.chain, self.streams)]
 
-    async def _read(self, peer_id: str, stream) -> None:
+    async def _read(self, hop: Hop) -> None:
         """Route frames from one server: results resolve steps, errors fail them."""
         try:
             while True:
-                msg, payload = decode_frame(await stream.recv())
+                msg, payload = decode_frame(await hop.stream.recv())
                 if isinstance(msg, StepResult):
                     future = self._pending.pop(msg.step_id, None)
                     if future is not None and not future.done():
-                        future.set_result((msg, decode_tensor(msg.tensor, payload)))
+                        future.set_result(decode_tensor(msg.tensor, payload))
                 elif isinstance(msg, ErrorReply):
-                    self._fail(RemoteStepError(msg.peer_id or peer_id, msg.code, msg.message), msg.step_id)
+                    self._fail(RemoteStepError(msg.peer_id or hop.peer_id, msg.code, msg.message), msg.step_id)
         except (ConnectionError, ProtocolError) as e:
             if not self._closed:
-                self._fail(RemoteStepError(peer_id, "connection_lost", f"connection lost: {e}"), None)
+                self._fail(RemoteStepError(hop.peer_id, "connection_lost", f"connection lost: {e}"), None)
 
     def _fail(self, error: RemoteStepError, step_id: Optional[int]) -> None:
         targets = [step_id] if step_id in self._pending else list(self._pending)
@@ -114,41 +167,170 @@ class InferenceSession:
             if future is not None and not future.done():
                 future.set_exception(error)
 
+    # --- steps -----------------------------------------------------------------------
+    def _timeout(self, n_positions: int) -> float:
+        return self.step_timeout if self.step_timeout is not None else 5.0 + 0.02 * n_positions
+
+    async def _send_and_wait(self, hop: Hop, frame: bytes, step_id: int, n_positions: int) -> torch.Tensor:
+        future = asyncio.get_running_loop().create_future()
+        self._pending[step_id] = future
+        try:
+            await hop.stream.send(frame)
+            return await asyncio.wait_for(future, self._timeout(n_positions))
+        except asyncio.TimeoutError:
+            raise RemoteStepError(self.hops[-1].peer_id, "timeout",
+                                  f"step {step_id} got no result within {self._timeout(n_positions):.1f} s") from None
+        except ConnectionError as e:
+            raise RemoteStepError(hop.peer_id, "connection_lost", str(e)) from None
+        finally:
+            self._pending.pop(step_id, None)
+
+    def _new_step_id(self) -> int:
+        self._next_step_id += 1
+        return self._next_step_id - 1
+
     async def step(self, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
         """Run hidden states [1, T, D] for positions start_position.. through the chain."""
         if self._closed:
             raise SwarmError("the session is closed")
-        step_id = self._next_step_id
-        self._next_step_id += 1
-        future = asyncio.get_running_loop().create_future()
-        self._pending[step_id] = future
+        n_new = hidden.shape[1]
+        if self.inputs is None:
+            self.inputs = torch.empty(self.max_length, hidden.shape[2], dtype=hidden.dtype)
+        self.inputs[start_position:start_position + n_new] = hidden[0]
         meta, raw = encode_tensor(hidden, self.wire_dtype)
-        started = time.perf_counter()
+        failed_at: Optional[float] = None
+        for attempt in range(self.max_failovers + 1):
+            step_id = self._new_step_id()
+            frame = encode_frame(Step(session_id=self.hops[0].session_id, step_id=step_id,
+                                      start_position=start_position, tensor=meta), raw)
+            started = time.perf_counter()
+            try:
+                output = await self._send_and_wait(self.hops[0], frame, step_id, n_new)
+            except RemoteStepError as error:
+                if error.code in NOT_RETRYABLE or self.replanner is None or attempt == self.max_failovers:
+                    raise
+                failed_at = failed_at or time.perf_counter()
+                await self._recover_until_done(error)
+                continue
+            self.last_step_seconds = time.perf_counter() - started
+            self._commit(start_position, n_new)
+            if failed_at is not None and self.failovers:
+                self.failovers[-1].seconds = time.perf_counter() - failed_at
+            return output
+        raise AssertionError("unreachable")
+
+    def _commit(self, start_position: int, n_new: int) -> None:
+        # A step that starts before the end rolls back: drop the chunks it replaces. (A chunk cut
+        # in the middle would replay as a shorter batch than it was computed in; speculative
+        # decoding must keep that in mind.)
+        while self.chunks and sum(self.chunks) > start_position:
+            self.chunks.pop()
+        if sum(self.chunks) < start_position:
+            self.chunks.append(start_position - sum(self.chunks))
+        self.chunks.append(n_new)
+        self.position = start_position + n_new
+
+    # --- failover --------------------------------------------------------------------
+    async def _alive(self, hop: Hop, timeout: float = 1.0) -> bool:
         try:
-            await self.streams[0].send(encode_frame(Step(session_id=self.session_ids[0], step_id=step_id,
-                                                         start_position=start_position, tensor=meta), raw))
-            _, output = await asyncio.wait_for(future, self.step_timeout)
-        except asyncio.TimeoutError:
-            raise RemoteStepError(self.chain[-1].peer_id, "timeout",
-                                  f"step {step_id} got no result within {self.step_timeout:.0f} s") from None
-        except ConnectionError as e:
-            raise RemoteStepError(self.chain[0].peer_id, "connection_lost", str(e)) from None
+            stream = await self.swarm.open_stream(hop.peer_id, PING_HANDLER, timeout=timeout)
+        except ConnectionError:
+            return False
+        try:
+            await stream.send(encode_frame(Ping()))
+            await asyncio.wait_for(stream.recv(), timeout)
+            return True
+        except (ConnectionError, asyncio.TimeoutError):
+            return False
         finally:
-            self._pending.pop(step_id, None)
-        self.last_step_seconds = time.perf_counter() - started
-        self.position = start_position + hidden.shape[1]
-        return output
+            stream.close()
+
+    async def _failed_hops(self, error: RemoteStepError) -> list[int]:
+        named = [i for i, hop in enumerate(self.hops) if hop.peer_id == error.peer_id]
+        if named and error.code != "timeout":
+            return named
+        alive = await asyncio.gather(*(self._alive(hop) for hop in self.hops))  # who went silent?
+        return [i for i, ok in enumerate(alive) if not ok] or named
+
+    async def _recover_until_done(self, error: RemoteStepError, wait_for_capacity: float = 30.0) -> None:
+        """Recover; if recovery itself fails (another server dies meanwhile), recover again."""
+        deadline = time.monotonic() + wait_for_capacity
+        for _ in range(self.max_failovers):
+            try:
+                await self._recover(error)
+                return
+            except RemoteStepError as again:
+                if again.code in NOT_RETRYABLE:
+                    raise
+                error = again
+            except SwarmError:  # no server covers the gap right now: wait for one to (re)join
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1.0)
+        raise error
+
+    async def _recover(self, error: RemoteStepError) -> None:
+        failed = await self._failed_hops(error)
+        for index in failed:
+            self.on_peer_failure(self.hops[index].peer_id)
+        cold = [i for i, hop in enumerate(self.hops) if not hop.warm]  # replacements whose replay did not finish
+        if not failed and not cold:  # everyone answers: a transient fault; retry as is
+            await asyncio.sleep(0.1)
+            return
+        first, last = min(failed + cold), max(failed + cold)
+        start, end = self.hops[first].link.start, self.hops[last].link.end
+        old = self.hops[first:last + 1]
+        links = await self.replanner(start, end, {self.hops[i].peer_id for i in failed})
+        new = [Hop(link, warm=False) for link in links]
+        after = self.hops[last + 1].next_hop() if last + 1 < len(self.hops) else None
+        await self._open_hops(new, after)
+        self.hops[first:last + 1] = new
+        for hop in old:
+            await self._close_hop(hop)
+        self.failovers.append(FailoverEvent([h.peer_id for h in old], error.code, (start, end), self.position,
+                                            [h.peer_id for h in new]))
+        await self._replay(first, new, end)
+        for hop in new:
+            hop.warm = True
+
+    async def _replay(self, first: int, new: list[Hop], replay_end: int) -> None:
+        """Rebuild the new hops' caches for the committed positions, in the original chunks."""
+        p, chunks = self.position, tuple(self.chunks)
+        first_id = self._new_step_id()
+        self._next_step_id += max(0, len(chunks) - 1)
+        last_id = first_id + max(0, len(chunks) - 1)
+        if first > 0:
+            before = self.hops[first - 1]
+            frame = encode_frame(Reroute(session_id=before.session_id, next_hop=new[0].next_hop(), replay_positions=p,
+                                         replay_chunks=chunks, step_id=first_id, replay_end=replay_end))
+            if p == 0:
+                await before.stream.send(frame)
+                return
+            await self._send_and_wait(before, frame, last_id, p)
+        elif p > 0:
+            frames, position = [], 0
+            for index, length in enumerate(chunks):
+                meta, raw = encode_tensor(self.inputs[position:position + length].unsqueeze(0), self.wire_dtype)
+                frames.append(encode_frame(Step(session_id=new[0].session_id, step_id=first_id + index,
+                                                start_position=position, tensor=meta, replay_end=replay_end), raw))
+                position += length
+            for frame in frames[:-1]:
+                await new[0].stream.send(frame)
+            await self._send_and_wait(new[0], frames[-1], last_id, p)
+
+    # --- closing ---------------------------------------------------------------------
+    async def _close_hop(self, hop: Hop) -> None:
+        if hop.stream is not None and not hop.stream.closed:
+            try:
+                await asyncio.wait_for(hop.stream.send(encode_frame(CloseSession(session_id=hop.session_id))), 1)
+            except (ConnectionError, asyncio.TimeoutError):
+                pass
+        hop.close()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for session_id, stream in zip(self.session_ids, self.streams):
-            try:
-                await asyncio.wait_for(stream.send(encode_frame(CloseSession(session_id=session_id))), 2)
-            except (ConnectionError, asyncio.TimeoutError):
-                pass
-            stream.close()
-        for task in self._readers:
-            task.cancel()
+        for hop in self.hops:
+            await self._close_hop(hop)
         self._fail(RemoteStepError("", "closed", "session closed"), None)

@@ -14,8 +14,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from swarmllm.client.routing import ChainLink, plan_chain
-from swarmllm.client.session import InferenceSession
+from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
+from swarmllm.client.session import InferenceSession, RemoteStepError
 from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, PING_HANDLER, Ping, Pong, ServerRecord, block_key, decode_frame, encode_frame, parse_records,
 )
@@ -36,6 +36,10 @@ class RemoteSession:
     def last_step_seconds(self) -> float:
         return self._session.last_step_seconds
 
+    @property
+    def failovers(self) -> list:
+        return self._session.failovers
+
     def forward(self, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
         return self._client.loop.run(self._session.step(hidden, start_position))
 
@@ -50,9 +54,12 @@ class RemoteSession:
 
 
 class SwarmClient:
+    """Discovery, routing, liveness bookkeeping and sessions; the sync methods block on the loop."""
+
     def __init__(self, loop: BackgroundLoop, swarm: SwarmNode):
         self.loop, self.swarm = loop, swarm
         self.rtts: dict[str, float] = {}
+        self._bans: dict[str, tuple[float, int]] = {}  # peer -> (banned until, consecutive failures)
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str]) -> "SwarmClient":
@@ -76,65 +83,108 @@ class SwarmClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # --- liveness ----------------------------------------------------------------------
+    def mark_failed(self, peer_id: str) -> None:
+        """A call to this peer failed: skip it for a while, longer after each failure (2 s .. 60 s)."""
+        _, failures = self._bans.get(peer_id, (0.0, 0))
+        self._bans[peer_id] = (time.monotonic() + min(60.0, 2.0 * 2 ** failures), failures + 1)
+        self.rtts.pop(peer_id, None)
+
+    def banned(self) -> set[str]:
+        now = time.monotonic()
+        return {peer for peer, (until, _) in self._bans.items() if until > now}
+
     # --- discovery ---------------------------------------------------------------------
-    def find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
-        found = self.loop.run(self.swarm.get_records([block_key(model_id, b) for b in range(n_blocks)]))
+    async def _find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
+        found = await self.swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
         return parse_records(found, model_id)
+
+    def find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
+        return self.loop.run(self._find_servers(model_id, n_blocks))
 
     def list_models(self) -> dict[str, dict]:
         return self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY]
 
-    def ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
-        """RTT in seconds per reachable peer (unreachable peers are absent)."""
-        async def ping_one(peer_id: str) -> Optional[float]:
-            try:
-                stream = await self.swarm.open_stream(peer_id, PING_HANDLER, timeout=timeout)
-            except ConnectionError:
-                return None
-            try:
-                best = float("inf")
-                for nonce in range(3):  # the first round trip includes stream set-up
-                    started = time.perf_counter()
-                    await stream.send(encode_frame(Ping(nonce=nonce)))
-                    reply, _ = await asyncio.wait_for(stream.recv(), timeout), None
-                    if isinstance(decode_frame(reply)[0], Pong):
-                        best = min(best, time.perf_counter() - started)
-                return best if best < float("inf") else None
-            except (ConnectionError, asyncio.TimeoutError, ValueError):
-                return None
-            finally:
-                stream.close()
+    async def _ping_one(self, peer_id: str, timeout: float) -> Optional[float]:
+        try:
+            stream = await self.swarm.open_stream(peer_id, PING_HANDLER, timeout=timeout)
+        except ConnectionError:
+            return None
+        try:
+            best = float("inf")
+            for nonce in range(3):  # the first round trip includes stream set-up
+                started = time.perf_counter()
+                await stream.send(encode_frame(Ping(nonce=nonce)))
+                reply = await asyncio.wait_for(stream.recv(), timeout)
+                if isinstance(decode_frame(reply)[0], Pong):
+                    best = min(best, time.perf_counter() - started)
+            return best if best < float("inf") else None
+        except (ConnectionError, asyncio.TimeoutError, ValueError):
+            return None
+        finally:
+            stream.close()
 
-        async def ping_all(ids: list[str]) -> dict[str, float]:
-            rtts = await asyncio.gather(*(ping_one(p) for p in ids))
-            return {p: r for p, r in zip(ids, rtts) if r is not None}
-
-        measured = self.loop.run(ping_all(list(peer_ids)))
+    async def _ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
+        ids = list(peer_ids)
+        rtts = await asyncio.gather(*(self._ping_one(p, timeout) for p in ids))
+        measured = {p: r for p, r in zip(ids, rtts) if r is not None}
         self.rtts.update(measured)
         return measured
 
-    # --- sessions ----------------------------------------------------------------------
-    def plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = ()) -> list[ChainLink]:
-        records = self.find_servers(model_id, n_blocks)
-        unknown = [r.peer_id for r in records if r.peer_id not in self.rtts]
-        unreachable: set[str] = set()
+    def ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
+        """RTT in seconds per reachable peer (unreachable peers are absent)."""
+        return self.loop.run(self._ping(peer_ids, timeout))
+
+    # --- routing -----------------------------------------------------------------------
+    async def _plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = (),
+                    start: int = 0, end: Optional[int] = None) -> list[ChainLink]:
+        records = await self._find_servers(model_id, n_blocks)
+        skip = set(exclude) | self.banned()
+        unknown = [r.peer_id for r in records if r.peer_id not in self.rtts and r.peer_id not in skip]
         if unknown:
-            measured = self.ping(unknown)
-            unreachable = set(unknown) - set(measured)
+            measured = await self._ping(unknown)
+            for peer in set(unknown) - set(measured):
+                self.mark_failed(peer)
         return plan_chain(model_id, n_blocks, records, self.rtts, max_length=max_length,
-                          exclude=set(exclude) | unreachable)
+                          exclude=set(exclude) | self.banned(), start=start, end=end)
+
+    def plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = ()) -> list[ChainLink]:
+        return self.loop.run(self._plan(model_id, n_blocks, max_length, exclude))
+
+    # --- sessions ----------------------------------------------------------------------
+    async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
+                            chain: Optional[list[ChainLink]], attempts: int = 4) -> InferenceSession:
+        async def replan(start: int, end: int, exclude: set) -> list[ChainLink]:
+            return await self._plan(model_id, n_blocks, max_length, exclude, start, end)
+
+        last_error: Optional[RemoteStepError] = None
+        for attempt in range(attempts):
+            try:
+                links = chain or await self._plan(model_id, n_blocks, max_length)
+            except MissingBlocksError:
+                if last_error is not None:  # the gap is the server that just refused: say why it refused
+                    raise last_error from None
+                raise
+            dtype = wire_dtype
+            if dtype is None:  # lossless: 16-bit only when every server computes in that dtype
+                dtypes = {link.record.compute_dtype for link in links}
+                dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"bfloat16", "float16"} else "float32"
+            session = InferenceSession(self.swarm, model_id, links, max_length, wire_dtype=dtype, replanner=replan,
+                                       on_peer_failure=self.mark_failed)
+            try:
+                return await session.open()
+            except RemoteStepError as e:
+                if chain is not None or attempt == attempts - 1:
+                    raise
+                self.mark_failed(e.peer_id)  # busy, full or gone: route around it
+                last_error = e
+        raise AssertionError("unreachable")
 
     def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
                      chain: Optional[list[ChainLink]] = None) -> RemoteSession:
-        """Open a session over `chain` (default: the best chain now).
+        """Open a session over `chain` (default: the best chain now, re-planned around failures).
 
         wire_dtype None = lossless for this chain: 16-bit when every server computes in that
         16-bit dtype (its outputs carry no more precision), else float32.
         """
-        chain = chain or self.plan(model_id, n_blocks, max_length)
-        if wire_dtype is None:
-            dtypes = {link.record.compute_dtype for link in chain}
-            wire_dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"bfloat16", "float16"} else "float32"
-        session = InferenceSession(self.swarm, model_id, chain, max_length, wire_dtype=wire_dtype)
-        self.loop.run(session.open())
-        return RemoteSession(self, session)
+        return RemoteSession(self, self.loop.run(self._open_session(model_id, n_blocks, max_length, wire_dtype, chain)))

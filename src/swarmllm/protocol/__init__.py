@@ -14,6 +14,7 @@ from swarmllm.protocol.messages import (
     OpenSession,
     Ping,
     Pong,
+    Reroute,
     PING_HANDLER,
     PUSH_HANDLER,
     SESSION_HANDLER,
@@ -28,7 +29,7 @@ from swarmllm.protocol.records import ServerRecord, parse_records, ServerState, 
 
 __all__ = [
     "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "SwarmError",
-    "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "PING_HANDLER", "PUSH_HANDLER", "SESSION_HANDLER", "SessionOpened", "Step",
+    "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "PING_HANDLER", "PUSH_HANDLER", "SESSION_HANDLER", "SessionOpened", "Step",
     "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
     "ServerRecord", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
 ]

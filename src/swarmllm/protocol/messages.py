@@ -95,6 +95,9 @@ class Step(_Wire):
     step_id: int = Field(ge=0)         # strictly increasing per session; duplicates are rejected
     start_position: int = Field(ge=0)  # absolute position of the first new token
     tensor: TensorMeta                 # hidden states [1, T, hidden]
+    replay_end: Optional[int] = Field(default=None, gt=0)  # failover replay: the server whose blocks
+    # reach this block answers the client instead of pushing on (the servers after it already
+    # hold these positions)
 
 
 class StepResult(_Wire):
@@ -106,6 +109,26 @@ class StepResult(_Wire):
     start_position: int
     tensor: TensorMeta
     compute_seconds: float = 0.0  # time this server spent computing (for diagnostics)
+
+
+class Reroute(_Wire):
+    """Client -> server: after a failover, push to a new next server from now on.
+
+    If `replay_positions` > 0 the server first re-sends its own outputs for positions
+    [0, replay_positions) (it keeps them per session) to the new next hop, so the
+    replacement rebuilds its KV cache without anything upstream being recomputed. The
+    outputs go in the same chunks the session's steps had (`replay_chunks`, as Steps with
+    ids step_id, step_id + 1, ...): a batch of T positions does not round exactly like T
+    single positions, and the replacement must compute exactly what the failed server did.
+    """
+
+    type: Literal["reroute"] = "reroute"
+    session_id: str
+    next_hop: Optional[NextHop]          # None: this server becomes the last of the chain
+    replay_positions: int = Field(default=0, ge=0)
+    replay_chunks: tuple[int, ...] = ()  # lengths of the original steps; they sum to replay_positions
+    step_id: int = Field(default=0, ge=0)
+    replay_end: Optional[int] = Field(default=None, gt=0)
 
 
 class CloseSession(_Wire):
@@ -140,6 +163,6 @@ class Pong(_Wire):
 
 
 Message = Annotated[
-    Union[OpenSession, SessionOpened, Step, StepResult, CloseSession, ErrorReply, Ping, Pong],
+    Union[OpenSession, SessionOpened, Step, StepResult, Reroute, CloseSession, ErrorReply, Ping, Pong],
     Field(discriminator="type"),
 ]

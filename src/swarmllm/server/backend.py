@@ -36,6 +36,7 @@ class SpanBackend:
         self.n_blocks = config.n_blocks
         self.hidden_size = config.hidden_size
         self.kv_bytes_per_block_position = kv_bytes_per_token(config, 1, dtype)
+        self.history_bytes_per_position = config.hidden_size * torch.empty(0, dtype=dtype).element_size()
         self._sub_spans: dict[tuple[int, int], SpanModel] = {(self.start, self.end): span}
 
     @staticmethod

@@ -14,9 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+import torch
+
 from swarmllm.protocol import (
-    PUSH_HANDLER, CloseSession, ErrorCode, ErrorReply, OpenSession, Ping, Pong, ProtocolError, SessionOpened, Step,
-    StepResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
+    PUSH_HANDLER, CloseSession, ErrorCode, ErrorReply, OpenSession, Ping, Pong, ProtocolError, Reroute, SessionOpened,
+    Step, StepResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
 from swarmllm.protocol.messages import PROTOCOL_VERSION
 from swarmllm.server.sessions import ServerSession, SessionTable
@@ -50,6 +52,8 @@ class SessionService:
                         opened.append(msg.session_id)
                     elif isinstance(msg, Step):
                         await self._step(msg, payload)
+                    elif isinstance(msg, Reroute):
+                        await self._reroute(msg)
                     elif isinstance(msg, CloseSession):
                         self.close_session(msg.session_id)
                     elif isinstance(msg, Ping):
@@ -85,10 +89,11 @@ class SessionService:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "this node is shutting down; open the session elsewhere")
         self.table.check_open(msg, self.model_id)
         cache = self.backend.new_cache(msg.start, msg.end, msg.max_length)
+        history = torch.empty(msg.max_length, self.backend.hidden_size, dtype=self.backend.dtype)
         session = ServerSession(
             session_id=msg.session_id, start=msg.start, end=msg.end, max_length=msg.max_length,
-            wire_dtype=msg.wire_dtype, next_hop=msg.next_hop, cache=cache,
-            reserved_tokens=msg.max_length * (msg.end - msg.start), client_stream=stream)
+            wire_dtype=msg.wire_dtype, next_hop=msg.next_hop, cache=cache, history=history,
+            reserved_tokens=self.table.cost(msg.max_length, msg.end - msg.start), client_stream=stream)
         self.table.add(session)
         await stream.send(encode_frame(SessionOpened(session_id=msg.session_id, peer_id=self.peer_id,
                                                      start=msg.start, end=msg.end, max_length=msg.max_length)))
@@ -117,15 +122,44 @@ class SessionService:
                 return
             compute_seconds = time.perf_counter() - started
             session.last_step_id = msg.step_id
+            session.history[msg.start_position:msg.start_position + n_new] = output[0]
             self.tokens_processed += n_new
             meta, raw = encode_tensor(output, session.wire_dtype)
-            if session.next_hop is None:
+            # A failover replay stops where the old chain resumes: those servers hold these positions.
+            replay_stops_here = msg.replay_end is not None and session.end >= msg.replay_end
+            if session.next_hop is None or replay_stops_here:
                 result = StepResult(session_id=session.session_id, step_id=msg.step_id,
                                     start_position=msg.start_position, tensor=meta, compute_seconds=compute_seconds)
                 await session.client_stream.send(encode_frame(result, raw))
             else:
                 await self._push(session, Step(session_id=session.next_hop.session_id, step_id=msg.step_id,
-                                               start_position=msg.start_position, tensor=meta), raw)
+                                               start_position=msg.start_position, tensor=meta,
+                                               replay_end=msg.replay_end), raw)
+
+    async def _reroute(self, msg: Reroute) -> None:
+        """Point the session at a new next server; optionally replay our outputs to it."""
+        session = self.table.get(msg.session_id)
+        async with session.lock:
+            session.last_active = time.monotonic()
+            if msg.replay_positions > session.cached_positions:
+                raise ProtocolError(ErrorCode.POSITION, f"cannot replay {msg.replay_positions} positions: the session "
+                                                        f"has {session.cached_positions} cached")
+            if msg.replay_positions and msg.next_hop is None:
+                raise ProtocolError(ErrorCode.MALFORMED, "a replay needs a next hop to replay to")
+            chunks = msg.replay_chunks or ((msg.replay_positions,) if msg.replay_positions else ())
+            if sum(chunks) != msg.replay_positions or any(c <= 0 for c in chunks):
+                raise ProtocolError(ErrorCode.MALFORMED, f"replay_chunks {list(chunks)[:8]}... must be positive and "
+                                                         f"sum to replay_positions={msg.replay_positions}")
+            if session.push_stream is not None:
+                session.push_stream.close()
+            session.push_stream, session.next_hop = None, msg.next_hop
+            position = 0
+            for index, length in enumerate(chunks):
+                outputs = session.history[position:position + length].unsqueeze(0)
+                meta, raw = encode_tensor(outputs, session.wire_dtype)
+                await self._push(session, Step(session_id=msg.next_hop.session_id, step_id=msg.step_id + index,
+                                               start_position=position, tensor=meta, replay_end=msg.replay_end), raw)
+                position += length
 
     async def _push(self, session: ServerSession, step: Step, raw: bytes) -> None:
         next_peer = session.next_hop.peer_id
@@ -157,7 +191,7 @@ class SessionService:
         if session is not None:
             if session.push_stream is not None:
                 session.push_stream.close()
-            session.cache = None  # drop the KV tensors now
+            session.cache = session.history = None  # drop the tensors now
 
     def evict_idle(self, timeout: float) -> list[str]:
         evicted = self.table.idle_sessions(timeout)

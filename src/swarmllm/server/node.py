@@ -87,7 +87,9 @@ class ServerNode:
                 None, backend.measure_throughput)
             table = SessionTable(start, end, backend.hidden_size,
                                  budget_block_positions=self.config.cache_memory_bytes // backend.kv_bytes_per_block_position,
-                                 max_session_length=self.config.max_session_length)
+                                 max_session_length=self.config.max_session_length,
+                                 history_cost_per_position=backend.history_bytes_per_position
+                                 / backend.kv_bytes_per_block_position)
             service = SessionService(swarm, backend, table, backend.model_id)
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)

@@ -30,7 +30,8 @@ class ServerSession:
     wire_dtype: str
     next_hop: Optional[NextHop]
     cache: Any                 # engine KV cache for [start, end) x max_length
-    reserved_tokens: int       # budget units charged: max_length * (end - start) block-positions
+    reserved_tokens: int       # budget units charged (block-positions, history included)
+    history: Any = None        # this server's outputs per position [max_length, hidden]: failover replays them
     client_stream: Any = None  # FrameStream back to the client (errors; results if last)
     push_stream: Any = None    # FrameStream to next_hop, opened lazily
     last_step_id: int = -1
@@ -51,9 +52,11 @@ class SessionTable:
     """
 
     def __init__(self, span_start: int, span_end: int, hidden_size: int, budget_block_positions: int,
-                 max_session_length: int):
+                 max_session_length: int, history_cost_per_position: float = 0.0):
         self.span_start, self.span_end = span_start, span_end
         self.hidden_size = hidden_size
+        # Output history kept for failover replays, in block-position units per position.
+        self.history_cost_per_position = history_cost_per_position
         self.budget = budget_block_positions
         self.max_session_length = max_session_length
         self.used = 0
@@ -62,7 +65,8 @@ class SessionTable:
     @property
     def free_tokens(self) -> int:
         """Positions a new session over the whole span could still reserve."""
-        return max(0, self.budget - self.used) // max(1, self.span_end - self.span_start)
+        per_position = (self.span_end - self.span_start) + self.history_cost_per_position
+        return int(max(0, self.budget - self.used) // per_position)
 
     def check_open(self, msg: OpenSession, model_id: str) -> None:
         if msg.model_id != model_id:
@@ -75,12 +79,16 @@ class SessionTable:
         if msg.max_length > self.max_session_length:
             raise ProtocolError(ErrorCode.TOO_LONG, f"max_length {msg.max_length} exceeds this node's limit of "
                                                     f"{self.max_session_length} positions")
-        need = msg.max_length * (msg.end - msg.start)
+        need = self.cost(msg.max_length, msg.end - msg.start)
         if self.used + need > self.budget:
             free = max(0, self.budget - self.used) // (msg.end - msg.start)
             raise ProtocolError(ErrorCode.OUT_OF_CAPACITY, f"not enough KV-cache memory: the session needs "
                                 f"{msg.max_length} positions but only {free} are free; try a shorter max_length "
                                 "or another server")
+
+    def cost(self, max_length: int, n_blocks: int) -> int:
+        """Budget units a session of max_length positions over n_blocks blocks reserves."""
+        return max_length * n_blocks + int(max_length * self.history_cost_per_position + 0.999)
 
     def add(self, session: ServerSession) -> None:
         self.sessions[session.session_id] = session

@@ -1,0 +1,118 @@
+"""Failover at any position: a server of the chain dies or stalls, output does not change."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from swarmllm.client.generation import ClientModel
+from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.engine.generation import generate
+from swarmllm.engine.sampling import SamplingParams
+from swarmllm.local_swarm import LocalSwarm
+
+pytestmark = pytest.mark.integration
+
+MODEL = "smollm2-135m"
+SPANS = [(0, 10), (10, 20), (20, 30), (0, 10), (10, 20), (20, 30)]  # every block served twice
+PROMPT = "List five facts about the moon."
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    s = LocalSwarm(MODEL, SPANS, log_dir=tmp_path_factory.mktemp("failover"))
+    s.start(timeout=240)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ClientModel.load(MODEL)
+
+
+def run(client, model, params, fault=None):
+    """Generate through a fresh session; `fault(session, position)` may break servers before a step."""
+    ids = model.prompt_ids(PROMPT)
+    length = len(ids) + params.max_new_tokens
+    session = client.open_session(model.source.model_id, model.config.n_blocks, length)
+
+    def forward(hidden, position):
+        if fault is not None:
+            fault(session, position)
+        return session.forward(hidden, position)
+
+    try:
+        return generate(model.head, model.tokenizer, forward, ids, params, length), session.failovers
+    finally:
+        session.close()
+
+
+def node_of(swarm, peer_id):
+    return next(n for n in swarm.nodes if n.ready and n.ready["peer_id"] == peer_id)
+
+
+def fault_once(swarm, hop_index, at_position, sig):
+    state = {"done": False}
+
+    def fault(session, position):
+        if not state["done"] and position >= at_position:
+            state["done"] = True
+            victim = node_of(swarm, session.chain[hop_index].peer_id)
+            swarm.kill(victim, sig)
+            state["victim"] = victim
+    return fault, state
+
+
+@pytest.fixture(scope="module")
+def client(swarm):
+    with SwarmClient.connect(swarm.initial_peers) as c:
+        yield c
+
+
+GREEDY = SamplingParams(max_new_tokens=32)
+
+
+@pytest.fixture(scope="module")
+def reference(client, model):
+    result, failovers = run(client, model, GREEDY)
+    assert not failovers
+    return result
+
+
+@pytest.mark.parametrize("hop, position", [(1, 40), (0, 45), (2, 50), (1, 0)],
+                         ids=["middle-decode", "first-decode", "last-decode", "middle-prefill"])
+def test_sigkill_at_any_position_keeps_greedy_output(swarm, client, model, reference, hop, position):
+    fault, state = fault_once(swarm, hop, position, signal.SIGKILL)
+    result, failovers = run(client, model, GREEDY, fault)
+    assert state["done"] and failovers, "the fault was never injected"
+    assert result.token_ids == reference.token_ids
+    assert failovers[0].peer_ids == [state["victim"].ready["peer_id"]]
+    swarm.restart(state["victim"])  # keep two replicas for the next case
+
+
+def test_stalled_server_times_out_and_is_replaced(swarm, client, model, reference):
+    fault, state = fault_once(swarm, 1, 42, signal.SIGSTOP)
+    try:
+        result, failovers = run(client, model, GREEDY, fault)
+    finally:
+        swarm.kill(state["victim"], signal.SIGCONT)
+    assert result.token_ids == reference.token_ids
+    assert failovers and failovers[0].code == "timeout"
+    swarm.restart(state["victim"])
+
+
+def test_sampling_continues_from_the_same_rng_state(swarm, client, model):
+    sampled = SamplingParams(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=1234)
+    unfaulted, _ = run(client, model, sampled)
+    fault, state = fault_once(swarm, 2, 45, signal.SIGKILL)
+    faulted, failovers = run(client, model, sampled, fault)
+    assert failovers and faulted.token_ids == unfaulted.token_ids
+    swarm.restart(state["victim"])
+
+
+def test_killed_node_does_not_take_down_others(swarm):
+    assert all(node.alive for node in swarm.nodes)
