@@ -83,7 +83,7 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, announce_addresses=tuple(args.announce or ()),
         max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
-        throughput=args.throughput, dtype=args.dtype)
+        throughput=args.throughput, dtype=args.dtype, rebalance_period=args.rebalance_period)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_initial_peers(p, required=True)
     p.add_argument("--blocks", type=_parse_blocks, help="START:END half-open span to host (default: chosen from the DHT)")
     p.add_argument("--num-blocks", type=int, help="span length when --blocks is not given")
+    p.add_argument("--rebalance-period", type=float, default=30.0,
+                   help="without --blocks: re-check every ~this many seconds whether moving helps the swarm (0 = never)")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
     p.add_argument("--announce", nargs="*", help="multiaddrs to announce instead of the listening ones (NAT, relays)")

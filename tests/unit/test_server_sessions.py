@@ -104,3 +104,23 @@ def test_idle_sessions_are_found_and_busy_ones_spared():
     assert sorted(t.idle_sessions(timeout=60, now=200.0)) == ["b" * 16, "i" * 16]
     busy.lock._locked = True  # a step is in flight: never evict under it
     assert t.idle_sessions(timeout=60, now=200.0) == ["i" * 16]
+
+
+def test_plan_move_refills_a_hole_and_never_opens_one():
+    from swarmllm.server.block_selection import plan_move
+
+    me = rec("me", 0, 10)
+    # [10, 20) lost its only server; [0, 10) is also served by "a": move to the hole.
+    assert plan_move(30, me, [rec("a", 0, 10), rec("c", 20, 30)]) == (10, 20)
+    # I am the only server of [0, 10): stay, whatever else is missing.
+    assert plan_move(30, me, [rec("c", 20, 30)]) is None
+
+
+def test_plan_move_has_hysteresis():
+    from swarmllm.server.block_selection import plan_move
+
+    me = rec("me", 0, 10, throughput=10)
+    others = [rec("a", 0, 10, 10), rec("b", 10, 20, 9), rec("c", 20, 30, 10)]
+    assert plan_move(30, me, others) is None  # 9 -> 10 at best: not worth a reload
+    others = [rec("a", 0, 10, 10), rec("b", 10, 20, 2), rec("c", 20, 30, 10)]
+    assert plan_move(30, me, others) == (10, 20)  # the bottleneck goes from 2 to 12 tokens/s

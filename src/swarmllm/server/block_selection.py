@@ -42,3 +42,37 @@ def choose_span(n_blocks: int, num_blocks: int, records: Iterable[ServerRecord])
         if best_key is None or key < best_key:
             best_start, best_key = start, key
     return best_start, best_start + num_blocks
+
+
+def bottleneck(n_blocks: int, records: Iterable[ServerRecord]) -> tuple[int, float]:
+    """The swarm's weakest block: (fewest servers on a block, lowest summed throughput on a block)."""
+    counts, throughput = block_coverage(n_blocks, records)
+    return min(counts), min(throughput)
+
+
+def plan_move(n_blocks: int, my_record: ServerRecord, others: list[ServerRecord],
+              hysteresis: float = 0.25) -> tuple[int, int] | None:
+    """Where this node should move to, or None to stay. Pure; nodes call it periodically.
+
+    Moves only when it clearly helps and never opens a gap:
+    - never if some block of the current span is served by nobody else;
+    - to fill blocks nobody serves, whenever the best window covers some;
+    - otherwise only if the weakest block's throughput improves by more than `hysteresis`
+      (so two nodes cannot keep swapping places over noise).
+    """
+    others = [r for r in others if r.peer_id != my_record.peer_id]
+    counts_without_me, _ = block_coverage(n_blocks, others)
+    if any(counts_without_me[b] == 0 for b in range(my_record.start, my_record.end)):
+        return None
+    num_blocks = my_record.end - my_record.start
+    start, end = choose_span(n_blocks, num_blocks, others)
+    if (start, end) == (my_record.start, my_record.end):
+        return None
+    if any(counts_without_me[b] == 0 for b in range(start, end)):
+        return start, end
+    moved = my_record.model_copy(update={"start": start, "end": end})
+    before_count, before_throughput = bottleneck(n_blocks, others + [my_record])
+    after_count, after_throughput = bottleneck(n_blocks, others + [moved])
+    if after_count > before_count or after_throughput > before_throughput * (1 + hysteresis):
+        return start, end
+    return None

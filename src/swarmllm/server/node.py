@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from swarmllm.protocol import (
 )
 from swarmllm.engine.dtypes import dtype_name
 from swarmllm.server.backend import SpanBackend
-from swarmllm.server.block_selection import choose_span
+from swarmllm.server.block_selection import choose_span, plan_move
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.sessions import SessionTable
 from swarmllm.swarm import SwarmNode, dht_time
@@ -51,6 +52,7 @@ class ServerConfig:
     num_threads: Optional[int] = None
     identity_path: Optional[str] = None
     throughput: Optional[float] = None          # announce this instead of measuring
+    rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
 
 
@@ -85,11 +87,7 @@ class ServerNode:
             self.status.load_seconds = time.perf_counter() - loaded
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
                 None, backend.measure_throughput)
-            table = SessionTable(start, end, backend.hidden_size,
-                                 budget_block_positions=self.config.cache_memory_bytes // backend.kv_bytes_per_block_position,
-                                 max_session_length=self.config.max_session_length,
-                                 history_cost_per_position=backend.history_bytes_per_position
-                                 / backend.kv_bytes_per_block_position)
+            table = self._new_table(backend, start, end)
             service = SessionService(swarm, backend, table, backend.model_id)
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
@@ -103,6 +101,13 @@ class ServerNode:
             await self._serve_until_stopped(swarm, backend, table, service)
         finally:
             await swarm.shutdown()
+
+    def _new_table(self, backend, start: int, end: int) -> SessionTable:
+        return SessionTable(start, end, backend.hidden_size,
+                            budget_block_positions=self.config.cache_memory_bytes // backend.kv_bytes_per_block_position,
+                            max_session_length=self.config.max_session_length,
+                            history_cost_per_position=backend.history_bytes_per_position
+                            / backend.kv_bytes_per_block_position)
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,6 +129,34 @@ class ServerNode:
         num_blocks = self.config.num_blocks or -(-n_blocks // 3)
         return choose_span(n_blocks, num_blocks, records)
 
+    async def _maybe_move(self, swarm, backend, table: SessionTable, service: SessionService):
+        """Move to other blocks if plan_move says it clearly helps the swarm; returns (backend, table)."""
+        try:
+            found = await swarm.get_records([block_key(backend.model_id, b) for b in range(backend.n_blocks)])
+        except Exception as e:
+            logger.warning("reading the DHT for rebalancing failed: %s", e)
+            return backend, table
+        others = [r for r in parse_records(found, backend.model_id) if r.state == ServerState.ONLINE]
+        target = plan_move(backend.n_blocks, self._record(backend, table, ServerState.ONLINE), others)
+        if target is None:
+            return backend, table
+        old_start, old_end = self.status.start, self.status.end
+        logger.warning("moving from blocks [%d, %d) to [%d, %d) to rebalance the swarm", old_start, old_end, *target)
+        new_backend = await asyncio.get_running_loop().run_in_executor(
+            None, SpanBackend.load, self.config.model, target[0], target[1], self.config.num_threads, self.config.dtype)
+        new_table = self._new_table(new_backend, *target)
+        for session_id in list(table.sessions):  # their clients fail over to the old span's other servers
+            service.close_session(session_id)
+        service.backend, service.table = new_backend, new_table
+        # Withdraw from the blocks we leave, then announce the new span.
+        leaving = self._record(backend, table, ServerState.LEAVING).model_dump(mode="json")
+        await swarm.store_records([(block_key(backend.model_id, b), self.status.peer_id, leaving)
+                                   for b in range(old_start, old_end) if not target[0] <= b < target[1]],
+                                  dht_time() + self.config.record_ttl)
+        self.status.start, self.status.end = target
+        await self._announce(swarm, new_backend, new_table, ServerState.ONLINE)
+        return new_backend, new_table
+
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
@@ -143,14 +176,24 @@ class ServerNode:
         except Exception as e:  # the DHT being briefly unreachable must not kill the node
             logger.warning("announcing to the DHT failed: %s", e)
 
+    def _next_rebalance(self) -> float:
+        if self.config.blocks is not None or self.config.rebalance_period <= 0:
+            return float("inf")  # the operator chose the blocks
+        # Jitter, so that nodes which started together do not all move at once.
+        return time.monotonic() + self.config.rebalance_period * random.uniform(1.0, 1.5)
+
     async def _serve_until_stopped(self, swarm, backend, table, service: SessionService) -> None:
         next_announce = time.monotonic() + self.config.announce_period
+        next_rebalance = self._next_rebalance()
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
             except asyncio.TimeoutError:
                 pass
             service.evict_idle(self.config.session_timeout)
+            if time.monotonic() >= next_rebalance and not self._stop.is_set():
+                backend, table = await self._maybe_move(swarm, backend, table, service)
+                next_rebalance = self._next_rebalance()
             if time.monotonic() >= next_announce and not self._stop.is_set():
                 await self._announce(swarm, backend, table, ServerState.ONLINE)
                 next_announce = time.monotonic() + self.config.announce_period
