@@ -105,6 +105,21 @@ def test_stalled_server_times_out_and_is_replaced(swarm, client, model, referenc
     swarm.restart(state["victim"])
 
 
+def test_graceful_leave_mid_generation_is_invisible(swarm, client, model, reference):
+    state = {"done": False}
+
+    def fault(session, position):
+        if not state["done"] and position >= 44:
+            state["done"] = True
+            state["victim"] = node_of(swarm, session.chain[1].peer_id)
+            state["victim"].signal(signal.SIGTERM)  # Ctrl-C on the volunteer's machine: drain and leave
+    result, failovers = run(client, model, GREEDY, fault)
+    assert state["done"] and result.token_ids == reference.token_ids
+    state["victim"].process.wait(30)
+    assert state["victim"].process.returncode == 0  # it exited cleanly
+    swarm.restart(state["victim"])
+
+
 def test_sampling_continues_from_the_same_rng_state(swarm, client, model):
     sampled = SamplingParams(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=1234)
     unfaulted, _ = run(client, model, sampled)

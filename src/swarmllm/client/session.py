@@ -119,10 +119,10 @@ class InferenceSession:
             except ConnectionError as e:
                 raise RemoteStepError(hop.peer_id, "unreachable", str(e)) from None
             next_hop = hops[index + 1].next_hop() if index + 1 < len(hops) else after
-            await hop.stream.send(encode_frame(OpenSession(
-                session_id=hop.session_id, model_id=self.model_id, start=hop.link.start, end=hop.link.end,
-                max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop)))
             try:
+                await hop.stream.send(encode_frame(OpenSession(
+                    session_id=hop.session_id, model_id=self.model_id, start=hop.link.start, end=hop.link.end,
+                    max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop)))
                 reply, _ = decode_frame(await hop.stream.recv())
             except (ConnectionError, ProtocolError) as e:
                 raise RemoteStepError(hop.peer_id, "unreachable", f"no answer to OpenSession: {e}") from None
@@ -161,7 +161,9 @@ class InferenceSession:
                 self._fail(RemoteStepError(hop.peer_id, "connection_lost", f"connection lost: {e}"), None)
 
     def _fail(self, error: RemoteStepError, step_id: Optional[int]) -> None:
-        targets = [step_id] if step_id in self._pending else list(self._pending)
+        if step_id is not None and step_id not in self._pending:
+            return  # about a step that already finished or was retried: stale, ignore it
+        targets = [step_id] if step_id is not None else list(self._pending)
         for sid in targets:
             future = self._pending.pop(sid, None)
             if future is not None and not future.done():
@@ -255,19 +257,20 @@ class InferenceSession:
     async def _recover_until_done(self, error: RemoteStepError, wait_for_capacity: float = 30.0) -> None:
         """Recover; if recovery itself fails (another server dies meanwhile), recover again."""
         deadline = time.monotonic() + wait_for_capacity
-        for _ in range(self.max_failovers):
+        failures = 0
+        while True:
             try:
                 await self._recover(error)
                 return
             except RemoteStepError as again:
-                if again.code in NOT_RETRYABLE:
+                failures += 1
+                if again.code in NOT_RETRYABLE or failures > 2 * self.max_failovers or time.monotonic() > deadline:
                     raise
                 error = again
             except SwarmError:  # no server covers the gap right now: wait for one to (re)join
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(1.0)
-        raise error
 
     async def _recover(self, error: RemoteStepError) -> None:
         failed = await self._failed_hops(error)
@@ -283,7 +286,12 @@ class InferenceSession:
         links = await self.replanner(start, end, {self.hops[i].peer_id for i in failed})
         new = [Hop(link, warm=False) for link in links]
         after = self.hops[last + 1].next_hop() if last + 1 < len(self.hops) else None
-        await self._open_hops(new, after)
+        try:
+            await self._open_hops(new, after)
+        except RemoteStepError as e:  # a replacement that is gone too (its record has not expired yet)
+            if e.peer_id in {hop.peer_id for hop in new}:
+                self.on_peer_failure(e.peer_id)
+            raise
         self.hops[first:last + 1] = new
         for hop in old:
             await self._close_hop(hop)
@@ -304,7 +312,10 @@ class InferenceSession:
             frame = encode_frame(Reroute(session_id=before.session_id, next_hop=new[0].next_hop(), replay_positions=p,
                                          replay_chunks=chunks, step_id=first_id, replay_end=replay_end))
             if p == 0:
-                await before.stream.send(frame)
+                try:
+                    await before.stream.send(frame)
+                except ConnectionError as e:
+                    raise RemoteStepError(before.peer_id, "connection_lost", str(e)) from None
                 return
             await self._send_and_wait(before, frame, last_id, p)
         elif p > 0:

@@ -60,6 +60,7 @@ class SwarmClient:
         self.loop, self.swarm = loop, swarm
         self.rtts: dict[str, float] = {}
         self._bans: dict[str, tuple[float, int]] = {}  # peer -> (banned until, consecutive failures)
+        self._seen: dict[str, dict[str, tuple[float, ServerRecord]]] = {}  # model -> peer -> (seen at, record)
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str]) -> "SwarmClient":
@@ -95,9 +96,22 @@ class SwarmClient:
         return {peer for peer, (until, _) in self._bans.items() if until > now}
 
     # --- discovery ---------------------------------------------------------------------
-    async def _find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
+    async def _find_servers(self, model_id: str, n_blocks: int, max_age: float = 0.0) -> list[ServerRecord]:
+        """Records of the model's servers; a copy fetched less than max_age s ago is reused.
+
+        Failover re-plans from the recent copy first: a DHT lookup while peers are dying can
+        wait on timeouts, and the replacement is usually a server we already know.
+        """
+        seen = self._seen.setdefault(model_id, {})
+        if max_age > 0:
+            recent = [record for at, record in seen.values() if time.monotonic() - at <= max_age]
+            if recent:
+                return recent
         found = await self.swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
-        return parse_records(found, model_id)
+        records = parse_records(found, model_id)
+        for record in records:
+            seen[record.peer_id] = (time.monotonic(), record)
+        return records
 
     def find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
         return self.loop.run(self._find_servers(model_id, n_blocks))
@@ -137,34 +151,60 @@ class SwarmClient:
 
     # --- routing -----------------------------------------------------------------------
     async def _plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = (),
-                    start: int = 0, end: Optional[int] = None) -> list[ChainLink]:
-        records = await self._find_servers(model_id, n_blocks)
+                    start: int = 0, end: Optional[int] = None, max_age: float = 0.0) -> list[ChainLink]:
+        if max_age > 0 and self._seen.get(model_id):
+            try:
+                records = await self._find_servers(model_id, n_blocks, max_age)
+                return await self._plan_from(records, model_id, n_blocks, max_length, exclude, start, end)
+            except MissingBlocksError:
+                pass  # the recent copy cannot cover it: look in the DHT
+        return await self._plan_from(await self._find_servers(model_id, n_blocks), model_id, n_blocks, max_length,
+                                     exclude, start, end)
+
+    async def _plan_from(self, records: list[ServerRecord], model_id: str, n_blocks: int, max_length: int,
+                         exclude: Iterable[str], start: int, end: Optional[int]) -> list[ChainLink]:
         skip = set(exclude) | self.banned()
         unknown = [r.peer_id for r in records if r.peer_id not in self.rtts and r.peer_id not in skip]
         if unknown:
             measured = await self._ping(unknown)
             for peer in set(unknown) - set(measured):
                 self.mark_failed(peer)
-        return plan_chain(model_id, n_blocks, records, self.rtts, max_length=max_length,
-                          exclude=set(exclude) | self.banned(), start=start, end=end)
+        try:
+            return plan_chain(model_id, n_blocks, records, self.rtts, max_length=max_length,
+                              exclude=set(exclude) | self.banned(), start=start, end=end)
+        except MissingBlocksError:
+            # Back-off is a preference: if only recently failed peers cover a gap, take back
+            # those that answer a ping now.
+            banned = [r.peer_id for r in records if r.peer_id in self.banned() and r.peer_id not in set(exclude)]
+            for peer in await self._ping(banned, timeout=1.0):
+                self._bans.pop(peer, None)
+            return plan_chain(model_id, n_blocks, records, self.rtts, max_length=max_length,
+                              exclude=set(exclude) | self.banned(), start=start, end=end)
 
     def plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = ()) -> list[ChainLink]:
         return self.loop.run(self._plan(model_id, n_blocks, max_length, exclude))
 
     # --- sessions ----------------------------------------------------------------------
     async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
-                            chain: Optional[list[ChainLink]], attempts: int = 4) -> InferenceSession:
+                            chain: Optional[list[ChainLink]], attempts: int = 8,
+                            wait_for_capacity: float = 6.0) -> InferenceSession:
         async def replan(start: int, end: int, exclude: set) -> list[ChainLink]:
-            return await self._plan(model_id, n_blocks, max_length, exclude, start, end)
+            return await self._plan(model_id, n_blocks, max_length, exclude, start, end, max_age=30.0)
 
         last_error: Optional[RemoteStepError] = None
+        deadline = time.monotonic() + wait_for_capacity
         for attempt in range(attempts):
             try:
-                links = chain or await self._plan(model_id, n_blocks, max_length)
+                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=10.0)
             except MissingBlocksError:
-                if last_error is not None:  # the gap is the server that just refused: say why it refused
-                    raise last_error from None
-                raise
+                if last_error is not None and last_error.code not in ("unreachable", "connection_lost", "timeout"):
+                    raise last_error from None  # the gap is the server that just refused: say why it refused
+                if time.monotonic() > deadline:
+                    raise
+                # A DHT lookup can miss records while peers churn, and failed servers come back:
+                # look again for a few seconds before calling the blocks missing.
+                await asyncio.sleep(1.0)
+                continue
             dtype = wire_dtype
             if dtype is None:  # lossless: 16-bit only when every server computes in that dtype
                 dtypes = {link.record.compute_dtype for link in links}

@@ -132,7 +132,7 @@ class SwarmNode:
             raise SwarmUnreachableError(_explain_daemon_error(str(e), initial_peers, port)) from None
         try:
             dht = await DHTNode.create(p2p=p2p, initial_peers=list(initial_peers) or None, client_mode=client_mode,
-                                       cache_locally=False, cache_on_store=False, wait_timeout=5)
+                                       cache_locally=False, cache_on_store=False, wait_timeout=3)
         except Exception:
             await p2p.shutdown()
             raise
