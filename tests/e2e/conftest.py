@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import httpx
@@ -22,17 +23,23 @@ def wait_for_model(url: str, model: str = "smollm2-135m", timeout: float = 60) -
     raise TimeoutError(f"{model} never appeared at {url}/v1/models")
 
 
-@pytest.fixture(scope="session")
-def gateway_swarm(tmp_path_factory):
-    """(swarm, gateway url): 3 nodes, a gateway with a low per-IP request limit for the 429 test."""
-    swarm = LocalSwarm("smollm2-135m", even_spans(30, 3), log_dir=tmp_path_factory.mktemp("e2e-swarm"))
+@contextlib.contextmanager
+def swarm_with_gateway(log_dir, gateway_args=()):
+    """A 3-node swarm and a gateway in front of it, ready to serve: yields (swarm, url)."""
+    swarm = LocalSwarm("smollm2-135m", even_spans(30, 3), log_dir=log_dir)
     swarm.start(timeout=180)
     try:
         port = free_port()
-        gateway = swarm.add_gateway(port, ["--requests-per-minute", "1000", "--status-period", "1"])
-        swarm.wait_ready([gateway], timeout=120)
+        swarm.wait_ready([swarm.add_gateway(port, ["--status-period", "1", *gateway_args])], timeout=120)
         url = f"http://127.0.0.1:{port}"
         wait_for_model(url)
         yield swarm, url
     finally:
         swarm.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_swarm(tmp_path_factory):
+    """(swarm, gateway url) shared by the API tests."""
+    with swarm_with_gateway(tmp_path_factory.mktemp("e2e-swarm"), ["--requests-per-minute", "1000"]) as pair:
+        yield pair

@@ -11,9 +11,7 @@ import signal
 
 import pytest
 
-from swarmllm.local_swarm import LocalSwarm, even_spans, free_port
-
-from .conftest import wait_for_model
+from .conftest import swarm_with_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +35,8 @@ def browser():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Its own swarm: the dashboard test stops one of its nodes."""
-    swarm = LocalSwarm("smollm2-135m", even_spans(30, 3), log_dir=tmp_path_factory.mktemp("browser-swarm"))
-    swarm.start(timeout=180)
-    try:
-        port = free_port()
-        swarm.wait_ready([swarm.add_gateway(port, ["--status-period", "1"])], timeout=120)
-        url = f"http://127.0.0.1:{port}"
-        wait_for_model(url)
-        yield swarm, url
-    finally:
-        swarm.stop()
+    with swarm_with_gateway(tmp_path_factory.mktemp("browser-swarm")) as pair:
+        yield pair
 
 
 def test_chat_streams_a_reply(browser, site, artifacts_dir):
