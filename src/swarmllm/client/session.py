@@ -247,12 +247,15 @@ class InferenceSession:
         finally:
             stream.close()
 
-    async def _failed_hops(self, error: RemoteStepError) -> list[int]:
-        named = [i for i, hop in enumerate(self.hops) if hop.peer_id == error.peer_id]
-        if named and error.code != "timeout":
-            return named
-        alive = await asyncio.gather(*(self._alive(hop) for hop in self.hops))  # who went silent?
-        return [i for i, ok in enumerate(alive) if not ok] or named
+    async def _failed_hops(self, error: RemoteStepError) -> tuple[list[int], set[str]]:
+        """(hops to replace, peers that are down). Every hop is pinged: a server that answers is
+        not excluded from the replacement even if its session here broke (a dropped stream),
+        so the only live replica of a span is never ruled out by mistake."""
+        alive = await asyncio.gather(*(self._alive(hop) for hop in self.hops))
+        down = {i for i, ok in enumerate(alive) if not ok}
+        # A timeout names the last hop only because that is where the result should have come from.
+        named = set() if error.code == "timeout" else {i for i, h in enumerate(self.hops) if h.peer_id == error.peer_id}
+        return sorted(down | named), {self.hops[i].peer_id for i in down}
 
     async def _recover_until_done(self, error: RemoteStepError, wait_for_capacity: float = 30.0) -> None:
         """Recover; if recovery itself fails (another server dies meanwhile), recover again."""
@@ -273,9 +276,9 @@ class InferenceSession:
                 await asyncio.sleep(1.0)
 
     async def _recover(self, error: RemoteStepError) -> None:
-        failed = await self._failed_hops(error)
-        for index in failed:
-            self.on_peer_failure(self.hops[index].peer_id)
+        failed, down = await self._failed_hops(error)
+        for peer in down:
+            self.on_peer_failure(peer)
         cold = [i for i, hop in enumerate(self.hops) if not hop.warm]  # replacements whose replay did not finish
         if not failed and not cold:  # everyone answers: a transient fault; retry as is
             await asyncio.sleep(0.1)
@@ -283,7 +286,7 @@ class InferenceSession:
         first, last = min(failed + cold), max(failed + cold)
         start, end = self.hops[first].link.start, self.hops[last].link.end
         old = self.hops[first:last + 1]
-        links = await self.replanner(start, end, {self.hops[i].peer_id for i in failed})
+        links = await self.replanner(start, end, down)
         new = [Hop(link, warm=False) for link in links]
         after = self.hops[last + 1].next_hop() if last + 1 < len(self.hops) else None
         try:

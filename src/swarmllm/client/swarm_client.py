@@ -61,6 +61,7 @@ class SwarmClient:
         self.rtts: dict[str, float] = {}
         self._bans: dict[str, tuple[float, int]] = {}  # peer -> (banned until, consecutive failures)
         self._seen: dict[str, dict[str, tuple[float, ServerRecord]]] = {}  # model -> peer -> (seen at, record)
+        self._watchers: dict[str, asyncio.Task] = {}  # model -> task keeping _seen fresh
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str]) -> "SwarmClient":
@@ -112,6 +113,23 @@ class SwarmClient:
         for record in records:
             seen[record.peer_id] = (time.monotonic(), record)
         return records
+
+    def _watch(self, model_id: str, n_blocks: int, period: float = 3.0) -> None:
+        """Keep refreshing the model's records in the background once we use the model.
+
+        One DHT lookup can miss records while peers churn; the union of what was seen over the
+        last seconds does not, so failover and new sessions plan from it without waiting.
+        """
+        async def refresh_forever() -> None:
+            while True:
+                try:
+                    await self._find_servers(model_id, n_blocks)
+                except Exception:  # a failed lookup is retried on the next round
+                    pass
+                await asyncio.sleep(period)
+
+        if model_id not in self._watchers:
+            self._watchers[model_id] = asyncio.get_running_loop().create_task(refresh_forever())
 
     def find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
         return self.loop.run(self._find_servers(model_id, n_blocks))
@@ -189,13 +207,14 @@ class SwarmClient:
                             chain: Optional[list[ChainLink]], attempts: int = 8,
                             wait_for_capacity: float = 6.0) -> InferenceSession:
         async def replan(start: int, end: int, exclude: set) -> list[ChainLink]:
-            return await self._plan(model_id, n_blocks, max_length, exclude, start, end, max_age=30.0)
+            return await self._plan(model_id, n_blocks, max_length, exclude, start, end, max_age=15.0)
 
+        self._watch(model_id, n_blocks)
         last_error: Optional[RemoteStepError] = None
         deadline = time.monotonic() + wait_for_capacity
         for attempt in range(attempts):
             try:
-                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=10.0)
+                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0)
             except MissingBlocksError:
                 if last_error is not None and last_error.code not in ("unreachable", "connection_lost", "timeout"):
                     raise last_error from None  # the gap is the server that just refused: say why it refused
