@@ -27,7 +27,7 @@ import torch
 
 from swarmllm.client.routing import ChainLink
 from swarmllm.protocol import (
-    PING_HANDLER, SESSION_HANDLER, CloseSession, ErrorReply, NextHop, OpenSession, Ping, ProtocolError, Reroute,
+    PING_HANDLER, SESSION_HANDLER, CloseSession, ErrorReply, NextHop, OpenSession, Ping, Pong, ProtocolError, Reroute,
     SessionOpened, Step, StepResult, SwarmError, decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
 
@@ -35,6 +35,26 @@ from swarmllm.protocol import (
 NOT_RETRYABLE = {"bad_shape", "too_long", "malformed", "version_mismatch"}
 
 Replanner = Callable[[int, int, set], Awaitable[list[ChainLink]]]
+
+
+async def ping_peer(swarm, peer_id: str, timeout: float, rounds: int = 1) -> Optional[float]:
+    """Best round-trip time of `rounds` pings on one stream, or None if the peer does not answer."""
+    try:
+        stream = await swarm.open_stream(peer_id, PING_HANDLER, timeout=timeout)
+    except ConnectionError:
+        return None
+    try:
+        best = None
+        for nonce in range(rounds):
+            started = time.perf_counter()
+            await stream.send(encode_frame(Ping(nonce=nonce)))
+            if isinstance(decode_frame(await asyncio.wait_for(stream.recv(), timeout))[0], Pong):
+                best = min(best or float("inf"), time.perf_counter() - started)
+        return best
+    except (ConnectionError, asyncio.TimeoutError, ProtocolError):
+        return None
+    finally:
+        stream.close()
 
 
 class RemoteStepError(SwarmError):
@@ -225,27 +245,17 @@ class InferenceSession:
         # A step that starts before the end rolls back: drop the chunks it replaces. (A chunk cut
         # in the middle would replay as a shorter batch than it was computed in; speculative
         # decoding must keep that in mind.)
-        while self.chunks and sum(self.chunks) > start_position:
-            self.chunks.pop()
-        if sum(self.chunks) < start_position:
-            self.chunks.append(start_position - sum(self.chunks))
+        total = self.position  # invariant: position == sum(chunks)
+        while self.chunks and total > start_position:
+            total -= self.chunks.pop()
+        if total < start_position:
+            self.chunks.append(start_position - total)
         self.chunks.append(n_new)
         self.position = start_position + n_new
 
     # --- failover --------------------------------------------------------------------
     async def _alive(self, hop: Hop, timeout: float = 1.0) -> bool:
-        try:
-            stream = await self.swarm.open_stream(hop.peer_id, PING_HANDLER, timeout=timeout)
-        except ConnectionError:
-            return False
-        try:
-            await stream.send(encode_frame(Ping()))
-            await asyncio.wait_for(stream.recv(), timeout)
-            return True
-        except (ConnectionError, asyncio.TimeoutError):
-            return False
-        finally:
-            stream.close()
+        return await ping_peer(self.swarm, hop.peer_id, timeout) is not None
 
     async def _failed_hops(self, error: RemoteStepError) -> tuple[list[int], set[str]]:
         """(hops to replace, peers that are down). Every hop is pinged: a server that answers is

@@ -15,9 +15,9 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
-from swarmllm.client.session import InferenceSession, RemoteStepError
+from swarmllm.client.session import InferenceSession, RemoteStepError, ping_peer
 from swarmllm.protocol import (
-    MODEL_REGISTRY_KEY, PING_HANDLER, Ping, Pong, ServerRecord, block_key, decode_frame, encode_frame, parse_records,
+    MODEL_REGISTRY_KEY, ServerRecord, block_key, parse_records,
 )
 from swarmllm.swarm import BackgroundLoop, SwarmNode
 
@@ -137,28 +137,10 @@ class SwarmClient:
     def list_models(self) -> dict[str, dict]:
         return self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY]
 
-    async def _ping_one(self, peer_id: str, timeout: float) -> Optional[float]:
-        try:
-            stream = await self.swarm.open_stream(peer_id, PING_HANDLER, timeout=timeout)
-        except ConnectionError:
-            return None
-        try:
-            best = float("inf")
-            for nonce in range(3):  # the first round trip includes stream set-up
-                started = time.perf_counter()
-                await stream.send(encode_frame(Ping(nonce=nonce)))
-                reply = await asyncio.wait_for(stream.recv(), timeout)
-                if isinstance(decode_frame(reply)[0], Pong):
-                    best = min(best, time.perf_counter() - started)
-            return best if best < float("inf") else None
-        except (ConnectionError, asyncio.TimeoutError, ValueError):
-            return None
-        finally:
-            stream.close()
-
     async def _ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
         ids = list(peer_ids)
-        rtts = await asyncio.gather(*(self._ping_one(p, timeout) for p in ids))
+        # 3 rounds: the first includes stream set-up
+        rtts = await asyncio.gather(*(ping_peer(self.swarm, p, timeout, rounds=3) for p in ids))
         measured = {p: r for p, r in zip(ids, rtts) if r is not None}
         self.rtts.update(measured)
         return measured

@@ -14,6 +14,8 @@ built for T == 1.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +95,15 @@ class SpanModel:
     @property
     def n_blocks(self) -> int:
         return self.end - self.start
+
+    def view(self, start: int, end: int) -> "SpanModel":
+        """Blocks [start, end) of this span as a SpanModel sharing the same weights (no copy)."""
+        if not (self.start <= start < end <= self.end):
+            raise ValueError(f"[{start}, {end}) is not inside this span [{self.start}, {self.end}).")
+        model = copy.copy(self)
+        model.start, model.end = start, end
+        model.layers = self.layers[start - self.start:end - self.start]
+        return model
 
     def new_cache(self, max_length: int, batch_size: int = 1) -> KVCache:
         return KVCache(self.config, self.n_blocks, max_length, batch_size, self.dtype)

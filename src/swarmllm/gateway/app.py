@@ -137,17 +137,17 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     async def _run(request: Request, body, messages=None, prompt=None, chat: bool = True):
         job = await _prepare(request, body, messages, prompt)
         try:
-            await admission.__aenter__()
+            await admission.acquire()
         except SaturatedError as e:
             raise ApiError(503, str(e), "server_error", "saturated", "5") from None
         try:
             session = await asyncio.to_thread(service.open_session, job)
         except (SwarmError, ConnectionError) as e:
-            await admission.__aexit__(None, None, None)
+            admission.release()
             raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
                            "swarm_unavailable", "5") from None
         except BaseException:
-            await admission.__aexit__(None, None, None)
+            admission.release()
             raise
         summary, cancel = GenerationSummary(route=[]), threading.Event()
         completion_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
@@ -155,7 +155,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
 
         async def release():
             cancel.set()
-            await admission.__aexit__(None, None, None)
+            admission.release()
 
         if body.stream:
             return StreamingResponse(_sse(completion_id, body.model, chat, deltas, summary, release),

@@ -68,7 +68,8 @@ class Admission:
         self.active = 0
         self.waiting = 0
 
-    async def __aenter__(self) -> "Admission":
+    async def acquire(self) -> None:
+        """Take a slot, waiting in the bounded queue; SaturatedError if the queue is full too."""
         if self.active >= self.max_active and self.waiting >= self.max_queue:
             raise SaturatedError(f"the swarm is saturated ({self.active} generations running, {self.waiting} "
                                  "waiting); retry in a few seconds")
@@ -78,8 +79,7 @@ class Admission:
         finally:
             self.waiting -= 1
         self.active += 1
-        return self
 
-    async def __aexit__(self, *exc) -> None:
+    def release(self) -> None:
         self.active -= 1
         self._slots.release()

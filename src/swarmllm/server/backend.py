@@ -8,7 +8,6 @@ rejected or crashed step.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from dataclasses import dataclass
@@ -59,11 +58,8 @@ class SpanBackend:
 
     def _model_for(self, start: int, end: int) -> SpanModel:
         model = self._sub_spans.get((start, end))
-        if model is None:  # a view over some of our layers; weights are shared, not copied
-            model = copy.copy(self.span)
-            model.start, model.end = start, end
-            model.layers = self.span.layers[start - self.start:end - self.start]
-            self._sub_spans[(start, end)] = model
+        if model is None:
+            model = self._sub_spans[(start, end)] = self.span.view(start, end)
         return model
 
     def new_cache(self, start: int, end: int, max_length: int) -> KVCache:
