@@ -124,3 +124,27 @@ def test_plan_move_has_hysteresis():
     assert plan_move(30, me, others) is None  # 9 -> 10 at best: not worth a reload
     others = [rec("a", 0, 10, 10), rec("b", 10, 20, 2), rec("c", 20, 30, 10)]
     assert plan_move(30, me, others) == (10, 20)  # the bottleneck goes from 2 to 12 tokens/s
+
+
+def test_a_claimed_move_counts_as_covering_its_target_only():
+    from swarmllm.server.block_selection import contested_by, plan_move, planning_view
+
+    # Twins a and me serve [20, 30); [0, 10) lost its server. a has already claimed the hole.
+    a = rec("a", 20, 30).model_copy(update={"moving_to": (0, 10)})
+    me = rec("me", 20, 30)
+    others = [a, rec("b", 10, 20)]
+    # Seen through the claim, nothing is missing and a is leaving [20, 30): I stay.
+    assert plan_move(30, me, planning_view(others)) is None
+    # If we both claimed, the lower id goes first and the other withdraws.
+    assert contested_by(me, (0, 10), others) == ["a"]
+    assert contested_by(rec("0", 20, 30), (0, 10), others) == []
+    assert contested_by(me, (10, 20), [a]) == []  # claims that do not overlap do not contest
+
+
+def test_parse_records_keeps_the_newest_announcement_of_a_peer():
+    from swarmllm.protocol import ServerState, parse_records
+
+    old = rec("p", 0, 10).model_copy(update={"state": ServerState.LEAVING, "announced_at": 5.0})
+    new = rec("p", 10, 20).model_copy(update={"announced_at": 6.0})
+    found = {"k12": {"p": new.model_dump(mode="json")}, "k3": {"p": old.model_dump(mode="json")}}
+    assert parse_records(found, "m") == [new]

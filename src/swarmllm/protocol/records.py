@@ -54,6 +54,10 @@ class ServerRecord(BaseModel):
     protocol_version: int = PROTOCOL_VERSION
     addresses: tuple[str, ...] = ()   # multiaddrs the node is reachable at
     software_version: str = ""
+    announced_at: float = 0.0         # DHT time of this announcement: the newest record of a peer wins
+    # Set while the node is about to move to another span (a claim, so that two nodes do not
+    # both rush into the same hole); planners count it as covering this span instead.
+    moving_to: Optional[tuple[int, int]] = None
 
     @property
     def span_length(self) -> int:
@@ -67,7 +71,8 @@ def parse_records(found: Mapping[str, Mapping[str, dict]], model_id: Optional[st
     """Validate raw DHT values ({key: {subkey: value}}) into records, one per peer.
 
     Malformed values are skipped: any peer can write to the DHT, so a bad record must not
-    make a whole lookup fail.
+    make a whole lookup fail. A peer that moved leaves older records under its old blocks
+    until they expire; the newest announcement of each peer wins.
     """
     records: dict[str, ServerRecord] = {}
     for subs in found.values():
@@ -76,6 +81,9 @@ def parse_records(found: Mapping[str, Mapping[str, dict]], model_id: Optional[st
                 record = ServerRecord.model_validate(value)
             except ValueError:
                 continue
-            if model_id is None or record.model_id == model_id:
+            if model_id is not None and record.model_id != model_id:
+                continue
+            known = records.get(record.peer_id)
+            if known is None or record.announced_at >= known.announced_at:
                 records[record.peer_id] = record
     return list(records.values())

@@ -13,6 +13,23 @@ from typing import Iterable
 from swarmllm.protocol import ServerRecord
 
 
+def planning_view(records: Iterable[ServerRecord]) -> list[ServerRecord]:
+    """Records as placement should see them: a node that claimed a move covers its target only.
+
+    Counting the target stops a second node from rushing into the same hole; not counting the
+    span it leaves stops anyone from relying on it staying there.
+    """
+    return [r.model_copy(update={"start": r.moving_to[0], "end": r.moving_to[1], "moving_to": None})
+            if r.moving_to is not None else r for r in records]
+
+
+def contested_by(my_record: ServerRecord, target: tuple[int, int], records: Iterable[ServerRecord]) -> list[str]:
+    """Peers with a lower id that also claim a move overlapping `target`: they go first."""
+    return sorted(r.peer_id for r in records
+                  if r.peer_id < my_record.peer_id and r.moving_to is not None
+                  and r.moving_to[0] < target[1] and target[0] < r.moving_to[1])
+
+
 def block_coverage(n_blocks: int, records: Iterable[ServerRecord]) -> tuple[list[int], list[float]]:
     """Per block: (number of serving nodes, their summed throughput)."""
     counts, throughput = [0] * n_blocks, [0.0] * n_blocks

@@ -26,7 +26,7 @@ from swarmllm.protocol import (
 )
 from swarmllm.engine.dtypes import dtype_name
 from swarmllm.server.backend import SpanBackend
-from swarmllm.server.block_selection import choose_span, plan_move
+from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.sessions import SessionTable
 from swarmllm.swarm import SwarmNode, dht_time
@@ -54,6 +54,7 @@ class ServerConfig:
     throughput: Optional[float] = None          # announce this instead of measuring
     rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
+    claim_wait: float = 1.5                     # seconds a move claim propagates before it is confirmed
 
 
 @dataclass
@@ -65,6 +66,7 @@ class NodeStatus:
     startup_seconds: float = 0.0
     throughput: float = 0.0
     addresses: list[str] = field(default_factory=list)
+    moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
 
 
 class ServerNode:
@@ -125,20 +127,28 @@ class ServerNode:
                                  f"use START:END with 0 <= START < END <= {n_blocks}")
             return start, end
         found = await swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
-        records = parse_records(found, model_id)
+        records = planning_view(parse_records(found, model_id))
         num_blocks = self.config.num_blocks or -(-n_blocks // 3)
         return choose_span(n_blocks, num_blocks, records)
 
     async def _maybe_move(self, swarm, backend, table: SessionTable, service: SessionService):
-        """Move to other blocks if plan_move says it clearly helps the swarm; returns (backend, table)."""
-        try:
-            found = await swarm.get_records([block_key(backend.model_id, b) for b in range(backend.n_blocks)])
-        except Exception as e:
-            logger.warning("reading the DHT for rebalancing failed: %s", e)
-            return backend, table
-        others = [r for r in parse_records(found, backend.model_id) if r.state == ServerState.ONLINE]
-        target = plan_move(backend.n_blocks, self._record(backend, table, ServerState.ONLINE), others)
+        """Move to other blocks if plan_move says it clearly helps the swarm; returns (backend, table).
+
+        Two-phase, so that twins seeing the same hole do not both move into it (and then flap
+        back together): claim the target in our record, wait for the claim to propagate, re-read;
+        if a lower peer id claims an overlapping target, or the move no longer helps, withdraw.
+        """
+        target = await self._plan_move(swarm, backend, table)
         if target is None:
+            return backend, table
+        self.status.moving_to = target
+        await self._announce(swarm, backend, table, ServerState.ONLINE, extra_blocks=range(*target))
+        await asyncio.sleep(self.config.claim_wait)
+        confirmed = await self._plan_move(swarm, backend, table, claimed=target)
+        self.status.moving_to = None
+        if confirmed != target:
+            logger.info("not moving to [%d, %d): another node claimed it first or it no longer helps", *target)
+            await self._announce(swarm, backend, table, ServerState.ONLINE)
             return backend, table
         old_start, old_end = self.status.start, self.status.end
         logger.warning("moving from blocks [%d, %d) to [%d, %d) to rebalance the swarm", old_start, old_end, *target)
@@ -157,19 +167,40 @@ class ServerNode:
         await self._announce(swarm, new_backend, new_table, ServerState.ONLINE)
         return new_backend, new_table
 
+    async def _plan_move(self, swarm, backend, table: SessionTable,
+                         claimed: Optional[tuple[int, int]] = None) -> Optional[tuple[int, int]]:
+        """plan_move over the DHT's current records; with `claimed`, None if a lower peer id contests it."""
+        try:
+            found = await swarm.get_records([block_key(backend.model_id, b) for b in range(backend.n_blocks)])
+        except Exception as e:
+            logger.warning("reading the DHT for rebalancing failed: %s", e)
+            return None
+        others = [r for r in parse_records(found, backend.model_id)
+                  if r.state == ServerState.ONLINE and r.peer_id != self.status.peer_id]
+        me = self._record(backend, table, ServerState.ONLINE)
+        if claimed is not None:
+            if contested_by(me, claimed, others):
+                return None
+            # Higher ids claiming the same blocks will withdraw: see them where they are now.
+            others = [r.model_copy(update={"moving_to": None}) if r.moving_to is not None
+                      and r.moving_to[0] < claimed[1] and claimed[0] < r.moving_to[1] else r for r in others]
+        return plan_move(backend.n_blocks, me.model_copy(update={"moving_to": None}), planning_view(others))
+
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
             n_blocks=backend.n_blocks, state=state, throughput=self.status.throughput,
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
             active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype),
-            addresses=tuple(self.status.addresses), software_version=__version__)
+            addresses=tuple(self.status.addresses), software_version=__version__,
+            announced_at=dht_time(), moving_to=self.status.moving_to)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
-                        ttl: Optional[float] = None) -> None:
+                        ttl: Optional[float] = None, extra_blocks: range = range(0)) -> None:
+        """Store our record under every block we serve (and `extra_blocks`, e.g. a claimed target)."""
         record = self._record(backend, table, state).model_dump(mode="json")
-        items = [(block_key(backend.model_id, b), self.status.peer_id, record)
-                 for b in range(self.status.start, self.status.end)]
+        blocks = sorted(set(range(self.status.start, self.status.end)) | set(extra_blocks))
+        items = [(block_key(backend.model_id, b), self.status.peer_id, record) for b in blocks]
         items.append((MODEL_REGISTRY_KEY, backend.model_id, {"model_id": backend.model_id, "n_blocks": backend.n_blocks}))
         try:
             await swarm.store_records(items, dht_time() + (ttl or self.config.record_ttl))
