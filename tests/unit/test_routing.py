@@ -51,8 +51,11 @@ def test_missing_blocks_named():
 def test_leaving_excluded_and_short_servers_skipped():
     records = [rec("a", 0, 30, state=ServerState.LEAVING), rec("b", 0, 30, max_len=16), rec("c", 0, 30)]
     assert [link.peer_id for link in plan_chain("m", 30, records, max_length=100)] == ["c"]
-    with pytest.raises(MissingBlocksError):
+    with pytest.raises(MissingBlocksError) as info:
         plan_chain("m", 30, records, max_length=100, exclude=["c"])
+    # The error says who hosts the blocks and why each cannot be used.
+    assert info.value.unavailable == {"a": "leaving", "b": "sessions up to 16 tokens", "c": "failed recently"}
+    assert "(failed recently)" in str(info.value)
 
 
 def test_sub_range_for_failover():

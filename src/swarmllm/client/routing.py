@@ -26,11 +26,16 @@ HOP_OVERHEAD = 0.002     # seconds per extra hop
 class MissingBlocksError(SwarmError):
     """No online server covers some blocks of the model."""
 
-    def __init__(self, model_id: str, n_blocks: int, missing: list[tuple[int, int]]):
+    def __init__(self, model_id: str, n_blocks: int, missing: list[tuple[int, int]],
+                 unavailable: dict[str, str] | None = None):
         spans = ", ".join(f"[{a}, {b})" for a, b in missing)
-        super().__init__(f"no online server hosts blocks {spans} of {model_id} (of {n_blocks} blocks); start a node "
-                         f"with --blocks covering them, or wait for nodes to join")
-        self.missing = missing
+        why = ""
+        if unavailable:  # servers that do host those blocks but cannot be used now, and why
+            why = "; known servers there are unavailable: " + ", ".join(
+                f"{peer[-8:]} ({reason})" for peer, reason in sorted(unavailable.items()))
+        super().__init__(f"no online server hosts blocks {spans} of {model_id} (of {n_blocks} blocks){why}; start a "
+                         f"node with --blocks covering them, or wait for nodes to join")
+        self.missing, self.unavailable = missing, dict(unavailable or {})
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,16 @@ class ChainLink:
 def usable(record: ServerRecord, max_length: int = 1) -> bool:
     return (record.state == ServerState.ONLINE and record.protocol_version == PROTOCOL_VERSION
             and record.max_session_length >= max_length)
+
+
+def unavailable_reason(record: ServerRecord, max_length: int, excluded: set[str]) -> str:
+    if record.peer_id in excluded:
+        return "failed recently"
+    if record.state != ServerState.ONLINE:
+        return record.state.value
+    if record.protocol_version != PROTOCOL_VERSION:
+        return f"protocol v{record.protocol_version}"
+    return f"sessions up to {record.max_session_length} tokens"
 
 
 def missing_spans(n_blocks: int, records: Iterable[ServerRecord], start: int = 0,
@@ -90,7 +105,9 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
     candidates = [r for r in records if usable(r, max_length) and r.peer_id not in excluded]
     gaps = missing_spans(n_blocks, candidates, start, end)
     if gaps:
-        raise MissingBlocksError(model_id, n_blocks, gaps)
+        raise MissingBlocksError(model_id, n_blocks, gaps, {
+            r.peer_id: unavailable_reason(r, max_length, excluded) for r in records
+            if any(r.start < b and a < r.end for a, b in gaps)})
     # Dijkstra over block boundaries; from boundary i a server covering i can take us to any j <= its end.
     best: dict[int, float] = {start: 0.0}
     back: dict[int, tuple[int, ServerRecord]] = {}

@@ -101,7 +101,7 @@ class FailoverEvent:
 
 class InferenceSession:
     def __init__(self, swarm, model_id: str, chain: list[ChainLink], max_length: int, *, wire_dtype: str = "float32",
-                 step_timeout: Optional[float] = None, open_timeout: float = 15.0,
+                 step_timeout: Optional[float] = None, open_timeout: float = 5.0,
                  replanner: Optional[Replanner] = None, on_peer_failure: Callable[[str], None] = lambda peer: None,
                  max_failovers: int = 8):
         self.swarm, self.model_id = swarm, model_id
@@ -115,6 +115,7 @@ class InferenceSession:
         self.last_step_seconds = 0.0
         self.failovers: list[FailoverEvent] = []
         self._next_step_id = 0
+        self._decode_seconds, self._decode_steps, self._slack = 0.0, 0, 8.0  # for the adaptive step timeout
         self._pending: dict[int, asyncio.Future] = {}
         self._closed = False
 
@@ -135,7 +136,7 @@ class InferenceSession:
         """Open sessions on `hops` (pushing to each other, the last one to `after`)."""
         async def open_one(index: int, hop: Hop) -> None:
             try:
-                hop.stream = await self.swarm.open_stream(hop.peer_id, SESSION_HANDLER)
+                hop.stream = await self.swarm.open_stream(hop.peer_id, SESSION_HANDLER, timeout=self.open_timeout)
             except ConnectionError as e:
                 raise RemoteStepError(hop.peer_id, "unreachable", str(e)) from None
             next_hop = hops[index + 1].next_hop() if index + 1 < len(hops) else after
@@ -143,7 +144,10 @@ class InferenceSession:
                 await hop.stream.send(encode_frame(OpenSession(
                     session_id=hop.session_id, model_id=self.model_id, start=hop.link.start, end=hop.link.end,
                     max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop)))
-                reply, _ = decode_frame(await hop.stream.recv())
+                reply, _ = decode_frame(await asyncio.wait_for(hop.stream.recv(), self.open_timeout))
+            except asyncio.TimeoutError:  # per hop, so the error names the server that is frozen
+                raise RemoteStepError(hop.peer_id, "timeout", f"no answer to OpenSession within "
+                                                              f"{self.open_timeout:.0f} s") from None
             except (ConnectionError, ProtocolError) as e:
                 raise RemoteStepError(hop.peer_id, "unreachable", f"no answer to OpenSession: {e}") from None
             if isinstance(reply, ErrorReply):
@@ -152,13 +156,7 @@ class InferenceSession:
                 raise RemoteStepError(hop.peer_id, "malformed", f"expected session_opened, got {reply.type}")
             hop.reader = asyncio.create_task(self._read(hop))
 
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(open_one(i, hop) for i, hop in enumerate(hops)), return_exceptions=True),
-                self.open_timeout)
-        except asyncio.TimeoutError:
-            results = [RemoteStepError(hops[0].peer_id, "timeout", f"no answer to OpenSession within "
-                                                                   f"{self.open_timeout:.0f} s")]
+        results = await asyncio.gather(*(open_one(i, hop) for i, hop in enumerate(hops)), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             for hop in hops:
@@ -191,17 +189,38 @@ class InferenceSession:
 
     # --- steps -----------------------------------------------------------------------
     def _timeout(self, n_positions: int) -> float:
-        return self.step_timeout if self.step_timeout is not None else 5.0 + 0.02 * n_positions
+        """How long a step may take before the chain is presumed stalled.
 
-    async def _send_and_wait(self, hop: Hop, frame: bytes, step_id: int, n_positions: int) -> torch.Tensor:
+        A fixed 5 s (+20 ms per position) until this session has timed a few decode steps;
+        then `slack` times their moving average (never under 1.5 s), so a frozen server is
+        noticed in about a second on a fast chain. A timeout after which every server still
+        answers a ping was a load spike, not a failure: `slack` doubles for the session.
+        """
+        if self.step_timeout is not None:
+            return self.step_timeout
+        default = self._replay_timeout(n_positions)
+        if self._decode_steps < 3:
+            return default
+        return min(default, max(1.5, self._slack * self._decode_seconds + 0.02 * n_positions))
+
+    @staticmethod
+    def _replay_timeout(n_positions: int) -> float:
+        return 5.0 + 0.02 * n_positions  # a replay is a whole history in its original chunks: no estimate
+
+    def _observe(self, seconds: float, n_positions: int) -> None:
+        if n_positions <= 4:  # decode-sized steps; prefill time says little about the next token
+            self._decode_seconds = seconds if self._decode_steps == 0 else 0.8 * self._decode_seconds + 0.2 * seconds
+            self._decode_steps += 1
+
+    async def _send_and_wait(self, hop: Hop, frame: bytes, step_id: int, timeout: float) -> torch.Tensor:
         future = asyncio.get_running_loop().create_future()
         self._pending[step_id] = future
         try:
             await hop.stream.send(frame)
-            return await asyncio.wait_for(future, self._timeout(n_positions))
+            return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise RemoteStepError(self.hops[-1].peer_id, "timeout",
-                                  f"step {step_id} got no result within {self._timeout(n_positions):.1f} s") from None
+                                  f"step {step_id} got no result within {timeout:.1f} s") from None
         except ConnectionError as e:
             raise RemoteStepError(hop.peer_id, "connection_lost", str(e)) from None
         finally:
@@ -227,7 +246,7 @@ class InferenceSession:
                                       start_position=start_position, tensor=meta), raw)
             started = time.perf_counter()
             try:
-                output = await self._send_and_wait(self.hops[0], frame, step_id, n_new)
+                output = await self._send_and_wait(self.hops[0], frame, step_id, self._timeout(n_new))
             except RemoteStepError as error:
                 if error.code in NOT_RETRYABLE or self.replanner is None or attempt == self.max_failovers:
                     raise
@@ -235,6 +254,8 @@ class InferenceSession:
                 await self._recover_until_done(error)
                 continue
             self.last_step_seconds = time.perf_counter() - started
+            if failed_at is None:  # a retried step's time includes the recovery
+                self._observe(self.last_step_seconds, n_new)
             self._commit(start_position, n_new)
             if failed_at is not None and self.failovers:
                 self.failovers[-1].seconds = time.perf_counter() - failed_at
@@ -291,6 +312,8 @@ class InferenceSession:
             self.on_peer_failure(peer)
         cold = [i for i, hop in enumerate(self.hops) if not hop.warm]  # replacements whose replay did not finish
         if not failed and not cold:  # everyone answers: a transient fault; retry as is
+            if error.code == "timeout":
+                self._slack = min(64.0, self._slack * 2)  # slow, not dead: be more patient
             await asyncio.sleep(0.1)
             return
         first, last = min(failed + cold), max(failed + cold)
@@ -330,7 +353,7 @@ class InferenceSession:
                 except ConnectionError as e:
                     raise RemoteStepError(before.peer_id, "connection_lost", str(e)) from None
                 return
-            await self._send_and_wait(before, frame, last_id, p)
+            await self._send_and_wait(before, frame, last_id, self._replay_timeout(p))
         elif p > 0:
             frames, position = [], 0
             for index, length in enumerate(chunks):
@@ -340,7 +363,7 @@ class InferenceSession:
                 position += length
             for frame in frames[:-1]:
                 await new[0].stream.send(frame)
-            await self._send_and_wait(new[0], frames[-1], last_id, p)
+            await self._send_and_wait(new[0], frames[-1], last_id, self._replay_timeout(p))
 
     # --- closing ---------------------------------------------------------------------
     async def _close_hop(self, hop: Hop) -> None:
