@@ -3,7 +3,7 @@
 Runs benchmarks/chaos.py in its small setting (6 nodes, every block twice, 20 generations,
 2 at a time) and asserts its verdict: every generation completed, every output equals the
 fault-free reference, no node crashed because another failed, and no session was left open.
-Deselected by default (see pyproject addopts); run with `pytest -m chaos`.
+Part of the default suite (about 2 minutes); `pytest -m chaos` runs it alone.
 """
 
 from __future__ import annotations

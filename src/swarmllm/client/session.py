@@ -37,20 +37,21 @@ NOT_RETRYABLE = {"bad_shape", "too_long", "malformed", "version_mismatch"}
 Replanner = Callable[[int, int, set], Awaitable[list[ChainLink]]]
 
 
-async def ping_peer(swarm, peer_id: str, timeout: float, rounds: int = 1) -> Optional[float]:
-    """Best round-trip time of `rounds` pings on one stream, or None if the peer does not answer."""
+async def ping_peer(swarm, peer_id: str, timeout: float, rounds: int = 1) -> Optional[tuple[float, Pong]]:
+    """(best round-trip time of `rounds` pings on one stream, last pong), or None if no answer."""
     try:
         stream = await swarm.open_stream(peer_id, PING_HANDLER, timeout=timeout)
     except ConnectionError:
         return None
     try:
-        best = None
+        best, pong = None, None
         for nonce in range(rounds):
             started = time.perf_counter()
             await stream.send(encode_frame(Ping(nonce=nonce)))
-            if isinstance(decode_frame(await asyncio.wait_for(stream.recv(), timeout))[0], Pong):
-                best = min(best or float("inf"), time.perf_counter() - started)
-        return best
+            reply = decode_frame(await asyncio.wait_for(stream.recv(), timeout))[0]
+            if isinstance(reply, Pong):
+                best, pong = min(best or float("inf"), time.perf_counter() - started), reply
+        return None if pong is None else (best, pong)
     except (ConnectionError, asyncio.TimeoutError, ProtocolError):
         return None
     finally:
@@ -92,11 +93,12 @@ class Hop:
 @dataclass
 class FailoverEvent:
     peer_ids: list[str]          # servers replaced
-    code: str                    # why the step failed
+    code: str                    # why the step first failed (later faults in the same recovery are in `trace`)
     blocks: tuple[int, int]      # the span replaced
     position: int                # committed positions replayed
     replacement: list[str]       # servers that took over
     seconds: float = 0.0         # from the failure to the retried step's success
+    trace: list = field(default_factory=list)  # (seconds since the failure, what happened): where the time went
 
 
 class InferenceSession:
@@ -115,6 +117,8 @@ class InferenceSession:
         self.last_step_seconds = 0.0
         self.failovers: list[FailoverEvent] = []
         self._next_step_id = 0
+        self._trace: list[tuple[float, str]] = []  # of the failover in progress
+        self._failed_at, self._first_error = 0.0, ""
         self._decode_seconds, self._decode_steps, self._slack = 0.0, 0, 8.0  # for the adaptive step timeout
         self._pending: dict[int, asyncio.Future] = {}
         self._closed = False
@@ -250,7 +254,10 @@ class InferenceSession:
             except RemoteStepError as error:
                 if error.code in NOT_RETRYABLE or self.replanner is None or attempt == self.max_failovers:
                     raise
-                failed_at = failed_at or time.perf_counter()
+                if failed_at is None:
+                    failed_at = self._failed_at = time.perf_counter()
+                    self._trace, self._first_error = [], error.code
+                self._note(f"step failed: {error.code} from {error.peer_id[-8:]}")
                 await self._recover_until_done(error)
                 continue
             self.last_step_seconds = time.perf_counter() - started
@@ -258,7 +265,9 @@ class InferenceSession:
                 self._observe(self.last_step_seconds, n_new)
             self._commit(start_position, n_new)
             if failed_at is not None and self.failovers:
+                self._note("retried step done")
                 self.failovers[-1].seconds = time.perf_counter() - failed_at
+                self.failovers[-1].trace = self._trace
             return output
         raise AssertionError("unreachable")
 
@@ -275,6 +284,10 @@ class InferenceSession:
         self.position = start_position + n_new
 
     # --- failover --------------------------------------------------------------------
+    def _note(self, what: str) -> None:
+        """Record a failover phase, timed from the failure (kept on the FailoverEvent)."""
+        self._trace.append((round(time.perf_counter() - self._failed_at, 3), what))
+
     async def _alive(self, hop: Hop, timeout: float = 1.0) -> bool:
         return await ping_peer(self.swarm, hop.peer_id, timeout) is not None
 
@@ -297,17 +310,20 @@ class InferenceSession:
                 await self._recover(error)
                 return
             except RemoteStepError as again:
+                self._note(f"recovery failed: {again.code} from {again.peer_id[-8:]}")
                 failures += 1
                 if again.code in NOT_RETRYABLE or failures > 2 * self.max_failovers or time.monotonic() > deadline:
                     raise
                 error = again
-            except SwarmError:  # no server covers the gap right now: wait for one to (re)join
+            except SwarmError as e:  # no server covers the gap right now: wait for one to (re)join
+                self._note(f"no replacement yet: {str(e)[:200]}")
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(1.0)
 
     async def _recover(self, error: RemoteStepError) -> None:
         failed, down = await self._failed_hops(error)
+        self._note(f"pinged {len(self.hops)} hops: replace {failed}, down {[p[-8:] for p in down]}")
         for peer in down:
             self.on_peer_failure(peer)
         cold = [i for i, hop in enumerate(self.hops) if not hop.warm]  # replacements whose replay did not finish
@@ -321,6 +337,7 @@ class InferenceSession:
         old = self.hops[first:last + 1]
         links = await self.replanner(start, end, down)
         new = [Hop(link, warm=False) for link in links]
+        self._note(f"planned [{start}, {end}) on {[link.peer_id[-8:] for link in links]}")
         after = self.hops[last + 1].next_hop() if last + 1 < len(self.hops) else None
         try:
             await self._open_hops(new, after)
@@ -331,9 +348,11 @@ class InferenceSession:
         self.hops[first:last + 1] = new
         for hop in old:
             await self._close_hop(hop)
-        self.failovers.append(FailoverEvent([h.peer_id for h in old], error.code, (start, end), self.position,
+        self.failovers.append(FailoverEvent([h.peer_id for h in old], self._first_error, (start, end), self.position,
                                             [h.peer_id for h in new]))
+        self._note("opened")
         await self._replay(first, new, end)
+        self._note(f"replayed {self.position} positions")
         for hop in new:
             hop.warm = True
 

@@ -17,7 +17,7 @@ import torch
 from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
 from swarmllm.client.session import InferenceSession, RemoteStepError, ping_peer
 from swarmllm.protocol import (
-    MODEL_REGISTRY_KEY, ServerRecord, block_key, parse_records,
+    MODEL_REGISTRY_KEY, Pong, ServerRecord, ServerState, block_key, parse_records,
 )
 from swarmllm.swarm import BackgroundLoop, SwarmNode
 
@@ -56,12 +56,15 @@ class RemoteSession:
 class SwarmClient:
     """Discovery, routing, liveness bookkeeping and sessions; the sync methods block on the loop."""
 
+    MEMORY = 120.0  # s: servers seen this recently may be re-validated by a ping when the DHT misses them
+
     def __init__(self, loop: BackgroundLoop, swarm: SwarmNode):
         self.loop, self.swarm = loop, swarm
         self.rtts: dict[str, float] = {}
         self._bans: dict[str, tuple[float, int]] = {}  # peer -> (banned until, consecutive failures)
         self._seen: dict[str, dict[str, tuple[float, ServerRecord]]] = {}  # model -> peer -> (seen at, record)
         self._watchers: dict[str, asyncio.Task] = {}  # model -> task keeping _seen fresh
+        self._kicks: dict[str, asyncio.Event] = {}    # model -> set to refresh at once
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str]) -> "SwarmClient":
@@ -97,39 +100,62 @@ class SwarmClient:
         return {peer for peer, (until, _) in self._bans.items() if until > now}
 
     # --- discovery ---------------------------------------------------------------------
-    async def _find_servers(self, model_id: str, n_blocks: int, max_age: float = 0.0) -> list[ServerRecord]:
-        """Records of the model's servers; a copy fetched less than max_age s ago is reused.
-
-        Failover re-plans from the recent copy first: a DHT lookup while peers are dying can
-        wait on timeouts, and the replacement is usually a server we already know.
-        """
-        seen = self._seen.setdefault(model_id, {})
-        if max_age > 0:
-            recent = [record for at, record in seen.values() if time.monotonic() - at <= max_age]
-            if recent:
-                return recent
+    async def _find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
+        """A DHT lookup of the model's servers (also remembered for `_recent`)."""
         found = await self.swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
         records = parse_records(found, model_id)
+        seen, now = self._seen.setdefault(model_id, {}), time.monotonic()
         for record in records:
-            seen[record.peer_id] = (time.monotonic(), record)
+            seen[record.peer_id] = (now, record)
+        for peer in [p for p, (at, _) in seen.items() if now - at > self.MEMORY]:  # long gone: forget
+            del seen[peer]
         return records
 
-    def _watch(self, model_id: str, n_blocks: int, period: float = 3.0) -> None:
+    def _recent(self, model_id: str, max_age: float) -> list[ServerRecord]:
+        """Every record seen in the last `max_age` s, newest per peer.
+
+        One DHT lookup can miss records while peers churn (lookups that hit dead peers come
+        back partial); the union over the last seconds does not. Dead peers' records linger
+        until they age out, which is harmless: they fail a ping and are skipped.
+        """
+        now = time.monotonic()
+        return [record for at, record in self._seen.get(model_id, {}).values() if now - at <= max_age]
+
+    def _watch(self, model_id: str, n_blocks: int, period: float = 2.0, max_in_flight: int = 3) -> None:
         """Keep refreshing the model's records in the background once we use the model.
 
-        One DHT lookup can miss records while peers churn; the union of what was seen over the
-        last seconds does not, so failover and new sessions plan from it without waiting.
+        A new lookup starts every `period` s, or at once when a planner found blocks missing
+        (`_kick`), without waiting for the previous one: a lookup that touches a frozen peer
+        waits out the DHT's RPC timeout, and a replacement that just (re)joined must not wait
+        behind it.
         """
-        async def refresh_forever() -> None:
+        async def lookup() -> None:
+            try:
+                await self._find_servers(model_id, n_blocks)
+            except Exception:  # a failed lookup is retried on the next round
+                pass
+
+        async def refresh_forever(kick: asyncio.Event) -> None:
+            in_flight: set[asyncio.Task] = set()
             while True:
+                if len(in_flight) < max_in_flight:
+                    task = asyncio.get_running_loop().create_task(lookup())
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
                 try:
-                    await self._find_servers(model_id, n_blocks)
-                except Exception:  # a failed lookup is retried on the next round
+                    await asyncio.wait_for(kick.wait(), period)
+                except asyncio.TimeoutError:
                     pass
-                await asyncio.sleep(period)
+                kick.clear()
 
         if model_id not in self._watchers:
-            self._watchers[model_id] = asyncio.get_running_loop().create_task(refresh_forever())
+            self._kicks[model_id] = asyncio.Event()
+            self._watchers[model_id] = asyncio.get_running_loop().create_task(refresh_forever(self._kicks[model_id]))
+
+    def _kick(self, model_id: str) -> None:
+        """Blocks are missing from our view: look in the DHT now rather than at the next period."""
+        if model_id in self._kicks:
+            self._kicks[model_id].set()
 
     def find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
         return self.loop.run(self._find_servers(model_id, n_blocks))
@@ -138,12 +164,34 @@ class SwarmClient:
         return self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY]
 
     async def _ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
+        """RTTs of the peers that answer. A pong is also first-hand news of what the peer serves:
+        the records we hold for it are confirmed (or corrected) and count as just seen."""
         ids = list(peer_ids)
         # 3 rounds: the first includes stream set-up
-        rtts = await asyncio.gather(*(ping_peer(self.swarm, p, timeout, rounds=3) for p in ids))
-        measured = {p: r for p, r in zip(ids, rtts) if r is not None}
+        answers = await asyncio.gather(*(ping_peer(self.swarm, p, timeout, rounds=3) for p in ids))
+        measured = {}
+        for peer, answer in zip(ids, answers):
+            if answer is None:
+                continue
+            measured[peer], pong = answer
+            self._confirm(peer, pong)
         self.rtts.update(measured)
         return measured
+
+    def _confirm(self, peer: str, pong: Pong) -> None:
+        known = self._seen.get(pong.model_id, {}).get(peer)
+        if known is None or pong.end <= pong.start:
+            return
+        state = ServerState.ONLINE if pong.accepting else ServerState.LEAVING
+        self._seen[pong.model_id][peer] = (time.monotonic(), known[1].model_copy(
+            update={"start": pong.start, "end": pong.end, "state": state}))
+
+    async def _revalidate(self, model_id: str, fresh: float) -> None:
+        """Ping servers seen earlier (within MEMORY s) but not refreshed in the last `fresh` s."""
+        now = time.monotonic()
+        stale = [peer for peer, (at, _) in self._seen.get(model_id, {}).items() if fresh < now - at <= self.MEMORY]
+        if stale:
+            await self._ping(stale, timeout=1.0)
 
     def ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
         """RTT in seconds per reachable peer (unreachable peers are absent)."""
@@ -152,21 +200,33 @@ class SwarmClient:
     # --- routing -----------------------------------------------------------------------
     async def _plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = (),
                     start: int = 0, end: Optional[int] = None, max_age: float = 0.0) -> list[ChainLink]:
-        if max_age > 0 and self._seen.get(model_id):
+        """Best chain now. With max_age, plan from the records seen in the last max_age s.
+
+        Failover and session opening use max_age: they must not wait on a DHT lookup while
+        peers are dying, and once the model is watched a lookup adds nothing the background
+        refresh will not bring within seconds (callers retry).
+        """
+        args = (model_id, n_blocks, max_length, exclude, start, end)
+        if max_age > 0 and self._recent(model_id, max_age):
             try:
-                records = await self._find_servers(model_id, n_blocks, max_age)
-                return await self._plan_from(records, model_id, n_blocks, max_length, exclude, start, end)
+                return await self._plan_from(self._recent(model_id, max_age), *args, ping_timeout=1.0)
             except MissingBlocksError:
-                pass  # the recent copy cannot cover it: look in the DHT
-        return await self._plan_from(await self._find_servers(model_id, n_blocks), model_id, n_blocks, max_length,
-                                     exclude, start, end)
+                if model_id in self._watchers:
+                    # DHT lookups can come back partial for a while under churn: ask the servers
+                    # we knew directly, and have the watcher look again at once.
+                    self._kick(model_id)
+                    await self._revalidate(model_id, max_age)
+                    return await self._plan_from(self._recent(model_id, max_age), *args, ping_timeout=1.0)
+        records = await self._find_servers(model_id, n_blocks)
+        return await self._plan_from(self._recent(model_id, max_age) if max_age > 0 else records, *args)
 
     async def _plan_from(self, records: list[ServerRecord], model_id: str, n_blocks: int, max_length: int,
-                         exclude: Iterable[str], start: int, end: Optional[int]) -> list[ChainLink]:
+                         exclude: Iterable[str], start: int, end: Optional[int],
+                         ping_timeout: float = 3.0) -> list[ChainLink]:
         skip = set(exclude) | self.banned()
         unknown = [r.peer_id for r in records if r.peer_id not in self.rtts and r.peer_id not in skip]
         if unknown:
-            measured = await self._ping(unknown)
+            measured = await self._ping(unknown, ping_timeout)
             for peer in set(unknown) - set(measured):
                 self.mark_failed(peer)
         try:
@@ -188,8 +248,9 @@ class SwarmClient:
     async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
                             chain: Optional[list[ChainLink]], attempts: int = 8,
                             wait_for_capacity: float = 6.0) -> InferenceSession:
-        async def replan(start: int, end: int, exclude: set) -> list[ChainLink]:
-            return await self._plan(model_id, n_blocks, max_length, exclude, start, end, max_age=15.0)
+        async def replan(start: int, end: int, down: set) -> list[ChainLink]:
+            # `down` were just marked failed: avoided, but re-pinged if nobody else covers the span
+            return await self._plan(model_id, n_blocks, max_length, (), start, end, max_age=15.0)
 
         self._watch(model_id, n_blocks)
         last_error: Optional[RemoteStepError] = None

@@ -157,9 +157,19 @@ class Ping(_Wire):
 
 
 class Pong(_Wire):
+    """Server -> anyone: alive, and what it serves right now.
+
+    The span lets a client re-validate a server it saw in the DHT earlier without a DHT
+    lookup (lookups can come back partial while peers churn; a pong is first-hand).
+    """
+
     type: Literal["pong"] = "pong"
     nonce: int = 0
     peer_id: str = ""
+    model_id: str = ""
+    start: int = Field(default=0, ge=0)
+    end: int = Field(default=0, ge=0)
+    accepting: bool = True         # False while leaving: alive, but takes no new sessions
 
 
 Message = Annotated[

@@ -57,7 +57,9 @@ class SessionService:
                     elif isinstance(msg, CloseSession):
                         self.close_session(msg.session_id)
                     elif isinstance(msg, Ping):
-                        await stream.send(encode_frame(Pong(nonce=msg.nonce, peer_id=self.peer_id)))
+                        await stream.send(encode_frame(Pong(
+                            nonce=msg.nonce, peer_id=self.peer_id, model_id=self.model_id, start=self.table.span_start,
+                            end=self.table.span_end, accepting=self.accepting)))
                     else:
                         raise ProtocolError(ErrorCode.MALFORMED, f"a server does not accept {msg.type!r} messages")
                 except ProtocolError as e:
