@@ -38,24 +38,25 @@ Replanner = Callable[[int, int, set], Awaitable[list[ChainLink]]]
 
 
 async def ping_peer(swarm, peer_id: str, timeout: float, rounds: int = 1) -> Optional[tuple[float, Pong]]:
-    """(best round-trip time of `rounds` pings on one stream, last pong), or None if no answer."""
+    """(best round-trip time of `rounds` pings on one stream, last pong), or None if the peer
+    does not answer them all within `timeout` s (stream set-up included)."""
+    stream = None
     try:
-        stream = await swarm.open_stream(peer_id, PING_HANDLER, timeout=timeout)
-    except ConnectionError:
-        return None
-    try:
-        best, pong = None, None
-        for nonce in range(rounds):
-            started = time.perf_counter()
-            await stream.send(encode_frame(Ping(nonce=nonce)))
-            reply = decode_frame(await asyncio.wait_for(stream.recv(), timeout))[0]
-            if isinstance(reply, Pong):
-                best, pong = min(best or float("inf"), time.perf_counter() - started), reply
-        return None if pong is None else (best, pong)
-    except (ConnectionError, asyncio.TimeoutError, ProtocolError):
+        async with asyncio.timeout(timeout):
+            stream = await swarm.open_stream(peer_id, PING_HANDLER, timeout=timeout)
+            best, pong = None, None
+            for nonce in range(rounds):
+                started = time.perf_counter()
+                await stream.send(encode_frame(Ping(nonce=nonce)))
+                reply = decode_frame(await stream.recv())[0]
+                if isinstance(reply, Pong):
+                    best, pong = min(best or float("inf"), time.perf_counter() - started), reply
+            return None if pong is None else (best, pong)
+    except (ConnectionError, TimeoutError, ProtocolError):
         return None
     finally:
-        stream.close()
+        if stream is not None:
+            stream.close()
 
 
 class RemoteStepError(SwarmError):
@@ -202,14 +203,21 @@ class InferenceSession:
         """
         if self.step_timeout is not None:
             return self.step_timeout
-        default = self._replay_timeout(n_positions)
+        default = 5.0 + 0.02 * n_positions
         if self._decode_steps < 3:
             return default
         return min(default, max(1.5, self._slack * self._decode_seconds + 0.02 * n_positions))
 
-    @staticmethod
-    def _replay_timeout(n_positions: int) -> float:
-        return 5.0 + 0.02 * n_positions  # a replay is a whole history in its original chunks: no estimate
+    def _replay_timeout(self, n_positions: int) -> float:
+        """A replay recomputes a whole history (in its original chunks) on the new servers only.
+
+        On a chain whose decode steps are known to be quick, 2 s + 20 ms per position (scaled
+        by `slack` after false alarms); otherwise, or when that is longer, 5 s + 20 ms per position.
+        """
+        default = 5.0 + 0.02 * n_positions
+        if self._decode_steps < 3 or self._decode_seconds > 0.2:
+            return default
+        return min(default, (2.0 + 0.02 * n_positions) * self._slack / 8.0)
 
     def _observe(self, seconds: float, n_positions: int) -> None:
         if n_positions <= 4:  # decode-sized steps; prefill time says little about the next token
@@ -327,9 +335,9 @@ class InferenceSession:
         for peer in down:
             self.on_peer_failure(peer)
         cold = [i for i, hop in enumerate(self.hops) if not hop.warm]  # replacements whose replay did not finish
+        if error.code == "timeout" and not down:
+            self._slack = min(64.0, self._slack * 2)  # slow, not dead: be more patient
         if not failed and not cold:  # everyone answers: a transient fault; retry as is
-            if error.code == "timeout":
-                self._slack = min(64.0, self._slack * 2)  # slow, not dead: be more patient
             await asyncio.sleep(0.1)
             return
         first, last = min(failed + cold), max(failed + cold)
