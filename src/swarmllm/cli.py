@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="run the whole model in this process (the reference)")
     p.add_argument("--wire-dtype", choices=WIRE_DTYPES,
                    help="format of hidden states between nodes (default: lossless for the chain); int8 sends "
-                        "0.27x the bytes of float32, for slow links")
+                        "0.29x the bytes of float32, for slow links")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

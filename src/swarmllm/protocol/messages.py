@@ -33,7 +33,7 @@ PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
 PING_HANDLER = "swarmllm.v1.ping"         # anyone -> server: liveness and RTT
 
 # Wire formats of hidden states. fp32 is exact; 16-bit halves the bytes per hop; "int8" is
-# blockwise int8 (32 values share one fp16 absmax scale, see codec.py): 0.27x the bytes of fp32.
+# blockwise int8 with exact outliers (see int8_wire.py): 0.29x the bytes of fp32.
 WireDtype = Literal["float32", "float16", "bfloat16", "int8"]
 WIRE_DTYPES: tuple[str, ...] = WireDtype.__args__
 
