@@ -10,8 +10,9 @@ blocks of 32, each sent as one fp16 scale (absmax / 127) and 32 int8 values. Pay
 For a 576-wide row that is 660 bytes, 0.29x fp32. Why the outliers: the residual stream has
 a few channels far larger than the rest (smollm2: ~400 vs a median of ~2; Gemma 3 beyond the
 fp16 range), and a block holding one would quantize its 31 neighbours with a coarse step.
-Measured (benchmarks/compression.py): plain blocks of 32 agree with fp32 on the next token
-at 97.8% (smollm2) / 92% (gemma3) of positions; with 8 outliers per row at 99.6% / 96.5%.
+Measured (teacher forcing, benchmarks/results/wire-summary.md): plain blocks of 32 agree with
+fp32 on the next token at 97.8% (smollm2) / 92% (gemma3) of positions; with 8 outliers per
+row at 99.5% / 97.1%.
 
 Blocks never cross rows, so a step of T positions encodes exactly like T single-position
 steps, and encoding is deterministic (failover replays send the same bytes). Pure
