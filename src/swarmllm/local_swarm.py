@@ -3,6 +3,11 @@
 Used by `swarmllm up`, by the integration-test fixtures and by the benchmarks, so all three
 exercise the same real processes talking over the real P2P stack. Each process writes its
 output to a log file; readiness is read from the `READY_MARKER` line each process prints.
+
+With `network` set (a netem profile name such as "continent", "mixed", or one name per node
+separated by commas), every node gets a delaying relay process in front of its port and
+announces the relay's address, so clients and other nodes reach it over an emulated WAN
+link (see netem.py). The bootstrap peer stays direct.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
+
+from swarmllm.netem import LinkProfile, node_profiles
 
 READY_MARKER = "swarmllm-ready "
 
@@ -86,9 +93,12 @@ class LocalSwarm:
     node_args: Sequence[str] = ()
     log_dir: Optional[Path] = None
     env: dict = field(default_factory=dict)
+    network: Optional[str] = None  # WAN emulation per node: a netem profile, "mixed" or "name,name,..."
     bootstrap: Optional[ManagedProcess] = None
     nodes: list[ManagedProcess] = field(default_factory=list)
     gateways: list[ManagedProcess] = field(default_factory=list)
+    relays: dict[str, ManagedProcess] = field(default_factory=dict)  # node name -> its netem relay
+    profiles: dict[str, LinkProfile] = field(default_factory=dict)   # node name -> its link profile
 
     @property
     def initial_peers(self) -> list[str]:
@@ -121,6 +131,8 @@ class LocalSwarm:
         cli = [sys.executable, "-m", "swarmllm.cli"]
         name = name or f"node{len(self.nodes)}"
         blocks = [] if start is None else ["--blocks", f"{start}:{end}"]
+        if self.network:
+            blocks += self._start_relay(name, node_profiles(self.network, len(self.nodes) + 1)[-1])
         if "--num-threads" not in (*self.node_args, *extra_args):
             # Nodes on one machine share its cores: more torch threads than cores per node only
             # adds synchronisation stalls (measured: 1 thread runs 10 blocks as fast as 2 here).
@@ -132,6 +144,19 @@ class LocalSwarm:
         node.start(self._env())
         self.nodes.append(node)
         return node
+
+    def _start_relay(self, name: str, profile: LinkProfile) -> list[str]:
+        """Start the node's relay; returns the node arguments that put the node behind it."""
+        node_port, relay_port = free_port(self.host), free_port(self.host)
+        visible_host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
+        relay = ManagedProcess(f"{name}-relay", [sys.executable, "-m", "swarmllm.netem", "--listen",
+                                                 f"{self.host}:{relay_port}", "--target",
+                                                 f"{visible_host}:{node_port}", "--profile", profile.name],
+                               self.log_dir / f"{name}-relay.log")
+        relay.start(self._env())
+        self._wait([relay], 30)
+        self.relays[name], self.profiles[name] = relay, profile
+        return ["--port", str(node_port), "--announce", f"/ip4/{visible_host}/tcp/{relay_port}"]
 
     def add_gateway(self, port: int, extra_args: Sequence[str] = (), name: str = "gateway") -> ManagedProcess:
         """Start an OpenAI-compatible gateway in front of this swarm."""
@@ -174,7 +199,7 @@ class LocalSwarm:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        for proc in self.gateways + self.nodes + ([self.bootstrap] if self.bootstrap else []):
+        for proc in self.gateways + self.nodes + list(self.relays.values()) + ([self.bootstrap] if self.bootstrap else []):
             proc.stop()
 
     def __enter__(self) -> "LocalSwarm":

@@ -33,3 +33,15 @@ def test_load_benchmark_quick(tmp_path):
     result = json.loads((tmp_path / "load.json").read_text())
     assert result["all_completed"] and [x["concurrency"] for x in result["levels"]] == [1, 4]
     assert all(x["aggregate_tokens_per_second"] > 0 for x in result["levels"])
+
+
+def test_compression_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compression.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    model = json.loads((tmp_path / "compression.json").read_text())["models"][0]
+    assert model["quality"]["wire float32"]["top1_agreement"] == 1.0
+    assert model["wire_bytes_per_token_per_hop"]["int8"]["payload_vs_fp32"] < 0.3
+    assert model["kv_memory_2048_token_session"]["int8"]["sessions_per_gib"] > 3.5 * \
+        model["kv_memory_2048_token_session"]["float32"]["sessions_per_gib"]
+    assert "| wire int8 |" in (tmp_path / "compression.md").read_text()

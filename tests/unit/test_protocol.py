@@ -62,3 +62,81 @@ def test_parse_records_skips_garbage():
     parsed = parse_records(found, "m")
     assert parsed == [record]
     assert parse_records(found, "other") == []
+
+
+# --- blockwise int8 on the wire (int8_wire.py) -------------------------------------------
+def _int8_round_trip(x):
+    meta, raw = encode_tensor(x, "int8")
+    msg, payload = decode_frame(encode_frame(Step(session_id="s" * 16, step_id=0, start_position=0, tensor=meta), raw))
+    return decode_tensor(msg.tensor, payload), raw
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 576), (1, 3, 640), (2, 5, 33), (1, 1, 31), (7,), (), (3, 0), (1, 0, 576)])
+def test_int8_round_trip_within_half_a_step_of_each_block(shape):
+    x = torch.randn(shape) * torch.logspace(-3, 3, shape[-1] if shape else 1)  # blocks of very different ranges
+    y, raw = _int8_round_trip(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    cols = shape[-1] if shape else 1
+    rows = x.numel() // cols if cols else 0
+    assert len(raw) == rows * (2 * -(-cols // 32) + 6 * min(8, cols) + cols)
+    if x.numel():
+        # The 8 largest values of a row are exact; every other value is off by at most half a quantization
+        # step of its block, plus the rounding of the fp16 scale (relative 2^-11, or absolute 3e-8 for
+        # subnormal scales of blocks below ~0.008).
+        x2, y2 = x.reshape(-1, cols), y.reshape(-1, cols)
+        top = x2.abs().topk(min(8, cols), dim=1).indices
+        assert torch.equal(y2.gather(1, top), x2.gather(1, top))
+        absmax = torch.nn.functional.pad(x2.abs(), (0, -cols % 32)).view(rows, -1, 32).amax(-1)
+        step = (absmax / 127).repeat_interleave(32, dim=1)[:, :cols]
+        assert ((x2 - y2).abs() <= step * 0.5 * (1 + 1e-3) + 127 * 3e-8).all()
+
+
+def test_int8_size_and_batches_quantize_like_single_positions():
+    x = torch.randn(1, 6, 576)
+    meta, raw = encode_tensor(x, "int8")
+    assert len(raw) == 6 * 660 and len(raw) / (x.numel() * 4) < 0.3
+    rows = [decode_tensor(*encode_tensor(x[:, i:i + 1], "int8")) for i in range(6)]
+    assert torch.equal(torch.cat(rows, dim=1), decode_tensor(meta, raw))
+    assert encode_tensor(x, "int8")[1] == raw  # deterministic: a replay sends the same bytes
+
+
+def test_int8_keeps_values_beyond_fp16_range():
+    x = torch.randn(1, 2, 64)
+    x[0, :, 5] = 1e6  # Gemma-like massive channel: an exact outlier, and its block neighbours stay fine
+    x[0, 1, 40:] = 0.0
+    y = decode_tensor(*encode_tensor(x, "int8"))
+    assert torch.isfinite(y).all() and (y[0, :, 5] == 1e6).all() and (y[0, 1, 40:] == 0).all()
+    assert (y - x).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x01\x02\x03", b"\xff" * 659, b"\xff" * 661])
+def test_int8_wrong_payload_is_a_protocol_error(payload):
+    meta = {"dtype": "int8", "shape": (1, 1, 576)}  # needs 18 * 2 + 8 * 6 + 576 = 660 bytes
+    frame = encode_frame(Step(session_id="s" * 16, step_id=0, start_position=0, tensor=meta), payload)
+    with pytest.raises(ProtocolError) as info:
+        decode_frame(frame)
+    assert info.value.code == ErrorCode.MALFORMED and "660" in str(info.value)
+    with pytest.raises(ProtocolError):
+        decode_tensor(Step.model_validate({"session_id": "s" * 16, "step_id": 0, "start_position": 0,
+                                           "tensor": meta}).tensor, payload)
+
+
+def test_int8_garbage_of_the_right_size_decodes_without_crashing():
+    meta = Step.model_validate({"session_id": "s" * 16, "step_id": 0, "start_position": 0,
+                                "tensor": {"dtype": "int8", "shape": (1, 2, 576)}}).tensor
+    y = decode_tensor(meta, (bytes(range(256)) * 6)[:1320])  # NaN/inf scales, columns past the row: no exception
+    assert y.shape == (1, 2, 576)
+
+
+def test_unknown_wire_dtype_rejected():
+    good = OpenSession(session_id="x" * 16, model_id="m", start=0, end=3, max_length=16, wire_dtype="int8")
+    text = good.model_dump_json().replace('"int8"', '"int4"').encode()
+    with pytest.raises(ProtocolError, match="wire_dtype"):
+        decode_frame(struct.pack("<I", len(text)) + text)
+
+
+def test_cli_offers_every_wire_dtype():
+    from swarmllm.cli import WIRE_DTYPES as CLI_WIRE_DTYPES
+    from swarmllm.protocol import WIRE_DTYPES
+
+    assert CLI_WIRE_DTYPES == WIRE_DTYPES

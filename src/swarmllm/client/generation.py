@@ -77,8 +77,11 @@ def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.
 def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_peers: Optional[Sequence[str]] = None,
                   system: Optional[str] = None, raw: bool = False, max_length: Optional[int] = None,
                   stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
-                  dtype: str = "auto") -> dict:
-    """Generate a reply; through the swarm if initial_peers (or client) is given, else locally."""
+                  dtype: str = "auto", wire_dtype: Optional[str] = None) -> dict:
+    """Generate a reply; through the swarm if initial_peers (or client) is given, else locally.
+
+    wire_dtype: format of hidden states between nodes (see protocol WIRE_DTYPES); None = lossless.
+    """
     local = ClientModel.load(model, dtype)
     prompt_ids = local.prompt_ids(prompt, system, raw)
     length = local.session_length(len(prompt_ids), params, max_length)
@@ -89,7 +92,7 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
             forward_fn, route = local_forward_fn(local.source, local.config, length, local.dtype), "local"
         else:
             client = client or (own_client := SwarmClient.connect(initial_peers))
-            session = client.open_session(local.source.model_id, local.config.n_blocks, length)
+            session = client.open_session(local.source.model_id, local.config.n_blocks, length, wire_dtype=wire_dtype)
             forward_fn = session.forward
             route = " -> ".join(f"{link.peer_id[-8:]}[{link.start},{link.end})" for link in session.chain)
         started = time.perf_counter()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from swarmllm.engine.kv_cache import KVCache
+from swarmllm.engine.kv_cache import KVCache, new_kv_cache
 from swarmllm.engine.rope import RopeTable, apply_rope
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import BlockWeights
@@ -105,8 +105,9 @@ class SpanModel:
         model.layers = self.layers[start - self.start:end - self.start]
         return model
 
-    def new_cache(self, max_length: int, batch_size: int = 1) -> KVCache:
-        return KVCache(self.config, self.n_blocks, max_length, batch_size, self.dtype)
+    def new_cache(self, max_length: int, batch_size: int = 1, kv_dtype: str = "auto") -> KVCache:
+        """A cache for this span; kv_dtype "int8" stores K/V quantized (see kv_cache.py)."""
+        return new_kv_cache(self.config, self.n_blocks, max_length, batch_size, self.dtype, kv_dtype)
 
     def _attention_plan(self, start: int, T: int, sliding: bool) -> tuple:
         """(cos, sin, first visible key position, mask or None) for the new positions."""
@@ -137,14 +138,14 @@ class SpanModel:
         plans = {s: self._attention_plan(start_position, T, s) for s in {layer.sliding for layer in self.layers}}
         x = hidden.to(self.dtype)
         for i, layer in enumerate(self.layers):
-            x = self._block(layer, x, cache.keys[i], cache.values[i], start_position, plans[layer.sliding])
+            x = self._block(layer, x, cache, i, start_position, plans[layer.sliding])
         cache.length = start_position + T
         return x
 
     __call__ = forward
 
-    def _block(self, layer: _Layer, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-               start: int, plan: tuple) -> torch.Tensor:
+    def _block(self, layer: _Layer, x: torch.Tensor, cache: KVCache, block: int, start: int,
+               plan: tuple) -> torch.Tensor:
         cfg = self.config
         B, T, D = x.shape
         H, KV, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
@@ -158,9 +159,8 @@ class SpanModel:
         if layer.qk_norm is not None:
             qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
         qk = apply_rope(qk, cos, sin)  # [B, T, H+KV, hd]
-        k_cache[:, :, start:end] = qk[:, :, H:].transpose(1, 2)
-        v_cache[:, :, start:end] = qkv[:, :, H + KV:].transpose(1, 2)
-        keys, values = k_cache[:, :, k0:end], v_cache[:, :, k0:end]  # [B, KV, L, hd]
+        cache.write(block, start, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + KV:].transpose(1, 2))
+        keys, values = cache.read(block, k0, end)  # [B, KV, L, hd]
         if T == 1:
             q = qk[:, 0, :H].reshape(B, KV, G, hd)
             a = F.scaled_dot_product_attention(q, keys, values, scale=cfg.attention_scale)  # [B, KV, G, hd]

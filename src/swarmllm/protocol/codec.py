@@ -4,6 +4,9 @@ A frame is `[u32 header length, little endian][header JSON][payload bytes]`. The
 adds its own length prefix around the frame. Decoding validates the header against the
 message schema and the payload length against the header's `TensorMeta`, so handlers only
 ever see well-formed messages; anything else raises `ProtocolError(MALFORMED)`.
+
+Tensor payloads are raw little-endian elements in the wire dtype, except "int8": blockwise
+int8 with a few exact outliers per row, for slow links (see int8_wire.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter, ValidationError
 
+from swarmllm.protocol import int8_wire
 from swarmllm.protocol.errors import ErrorCode, ProtocolError
 from swarmllm.protocol.messages import Message, TensorMeta
 
@@ -59,23 +63,35 @@ def tensor_nbytes(meta: TensorMeta) -> int:
         if size < 0:
             raise ProtocolError(ErrorCode.BAD_SHAPE, f"negative dimension in shape {meta.shape}")
         count *= size
-    nbytes = count * _ITEM_SIZE[meta.dtype]
+    if meta.dtype == "int8":
+        nbytes = int8_wire.payload_bytes(meta.shape)
+    else:
+        nbytes = count * _ITEM_SIZE[meta.dtype]
     if nbytes > MAX_PAYLOAD_BYTES:
         raise ProtocolError(ErrorCode.BAD_SHAPE, f"tensor of shape {meta.shape} exceeds {MAX_PAYLOAD_BYTES} bytes")
     return nbytes
 
 
 def encode_tensor(tensor: torch.Tensor, wire_dtype: str) -> tuple[TensorMeta, bytes]:
-    """Cast to the wire dtype and return (meta, raw bytes)."""
+    """Convert to the wire format and return (meta, raw bytes)."""
+    meta = TensorMeta(dtype=wire_dtype, shape=tuple(tensor.shape))
+    if wire_dtype == "int8":
+        return meta, int8_wire.encode(tensor)
     t = tensor.detach().to(_TORCH_DTYPES[wire_dtype]).contiguous().cpu()
     raw = t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
-    return TensorMeta(dtype=wire_dtype, shape=tuple(t.shape)), raw
+    return meta, raw
 
 
 def decode_tensor(meta: TensorMeta, payload: memoryview | bytes, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Rebuild a tensor from raw bytes (copying, so the frame can be freed) in compute_dtype."""
-    if meta.dtype == "bfloat16":
-        flat = torch.frombuffer(bytearray(payload), dtype=torch.bfloat16)
+    expected = tensor_nbytes(meta)
+    if len(payload) != expected:
+        raise ProtocolError(ErrorCode.MALFORMED, f"payload is {len(payload)} bytes but {meta.dtype} "
+                                                 f"{list(meta.shape)} needs {expected}")
+    if meta.dtype == "int8":
+        flat = int8_wire.decode(meta.shape, payload)
+    elif meta.dtype == "bfloat16":
+        flat = torch.from_numpy(np.frombuffer(payload, dtype=np.uint16).copy()).view(torch.bfloat16)
     else:
         flat = torch.from_numpy(np.frombuffer(payload, dtype=meta.dtype).copy())
     return flat.reshape(meta.shape).to(compute_dtype)

@@ -32,8 +32,10 @@ SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
 PING_HANDLER = "swarmllm.v1.ping"         # anyone -> server: liveness and RTT
 
-# Wire dtypes of hidden states. fp32 is exact; 16-bit halves the bytes per hop.
-WIRE_DTYPES = ("float32", "float16", "bfloat16")
+# Wire formats of hidden states. fp32 is exact; 16-bit halves the bytes per hop; "int8" is
+# blockwise int8 with exact outliers (see int8_wire.py): 0.29x the bytes of fp32.
+WireDtype = Literal["float32", "float16", "bfloat16", "int8"]
+WIRE_DTYPES: tuple[str, ...] = WireDtype.__args__
 
 MAX_POSITIONS_PER_STEP = 8192  # a single step may carry at most this many new positions
 MAX_SESSION_LENGTH = 131072    # sanity bound on max_length, whatever the node's memory
@@ -46,7 +48,7 @@ class _Wire(BaseModel):
 class TensorMeta(_Wire):
     """Describes the raw bytes that follow a header."""
 
-    dtype: Literal["float32", "float16", "bfloat16"]  # element type on the wire
+    dtype: WireDtype                                  # element format on the wire
     shape: tuple[int, ...]                            # e.g. (batch=1, positions, hidden)
 
 
@@ -67,7 +69,7 @@ class OpenSession(_Wire):
     start: int = Field(ge=0)          # first block to run (inclusive)
     end: int = Field(gt=0)            # last block to run (exclusive)
     max_length: int = Field(gt=0, le=MAX_SESSION_LENGTH)  # positions to reserve KV cache for
-    wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype of pushed/returned hidden states
+    wire_dtype: WireDtype = "float32"  # format of pushed/returned hidden states (the client's choice)
     next_hop: Optional[NextHop] = None  # None: this server is last and replies to the client
 
 

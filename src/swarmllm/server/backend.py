@@ -1,7 +1,8 @@
 """The node's compute backend: the engine's `SpanModel` over the node's span.
 
-Loads only the span's tensors, creates per-session KV caches for sub-spans, runs steps
-and measures decode throughput. A failed `forward` leaves the cache's valid length
+Loads only the span's tensors, creates per-session KV caches for sub-spans (in the compute
+dtype, or int8 with `kv_dtype="int8"`: the byte counts below follow, so the session budget
+admits correspondingly more positions), runs steps and measures decode throughput. A failed `forward` leaves the cache's valid length
 unchanged (the engine advances it only after all blocks ran), so a session survives a
 rejected or crashed step.
 """
@@ -29,12 +30,12 @@ class ModelDescription:
 
 
 class SpanBackend:
-    def __init__(self, model_id: str, config, span: SpanModel, dtype: torch.dtype):
-        self.model_id, self.config, self.span, self.dtype = model_id, config, span, dtype
+    def __init__(self, model_id: str, config, span: SpanModel, dtype: torch.dtype, kv_dtype: str = "auto"):
+        self.model_id, self.config, self.span, self.dtype, self.kv_dtype = model_id, config, span, dtype, kv_dtype
         self.start, self.end = span.start, span.end
         self.n_blocks = config.n_blocks
         self.hidden_size = config.hidden_size
-        self.kv_bytes_per_block_position = kv_bytes_per_token(config, 1, dtype)
+        self.kv_bytes_per_block_position = kv_bytes_per_token(config, 1, dtype, kv_dtype)
         self.history_bytes_per_position = config.hidden_size * torch.empty(0, dtype=dtype).element_size()
         self._sub_spans: dict[tuple[int, int], SpanModel] = {(self.start, self.end): span}
 
@@ -46,7 +47,7 @@ class SpanBackend:
 
     @classmethod
     def load(cls, model: str, start: int, end: int, num_threads: int | None = None,
-             dtype_name: str = "auto") -> "SpanBackend":
+             dtype_name: str = "auto", kv_dtype: str = "auto") -> "SpanBackend":
         if num_threads:
             torch.set_num_threads(num_threads)
         dtype = resolve_dtype(dtype_name)
@@ -54,7 +55,7 @@ class SpanBackend:
         config = read_config(source)
         config.check_span(start, end)
         span = SpanModel(config, load_blocks(source, config, start, end, dtype), start, end, dtype)
-        return cls(source.model_id, config, span, dtype)
+        return cls(source.model_id, config, span, dtype, kv_dtype)
 
     def _model_for(self, start: int, end: int) -> SpanModel:
         model = self._sub_spans.get((start, end))
@@ -63,14 +64,14 @@ class SpanBackend:
         return model
 
     def new_cache(self, start: int, end: int, max_length: int) -> KVCache:
-        return self._model_for(start, end).new_cache(max_length)
+        return self._model_for(start, end).new_cache(max_length, kv_dtype=self.kv_dtype)
 
     def forward(self, hidden: torch.Tensor, cache: KVCache, start: int, end: int, start_position: int) -> torch.Tensor:
         return self._model_for(start, end).forward(hidden, cache, start_position)
 
     def measure_throughput(self, steps: int = 8) -> float:
         """Decode tokens/s through the whole span (one position per step)."""
-        cache = self.span.new_cache(steps + 4)
+        cache = self.span.new_cache(steps + 4, kv_dtype=self.kv_dtype)
         hidden = torch.randn(1, 1, self.hidden_size, generator=torch.Generator().manual_seed(0))
         timings = []
         for position in range(steps + 2):

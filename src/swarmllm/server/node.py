@@ -54,6 +54,7 @@ class ServerConfig:
     throughput: Optional[float] = None          # announce this instead of measuring
     rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
+    kv_dtype: str = "auto"                      # KV-cache storage: "auto" (compute dtype) or "int8"
     claim_wait: float = 1.5                     # seconds a move claim propagates before it is confirmed
 
 
@@ -85,7 +86,8 @@ class ServerNode:
             start, end = await self._choose_blocks(swarm, backend_spec.model_id, backend_spec.n_blocks)
             loaded = time.perf_counter()
             backend = await asyncio.get_running_loop().run_in_executor(
-                None, SpanBackend.load, self.config.model, start, end, self.config.num_threads, self.config.dtype)
+                None, SpanBackend.load, self.config.model, start, end, self.config.num_threads, self.config.dtype,
+                self.config.kv_dtype)
             self.status.load_seconds = time.perf_counter() - loaded
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
                 None, backend.measure_throughput)
@@ -153,7 +155,8 @@ class ServerNode:
         old_start, old_end = self.status.start, self.status.end
         logger.warning("moving from blocks [%d, %d) to [%d, %d) to rebalance the swarm", old_start, old_end, *target)
         new_backend = await asyncio.get_running_loop().run_in_executor(
-            None, SpanBackend.load, self.config.model, target[0], target[1], self.config.num_threads, self.config.dtype)
+            None, SpanBackend.load, self.config.model, target[0], target[1], self.config.num_threads, self.config.dtype,
+            self.config.kv_dtype)
         new_table = self._new_table(new_backend, *target)
         for session_id in list(table.sessions):  # their clients fail over to the old span's other servers
             service.close_session(session_id)
