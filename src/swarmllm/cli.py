@@ -32,6 +32,16 @@ def _parse_blocks(text: str) -> tuple[int, int]:
     return start, end
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _peer_list(text: str) -> list[str]:
     return [part for part in text.replace(" ", ",").split(",") if part]
 
@@ -83,7 +93,8 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, announce_addresses=tuple(args.announce or ()),
         max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
-        throughput=args.throughput, dtype=args.dtype, rebalance_period=args.rebalance_period)
+        throughput=args.throughput, dtype=args.dtype, rebalance_period=args.rebalance_period,
+        max_batch=args.max_batch)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -249,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
     p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")
     p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
+    p.add_argument("--max-batch", type=_positive_int, default=16,
+                   help="run up to this many sessions' ready steps in one forward pass (1 = no batching)")
     _add_dtype(p)
     p.add_argument("--identity", help="private key file for a stable peer id")
     p.set_defaults(func=cmd_serve)

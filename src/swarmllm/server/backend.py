@@ -1,7 +1,8 @@
 """The node's compute backend: the engine's `SpanModel` over the node's span.
 
-Loads only the span's tensors, creates per-session KV caches for sub-spans, runs steps
-and measures decode throughput. A failed `forward` leaves the cache's valid length
+Loads only the span's tensors, creates per-session KV caches for sub-spans, hands out the
+`SpanModel` of a sub-span (steps run through it in batches, see batching.py) and measures
+decode throughput. A failed `forward` leaves the cache's valid length
 unchanged (the engine advances it only after all blocks ran), so a session survives a
 rejected or crashed step.
 """
@@ -56,17 +57,18 @@ class SpanBackend:
         span = SpanModel(config, load_blocks(source, config, start, end, dtype), start, end, dtype)
         return cls(source.model_id, config, span, dtype)
 
-    def _model_for(self, start: int, end: int) -> SpanModel:
+    def model(self, start: int, end: int) -> SpanModel:
+        """Blocks [start, end) of the span, sharing its weights; one object per sub-span."""
         model = self._sub_spans.get((start, end))
         if model is None:
             model = self._sub_spans[(start, end)] = self.span.view(start, end)
         return model
 
     def new_cache(self, start: int, end: int, max_length: int) -> KVCache:
-        return self._model_for(start, end).new_cache(max_length)
+        return self.model(start, end).new_cache(max_length)
 
     def forward(self, hidden: torch.Tensor, cache: KVCache, start: int, end: int, start_position: int) -> torch.Tensor:
-        return self._model_for(start, end).forward(hidden, cache, start_position)
+        return self.model(start, end).forward(hidden, cache, start_position)
 
     def measure_throughput(self, steps: int = 8) -> float:
         """Decode tokens/s through the whole span (one position per step)."""
