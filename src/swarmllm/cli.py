@@ -94,7 +94,7 @@ def cmd_serve(args) -> int:
         max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
         throughput=args.throughput, dtype=args.dtype, rebalance_period=args.rebalance_period,
-        max_batch=args.max_batch)
+        max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
     p.add_argument("--max-batch", type=_positive_int, default=16,
                    help="run up to this many sessions' ready steps in one forward pass (1 = no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="a batch may wait this long for the steps of other active sessions (never for a lone one)")
     _add_dtype(p)
     p.add_argument("--identity", help="private key file for a stable peer id")
     p.set_defaults(func=cmd_serve)

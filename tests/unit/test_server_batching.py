@@ -15,6 +15,10 @@ from swarmllm.server.batching import StepBatcher
 from swarmllm.weights import load_blocks, read_config
 
 
+class Cache:
+    """Stands for a session's KV cache (the batcher only uses its identity)."""
+
+
 class FakeModel:
     """Records the batches it runs; the first one blocks until released, so others queue up."""
 
@@ -53,7 +57,7 @@ def executor():
 def test_steps_queued_while_the_thread_is_busy_run_as_one_batch(executor):
     model = FakeModel()
     batcher = StepBatcher(executor, max_batch=3)
-    calls = [(model, torch.full((1, 2), float(i)), object(), i) for i in range(6)]
+    calls = [(model, torch.full((1, 2), float(i)), Cache(), i) for i in range(6)]
     results = run_all(batcher, calls, release=[model])
     # The first runs alone at once (no waiting for company), then the queue in batches of <= 3.
     assert model.batches == [[0], [1, 2, 3], [4, 5]]
@@ -65,8 +69,8 @@ def test_steps_of_different_spans_are_not_mixed(executor):
     first, other = FakeModel(), FakeModel()
     other.release.set()
     batcher = StepBatcher(executor)
-    calls = [(first, torch.zeros(1, 2), object(), 0), (other, torch.zeros(1, 2), object(), 1),
-             (first, torch.zeros(1, 2), object(), 2), (other, torch.zeros(1, 2), object(), 3)]
+    calls = [(first, torch.zeros(1, 2), Cache(), 0), (other, torch.zeros(1, 2), Cache(), 1),
+             (first, torch.zeros(1, 2), Cache(), 2), (other, torch.zeros(1, 2), Cache(), 3)]
     run_all(batcher, calls, release=[first])
     assert first.batches == [[0], [2]] and other.batches == [[1, 3]]
 
@@ -74,7 +78,7 @@ def test_steps_of_different_spans_are_not_mixed(executor):
 def test_a_failing_step_fails_alone_and_its_batch_mates_get_their_outputs(executor):
     model = FakeModel()
     batcher = StepBatcher(executor)
-    calls = [(model, torch.ones(1, 2), object(), p) for p in (0, 1, -1, 2)]
+    calls = [(model, torch.ones(1, 2), Cache(), p) for p in (0, 1, -1, 2)]
     results = run_all(batcher, calls, release=[model])
     assert isinstance(results[2], ValueError)
     assert all(isinstance(results[i], tuple) for i in (0, 1, 3))
@@ -96,3 +100,39 @@ def test_real_span_batch_with_a_broken_cache_keeps_the_others_exact(executor):
     assert isinstance(results[1], ValueError) and "gap" in str(results[1])
     assert torch.equal(results[0][0], solo[0]) and torch.equal(results[2][0], solo[2])
     assert [c.length for c in caches] == [1, 0, 1]
+
+
+class InstantModel:
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def forward_many(self, steps):
+        self.batches.append([step.start_position for step in steps])
+        return [step.hidden for step in steps]
+
+
+def test_a_lone_session_never_waits_for_company(executor):
+    model, cache = InstantModel(), Cache()
+    batcher = StepBatcher(executor, max_wait=30.0)  # waiting even once would time the test out
+
+    async def main():
+        for position in range(5):
+            await asyncio.wait_for(batcher.run(model, torch.zeros(1, 2), cache, position), 5)
+    asyncio.run(main())
+    assert model.batches == [[0], [1], [2], [3], [4]]
+
+
+def test_a_step_waits_briefly_for_the_other_active_sessions(executor):
+    model, first, second = InstantModel(), Cache(), Cache()
+    batcher = StepBatcher(executor, max_wait=5.0)
+
+    async def main():
+        await asyncio.gather(batcher.run(model, torch.zeros(1, 2), first, 0),
+                             batcher.run(model, torch.zeros(1, 2), second, 10))  # both sessions are active now
+
+        async def late():
+            await asyncio.sleep(0.1)
+            return await batcher.run(model, torch.zeros(1, 2), second, 11)
+        await asyncio.wait_for(asyncio.gather(batcher.run(model, torch.zeros(1, 2), first, 1), late()), 4)
+    asyncio.run(main())
+    assert model.batches == [[0, 10], [1, 11]]  # the second pair waited for its late member, not for max_wait

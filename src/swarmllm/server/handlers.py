@@ -31,12 +31,13 @@ logger = logging.getLogger(__name__)
 class SessionService:
     """Serves the session and push streams of one node."""
 
-    def __init__(self, swarm, backend, table: SessionTable, model_id: str, max_batch: int = 16):
+    def __init__(self, swarm, backend, table: SessionTable, model_id: str, max_batch: int = 16,
+                 batch_wait: float = 0.005):
         self.swarm, self.backend, self.table, self.model_id = swarm, backend, table, model_id
         self.peer_id: str = swarm.peer_id
         # One compute thread: the steps of all sessions run there, in batches of up to max_batch.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmllm-compute")
-        self.batcher = StepBatcher(self.executor, max_batch=max_batch)
+        self.batcher = StepBatcher(self.executor, max_batch=max_batch, max_wait=batch_wait)
         self.accepting = True
         self.tokens_processed = 0
 
