@@ -11,8 +11,10 @@ and its CPU time is reported because on a small machine it competes with the nod
 
 Reports, per level and setting: aggregate decode tokens/s (all sessions' decode tokens over
 the wall time of the decode phase, prefill excluded), the speed-up over one session, and
-whether every session produced the same tokens with and without batching. Writes JSON and a
-markdown table.
+whether every session produced the same tokens with and without batching. A lone session
+runs the same way on both chains, so the target (8 sessions >= 3x one) is checked against
+the better of the two single-session figures. The machine's load average is recorded: on a
+shared machine it moves every figure. Writes JSON and a markdown table.
 
     python benchmarks/batching.py [--quick] [--out benchmarks/results]
 """
@@ -155,6 +157,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the client shares the cores with the nodes
     levels, new_tokens, repeats = ((1, 2), 8, 1) if args.quick else ((1, 2, 4, 8), 48, 3)
 
+    load_before = os.getloadavg()
     model = ClientModel.load(MODEL)
     swarm, nodes = start_swarm(Path(tempfile.mkdtemp(prefix="swarmllm-batching-")))
     runs: dict[str, dict[int, list[dict]]] = {name: {n: [] for n in levels} for name in SETTINGS}
@@ -170,6 +173,7 @@ def main() -> None:
     finally:
         swarm.stop()
     report = summarize(runs, levels, new_tokens, repeats, args.quick)
+    report["machine"]["load_average_1min_before_after"] = [load_before[0], os.getloadavg()[0]]
     report["nodes"] = {name: batch_counts(group) for name, group in nodes.items()}
     (out / "batching.json").write_text(json.dumps(report, indent=2))
     table = markdown(report)
@@ -194,6 +198,8 @@ def summarize(runs: dict, levels, new_tokens: int, repeats: int, quick: bool) ->
         for row in rows:
             row["speedup_vs_one_session"] = row["aggregate_tokens_per_second"] / base
         table[name] = rows
+    single = max(table[name][0]["aggregate_tokens_per_second"] for name in SETTINGS)
+    top_on = table["batching"][-1]["aggregate_tokens_per_second"]
     same = all(a["tokens"] == b["tokens"] for n in levels
                for a, b in zip(runs["batching"][n], runs["no batching"][n]))
     top = max(levels)
@@ -203,7 +209,8 @@ def summarize(runs: dict, levels, new_tokens: int, repeats: int, quick: bool) ->
                                         "torch": torch.__version__},
         "settings": table, "same_tokens_with_and_without_batching": same,
         "target": {"sessions": 8, "speedup_vs_one_session": ">= 3"},
-        "target_met": top == 8 and table["batching"][-1]["speedup_vs_one_session"] >= 3,
+        "speedup_at_top_level_vs_best_single_session": top_on / single,
+        "target_met": top == 8 and top_on / single >= 3,
         "batching_vs_no_batching_at_top_level": table["batching"][-1]["aggregate_tokens_per_second"]
         / table["no batching"][-1]["aggregate_tokens_per_second"],
     }
@@ -220,12 +227,15 @@ def markdown(r: dict) -> str:
                      f"{on['client_head_seconds']:.2f} / {off['client_head_seconds']:.2f} |")
     mean_batches = ", ".join(f"{c['node']} {c['mean_batch']:.2f}" for c in r.get("nodes", {}).get("batching", [])
                              if c["mean_batch"])
+    load = r["machine"].get("load_average_1min_before_after")
     lines += ["", f"- target: 8 sessions >= 3x one session with batching: "
+                  f"{r['speedup_at_top_level_vs_best_single_session']:.2f}x over the better single-session figure, "
                   f"**{'met' if r['target_met'] else 'not met'}**",
               f"- batching / no batching at the top level: {r['batching_vs_no_batching_at_top_level']:.2f}x",
               f"- same greedy tokens with and without batching, every session: "
               f"{'yes' if r['same_tokens_with_and_without_batching'] else 'NO'}",
-              f"- mean steps per batch over the whole run (batching nodes): {mean_batches or 'n/a'}"]
+              f"- mean steps per batch over the whole run (batching nodes): {mean_batches or 'n/a'}",
+              f"- load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}" if load else ""]
     return "\n".join(lines) + "\n"
 
 

@@ -122,6 +122,8 @@ class SessionService:
                 await self._reply_error(session.client_stream, ProtocolError(ErrorCode.INTERNAL, f"compute failed: {e}"),
                                         session.session_id, msg.step_id)
                 return
+            if session.closed:  # closed while its step waited or computed (e.g. the node moved): nothing to send
+                return
             output = output.unsqueeze(0)  # [1, T, D]
             session.last_step_id = msg.step_id
             session.history[msg.start_position:msg.start_position + n_new] = output[0]
