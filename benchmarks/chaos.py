@@ -19,7 +19,6 @@ import argparse
 import json
 import random
 import signal
-import statistics
 import sys
 import tempfile
 import threading

@@ -35,6 +35,16 @@ def _parse_blocks(text: str) -> tuple[int, int]:
     return start, end
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _peer_list(text: str) -> list[str]:
     return [part for part in text.replace(" ", ",").split(",") if part]
 
@@ -86,7 +96,8 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, announce_addresses=tuple(args.announce or ()),
         max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
-        throughput=args.throughput, dtype=args.dtype, kv_dtype=args.kv_dtype, rebalance_period=args.rebalance_period)
+        throughput=args.throughput, dtype=args.dtype, kv_dtype=args.kv_dtype, rebalance_period=args.rebalance_period,
+        max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -252,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
     p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")
     p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
+    p.add_argument("--max-batch", type=_positive_int, default=16,
+                   help="run up to this many sessions' ready steps in one forward pass (1 = no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="a batch may wait this long for the steps of other active sessions (never for a lone one)")
     _add_dtype(p)
     p.add_argument("--kv-dtype", choices=("auto", "int8"), default="auto",
                    help="KV-cache storage: auto = the compute dtype; int8 = per-head int8 (about 2x the sessions "

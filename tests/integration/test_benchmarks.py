@@ -45,3 +45,14 @@ def test_compression_benchmark_quick(tmp_path):
     assert model["kv_memory_2048_token_session"]["int8"]["sessions_per_gib"] > 3.5 * \
         model["kv_memory_2048_token_session"]["float32"]["sessions_per_gib"]
     assert "| wire int8 |" in (tmp_path / "compression.md").read_text()
+
+
+def test_batching_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batching.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "batching.json").read_text())
+    assert result["same_tokens_with_and_without_batching"]
+    assert [x["sessions"] for x in result["settings"]["batching"]] == [1, 2]
+    assert all(x["aggregate_tokens_per_second"] > 0 for rows in result["settings"].values() for x in rows)
+    assert "| sessions |" in (tmp_path / "batching.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -143,3 +144,51 @@ def test_overlapping_fourth_node_does_not_break_routing(swarm3, client, local_re
     assert chain[0].start == 0 and chain[-1].end == 30
     result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
     assert result["token_ids"] == local_reference["token_ids"]
+
+
+def test_a_bad_step_does_not_disturb_concurrent_steps_of_other_sessions(swarm3, client):
+    """Steps of three sessions arrive together (they may share a batch); the bad one fails alone."""
+    peer_id = swarm3.nodes[2].ready["peer_id"]  # the last node: it answers with StepResult
+    g = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(1, 2, 576, generator=g) for _ in range(3)]
+
+    def steps(prefix, bad):
+        frames = []
+        for i, x in enumerate(inputs):
+            meta, raw = encode_tensor(x, "float32")
+            position = 5 if (bad and i == 1) else 0  # a gap: this session has nothing cached
+            frames.append(encode_frame(Step(session_id=f"{prefix}{i}" * 16, step_id=0, start_position=position,
+                                            tensor=meta), raw))
+        return frames
+
+    def run_together(prefix, bad):
+        streams = [_raw_session(client, peer_id, f"{prefix}{i}" * 16, 20, 30)[0] for i in range(3)]
+
+        async def run():
+            await asyncio.gather(*(s.send(f) for s, f in zip(streams, steps(prefix, bad))))
+            return [decode_frame(await s.recv()) for s in streams]
+        try:
+            return client.loop.run(run())
+        finally:
+            for s in streams:
+                s.close()
+
+    alone = [client.loop.run(_one_step(client, peer_id, f"r{i}" * 16, frame)) for i, frame in enumerate(steps("r", False))]
+    together = run_together("t", bad=True)
+    assert isinstance(together[1][0], ErrorReply) and together[1][0].code == "position"
+    for i in (0, 2):
+        assert isinstance(together[i][0], StepResult)
+        assert torch.equal(decode_tensor(together[i][0].tensor, together[i][1]),
+                           decode_tensor(alone[i][0].tensor, alone[i][1]))
+
+
+async def _one_step(client, peer_id, session_id, frame):
+    stream = await client.swarm.open_stream(peer_id, SESSION_HANDLER)
+    try:
+        await stream.send(encode_frame(OpenSession(session_id=session_id, model_id=MODEL, start=20, end=30,
+                                                   max_length=8)))
+        decode_frame(await stream.recv())
+        await stream.send(frame)
+        return decode_frame(await stream.recv())
+    finally:
+        stream.close()

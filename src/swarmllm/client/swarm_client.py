@@ -33,6 +33,11 @@ class RemoteSession:
         return self._session.chain
 
     @property
+    def session(self) -> InferenceSession:
+        """The async session underneath, for code already running on the client's loop (many sessions at once)."""
+        return self._session
+
+    @property
     def last_step_seconds(self) -> float:
         return self._session.last_step_seconds
 

@@ -1,10 +1,18 @@
 """SpanModel: runs transformer blocks [start, end) of one model on hidden states, with a KV cache.
 
-Contract: `forward(hidden[B, T, D], cache, start_position)` processes the T new positions
+Contract: `forward(hidden[1, T, D], cache, start_position)` processes the T new positions
 start_position .. start_position+T-1, writes their K/V into `cache` and attends causally over
 cache positions [0, start_position + T) (a sliding window on local layers). Writing at a
 position below `cache.length` overwrites the rest (implicit rollback). Pure compute: no I/O,
 no tokenizer, no network; the same object serves local generation and a swarm server.
+
+`forward_many(steps)` runs several sequences at once, each with its own cache, start
+position and number of new positions (continuous batching on a server): the norms,
+projections and MLP run once over all their rows stacked as one [sum T, D] matrix (the
+weights are read once per batch), attention runs per sequence over its own cache. A
+sequence's output does not depend on which others share its batch: every linear layer runs
+on a row count padded to a multiple of `ROW_QUANTUM`, which makes each output row depend on
+its own input row only (see ROW_QUANTUM), and attention never mixes sequences.
 
 Speed: single-token decode is dominated by per-op overhead on CPU, so weights are fused at
 load (q|k|v and gate|up are one matmul each), RoPE is one addcmul over q and k together, GQA
@@ -15,8 +23,8 @@ built for T == 1.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +33,32 @@ from swarmllm.engine.kv_cache import KVCache, new_kv_cache
 from swarmllm.engine.rope import RopeTable, apply_rope
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import BlockWeights
+
+
+ROW_QUANTUM = 4
+"""Linear layers see a row count padded (with zero rows) to a multiple of this.
+
+CPU GEMM kernels round a row differently depending on the call's row count: a single row
+takes a matrix-vector kernel, and rows that fall into a partial register tile take another
+path than full tiles (measured with torch 2.13 on x86 AVX-512: float32 (MKL) differs from
+M=1 to M=2 and again for tail rows; bfloat16 (oneDNN) differs for rows past 9 in the
+1536-wide down projection). With the row count a multiple of 4 every row is computed by
+the same full-tile kernel, and each output row was measured bit-identical whatever the
+other rows, their number (1..128) or their order, in float32 and bfloat16, with 1 and 2
+threads (tests/unit/test_engine_batching.py checks it). So a session's output is the same
+alone or in any batch, and a replay on another server reproduces it exactly. Other BLAS
+libraries may tile differently: the test says so if this stops holding. Cost: nothing in
+bfloat16; in float32 a lone decode step costs ~1.5x the CPU time of the matrix-vector path.
+"""
+
+
+@dataclass(frozen=True)
+class SequenceStep:
+    """One sequence's share of `SpanModel.forward_many`."""
+
+    hidden: torch.Tensor  # [T, D]: hidden states of the T new positions
+    cache: KVCache  # this sequence's own cache (batch size 1)
+    start_position: int  # absolute position of the first new row
 
 
 @dataclass(frozen=True)
@@ -126,61 +160,101 @@ class SpanModel:
         group = cfg.n_heads // cfg.n_kv_heads
         return cos, sin, k0, mask.repeat(group, 1)  # rows follow the folded (group, T) query order
 
-    @torch.inference_mode()
     def forward(self, hidden: torch.Tensor, cache: KVCache, start_position: int) -> torch.Tensor:
-        """hidden [B, T, D] -> hidden [B, T, D] after blocks [start, end)."""
-        B, T, D = hidden.shape
-        if D != self.config.hidden_size:
-            raise ValueError(f"Expected hidden size {self.config.hidden_size}, got {D}.")
-        if cache.n_blocks != self.n_blocks:
-            raise ValueError(f"The KV cache has {cache.n_blocks} blocks but this span has {self.n_blocks}.")
-        cache.check_write(start_position, T)
-        plans = {s: self._attention_plan(start_position, T, s) for s in {layer.sliding for layer in self.layers}}
-        x = hidden.to(self.dtype)
-        for i, layer in enumerate(self.layers):
-            x = self._block(layer, x, cache, i, start_position, plans[layer.sliding])
-        cache.length = start_position + T
-        return x
+        """hidden [1, T, D] -> hidden [1, T, D] after blocks [start, end)."""
+        if hidden.dim() != 3 or hidden.shape[0] != 1:
+            raise ValueError(f"forward runs one sequence, hidden [1, T, D]; got {list(hidden.shape)}. "
+                             "Run several sequences with forward_many.")
+        return self.forward_many([SequenceStep(hidden[0], cache, start_position)])[0].unsqueeze(0)
 
     __call__ = forward
 
-    def _block(self, layer: _Layer, x: torch.Tensor, cache: KVCache, block: int, start: int,
-               plan: tuple) -> torch.Tensor:
+    def _check(self, steps: Sequence[SequenceStep]) -> None:
+        """Every step is checked before any cache is touched: a bad one changes nothing."""
+        if not steps:
+            raise ValueError("forward_many needs at least one step.")
+        if len({id(step.cache) for step in steps}) != len(steps):
+            raise ValueError("Two steps of one forward_many share a KV cache; run them one after the other.")
+        for step in steps:
+            if step.hidden.dim() != 2 or step.hidden.shape[1] != self.config.hidden_size or step.hidden.shape[0] < 1:
+                raise ValueError(f"Expected hidden states [T, {self.config.hidden_size}], got {list(step.hidden.shape)}.")
+            if step.cache.n_blocks != self.n_blocks:
+                raise ValueError(f"The KV cache has {step.cache.n_blocks} blocks but this span has {self.n_blocks}.")
+            if step.cache.batch_size != 1:
+                raise ValueError("Each sequence of forward_many needs its own KV cache of batch size 1.")
+            step.cache.check_write(step.start_position, step.hidden.shape[0])
+
+    @torch.inference_mode()
+    def forward_many(self, steps: Sequence[SequenceStep]) -> list[torch.Tensor]:
+        """Run several sequences through blocks [start, end) at once; returns each one's [T, D]."""
+        self._check(steps)
+        offsets = [0]
+        for step in steps:
+            offsets.append(offsets[-1] + step.hidden.shape[0])
+        M = offsets[-1]
+        kinds = {layer.sliding for layer in self.layers}
+        plans = [{k: self._attention_plan(s.start_position, s.hidden.shape[0], k) for k in kinds} for s in steps]
+        rope = {k: (torch.cat([p[k][0] for p in plans]), torch.cat([p[k][1] for p in plans])) if len(steps) > 1
+                else plans[0][k][:2] for k in kinds}  # cos, sin: [M, 1, hd]
+        padding = -M % ROW_QUANTUM
+        rows = [s.hidden for s in steps] + ([steps[0].hidden.new_zeros(padding, self.config.hidden_size)]
+                                            if padding else [])
+        x = (torch.cat(rows) if len(rows) > 1 else rows[0]).to(self.dtype)  # [M + padding, D]
+        for i, layer in enumerate(self.layers):
+            x = self._block(layer, x, M, steps, offsets, i, [p[layer.sliding] for p in plans], rope[layer.sliding])
+        for step in steps:
+            step.cache.length = step.start_position + step.hidden.shape[0]
+        return [x[a:b] for a, b in zip(offsets, offsets[1:])]
+
+    def _block(self, layer: _Layer, x: torch.Tensor, M: int, steps: Sequence[SequenceStep], offsets: list[int],
+               block: int, plans: list[tuple], rope: tuple) -> torch.Tensor:
+        """x [M + padding, D] -> the same after one block; rows [0, M) are the steps' positions."""
         cfg = self.config
-        B, T, D = x.shape
+        D = x.shape[1]
         H, KV, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-        G = H // KV
-        cos, sin, k0, mask = plan
-        end = start + T
 
         h = F.rms_norm(x, (D,), layer.attn_norm, eps)
-        qkv = F.linear(h, layer.qkv).view(B, T, H + 2 * KV, hd)  # [B, T, H+2KV, hd]
-        qk = qkv[:, :, : H + KV]
+        qkv = F.linear(h, layer.qkv)[:M].view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
+        qk = qkv[:, : H + KV]
         if layer.qk_norm is not None:
             qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
-        qk = apply_rope(qk, cos, sin)  # [B, T, H+KV, hd]
-        cache.write(block, start, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + KV:].transpose(1, 2))
-        keys, values = cache.read(block, k0, end)  # [B, KV, L, hd]
-        if T == 1:
-            q = qk[:, 0, :H].reshape(B, KV, G, hd)
-            a = F.scaled_dot_product_attention(q, keys, values, scale=cfg.attention_scale)  # [B, KV, G, hd]
-            a = a.reshape(B, 1, H * hd)
-        else:
-            q = qk[:, :, :H].reshape(B, T, KV, G, hd).permute(0, 2, 3, 1, 4).reshape(B, KV, G * T, hd)
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=cfg.attention_scale)
-            a = a.view(B, KV, G, T, hd).permute(0, 3, 1, 2, 4).reshape(B, T, H * hd)
-        a = F.linear(a, layer.o)  # [B, T, D]
+        qk = apply_rope(qk, *rope)  # [M, H+KV, hd]
+        parts = [self._attend(qk[a:b], qkv[a:b, H + KV:], step.cache, block, step.start_position, plan)
+                 for step, a, b, plan in zip(steps, offsets, offsets[1:], plans)]
+        if x.shape[0] > M:
+            parts.append(x.new_zeros(x.shape[0] - M, H * hd))
+        a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
+        a = F.linear(a, layer.o)  # [M + padding, D]
         if layer.post_attn_norm is not None:
             a = F.rms_norm(a, (D,), layer.post_attn_norm, eps)
         x = x + a
 
         h = F.rms_norm(x, (D,), layer.ffn_norm, eps)
-        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)  # [B, T, I] each
+        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)  # [M + padding, I] each
         if cfg.activation == "silu":
             m = F.silu(gate) * up
         else:
             m = F.gelu(gate, approximate="tanh") * up
-        m = F.linear(m, layer.down)  # [B, T, D]
+        m = F.linear(m, layer.down)  # [M + padding, D]
         if layer.post_ffn_norm is not None:
             m = F.rms_norm(m, (D,), layer.post_ffn_norm, eps)
         return x + m
+
+    def _attend(self, qk: torch.Tensor, v: torch.Tensor, cache: KVCache, block: int,
+                start: int, plan: tuple) -> torch.Tensor:
+        """One sequence: qk [T, H+KV, hd] (roped), v [T, KV, hd] -> attention output [T, H*hd]."""
+        cfg = self.config
+        T = qk.shape[0]
+        H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        G = H // KV
+        _, _, k0, mask = plan
+        end = start + T
+        cache.write(block, start, qk[:, H:].transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0))
+        keys, values = cache.read(block, k0, end)  # [1, KV, L, hd]
+        if T == 1:
+            q = qk[0, :H].reshape(1, KV, G, hd)
+            a = F.scaled_dot_product_attention(q, keys, values, scale=cfg.attention_scale)  # [1, KV, G, hd]
+            return a.reshape(1, H * hd)
+        q = qk[:, :H].reshape(T, KV, G, hd).permute(1, 2, 0, 3).reshape(1, KV, G * T, hd)
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=cfg.attention_scale)
+        return a.view(KV, G, T, hd).permute(2, 0, 1, 3).reshape(T, H * hd)

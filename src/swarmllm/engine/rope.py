@@ -70,5 +70,5 @@ class RopeTable:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """x: [B, T, heads, hd]; cos, sin_signed: [T, 1, hd]."""
+    """x: [..., T, heads, hd]; cos, sin_signed: [T, 1, hd] (one row per position, any positions)."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)

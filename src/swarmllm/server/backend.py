@@ -2,7 +2,9 @@
 
 Loads only the span's tensors, creates per-session KV caches for sub-spans (in the compute
 dtype, or int8 with `kv_dtype="int8"`: the byte counts below follow, so the session budget
-admits correspondingly more positions), runs steps and measures decode throughput. A failed `forward` leaves the cache's valid length
+admits correspondingly more positions), hands out the `SpanModel` of a sub-span (steps run
+through it in batches, see batching.py) and measures decode throughput. A failed `forward`
+leaves the cache's valid length
 unchanged (the engine advances it only after all blocks ran), so a session survives a
 rejected or crashed step.
 """
@@ -57,17 +59,18 @@ class SpanBackend:
         span = SpanModel(config, load_blocks(source, config, start, end, dtype), start, end, dtype)
         return cls(source.model_id, config, span, dtype, kv_dtype)
 
-    def _model_for(self, start: int, end: int) -> SpanModel:
+    def model(self, start: int, end: int) -> SpanModel:
+        """Blocks [start, end) of the span, sharing its weights; one object per sub-span."""
         model = self._sub_spans.get((start, end))
         if model is None:
             model = self._sub_spans[(start, end)] = self.span.view(start, end)
         return model
 
     def new_cache(self, start: int, end: int, max_length: int) -> KVCache:
-        return self._model_for(start, end).new_cache(max_length, kv_dtype=self.kv_dtype)
+        return self.model(start, end).new_cache(max_length, kv_dtype=self.kv_dtype)
 
     def forward(self, hidden: torch.Tensor, cache: KVCache, start: int, end: int, start_position: int) -> torch.Tensor:
-        return self._model_for(start, end).forward(hidden, cache, start_position)
+        return self.model(start, end).forward(hidden, cache, start_position)
 
     def measure_throughput(self, steps: int = 8) -> float:
         """Decode tokens/s through the whole span (one position per step)."""

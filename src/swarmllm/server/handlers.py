@@ -1,7 +1,8 @@
 """Request handlers: wire messages in, compute, hidden states out to the next hop.
 
 Flow of one step on a node: validate (sessions.py) -> decode tensor -> run the span on
-the compute thread -> encode -> push to the next server (or reply to the client if this
+the compute thread, batched with the steps of other sessions that are ready at the same
+time (batching.py) -> encode -> push to the next server (or reply to the client if this
 node is last). Every failure becomes an `ErrorReply` on the client's session stream; a
 bad message from one peer never affects another session, and never stops the node.
 """
@@ -21,6 +22,7 @@ from swarmllm.protocol import (
     Step, StepResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
 from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.server.batching import StepBatcher
 from swarmllm.server.sessions import ServerSession, SessionTable
 
 logger = logging.getLogger(__name__)
@@ -29,11 +31,13 @@ logger = logging.getLogger(__name__)
 class SessionService:
     """Serves the session and push streams of one node."""
 
-    def __init__(self, swarm, backend, table: SessionTable, model_id: str):
+    def __init__(self, swarm, backend, table: SessionTable, model_id: str, max_batch: int = 16,
+                 batch_wait: float = 0.005):
         self.swarm, self.backend, self.table, self.model_id = swarm, backend, table, model_id
         self.peer_id: str = swarm.peer_id
-        # One compute thread: steps of all sessions are serialised on the span's weights.
+        # One compute thread: the steps of all sessions run there, in batches of up to max_batch.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmllm-compute")
+        self.batcher = StepBatcher(self.executor, max_batch=max_batch, max_wait=batch_wait)
         self.accepting = True
         self.tokens_processed = 0
 
@@ -112,17 +116,17 @@ class SessionService:
             except ProtocolError as e:
                 await self._reply_error(session.client_stream, e, session.session_id, msg.step_id)
                 return
-            started = time.perf_counter()
-            loop = asyncio.get_running_loop()
             try:
-                output = await loop.run_in_executor(self.executor, self.backend.forward, hidden, session.cache,
-                                                    session.start, session.end, msg.start_position)
+                output, compute_seconds = await self.batcher.run(self.backend.model(session.start, session.end),
+                                                                 hidden[0], session.cache, msg.start_position)
             except Exception as e:  # keep the node alive; the session stays consistent (see backend)
                 logger.exception("compute failed for session %s", session.session_id)
                 await self._reply_error(session.client_stream, ProtocolError(ErrorCode.INTERNAL, f"compute failed: {e}"),
                                         session.session_id, msg.step_id)
                 return
-            compute_seconds = time.perf_counter() - started
+            if session.closed:  # closed while its step waited or computed (e.g. the node moved): nothing to send
+                return
+            output = output.unsqueeze(0)  # [1, T, D]
             session.last_step_id = msg.step_id
             session.history[msg.start_position:msg.start_position + n_new] = output[0]
             self.tokens_processed += n_new

@@ -56,6 +56,8 @@ class ServerConfig:
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
     kv_dtype: str = "auto"                      # KV-cache storage: "auto" (compute dtype) or "int8"
     claim_wait: float = 1.5                     # seconds a move claim propagates before it is confirmed
+    max_batch: int = 16                         # sessions' ready steps run in one forward pass (1 = no batching)
+    batch_wait: float = 0.005                   # seconds a batch may wait for steps of other active sessions
 
 
 @dataclass
@@ -92,7 +94,8 @@ class ServerNode:
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
                 None, backend.measure_throughput)
             table = self._new_table(backend, start, end)
-            service = SessionService(swarm, backend, table, backend.model_id)
+            service = SessionService(swarm, backend, table, backend.model_id, max_batch=self.config.max_batch,
+                                     batch_wait=self.config.batch_wait)
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
@@ -239,4 +242,6 @@ class ServerNode:
             await asyncio.sleep(0.05)
         for session_id in list(table.sessions):
             service.close_session(session_id)
+        batcher = service.batcher
+        logger.info("ran %d steps in %d batches", batcher.steps_run, batcher.batches_run)
         service.executor.shutdown(wait=False, cancel_futures=True)
