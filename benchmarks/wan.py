@@ -21,7 +21,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from swarmllm.client.generation import generate_text  # noqa: E402
-from swarmllm.client.session import ping_peer  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
 from swarmllm.local_swarm import LocalSwarm, even_spans  # noqa: E402
@@ -35,8 +34,8 @@ def bench_profile(profile: str, wires: list[str], params: SamplingParams, log_di
     swarm.start(timeout=300)
     try:
         with SwarmClient.connect(swarm.initial_peers) as client:
-            rtts = [client.loop.run(ping_peer(client.swarm, n.ready["peer_id"], timeout=10, rounds=3))
-                    for n in swarm.nodes]
+            measured = client.ping([n.ready["peer_id"] for n in swarm.nodes], timeout=10)
+            rtts = [measured.get(n.ready["peer_id"]) for n in swarm.nodes]
             generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=2), client=client)  # warm-up
             runs = {}
             for wire in wires:

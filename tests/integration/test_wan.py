@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from swarmllm.client.generation import generate_text
-from swarmllm.client.session import ping_peer
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.local_swarm import LocalSwarm, even_spans
@@ -47,7 +46,7 @@ def test_nodes_announce_their_relays(wan_swarm):
 
 def test_ping_rtt_is_at_least_the_profile_rtt(wan_swarm, client):
     for node in wan_swarm.nodes:
-        rtt = client.loop.run(ping_peer(client.swarm, node.ready["peer_id"], timeout=10, rounds=3))
+        rtt = client.ping([node.ready["peer_id"]], timeout=10).get(node.ready["peer_id"])
         assert rtt is not None and rtt >= CONTINENT.rtt_ms / 1000
 
 
