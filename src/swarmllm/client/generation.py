@@ -15,6 +15,7 @@ from typing import Optional, Sequence, TextIO
 
 import torch
 
+from swarmllm.client.session import PREFILL_CHUNK, chunked_forward
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.engine.generation import iter_generate
@@ -64,23 +65,28 @@ class ClientModel:
         return limit
 
 
-def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype):
-    """forward_fn over all blocks in this process (the reference path)."""
+def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype,
+                     prefill_chunk: Optional[int] = PREFILL_CHUNK):
+    """forward_fn over all blocks in this process (the reference path; long prompts are cut
+    into the same chunks a swarm session pipelines, so both compute the same thing)."""
     from swarmllm.engine.blocks import SpanModel
     from swarmllm.weights import load_blocks
 
     span = SpanModel(config, load_blocks(source, config, 0, config.n_blocks, dtype), 0, config.n_blocks, dtype)
     cache = span.new_cache(max_length)
-    return lambda hidden, start_position: span.forward(hidden, cache, start_position)
+    return chunked_forward(lambda hidden, start_position: span.forward(hidden, cache, start_position), prefill_chunk)
 
 
 def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_peers: Optional[Sequence[str]] = None,
                   system: Optional[str] = None, raw: bool = False, max_length: Optional[int] = None,
                   stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
-                  dtype: str = "auto", wire_dtype: Optional[str] = None) -> dict:
+                  dtype: str = "auto", wire_dtype: Optional[str] = None,
+                  prefill_chunk: Optional[int] = PREFILL_CHUNK) -> dict:
     """Generate a reply; through the swarm if initial_peers (or client) is given, else locally.
 
     wire_dtype: format of hidden states between nodes (see protocol WIRE_DTYPES); None = lossless.
+    prefill_chunk: prompts longer than this are prefilled in chunks (pipelined through the
+    chain); None = in one piece.
     """
     local = ClientModel.load(model, dtype)
     prompt_ids = local.prompt_ids(prompt, system, raw)
@@ -89,10 +95,12 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
     session = None
     try:
         if initial_peers is None and client is None:
-            forward_fn, route = local_forward_fn(local.source, local.config, length, local.dtype), "local"
+            forward_fn = local_forward_fn(local.source, local.config, length, local.dtype, prefill_chunk)
+            route = "local"
         else:
             client = client or (own_client := SwarmClient.connect(initial_peers))
-            session = client.open_session(local.source.model_id, local.config.n_blocks, length, wire_dtype=wire_dtype)
+            session = client.open_session(local.source.model_id, local.config.n_blocks, length, wire_dtype=wire_dtype,
+                                          prefill_chunk=prefill_chunk)
             forward_fn = session.forward
             route = " -> ".join(f"{link.peer_id[-8:]}[{link.start},{link.end})" for link in session.chain)
         started = time.perf_counter()

@@ -36,6 +36,20 @@ NOT_RETRYABLE = {"bad_shape", "too_long", "malformed", "version_mismatch"}
 
 Replanner = Callable[[int, int, set], Awaitable[list[ChainLink]]]
 
+# Prompts longer than this many positions are prefilled in chunks of it, pipelined through
+# the chain. Part of the computation's definition: the local reference chunks the same way.
+PREFILL_CHUNK = 256
+
+
+def chunked_forward(forward: Callable, size: Optional[int] = PREFILL_CHUNK) -> Callable:
+    """forward_fn(hidden, start) running steps longer than `size` as consecutive chunks."""
+    def run(hidden: torch.Tensor, start_position: int) -> torch.Tensor:
+        if not size or hidden.shape[1] <= size:
+            return forward(hidden, start_position)
+        return torch.cat([forward(hidden[:, o:o + size], start_position + o) for o in range(0, hidden.shape[1], size)],
+                         dim=1)
+    return run
+
 
 async def ping_peer(swarm, peer_id: str, timeout: float, rounds: int = 1) -> Optional[tuple[float, Pong]]:
     """(best round-trip time of `rounds` pings on one stream, last pong), or None if the peer
@@ -106,11 +120,12 @@ class InferenceSession:
     def __init__(self, swarm, model_id: str, chain: list[ChainLink], max_length: int, *, wire_dtype: str = "float32",
                  step_timeout: Optional[float] = None, open_timeout: float = 5.0,
                  replanner: Optional[Replanner] = None, on_peer_failure: Callable[[str], None] = lambda peer: None,
-                 max_failovers: int = 8):
+                 max_failovers: int = 8, prefill_chunk: Optional[int] = PREFILL_CHUNK):
         self.swarm, self.model_id = swarm, model_id
         self.max_length, self.wire_dtype = max_length, wire_dtype
         self.step_timeout, self.open_timeout = step_timeout, open_timeout
         self.replanner, self.on_peer_failure, self.max_failovers = replanner, on_peer_failure, max_failovers
+        self.prefill_chunk = prefill_chunk
         self.hops = [Hop(link) for link in chain]
         self.position = 0               # positions the whole chain has committed
         self.inputs: Optional[torch.Tensor] = None  # [max_length, D]: what we sent to block 0, for replays
@@ -243,12 +258,52 @@ class InferenceSession:
         return self._next_step_id - 1
 
     async def step(self, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
-        """Run hidden states [1, T, D] for positions start_position.. through the chain."""
+        """Run hidden states [1, T, D] for positions start_position.. through the chain.
+
+        Steps longer than `prefill_chunk` positions are cut into chunks that are all sent at
+        once, so that while server B runs chunk 1, server A already runs chunk 2 (pipelined
+        prefill). The local reference cuts the same way (`chunked_forward`), so outputs agree.
+        """
         if self._closed:
             raise SwarmError("the session is closed")
         n_new = hidden.shape[1]
         if self.inputs is None:
             self.inputs = torch.empty(self.max_length, hidden.shape[2], dtype=hidden.dtype)
+        if self.prefill_chunk and n_new > self.prefill_chunk:
+            return await self._pipelined(hidden, start_position)
+        return await self._step(hidden, start_position)
+
+    async def _pipelined(self, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
+        size, n_new = self.prefill_chunk, hidden.shape[1]
+        self.inputs[start_position:start_position + n_new] = hidden[0]
+        pieces = [(offset, hidden[:, offset:offset + size]) for offset in range(0, n_new, size)]
+        futures, outputs = {}, []
+        try:
+            for offset, piece in pieces:
+                step_id = self._new_step_id()
+                meta, raw = encode_tensor(piece, self.wire_dtype)
+                futures[step_id] = self._pending[step_id] = asyncio.get_running_loop().create_future()
+                await self.hops[0].stream.send(encode_frame(Step(
+                    session_id=self.hops[0].session_id, step_id=step_id, start_position=start_position + offset,
+                    tensor=meta), raw))
+            for (offset, piece), (step_id, future) in zip(pieces, futures.items()):
+                try:
+                    outputs.append(await asyncio.wait_for(future, self._timeout(piece.shape[1])))
+                except asyncio.TimeoutError:
+                    raise RemoteStepError(self.hops[-1].peer_id, "timeout", f"prefill chunk {step_id} timed out") \
+                        from None
+                self._commit(start_position + offset, piece.shape[1])
+        except (RemoteStepError, ConnectionError):
+            # Whatever was not committed goes the ordinary way, one chunk at a time, with failover.
+            for offset, piece in pieces[len(outputs):]:
+                outputs.append(await self._step(piece, start_position + offset))
+        finally:
+            for step_id in futures:
+                self._pending.pop(step_id, None)
+        return torch.cat(outputs, dim=1)
+
+    async def _step(self, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
+        n_new = hidden.shape[1]
         self.inputs[start_position:start_position + n_new] = hidden[0]
         meta, raw = encode_tensor(hidden, self.wire_dtype)
         failed_at: Optional[float] = None

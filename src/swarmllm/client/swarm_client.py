@@ -15,7 +15,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
-from swarmllm.client.session import InferenceSession, RemoteStepError, ping_peer
+from swarmllm.client.session import PREFILL_CHUNK, InferenceSession, RemoteStepError, ping_peer
 from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, Pong, ServerRecord, ServerState, block_key, parse_records,
 )
@@ -251,7 +251,8 @@ class SwarmClient:
 
     # --- sessions ----------------------------------------------------------------------
     async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
-                            chain: Optional[list[ChainLink]], attempts: int = 8,
+                            chain: Optional[list[ChainLink]], prefill_chunk: Optional[int] = PREFILL_CHUNK,
+                            attempts: int = 8,
                             wait_for_capacity: float = 6.0) -> InferenceSession:
         async def replan(start: int, end: int, down: set) -> list[ChainLink]:
             # `down` were just marked failed: avoided, but re-pinged if nobody else covers the span
@@ -277,6 +278,7 @@ class SwarmClient:
                 dtypes = {link.record.compute_dtype for link in links}
                 dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"bfloat16", "float16"} else "float32"
             session = InferenceSession(self.swarm, model_id, links, max_length, wire_dtype=dtype, replanner=replan,
+                                       prefill_chunk=prefill_chunk,
                                        on_peer_failure=self.mark_failed)
             try:
                 return await session.open()
@@ -288,10 +290,12 @@ class SwarmClient:
         raise AssertionError("unreachable")
 
     def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
+                     prefill_chunk: Optional[int] = PREFILL_CHUNK,
                      chain: Optional[list[ChainLink]] = None) -> RemoteSession:
         """Open a session over `chain` (default: the best chain now, re-planned around failures).
 
         wire_dtype None = lossless for this chain: 16-bit when every server computes in that
         16-bit dtype (its outputs carry no more precision), else float32.
         """
-        return RemoteSession(self, self.loop.run(self._open_session(model_id, n_blocks, max_length, wire_dtype, chain)))
+        return RemoteSession(self, self.loop.run(self._open_session(model_id, n_blocks, max_length, wire_dtype, chain,
+                                                                    prefill_chunk)))
