@@ -161,3 +161,14 @@ def test_attention_bias_everywhere_is_refused():
            "intermediate_size": 96, "vocab_size": 320, "attention_bias": True}
     with pytest.raises(ValueError, match="attention_bias"):
         config_from_hf(cfg)
+
+
+def test_qwen2_gguf_pretokenizer_splits_digits_one_by_one():
+    """llama.cpp pre "qwen2" (Qwen2/2.5/3 GGUFs): digits never merge, unlike the default split."""
+    from swarmllm.models.tokenizer import _byte_level_bpe
+    from tiny_checkpoints import _tokens
+
+    metadata = {"tokenizer.ggml.tokens": _tokens() + ["12"], "tokenizer.ggml.merges": ["1 2"]}
+    merged = _byte_level_bpe({**metadata, "tokenizer.ggml.pre": "default"}).encode("a 12").tokens
+    split = _byte_level_bpe({**metadata, "tokenizer.ggml.pre": "qwen2"}).encode("a 12").tokens
+    assert "12" in merged and "12" not in split
