@@ -228,10 +228,31 @@ def cmd_gateway(args) -> int:
     return 0
 
 
+def _mb(value) -> str:
+    return "-" if value is None else f"{value / 1e6:.1f}"
+
+
 def cmd_models(args) -> int:
-    from swarmllm.models.catalog import list_catalog
-    for entry in list_catalog():
-        print(entry)
+    from swarmllm.models.catalog import catalog_rows, models_dir
+
+    rows = catalog_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ("NAME", "FAMILY", "INSTALLED", "BLOCKS", "FILE QUANT", "FILE MB/BLOCK", "BF16 MB/BLOCK",
+              "DTYPE", "QUANT", "DRAFT", "CHAT TEMPLATE")
+    table = [header]
+    for row in rows:
+        installed = ("yes" if row["path"] else "package") if row["installed"] else "no"
+        params = row["params_per_block"]
+        table.append((row["name"], row["family"], installed, str(row["n_blocks"]), row["file_quantization"],
+                      _mb(row["file_bytes_per_block"]), _mb(None if params is None else 2 * params),
+                      row["default_dtype"], row["default_quant"], row["draft"], row["chat_template"]))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print(f"\nModels that no package ships are looked for as <name>.gguf in {models_dir()} "
+          "(set SWARMLLM_MODELS_DIR to change it); `--json` adds sources and paths.")
     return 0
 
 
@@ -320,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
     p.set_defaults(func=cmd_gateway)
 
-    p = sub.add_parser("models", help="list the model catalog")
+    p = sub.add_parser("models", help="list the model catalog: family, recipe, size per block, installed or not")
+    p.add_argument("--json", action="store_true", help="print the catalog as JSON (with sources and paths)")
     p.set_defaults(func=cmd_models)
     return parser
 

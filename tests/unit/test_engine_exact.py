@@ -137,9 +137,13 @@ def test_cache_overflow_is_a_clear_error(smollm):
         smollm.span(smollm.head.embed([[1]]), cache, 2)
 
 
+@pytest.fixture(scope="module")
+def gemma():
+    return LocalModel.load("gemma3-270m", torch.float32, max_length=256)
+
+
 @pytest.mark.slow
-def test_gemma3_gguf_matches_transformers():
-    gemma = LocalModel.load("gemma3-270m", torch.float32, max_length=256)
+def test_gemma3_gguf_matches_transformers(gemma):
     ids = gemma.encode_chat([{"role": "user", "content": "Name three colors of the rainbow."}])
     reference = transformers_from_gguf(resolve_model("gemma3-270m").path)
     with torch.inference_mode():
@@ -150,3 +154,23 @@ def test_gemma3_gguf_matches_transformers():
     assert (ours - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
     result = generate(gemma.head, NoEos(gemma.tokenizer), gemma.new_forward_fn(), ids, SamplingParams(max_new_tokens=32))
     assert result.token_ids == hf_tokens
+
+
+@pytest.mark.slow
+def test_gemma3_two_spans_equal_whole_model(gemma):
+    """Real weights, distributed == local: spans [0, 7) and [7, 18) (the cut inside a 6-layer
+    sliding/global period) loaded from the file and chained give the whole model's tokens."""
+    source, config = resolve_model("gemma3-270m"), gemma.config
+    spans = [SpanModel(config, load_blocks(source, config, a, b), a, b) for a, b in ((0, 7), (7, 18))]
+    caches = [span.new_cache(256) for span in spans]
+
+    def chain(hidden: torch.Tensor, start: int) -> torch.Tensor:
+        for span, cache in zip(spans, caches):
+            hidden = span(hidden, cache, start)
+        return hidden
+
+    ids = gemma.encode_chat([{"role": "user", "content": "Name three colors of the rainbow."}])
+    params = SamplingParams(max_new_tokens=12)
+    whole = generate(gemma.head, NoEos(gemma.tokenizer), gemma.new_forward_fn(), ids, params)
+    split = generate(gemma.head, NoEos(gemma.tokenizer), chain, ids, params)
+    assert split.token_ids == whole.token_ids

@@ -69,6 +69,7 @@ class _Layer:
     sliding: bool
     attn_norm: torch.Tensor  # [D]
     qkv: torch.Tensor  # [(H + 2KV) * hd, D]
+    qkv_bias: torch.Tensor | None  # [(H + 2KV) * hd] (Qwen2)
     qk_norm: torch.Tensor | None  # [H + KV, hd]
     o: torch.Tensor  # [D, H * hd]
     post_attn_norm: torch.Tensor | None  # [D]
@@ -85,6 +86,11 @@ def _fuse(config: ModelConfig, w: BlockWeights, dtype: torch.dtype) -> _Layer:
         if w.q_norm is None or w.k_norm is None:
             raise ValueError(f"Block {w.index} lacks q_norm/k_norm weights, which this model family needs.")
         qk_norm = torch.cat([w.q_norm.expand(H, hd), w.k_norm.expand(KV, hd)]).to(dtype).contiguous()
+    qkv_bias = None
+    if config.qkv_bias:
+        if w.q_bias is None or w.k_bias is None or w.v_bias is None:
+            raise ValueError(f"Block {w.index} lacks q/k/v biases, which this model family needs.")
+        qkv_bias = torch.cat([w.q_bias, w.k_bias, w.v_bias]).to(dtype).contiguous()
     if config.sandwich_norms and (w.post_attn_norm is None or w.post_ffn_norm is None):
         raise ValueError(f"Block {w.index} lacks post-attention/post-feedforward norms, which this family needs.")
 
@@ -96,6 +102,7 @@ def _fuse(config: ModelConfig, w: BlockWeights, dtype: torch.dtype) -> _Layer:
         sliding=config.is_sliding(w.index),
         attn_norm=cast(w.attn_norm),
         qkv=torch.cat([w.q, w.k, w.v]).to(dtype).contiguous(),
+        qkv_bias=qkv_bias,
         qk_norm=qk_norm,
         o=cast(w.o),
         post_attn_norm=cast(w.post_attn_norm) if config.sandwich_norms else None,
@@ -122,9 +129,9 @@ class SpanModel:
             raise ValueError(f"SpanModel [{start}, {end}) got weights for blocks {[b.index for b in blocks]}.")
         self.config, self.start, self.end, self.dtype = config, start, end, dtype
         self.layers = [_fuse(config, w, dtype) for w in blocks]
-        self.rope_global = RopeTable(config.head_dim, config.rope_theta, config.rope_scaling, dtype)
+        self.rope_global = RopeTable(config.rope_dim, config.rope_theta, config.rope_scaling, dtype)
         local_theta = config.rope_local_theta or config.rope_theta
-        self.rope_local = RopeTable(config.head_dim, local_theta, None, dtype)
+        self.rope_local = RopeTable(config.rope_dim, local_theta, None, dtype)
 
     @property
     def n_blocks(self) -> int:
@@ -214,11 +221,18 @@ class SpanModel:
         H, KV, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
 
         h = F.rms_norm(x, (D,), layer.attn_norm, eps)
-        qkv = F.linear(h, layer.qkv)[:M].view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
+        qkv = F.linear(h, layer.qkv)[:M]
+        if layer.qkv_bias is not None:  # added after the matmul: stays row-independent (see ROW_QUANTUM)
+            qkv = qkv + layer.qkv_bias
+        qkv = qkv.view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
         qk = qkv[:, : H + KV]
         if layer.qk_norm is not None:
             qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
-        qk = apply_rope(qk, *rope)  # [M, H+KV, hd]
+        rd = cfg.rope_dim
+        if rd == hd:
+            qk = apply_rope(qk, *rope)  # [M, H+KV, hd]
+        else:  # partial rotary (Phi-3 variants): only the first rd dims of each head rotate
+            qk = torch.cat([apply_rope(qk[..., :rd], *rope), qk[..., rd:]], dim=-1)
         parts = [self._attend(qk[a:b], qkv[a:b, H + KV:], step.cache, block, step.start_position, plan)
                  for step, a, b, plan in zip(steps, offsets, offsets[1:], plans)]
         if x.shape[0] > M:

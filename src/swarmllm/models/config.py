@@ -1,8 +1,8 @@
 """Model configuration: one frozen dataclass that describes every supported family.
 
-Family differences (Llama vs Gemma 3) are *fields* of `ModelConfig`, not subclasses: the
-engine reads `activation`, `qk_norm`, `sandwich_norms`, `sliding_window` ... and never asks
-"which family is this?". Configs are built by `swarmllm.models.registry` from GGUF metadata
+Family differences (Llama, Gemma 3, Qwen2, Qwen3, Mistral, Phi-3) are *fields* of
+`ModelConfig`, not subclasses: the engine reads `activation`, `qk_norm`, `qkv_bias`,
+`sandwich_norms`, `sliding_window`, `rotary_dim` ... and never asks "which family is this?". Configs are built by `swarmllm.models.registry` from GGUF metadata
 or a Hugging Face `config.json`; nothing here reads files.
 
 Conventions the engine relies on:
@@ -48,7 +48,7 @@ class RopeScaling:
 class ModelConfig:
     """Everything the engine needs to run blocks, the embedding and the LM head."""
 
-    family: str  # registry key: "llama" or "gemma3"
+    family: str  # registry key (swarmllm.models.registry.FAMILIES): "llama", "gemma3", "qwen2", ...
     n_blocks: int
     hidden_size: int
     intermediate_size: int
@@ -64,9 +64,11 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     activation: str = "silu"
-    # --- Gemma-style options (defaults = plain Llama) ---
-    sliding_window: int | None = None  # keys k with q - k < sliding_window are visible
-    sliding_window_pattern: int = 0  # every Nth layer (1-based) is global; 0 = all global
+    # --- family options (defaults = plain Llama) ---
+    qkv_bias: bool = False  # q, k and v projections have biases (Qwen2)
+    rotary_dim: int | None = None  # RoPE rotates the first rotary_dim dims of each head (None = head_dim)
+    sliding_window: int | None = None  # on sliding layers, keys k with q - k < sliding_window are visible
+    sliding_window_pattern: int = 0  # every Nth layer (1-based) is global; 0 = every layer slides
     rope_local_theta: float | None = None  # rope base of sliding layers (None = rope_theta)
     query_pre_attn_scalar: float | None = None  # attention scale = scalar**-0.5 (None = head_dim)
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(hidden))
@@ -77,6 +79,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"Unsupported activation {self.activation!r}; expected one of {ACTIVATIONS}.")
+        if self.rotary_dim is not None and not (0 < self.rotary_dim <= self.head_dim and self.rotary_dim % 2 == 0):
+            raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and in (0, head_dim={self.head_dim}].")
         if self.n_heads % self.n_kv_heads != 0:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})."
@@ -84,9 +88,16 @@ class ModelConfig:
 
     def is_sliding(self, layer: int) -> bool:
         """True when absolute block `layer` uses local (sliding-window) attention."""
-        if self.sliding_window is None or self.sliding_window_pattern <= 0:
+        if self.sliding_window is None:
             return False
+        if self.sliding_window_pattern <= 0:
+            return True  # Mistral / Phi-3 style: every layer slides
         return (layer + 1) % self.sliding_window_pattern != 0
+
+    @property
+    def rope_dim(self) -> int:
+        """Dimensions of each head that RoPE rotates (partial rotary: fewer than head_dim)."""
+        return self.rotary_dim or self.head_dim
 
     @property
     def attention_scale(self) -> float:

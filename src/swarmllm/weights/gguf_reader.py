@@ -5,7 +5,8 @@ Contract:
   `load_gguf_head` only the embedding, final norm and LM head. Every dequantized tensor name
   is reported to observers registered with `record_dequantized()` so tests can prove it.
 - Tensors come back in HF orientation ([out, in]); llama.cpp's q/k row permutation is undone
-  for families whose `FamilySpec.gguf_permuted_qk` is set.
+  for families whose `FamilySpec.gguf_permuted_qk` is set; fused tensors (Phi-3's attn_qkv and
+  gate|up ffn_up) are split into their parts.
 - Supports every type `gguf.quants.dequantize` supports (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
   Q8_0, Q4_K, Q5_K, Q6_K, ...).
 """
@@ -20,9 +21,16 @@ import numpy as np
 import torch
 
 from swarmllm.models.config import ModelConfig
-from swarmllm.models.registry import FamilySpec, config_from_gguf, family_for_gguf, get_family
+from swarmllm.models.registry import (
+    FUSED_ROLES,
+    REQUIRED_ROLES,
+    FamilySpec,
+    config_from_gguf,
+    family_for_gguf,
+    get_family,
+)
 from swarmllm.weights.gguf_file import GGUFFile
-from swarmllm.weights.types import BlockWeights, HeadWeights
+from swarmllm.weights.types import BlockWeights, HeadWeights, split_fused
 
 _observers: list[list[str]] = []
 
@@ -71,9 +79,11 @@ def _to_torch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's rotary row permutation: [H, hd/2, 2, in] -> [H, 2, hd/2, in]."""
-    rows, cols = w.shape
-    return w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    """Undo llama.cpp's rotary row permutation: [H, hd/2, 2, in] -> [H, 2, hd/2, in] (a bias: in = 1)."""
+    rows = w.shape[0]
+    cols = w.shape[1] if w.dim() == 2 else 1
+    out = w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    return out.reshape(w.shape).contiguous()
 
 
 def read_gguf_config(path: str) -> ModelConfig:
@@ -94,13 +104,23 @@ def read_gguf_config(path: str) -> ModelConfig:
 def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype) -> BlockWeights:
     tensors: dict[str, torch.Tensor] = {}
     available = open_gguf(path).tensors
-    for role, name in spec.block_tensor_names("gguf", index).items():
-        if name not in available and role in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
-            continue
-        weight = _to_torch(_dequantize(path, name), dtype)
-        if spec.gguf_permuted_qk and role in ("q", "k"):
-            weight = _unpermute(weight, config.n_heads if role == "q" else config.n_kv_heads)
-        tensors[role] = weight
+    names = spec.block_tensor_names("gguf", index)
+    for role, name in names.items():
+        if name not in available:
+            continue  # optional or the other half of a fused/unfused pair; checked below
+        if role in FUSED_ROLES and all(names.get(part) in available for part in FUSED_ROLES[role]):
+            continue  # both layouts present: read the parts
+        tensors[role] = _to_torch(_dequantize(path, name), dtype)
+    tensors = split_fused(tensors, config.q_size, config.kv_size)
+    missing = [role for role in REQUIRED_ROLES if role not in tensors]
+    if missing:
+        raise ValueError(f"The GGUF file {path} lacks block {index} tensors for {', '.join(missing)}; "
+                         f"it is incomplete or not a {spec.name} model.")
+    if spec.gguf_permuted_qk:
+        for role, heads in (("q", config.n_heads), ("k", config.n_kv_heads),
+                            ("q_bias", config.n_heads), ("k_bias", config.n_kv_heads)):
+            if role in tensors:
+                tensors[role] = _unpermute(tensors[role], heads)
     return BlockWeights(index=index, **tensors)
 
 

@@ -2,7 +2,7 @@
 
 Contract: `load_safetensors_blocks` opens only the tensors of blocks [start, end) (safetensors
 reads lazily per tensor, so other blocks are never materialized); names are mapped through the
-family's `hf_block_names`. RMSNorm weights are returned as final multipliers (the family's
+family's `hf_block_names` (fused qkv / gate_up tensors are split into their parts). RMSNorm weights are returned as final multipliers (the family's
 `hf_norm_offset` is added, e.g. Gemma's 1 + w). Sharded folders are supported through
 `model.safetensors.index.json`.
 """
@@ -17,8 +17,17 @@ import torch
 from safetensors import safe_open
 
 from swarmllm.models.config import ModelConfig
-from swarmllm.models.registry import NORM_ROLES, FamilySpec, config_from_hf, get_family
-from swarmllm.weights.types import BlockWeights, HeadWeights
+from swarmllm.models.registry import (
+    FUSED_ROLES,
+    NORM_ROLES,
+    REQUIRED_ROLES,
+    FamilySpec,
+    config_from_hf,
+    get_family,
+)
+from swarmllm.weights.types import BlockWeights, HeadWeights, split_fused
+
+_FUSED_OF = {part: fused for fused, parts in FUSED_ROLES.items() for part in parts}
 
 # Multimodal checkpoints nest the text model one level deeper.
 _PREFIX_ALIASES = (("model.", "model.language_model."), ("lm_head.", "language_model.lm_head."))
@@ -69,16 +78,23 @@ def _read(folder: str, name: str, dtype: torch.dtype) -> torch.Tensor:
         return handle.get_tensor(stored).to(dtype)
 
 
-def _block(folder: str, spec: FamilySpec, index: int, dtype: torch.dtype) -> BlockWeights:
+def _block(folder: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype) -> BlockWeights:
     tensors: dict[str, torch.Tensor] = {}
-    for role, name in spec.block_tensor_names("hf", index).items():
-        if _find(folder, name) is None and role in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
-            continue
+    names = spec.block_tensor_names("hf", index)
+    for role, name in names.items():
+        if _find(folder, name) is None:
+            continue  # optional or the other half of a fused/unfused pair; checked below
         weight = _read(folder, name, torch.float32)
         if role in NORM_ROLES and spec.hf_norm_offset:
             weight = weight + spec.hf_norm_offset
-        tensors[role] = weight.to(dtype)
-    return BlockWeights(index=index, **tensors)
+        tensors[role] = weight
+    tensors = split_fused(tensors, config.q_size, config.kv_size)
+    missing = [role for role in REQUIRED_ROLES if role not in tensors]
+    if missing:
+        expected = ", ".join(names.get(role) or names.get(_FUSED_OF.get(role, ""), role) for role in missing)
+        raise ValueError(f"The checkpoint in {folder} lacks block {index} tensors ({expected}); "
+                         f"it is incomplete or not a {spec.name} model.")
+    return BlockWeights(index=index, **{role: t.to(dtype) for role, t in tensors.items()})
 
 
 def load_safetensors_blocks(
@@ -86,7 +102,7 @@ def load_safetensors_blocks(
 ) -> list[BlockWeights]:
     config.check_span(start, end)
     spec = get_family(config.family)
-    return [_block(folder, spec, i, dtype) for i in range(start, end)]
+    return [_block(folder, spec, config, i, dtype) for i in range(start, end)]
 
 
 def load_safetensors_head(folder: str, config: ModelConfig, dtype: torch.dtype = torch.float32) -> HeadWeights:

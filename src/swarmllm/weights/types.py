@@ -1,6 +1,8 @@
 """Typed containers for loaded weights, in Hugging Face orientation ([out, in]).
 
 Readers fill these; the engine fuses them (qkv, gate+up) when it builds a SpanModel.
+Checkpoints that store fused tensors (Phi-3's qkv_proj / gate_up_proj) are split by the
+readers (`split_fused`), so the engine sees one layout for every family.
 Norm tensors always hold the final RMSNorm multiplier (Gemma's `1 + w` already applied),
 and q/k rows are in the HF rotary layout (llama.cpp's permutation already undone).
 """
@@ -30,6 +32,9 @@ class BlockWeights:
     k_norm: torch.Tensor | None = None  # [hd]
     post_attn_norm: torch.Tensor | None = None  # [D]
     post_ffn_norm: torch.Tensor | None = None  # [D]
+    q_bias: torch.Tensor | None = None  # [H*hd]
+    k_bias: torch.Tensor | None = None  # [KV*hd]
+    v_bias: torch.Tensor | None = None  # [KV*hd]
 
     @property
     def nbytes(self) -> int:
@@ -43,3 +48,25 @@ class HeadWeights:
     embed: torch.Tensor  # [V, D]
     final_norm: torch.Tensor  # [D]
     lm_head: torch.Tensor  # [V, D]; the same tensor object as `embed` when tied
+
+
+def split_fused(tensors: dict[str, torch.Tensor], q_rows: int, kv_rows: int) -> dict[str, torch.Tensor]:
+    """Replace fused "qkv" / "gate_up" entries of a role -> tensor dict by their parts.
+
+    qkv rows are [q (q_rows); k (kv_rows); v (kv_rows)]; gate_up rows are [gate; up] halves.
+    Parts are copies (contiguous), so the fused tensor can be freed.
+    """
+    out = dict(tensors)
+    qkv = out.pop("qkv", None)
+    if qkv is not None:
+        if qkv.shape[0] != q_rows + 2 * kv_rows:
+            raise ValueError(f"A fused qkv tensor has {qkv.shape[0]} rows; expected {q_rows + 2 * kv_rows}.")
+        for role, part in zip(("q", "k", "v"), qkv.split([q_rows, kv_rows, kv_rows])):
+            out.setdefault(role, part.contiguous())
+    gate_up = out.pop("gate_up", None)
+    if gate_up is not None:
+        if gate_up.shape[0] % 2:
+            raise ValueError(f"A fused gate_up tensor has an odd number of rows ({gate_up.shape[0]}).")
+        for role, part in zip(("gate", "up"), gate_up.chunk(2)):
+            out.setdefault(role, part.contiguous())
+    return out
