@@ -228,6 +228,45 @@ def cmd_gateway(args) -> int:
     return 0
 
 
+def _load_machines_file(path: str):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        import yaml
+    except ImportError:  # JSON only, then
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); install PyYAML to read YAML") from None
+    try:
+        return yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML/JSON: {e}") from None
+
+
+def cmd_plan(args) -> int:
+    from swarmllm.models.catalog import resolve_model
+    from swarmllm.server.partitioner import format_plan, parse_machines, partition
+    from swarmllm.weights import block_parameter_counts, read_config
+
+    machines = parse_machines(_load_machines_file(args.machines))
+    source = resolve_model(args.model)
+    config = read_config(source)
+    block_weights = max(block_parameter_counts(source, config))
+    plan = partition(machines, config.n_blocks, block_weights, cpu_weight_bytes=2 if args.dtype != "float32" else 4,
+                     kv_reserve=int(args.cache_memory_mb * 2**20))
+    if args.json:
+        print(json.dumps({
+            "model": source.model_id, "n_blocks": plan.n_blocks, "block_weights": plan.block_weights,
+            "tokens_per_second": plan.tokens_per_second, "chain_latencies_s": list(plan.chain_latencies),
+            "assignments": [{"name": a.machine.name, "start": a.start, "end": a.end, "chain": a.chain,
+                             "ms_per_token": a.stage_seconds * 1000} for a in plan.assignments],
+            "idle": [m.name for m in plan.idle]}, indent=2))
+    else:
+        print(format_plan(plan, source.model_id))
+    return 0
+
+
 def cmd_models(args) -> int:
     from swarmllm.models.catalog import list_catalog
     for entry in list_catalog():
@@ -319,6 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=16, help="generations waiting; beyond this requests get 503")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
     p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("plan", help="print which blocks each of a list of machines should serve, and the expected tokens/s")
+    p.add_argument("machines", help="YAML or JSON list of machines: name, memory (e.g. 16GB), throughput "
+                                    "(blocks/s = decode tokens/s through one block), optional rtt_ms, gpu")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name or .gguf / folder path (only headers are read)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="compute dtype of machines without gpu: true (weights held dequantized in it; GPUs: 16 bits)")
+    p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory each machine keeps free")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("models", help="list the model catalog")
     p.set_defaults(func=cmd_models)

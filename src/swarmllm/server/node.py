@@ -2,7 +2,8 @@
 
 `ServerNode.run()` is the whole life of a `swarmllm serve` process:
 1. resolve the model and read its config (no weights yet);
-2. join the swarm; if no span was given, choose one from the DHT records;
+2. join the swarm; if no span was given, choose one from the DHT records (its length from
+   this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
 4. register the session/push/ping handlers and announce a `ServerRecord` under every
    block key, refreshed every `announce_period` s and expiring after `record_ttl` s;
@@ -20,14 +21,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import psutil
+
 from swarmllm import __version__
 from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key, parse_records,
 )
-from swarmllm.engine.dtypes import dtype_name
+from swarmllm.engine.dtypes import dtype_name, resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
 from swarmllm.server.handlers import SessionService
+from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.sessions import SessionTable
 from swarmllm.swarm import SwarmNode, dht_time
 
@@ -39,7 +43,7 @@ class ServerConfig:
     model: str                                  # catalog name or path
     initial_peers: tuple[str, ...] = ()
     blocks: Optional[tuple[int, int]] = None    # [start, end); None = choose from the DHT
-    num_blocks: Optional[int] = None            # span length when choosing (default: a third of the model)
+    num_blocks: Optional[int] = None            # span length when choosing (default: sized by speed, see partitioner)
     host: str = "127.0.0.1"
     port: int = 0
     announce_addresses: tuple[str, ...] = ()
@@ -72,6 +76,10 @@ class NodeStatus:
     moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
 
 
+def torch_dtype_bytes(name: str) -> int:
+    return resolve_dtype(name).itemsize
+
+
 class ServerNode:
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -85,7 +93,7 @@ class ServerNode:
                                        announce_addresses=self.config.announce_addresses,
                                        identity_path=self.config.identity_path)
         try:
-            start, end = await self._choose_blocks(swarm, backend_spec.model_id, backend_spec.n_blocks)
+            start, end = await self._choose_blocks(swarm, backend_spec)
             loaded = time.perf_counter()
             backend = await asyncio.get_running_loop().run_in_executor(
                 None, SpanBackend.load, self.config.model, start, end, self.config.num_threads, self.config.dtype,
@@ -124,7 +132,8 @@ class ServerNode:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
 
-    async def _choose_blocks(self, swarm: SwarmNode, model_id: str, n_blocks: int) -> tuple[int, int]:
+    async def _choose_blocks(self, swarm: SwarmNode, spec) -> tuple[int, int]:
+        model_id, n_blocks = spec.model_id, spec.n_blocks
         if self.config.blocks is not None:
             start, end = self.config.blocks
             if not (0 <= start < end <= n_blocks):
@@ -133,8 +142,25 @@ class ServerNode:
             return start, end
         found = await swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
         records = planning_view(parse_records(found, model_id))
-        num_blocks = self.config.num_blocks or -(-n_blocks // 3)
+        num_blocks = self.config.num_blocks or await self._auto_span_length(spec, records)
         return choose_span(n_blocks, num_blocks, records)
+
+    async def _auto_span_length(self, spec, records: list[ServerRecord]) -> int:
+        """Span length from this machine's speed relative to the swarm's, within its free memory."""
+        block_bytes = spec.block_weights * torch_dtype_bytes(self.config.dtype)
+        free = psutil.virtual_memory().available - self.config.cache_memory_bytes
+        max_blocks = max(1, free // block_bytes)
+        online = [r for r in records if r.state == ServerState.ONLINE]
+        block_rate = None
+        if any(r.throughput > 0 for r in online):  # something to compare with: measure one block
+            probe = await asyncio.get_running_loop().run_in_executor(
+                None, SpanBackend.load, self.config.model, 0, 1, self.config.num_threads, self.config.dtype,
+                self.config.kv_dtype)
+            block_rate = await asyncio.get_running_loop().run_in_executor(None, probe.measure_throughput)
+        length = node_span_length(spec.n_blocks, block_rate, max_blocks, online)
+        logger.info("span length %d: %s blocks/s here vs the swarm's %d online records, room for %d blocks",
+                    length, f"{block_rate:.1f}" if block_rate else "unmeasured", len(online), max_blocks)
+        return length
 
     async def _maybe_move(self, swarm, backend, table: SessionTable, service: SessionService):
         """Move to other blocks if plan_move says it clearly helps the swarm; returns (backend, table).

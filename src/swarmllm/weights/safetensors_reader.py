@@ -97,3 +97,24 @@ def load_safetensors_head(folder: str, config: ModelConfig, dtype: torch.dtype =
     tied = config.tie_embeddings or _find(folder, names["lm_head"]) is None
     lm_head = embed if tied else _read(folder, names["lm_head"], dtype)
     return HeadWeights(embed=embed, final_norm=final_norm.to(dtype), lm_head=lm_head)
+
+
+def safetensors_block_parameter_counts(folder: str, config: ModelConfig) -> list[int]:
+    """Weights per block, from the files' headers (safetensors reads no tensor data for shapes)."""
+    spec = get_family(config.family)
+    files = _tensor_files(folder)
+    counts = []
+    for index in range(config.n_blocks):
+        total = 0
+        for name in spec.block_tensor_names("hf", index).values():
+            stored = _find(folder, name)
+            if stored is None:
+                continue
+            with safe_open(files[stored], framework="pt") as handle:
+                shape = handle.get_slice(stored).get_shape()
+            count = 1
+            for size in shape:
+                count *= int(size)
+            total += count
+        counts.append(total)
+    return counts
