@@ -14,6 +14,8 @@ This package does its own HTTP; it knows nothing about the swarm.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -93,14 +95,22 @@ class RemoteModel:
             self.file_path = os.path.join(self.model_path, filename)
         self.source = source or HttpRangeSource(url)
         self.manifest = _load_manifest(manifest) if manifest else None
-        self._partial: Optional[PartialFile] = None
         self._layout: Optional[FileLayout] = None
+        self._header_digest = ""
         self._lock = threading.Lock()
 
-    def _prepare(self) -> tuple[PartialFile, FileLayout]:
-        """Open (or resume) the local copy and make sure its header is the remote's current one."""
-        if self._partial is not None:
-            return self._partial, self._layout
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One fetcher per local copy at a time, across threads and processes (nodes may share a cache)."""
+        os.makedirs(os.path.dirname(self.file_path), exist_ok=True)
+        with self._lock, open(self.file_path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read_header(self) -> tuple[FileLayout, bytes]:
         size = self.source.size()
         length = min(FIRST_READ, size)
         while True:
@@ -112,18 +122,25 @@ class RemoteModel:
                 if length >= size:
                     raise ValueError(f"{self.url}: the header runs past the end of the file; it is not a model file")
                 length = min(size, length * 2)
-        header = prefix[:layout.header_end]
+        return layout, prefix[:layout.header_end]
+
+    def _prepare(self) -> tuple[PartialFile, FileLayout]:
+        """Open (or resume) the local copy; the first time, check its header is the remote's current one."""
         partial = PartialFile.open(self.file_path, self.source)
-        digest = hashlib.sha256(header).hexdigest()
-        if (0, layout.header_end) in partial.done and partial.done[(0, layout.header_end)] != digest:
-            partial.reset()  # the remote file changed since the partial copy was made: start over
-        partial.revalidate()
-        if (0, layout.header_end) not in partial.done:
-            partial.write(0, header)
+        if self._layout is None:
+            layout, header = self._read_header()
+            digest = hashlib.sha256(header).hexdigest()
+            if partial.done.get((0, layout.header_end), digest) != digest:
+                partial.reset()  # the remote file changed since the partial copy was made: start over
+            partial.revalidate()
+            if (0, layout.header_end) not in partial.done:
+                partial.write(0, header)
+            self._layout, self._header_digest = layout, digest
+        elif partial.done.get((0, self._layout.header_end)) != self._header_digest:
+            raise DownloadError(f"the local copy {self.file_path} changed under this process; start again")
         if self.format == "safetensors":
             self._fetch_config()
-        self._partial, self._layout = partial, layout
-        return partial, layout
+        return partial, self._layout
 
     def _fetch_config(self) -> None:
         target = os.path.join(self.model_path, "config.json")
@@ -142,7 +159,7 @@ class RemoteModel:
     def local_path(self, start: Optional[int] = None, end: Optional[int] = None, head: bool = False) -> str:
         """Fetch the header, blocks [start, end) (none if start is None) and optionally the head;
         returns the path to pass to resolve_model()."""
-        with self._lock:
+        with self._exclusive():
             partial, layout = self._prepare()
             names = span_tensors(layout, start or 0, end if start is not None else 0, head)
             fetch_ranges(partial, self.source, [layout.tensors[n] for n in names], progress=self.progress)

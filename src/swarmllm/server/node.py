@@ -1,7 +1,8 @@
 """Node lifecycle: load a span, measure it, join the swarm, announce, serve, leave.
 
 `ServerNode.run()` is the whole life of a `swarmllm serve` process:
-1. resolve the model and read its config (no weights yet);
+1. resolve the model and read its config (no weights yet; for a URL, fetch the file's
+   header into a local sparse copy, then only the chosen span's tensors, see download/);
 2. join the swarm; if no span was given, choose one from the DHT records (its length from
    this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
@@ -24,6 +25,7 @@ from typing import Optional
 import psutil
 
 from swarmllm import __version__
+from swarmllm.download import RemoteModel, is_url
 from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key, parse_records,
 )
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str                                  # catalog name or path
+    model: str                                  # catalog name, path, or URL of a .gguf/.safetensors file
     initial_peers: tuple[str, ...] = ()
     blocks: Optional[tuple[int, int]] = None    # [start, end); None = choose from the DHT
     num_blocks: Optional[int] = None            # span length when choosing (default: sized by speed, see partitioner)
@@ -62,6 +64,8 @@ class ServerConfig:
     claim_wait: float = 1.5                     # seconds a move claim propagates before it is confirmed
     max_batch: int = 16                         # sessions' ready steps run in one forward pass (1 = no batching)
     batch_wait: float = 0.005                   # seconds a batch may wait for steps of other active sessions
+    download_dir: Optional[str] = None          # where a model URL's partial copy lives (default ~/.cache/swarmllm)
+    model_manifest: Optional[str] = None        # JSON of tensor sha256s that fetched tensors must match
 
 
 @dataclass
@@ -85,18 +89,28 @@ class ServerNode:
         self.config = config
         self.status = NodeStatus()
         self._stop = asyncio.Event()
+        self._remote = RemoteModel(config.model, config.download_dir, config.model_manifest) \
+            if is_url(config.model) else None
+
+    async def _model_for(self, start: Optional[int] = None, end: Optional[int] = None) -> str:
+        """What to load blocks [start, end) from: the model as given, or (for a URL) a local
+        partial copy holding the header and those blocks, fetched now if needed."""
+        if self._remote is None:
+            return self.config.model
+        return await asyncio.get_running_loop().run_in_executor(None, self._remote.local_path, start, end)
 
     async def run(self, on_ready=None) -> None:
         began = time.perf_counter()
-        backend_spec = SpanBackend.describe(self.config.model)  # raises UnknownModelError early
+        backend_spec = SpanBackend.describe(await self._model_for())  # raises UnknownModelError early
         swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
                                        announce_addresses=self.config.announce_addresses,
                                        identity_path=self.config.identity_path)
         try:
             start, end = await self._choose_blocks(swarm, backend_spec)
+            model = await self._model_for(start, end)
             loaded = time.perf_counter()
             backend = await asyncio.get_running_loop().run_in_executor(
-                None, SpanBackend.load, self.config.model, start, end, self.config.num_threads, self.config.dtype,
+                None, SpanBackend.load, model, start, end, self.config.num_threads, self.config.dtype,
                 self.config.kv_dtype)
             self.status.load_seconds = time.perf_counter() - loaded
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
@@ -154,7 +168,7 @@ class ServerNode:
         block_rate = None
         if any(r.throughput > 0 for r in online):  # something to compare with: measure one block
             probe = await asyncio.get_running_loop().run_in_executor(
-                None, SpanBackend.load, self.config.model, 0, 1, self.config.num_threads, self.config.dtype,
+                None, SpanBackend.load, await self._model_for(0, 1), 0, 1, self.config.num_threads, self.config.dtype,
                 self.config.kv_dtype)
             block_rate = await asyncio.get_running_loop().run_in_executor(None, probe.measure_throughput)
         length = node_span_length(spec.n_blocks, block_rate, max_blocks, online)
@@ -184,7 +198,7 @@ class ServerNode:
         old_start, old_end = self.status.start, self.status.end
         logger.warning("moving from blocks [%d, %d) to [%d, %d) to rebalance the swarm", old_start, old_end, *target)
         new_backend = await asyncio.get_running_loop().run_in_executor(
-            None, SpanBackend.load, self.config.model, target[0], target[1], self.config.num_threads, self.config.dtype,
+            None, SpanBackend.load, await self._model_for(*target), target[0], target[1], self.config.num_threads, self.config.dtype,
             self.config.kv_dtype)
         new_table = self._new_table(new_backend, *target)
         for session_id in list(table.sessions):  # their clients fail over to the old span's other servers
