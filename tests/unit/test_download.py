@@ -132,3 +132,40 @@ def test_server_without_range_support_is_a_clear_error(tmp_path, smollm_file):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+class LyingPeer:
+    """A peer source that has every range but sends zeros."""
+
+    name = "liar"
+
+    def __init__(self, size):
+        self._size, self.reads = size, 0
+
+    def size(self):
+        return self._size
+
+    def identity(self):
+        return ""
+
+    def read(self, offset, length):
+        self.reads += 1
+        return b"\0" * length
+
+
+def test_peers_are_used_only_with_a_manifest_and_their_wrong_bytes_are_refetched_from_the_url(served, tmp_path,
+                                                                                          smollm_file):
+    server, url = served
+    size = os.path.getsize(smollm_file)
+    peer = LyingPeer(size)
+    RemoteModel(url, cache_dir=str(tmp_path / "a"), progress=False).local_path(0, 1, peers=peer)
+    assert peer.reads == 0  # no manifest: a peer's bytes could not be checked, so it is not asked
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(tensor_manifest(smollm_file)))
+    before = len(server.requests)
+    path = RemoteModel(url, cache_dir=str(tmp_path / "b"), manifest=str(manifest),
+                       progress=False).local_path(0, 1, peers=peer)
+    assert peer.reads > 0 and data_bytes(server.requests[before:]) > 0  # asked the peer, then the URL
+    config = read_config(resolve_model(path))
+    assert torch.equal(load_blocks(resolve_model(path), config, 0, 1)[0].q,
+                       load_blocks(resolve_model(smollm_file), config, 0, 1)[0].q)

@@ -26,7 +26,9 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
-from swarmllm.download.fetcher import DownloadError, HttpRangeSource, PartialFile, RangeSource, fetch_ranges
+from swarmllm.download.fetcher import (
+    DownloadError, FallbackSource, HttpRangeSource, PartialFile, RangeSource, fetch_ranges,
+)
 from swarmllm.download.layout import FileLayout, TruncatedHeaderError, gguf_layout, safetensors_layout, span_tensors
 
 __all__ = ["DownloadError", "RemoteModel", "is_url", "tensor_manifest"]
@@ -156,26 +158,43 @@ class RemoteModel:
             f.write(data)
         os.replace(target + ".tmp", target)
 
-    def local_path(self, start: Optional[int] = None, end: Optional[int] = None, head: bool = False) -> str:
+    def local_path(self, start: Optional[int] = None, end: Optional[int] = None, head: bool = False,
+                   peers: Optional[RangeSource] = None) -> str:
         """Fetch the header, blocks [start, end) (none if start is None) and optionally the head;
-        returns the path to pass to resolve_model()."""
+        returns the path to pass to resolve_model().
+
+        `peers` (e.g. other nodes, server/file_sharing.py) are asked before the URL, but only
+        with a manifest: their tensors are checked against it, and any that fail are fetched
+        again from the URL."""
         with self._exclusive():
             partial, layout = self._prepare()
             names = span_tensors(layout, start or 0, end if start is not None else 0, head)
-            fetch_ranges(partial, self.source, [layout.tensors[n] for n in names], progress=self.progress)
+            ranges = [layout.tensors[n] for n in names]
+            use_peers = peers is not None and self.manifest is not None
+            fetch_ranges(partial, FallbackSource([peers, self.source]) if use_peers else self.source, ranges,
+                         progress=self.progress)
             if self.manifest is not None:
-                self._verify(partial, layout, names)
+                if self._drop_mismatches(partial, layout, names) and use_peers:
+                    fetch_ranges(partial, self.source, ranges, progress=self.progress)
+                bad = self._drop_mismatches(partial, layout, names)
+                if bad:
+                    raise DownloadError(f"tensor {bad[0]!r} from {self.url} does not match the manifest's sha256 "
+                                        f"({len(bad)} tensors in all): the server sent different bytes; check the URL "
+                                        "and the manifest")
         return self.model_path
 
-    def _verify(self, partial: PartialFile, layout: FileLayout, names: list[str]) -> None:
+    def _drop_mismatches(self, partial: PartialFile, layout: FileLayout, names: list[str]) -> list[str]:
+        """Tensors whose bytes differ from the manifest; their ranges are forgotten (fetched again)."""
+        bad = []
         for name in names:
             expected = self.manifest.get(name)
             if expected is None:
                 raise DownloadError(f"the manifest has no sha256 for tensor {name!r}; it does not belong to {self.url}")
             start, end = layout.tensors[name]
             if hashlib.sha256(partial.read(start, end)).hexdigest() != expected:
+                bad.append(name)
                 for r in [r for r in partial.done if r[0] < end and start < r[1]]:
-                    del partial.done[r]  # fetch it again next time
-                partial.save()
-                raise DownloadError(f"tensor {name!r} from {self.url} does not match the manifest's sha256: "
-                                    "the server sent different bytes; check the URL and the manifest")
+                    del partial.done[r]
+        if bad:
+            partial.save()
+        return bad

@@ -110,6 +110,29 @@ class HttpRangeSource:
         return data
 
 
+class FallbackSource:
+    """Reads from each source in turn until one has the range; size and identity are the
+    last source's (the authority, e.g. the URL, with peers before it)."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+        self.name = sources[-1].name
+
+    def size(self) -> int:
+        return self.sources[-1].size()
+
+    def identity(self) -> str:
+        return self.sources[-1].identity()
+
+    def read(self, offset: int, length: int) -> bytes:
+        for source in self.sources[:-1]:
+            try:
+                return source.read(offset, length)
+            except DownloadError:
+                continue
+        return self.sources[-1].read(offset, length)
+
+
 # --- ranges ----------------------------------------------------------------------------
 def merge_ranges(ranges: Iterable[tuple[int, int]], gap: int = MERGE_GAP,
                  chunk: int = CHUNK_BYTES) -> list[tuple[int, int]]:

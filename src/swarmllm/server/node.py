@@ -6,7 +6,8 @@
 2. join the swarm; if no span was given, choose one from the DHT records (its length from
    this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
-4. register the session/push/ping handlers and announce a `ServerRecord` under every
+4. register the session/push/ping handlers (and the file handler: peers fetching the
+   model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
    block key, refreshed every `announce_period` s and expiring after `record_ttl` s;
 5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
    steps finish (bounded by `drain_seconds`), and exit.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import time
@@ -27,11 +29,14 @@ import psutil
 from swarmllm import __version__
 from swarmllm.download import RemoteModel, is_url
 from swarmllm.protocol import (
-    MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key, parse_records,
+    FILE_HANDLER, MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key,
+    parse_records,
 )
 from swarmllm.engine.dtypes import dtype_name, resolve_dtype
 from swarmllm.server.backend import SpanBackend
+from swarmllm.models.catalog import resolve_model
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
+from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.sessions import SessionTable
@@ -91,20 +96,52 @@ class ServerNode:
         self._stop = asyncio.Event()
         self._remote = RemoteModel(config.model, config.download_dir, config.model_manifest) \
             if is_url(config.model) else None
+        self._swarm: Optional[SwarmNode] = None
+        self._model_id = ""
 
     async def _model_for(self, start: Optional[int] = None, end: Optional[int] = None) -> str:
         """What to load blocks [start, end) from: the model as given, or (for a URL) a local
-        partial copy holding the header and those blocks, fetched now if needed."""
+        partial copy holding the header and those blocks, fetched now if needed (from peers
+        that hold them first, when a manifest can check their bytes)."""
         if self._remote is None:
             return self.config.model
-        return await asyncio.get_running_loop().run_in_executor(None, self._remote.local_path, start, end)
+        peers = await self._peer_source(start, end) if start is not None else None
+        path = await asyncio.get_running_loop().run_in_executor(None, self._remote.local_path, start, end, False, peers)
+        if peers is not None and peers.bytes_from_peers:
+            logger.info("fetched %.1f MiB of blocks [%d, %d) from peers", peers.bytes_from_peers / 2**20, start, end)
+        return path
+
+    async def _peer_source(self, start: int, end: int) -> Optional[SwarmRangeSource]:
+        if self._swarm is None or self.config.model_manifest is None:
+            return None  # without a manifest nothing could check a peer's bytes: the URL only
+        try:
+            found = await self._swarm.get_records([block_key(self._model_id, b) for b in range(start, end)])
+        except Exception as e:
+            logger.warning("looking up peers to fetch from failed: %s", e)
+            return None
+        peers = [r.peer_id for r in parse_records(found, self._model_id)
+                 if r.state == ServerState.ONLINE and r.peer_id != self._swarm.peer_id]
+        if not peers:
+            return None
+        size = await asyncio.get_running_loop().run_in_executor(None, self._remote.source.size)
+        return SwarmRangeSource(self._swarm, asyncio.get_running_loop(), self._model_id,
+                                os.path.basename(self._remote.file_path), size, peers)
+
+    def _file_service(self) -> Optional[FileService]:
+        """What this node shares of its model file with peers that fetch theirs."""
+        if self._remote is not None:
+            return FileService(self._model_id, self._remote.file_path, partial=True)
+        path = local_model_file(resolve_model(self.config.model).path)
+        return FileService(self._model_id, path, partial=False) if path else None
 
     async def run(self, on_ready=None) -> None:
         began = time.perf_counter()
         backend_spec = SpanBackend.describe(await self._model_for())  # raises UnknownModelError early
+        self._model_id = backend_spec.model_id
         swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
                                        announce_addresses=self.config.announce_addresses,
                                        identity_path=self.config.identity_path)
+        self._swarm = swarm
         try:
             start, end = await self._choose_blocks(swarm, backend_spec)
             model = await self._model_for(start, end)
@@ -121,6 +158,9 @@ class ServerNode:
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
+            files = self._file_service()
+            if files is not None:
+                await swarm.add_stream_handler(FILE_HANDLER, files.serve_file_stream)
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
             await self._announce(swarm, backend, table, ServerState.ONLINE)
