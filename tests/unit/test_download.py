@@ -169,3 +169,24 @@ def test_peers_are_used_only_with_a_manifest_and_their_wrong_bytes_are_refetched
     config = read_config(resolve_model(path))
     assert torch.equal(load_blocks(resolve_model(path), config, 0, 1)[0].q,
                        load_blocks(resolve_model(smollm_file), config, 0, 1)[0].q)
+
+
+def test_a_safetensors_url_fetches_config_and_the_span_only(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path / "www" / "tiny-llama"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=128)).save_pretrained(folder)
+    with RangeServer(tmp_path / "www") as server:
+        remote = RemoteModel(f"{server.url}/tiny-llama/model.safetensors", cache_dir=str(tmp_path / "cache"),
+                             progress=False)
+        path = remote.local_path(1, 2)
+        ranges = [(s, e) for file, s, e in server.requests if s > 0 and file.endswith(".safetensors")]
+        fetched = {name for name, (a, b) in remote._layout.tensors.items() if any(s < b and a < e for s, e in ranges)}
+    assert path.endswith("tiny-llama") and resolve_model(path).model_id == "tiny-llama"
+    assert fetched and all(".layers.1." in name for name in fetched)
+    config = read_config(resolve_model(path))
+    ours = load_blocks(resolve_model(path), config, 1, 2)[0]
+    original = load_blocks(resolve_model(str(folder)), config, 1, 2)[0]
+    assert torch.equal(ours.down, original.down) and torch.equal(ours.attn_norm, original.attn_norm)
