@@ -103,18 +103,18 @@ def safetensors_block_parameter_counts(folder: str, config: ModelConfig) -> list
     """Weights per block, from the files' headers (safetensors reads no tensor data for shapes)."""
     spec = get_family(config.family)
     files = _tensor_files(folder)
-    counts = []
+    wanted: dict[str, list[tuple[int, str]]] = {}  # file -> (block, stored name); each file opened once
     for index in range(config.n_blocks):
-        total = 0
         for name in spec.block_tensor_names("hf", index).values():
             stored = _find(folder, name)
-            if stored is None:
-                continue
-            with safe_open(files[stored], framework="pt") as handle:
-                shape = handle.get_slice(stored).get_shape()
-            count = 1
-            for size in shape:
-                count *= int(size)
-            total += count
-        counts.append(total)
+            if stored is not None:
+                wanted.setdefault(files[stored], []).append((index, stored))
+    counts = [0] * config.n_blocks
+    for file, entries in wanted.items():
+        with safe_open(file, framework="pt") as handle:
+            for index, stored in entries:
+                count = 1
+                for size in handle.get_slice(stored).get_shape():
+                    count *= int(size)
+                counts[index] += count
     return counts
