@@ -61,6 +61,13 @@ def _add_dtype(parser: argparse.ArgumentParser) -> None:
                         help="compute dtype; auto = bfloat16 where the hardware has it natively, else float32")
 
 
+def _add_download_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--download-dir", help="where the partial copy of a --model URL is kept "
+                                               "(default: $SWARMLLM_CACHE or ~/.cache/swarmllm/downloads)")
+    parser.add_argument("--model-manifest", help="path or URL of a JSON manifest (`swarmllm manifest FILE`) that "
+                                                 "tensors fetched from a --model URL must match")
+
+
 def _print_ready(payload: dict) -> None:
     print(READY_MARKER + json.dumps(payload), flush=True)
 
@@ -97,7 +104,8 @@ def cmd_serve(args) -> int:
         max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
         throughput=args.throughput, dtype=args.dtype, kv_dtype=args.kv_dtype, rebalance_period=args.rebalance_period,
-        max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000)
+        max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000, download_dir=args.download_dir,
+        model_manifest=args.model_manifest)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -121,6 +129,14 @@ def cmd_generate(args) -> int:
     from swarmllm.client.generation import generate_text
     from swarmllm.engine.sampling import SamplingParams
 
+    if args.model.startswith(("http://", "https://")):  # the head (and with --local every block) from the URL
+        from swarmllm.download import RemoteModel
+        from swarmllm.models.catalog import resolve_model
+        from swarmllm.weights import read_config
+
+        remote = RemoteModel(args.model, args.download_dir, args.model_manifest)
+        n_blocks = read_config(resolve_model(remote.local_path())).n_blocks
+        args.model = remote.local_path(0, n_blocks, head=True) if args.local else remote.local_path(head=True)
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ()))
     if not args.local and not args.initial_peers:
@@ -232,6 +248,51 @@ def _mb(value) -> str:
     return "-" if value is None else f"{value / 1e6:.1f}"
 
 
+def _load_machines_file(path: str):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        import yaml
+    except ImportError:  # JSON only, then
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); install PyYAML to read YAML") from None
+    try:
+        return yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML/JSON: {e}") from None
+
+
+def cmd_plan(args) -> int:
+    from swarmllm.models.catalog import resolve_model
+    from swarmllm.server.partitioner import format_plan, parse_machines, partition
+    from swarmllm.weights import block_parameter_counts, read_config
+
+    machines = parse_machines(_load_machines_file(args.machines))
+    source = resolve_model(args.model)
+    config = read_config(source)
+    block_weights = max(block_parameter_counts(source, config))
+    plan = partition(machines, config.n_blocks, block_weights, cpu_weight_bytes=2 if args.dtype != "float32" else 4,
+                     kv_reserve=int(args.cache_memory_mb * 2**20))
+    if args.json:
+        print(json.dumps({
+            "model": source.model_id, "n_blocks": plan.n_blocks, "block_weights": plan.block_weights,
+            "tokens_per_second": plan.tokens_per_second, "chain_latencies_s": list(plan.chain_latencies),
+            "assignments": [{"name": a.machine.name, "start": a.start, "end": a.end, "chain": a.chain,
+                             "ms_per_token": a.stage_seconds * 1000} for a in plan.assignments],
+            "idle": [m.name for m in plan.idle]}, indent=2))
+    else:
+        print(format_plan(plan, source.model_id))
+    return 0
+
+
+def cmd_manifest(args) -> int:
+    from swarmllm.download import tensor_manifest
+    print(json.dumps(tensor_manifest(args.file), indent=1, sort_keys=True))
+    return 0
+
+
 def cmd_models(args) -> int:
     from swarmllm.models.catalog import catalog_rows, models_dir
 
@@ -270,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("serve", help="host a span of blocks of a model")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name (see `swarmllm models`) or .gguf / folder path")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="catalog name (see `swarmllm models`), .gguf / folder path, or the URL of a .gguf / "
+                        ".safetensors file: then only the span's tensors are fetched (HTTP range requests)")
+    _add_download_options(p)
     _add_initial_peers(p, required=True)
     p.add_argument("--blocks", type=_parse_blocks, help="START:END half-open span to host (default: chosen from the DHT)")
     p.add_argument("--num-blocks", type=int, help="span length when --blocks is not given")
@@ -297,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
     p.add_argument("prompt")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name, path, or URL (only the head is fetched)")
+    _add_download_options(p)
     _add_initial_peers(p)
     p.add_argument("--local", action="store_true", help="run the whole model in this process (the reference)")
     p.add_argument("--wire-dtype", choices=WIRE_DTYPES,
@@ -340,6 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=16, help="generations waiting; beyond this requests get 503")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
     p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("plan", help="print which blocks each of a list of machines should serve, and the expected tokens/s")
+    p.add_argument("machines", help="YAML or JSON list of machines: name, memory (e.g. 16GB), throughput "
+                                    "(blocks/s = decode tokens/s through one block), optional rtt_ms, gpu")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name or .gguf / folder path (only headers are read)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="compute dtype of machines without gpu: true (weights held dequantized in it; GPUs: 16 bits)")
+    p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory each machine keeps free")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("manifest", help="print the sha256 of every tensor of a model file (publish it beside the "
+                                        "file; nodes fetching from a URL check against it with --model-manifest)")
+    p.add_argument("file", help=".gguf or .safetensors file")
+    p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("models", help="list the model catalog: family, recipe, size per block, installed or not")
     p.add_argument("--json", action="store_true", help="print the catalog as JSON (with sources and paths)")

@@ -7,6 +7,8 @@ compute. Client and server meet here and nowhere else.
 from swarmllm.protocol.errors import ErrorCode, ProtocolError, SwarmError
 from swarmllm.protocol.messages import (
     PROTOCOL_VERSION,
+    FILE_HANDLER,
+    MAX_RANGE_BYTES,
     CloseSession,
     ErrorReply,
     Message,
@@ -14,6 +16,8 @@ from swarmllm.protocol.messages import (
     OpenSession,
     Ping,
     Pong,
+    RangeData,
+    ReadRange,
     Reroute,
     PING_HANDLER,
     PUSH_HANDLER,
@@ -29,6 +33,7 @@ from swarmllm.protocol.records import ServerRecord, parse_records, ServerState, 
 
 __all__ = [
     "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "SwarmError",
+    "FILE_HANDLER", "MAX_RANGE_BYTES", "RangeData", "ReadRange",
     "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "PING_HANDLER", "PUSH_HANDLER", "SESSION_HANDLER", "SessionOpened", "Step",
     "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
     "ServerRecord", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",

@@ -1,6 +1,7 @@
 """Frame encoding: one message header plus an optional raw tensor payload.
 
-A frame is `[u32 header length, little endian][header JSON][payload bytes]`. The transport
+A frame is `[u32 header length, little endian][header JSON][payload bytes]` (the payload is a
+tensor described by the header's `TensorMeta`, or the raw file bytes of a `RangeData`). The transport
 adds its own length prefix around the frame. Decoding validates the header against the
 message schema and the payload length against the header's `TensorMeta`, so handlers only
 ever see well-formed messages; anything else raises `ProtocolError(MALFORMED)`.
@@ -19,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from swarmllm.protocol import int8_wire
 from swarmllm.protocol.errors import ErrorCode, ProtocolError
-from swarmllm.protocol.messages import Message, TensorMeta
+from swarmllm.protocol.messages import Message, RangeData, TensorMeta
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
@@ -51,7 +52,7 @@ def decode_frame(frame: bytes) -> tuple[object, memoryview]:
         raise ProtocolError(ErrorCode.MALFORMED, f"invalid message header: {where}: {first.get('msg')}") from None
     payload = memoryview(frame)[_HEADER_LEN.size + header_len:]
     meta = getattr(message, "tensor", None)
-    expected = tensor_nbytes(meta) if meta is not None else 0
+    expected = tensor_nbytes(meta) if meta is not None else message.length if isinstance(message, RangeData) else 0
     if len(payload) != expected:
         raise ProtocolError(ErrorCode.MALFORMED, f"payload is {len(payload)} bytes but the header describes {expected}")
     return message, payload

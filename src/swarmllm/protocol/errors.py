@@ -23,6 +23,7 @@ class ErrorCode(str, Enum):
     TOO_LONG = "too_long"                      # positions would exceed the session's max_length
     DOWNSTREAM = "downstream"                  # the next server of the chain failed or is unreachable
     SHUTTING_DOWN = "shutting_down"            # node is leaving; open the session elsewhere
+    NOT_AVAILABLE = "not_available"            # the node does not hold the requested file bytes
     INTERNAL = "internal"                      # bug on the node; the session is still valid
 
 

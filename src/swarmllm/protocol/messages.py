@@ -31,6 +31,7 @@ PROTOCOL_VERSION = 1
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
 PING_HANDLER = "swarmllm.v1.ping"         # anyone -> server: liveness and RTT
+FILE_HANDLER = "swarmllm.v1.file"         # anyone -> server: byte ranges of the model file it holds
 
 # Wire formats of hidden states. fp32 is exact; 16-bit halves the bytes per hop; "int8" is
 # blockwise int8 with exact outliers (see int8_wire.py): 0.29x the bytes of fp32.
@@ -39,6 +40,7 @@ WIRE_DTYPES: tuple[str, ...] = WireDtype.__args__
 
 MAX_POSITIONS_PER_STEP = 8192  # a single step may carry at most this many new positions
 MAX_SESSION_LENGTH = 131072    # sanity bound on max_length, whatever the node's memory
+MAX_RANGE_BYTES = 16 * 2**20   # a ReadRange asks for at most this many bytes
 
 
 class _Wire(BaseModel):
@@ -174,7 +176,33 @@ class Pong(_Wire):
     accepting: bool = True         # False while leaving: alive, but takes no new sessions
 
 
+class ReadRange(_Wire):
+    """Anyone -> server (FILE_HANDLER): bytes [offset, offset + length) of the model file it serves.
+
+    A node fetching its span from a URL asks peers first. Answered by `RangeData`, or by
+    `ErrorReply(not_available)` when the node does not hold all of those bytes (a node that
+    fetched only its own span holds the header and that span's tensors).
+    """
+
+    type: Literal["read_range"] = "read_range"
+    model_id: str
+    file_name: str                     # the file's name (e.g. "X.Q4_K_M.gguf"): same id, same file
+    offset: int = Field(ge=0)
+    length: int = Field(gt=0, le=MAX_RANGE_BYTES)
+
+
+class RangeData(_Wire):
+    """Server -> asker: the bytes follow the header as the payload (`length` of them)."""
+
+    type: Literal["range_data"] = "range_data"
+    model_id: str
+    offset: int = Field(ge=0)
+    length: int = Field(gt=0, le=MAX_RANGE_BYTES)
+    total_size: int = Field(gt=0)      # the whole file's size (the asker checks it against its own)
+
+
 Message = Annotated[
-    Union[OpenSession, SessionOpened, Step, StepResult, Reroute, CloseSession, ErrorReply, Ping, Pong],
+    Union[OpenSession, SessionOpened, Step, StepResult, Reroute, CloseSession, ErrorReply, Ping, Pong, ReadRange,
+          RangeData],
     Field(discriminator="type"),
 ]

@@ -21,7 +21,7 @@ from swarmllm.engine.blocks import SpanModel
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.engine.kv_cache import KVCache, kv_bytes_per_token
 from swarmllm.models.catalog import resolve_model
-from swarmllm.weights import load_blocks, read_config
+from swarmllm.weights import block_parameter_counts, load_blocks, read_config
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class ModelDescription:
     model_id: str
     n_blocks: int
     hidden_size: int
+    block_weights: int  # weights of the largest block (header only; sizes a span against memory)
 
 
 class SpanBackend:
@@ -45,7 +46,8 @@ class SpanBackend:
     def describe(model: str) -> ModelDescription:
         source = resolve_model(model)
         config = read_config(source)
-        return ModelDescription(source.model_id, config.n_blocks, config.hidden_size)
+        return ModelDescription(source.model_id, config.n_blocks, config.hidden_size,
+                                max(block_parameter_counts(source, config)))
 
     @classmethod
     def load(cls, model: str, start: int, end: int, num_threads: int | None = None,

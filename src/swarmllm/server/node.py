@@ -1,10 +1,13 @@
 """Node lifecycle: load a span, measure it, join the swarm, announce, serve, leave.
 
 `ServerNode.run()` is the whole life of a `swarmllm serve` process:
-1. resolve the model and read its config (no weights yet);
-2. join the swarm; if no span was given, choose one from the DHT records;
+1. resolve the model and read its config (no weights yet; for a URL, fetch the file's
+   header into a local sparse copy, then only the chosen span's tensors, see download/);
+2. join the swarm; if no span was given, choose one from the DHT records (its length from
+   this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
-4. register the session/push/ping handlers and announce a `ServerRecord` under every
+4. register the session/push/ping handlers (and the file handler: peers fetching the
+   model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
    block key, refreshed every `announce_period` s and expiring after `record_ttl` s;
 5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
    steps finish (bounded by `drain_seconds`), and exit.
@@ -14,20 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import psutil
+
 from swarmllm import __version__
+from swarmllm.download import RemoteModel, is_url
 from swarmllm.protocol import (
-    MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key, parse_records,
+    FILE_HANDLER, MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key,
+    parse_records,
 )
-from swarmllm.engine.dtypes import dtype_name
+from swarmllm.engine.dtypes import dtype_name, resolve_dtype
 from swarmllm.server.backend import SpanBackend
+from swarmllm.models.catalog import resolve_model
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
+from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
 from swarmllm.server.handlers import SessionService
+from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.sessions import SessionTable
 from swarmllm.swarm import SwarmNode, dht_time
 
@@ -36,10 +47,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str                                  # catalog name or path
+    model: str                                  # catalog name, path, or URL of a .gguf/.safetensors file
     initial_peers: tuple[str, ...] = ()
     blocks: Optional[tuple[int, int]] = None    # [start, end); None = choose from the DHT
-    num_blocks: Optional[int] = None            # span length when choosing (default: a third of the model)
+    num_blocks: Optional[int] = None            # span length when choosing (default: sized by speed, see partitioner)
     host: str = "127.0.0.1"
     port: int = 0
     announce_addresses: tuple[str, ...] = ()
@@ -58,6 +69,8 @@ class ServerConfig:
     claim_wait: float = 1.5                     # seconds a move claim propagates before it is confirmed
     max_batch: int = 16                         # sessions' ready steps run in one forward pass (1 = no batching)
     batch_wait: float = 0.005                   # seconds a batch may wait for steps of other active sessions
+    download_dir: Optional[str] = None          # where a model URL's partial copy lives (default ~/.cache/swarmllm)
+    model_manifest: Optional[str] = None        # JSON of tensor sha256s that fetched tensors must match
 
 
 @dataclass
@@ -72,23 +85,69 @@ class NodeStatus:
     moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
 
 
+def torch_dtype_bytes(name: str) -> int:
+    return resolve_dtype(name).itemsize
+
+
 class ServerNode:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.status = NodeStatus()
         self._stop = asyncio.Event()
+        self._remote = RemoteModel(config.model, config.download_dir, config.model_manifest) \
+            if is_url(config.model) else None
+        self._swarm: Optional[SwarmNode] = None
+        self._model_id = ""
+
+    async def _model_for(self, start: Optional[int] = None, end: Optional[int] = None) -> str:
+        """What to load blocks [start, end) from: the model as given, or (for a URL) a local
+        partial copy holding the header and those blocks, fetched now if needed (from peers
+        that hold them first, when a manifest can check their bytes)."""
+        if self._remote is None:
+            return self.config.model
+        peers = await self._peer_source(start, end) if start is not None else None
+        path = await asyncio.get_running_loop().run_in_executor(None, self._remote.local_path, start, end, False, peers)
+        if peers is not None and peers.bytes_from_peers:
+            logger.info("fetched %.1f MiB of blocks [%d, %d) from peers", peers.bytes_from_peers / 2**20, start, end)
+        return path
+
+    async def _peer_source(self, start: int, end: int) -> Optional[SwarmRangeSource]:
+        if self._swarm is None or self.config.model_manifest is None:
+            return None  # without a manifest nothing could check a peer's bytes: the URL only
+        try:
+            found = await self._swarm.get_records([block_key(self._model_id, b) for b in range(start, end)])
+        except Exception as e:
+            logger.warning("looking up peers to fetch from failed: %s", e)
+            return None
+        peers = [r.peer_id for r in parse_records(found, self._model_id)
+                 if r.state == ServerState.ONLINE and r.peer_id != self._swarm.peer_id]
+        if not peers:
+            return None
+        size = await asyncio.get_running_loop().run_in_executor(None, self._remote.source.size)
+        return SwarmRangeSource(self._swarm, asyncio.get_running_loop(), self._model_id,
+                                os.path.basename(self._remote.file_path), size, peers)
+
+    def _file_service(self) -> Optional[FileService]:
+        """What this node shares of its model file with peers that fetch theirs."""
+        if self._remote is not None:
+            return FileService(self._model_id, self._remote.file_path, partial=True)
+        path = local_model_file(resolve_model(self.config.model).path)
+        return FileService(self._model_id, path, partial=False) if path else None
 
     async def run(self, on_ready=None) -> None:
         began = time.perf_counter()
-        backend_spec = SpanBackend.describe(self.config.model)  # raises UnknownModelError early
+        backend_spec = SpanBackend.describe(await self._model_for())  # raises UnknownModelError early
+        self._model_id = backend_spec.model_id
         swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
                                        announce_addresses=self.config.announce_addresses,
                                        identity_path=self.config.identity_path)
+        self._swarm = swarm
         try:
-            start, end = await self._choose_blocks(swarm, backend_spec.model_id, backend_spec.n_blocks)
+            start, end = await self._choose_blocks(swarm, backend_spec)
+            model = await self._model_for(start, end)
             loaded = time.perf_counter()
             backend = await asyncio.get_running_loop().run_in_executor(
-                None, SpanBackend.load, self.config.model, start, end, self.config.num_threads, self.config.dtype,
+                None, SpanBackend.load, model, start, end, self.config.num_threads, self.config.dtype,
                 self.config.kv_dtype)
             self.status.load_seconds = time.perf_counter() - loaded
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
@@ -99,6 +158,9 @@ class ServerNode:
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
+            files = self._file_service()
+            if files is not None:
+                await swarm.add_stream_handler(FILE_HANDLER, files.serve_file_stream)
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
             await self._announce(swarm, backend, table, ServerState.ONLINE)
@@ -124,7 +186,8 @@ class ServerNode:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
 
-    async def _choose_blocks(self, swarm: SwarmNode, model_id: str, n_blocks: int) -> tuple[int, int]:
+    async def _choose_blocks(self, swarm: SwarmNode, spec) -> tuple[int, int]:
+        model_id, n_blocks = spec.model_id, spec.n_blocks
         if self.config.blocks is not None:
             start, end = self.config.blocks
             if not (0 <= start < end <= n_blocks):
@@ -133,8 +196,25 @@ class ServerNode:
             return start, end
         found = await swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
         records = planning_view(parse_records(found, model_id))
-        num_blocks = self.config.num_blocks or -(-n_blocks // 3)
+        num_blocks = self.config.num_blocks or await self._auto_span_length(spec, records)
         return choose_span(n_blocks, num_blocks, records)
+
+    async def _auto_span_length(self, spec, records: list[ServerRecord]) -> int:
+        """Span length from this machine's speed relative to the swarm's, within its free memory."""
+        block_bytes = spec.block_weights * torch_dtype_bytes(self.config.dtype)
+        free = psutil.virtual_memory().available - self.config.cache_memory_bytes
+        max_blocks = max(1, free // block_bytes)
+        online = [r for r in records if r.state == ServerState.ONLINE]
+        block_rate = None
+        if any(r.throughput > 0 for r in online):  # something to compare with: measure one block
+            probe = await asyncio.get_running_loop().run_in_executor(
+                None, SpanBackend.load, await self._model_for(0, 1), 0, 1, self.config.num_threads, self.config.dtype,
+                self.config.kv_dtype)
+            block_rate = await asyncio.get_running_loop().run_in_executor(None, probe.measure_throughput)
+        length = node_span_length(spec.n_blocks, block_rate, max_blocks, online)
+        logger.info("span length %d: %s blocks/s here vs the swarm's %d online records, room for %d blocks",
+                    length, f"{block_rate:.1f}" if block_rate else "unmeasured", len(online), max_blocks)
+        return length
 
     async def _maybe_move(self, swarm, backend, table: SessionTable, service: SessionService):
         """Move to other blocks if plan_move says it clearly helps the swarm; returns (backend, table).
@@ -158,7 +238,7 @@ class ServerNode:
         old_start, old_end = self.status.start, self.status.end
         logger.warning("moving from blocks [%d, %d) to [%d, %d) to rebalance the swarm", old_start, old_end, *target)
         new_backend = await asyncio.get_running_loop().run_in_executor(
-            None, SpanBackend.load, self.config.model, target[0], target[1], self.config.num_threads, self.config.dtype,
+            None, SpanBackend.load, await self._model_for(*target), target[0], target[1], self.config.num_threads, self.config.dtype,
             self.config.kv_dtype)
         new_table = self._new_table(new_backend, *target)
         for session_id in list(table.sessions):  # their clients fail over to the old span's other servers

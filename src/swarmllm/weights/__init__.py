@@ -15,6 +15,7 @@ import torch
 from swarmllm.models.catalog import ModelSource
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.gguf_reader import (
+    gguf_block_parameter_counts,
     load_gguf_blocks,
     load_gguf_head,
     read_gguf_config,
@@ -22,6 +23,7 @@ from swarmllm.weights.gguf_reader import (
 )
 from swarmllm.weights.safetensors_reader import (
     load_safetensors_blocks,
+    safetensors_block_parameter_counts,
     load_safetensors_head,
     read_safetensors_config,
 )
@@ -30,6 +32,7 @@ from swarmllm.weights.types import BlockWeights, HeadWeights
 __all__ = [
     "BlockWeights",
     "HeadWeights",
+    "block_parameter_counts",
     "load_blocks",
     "load_head",
     "read_config",
@@ -65,3 +68,16 @@ def load_head(source: ModelSource, config: ModelConfig, dtype: torch.dtype = tor
     if source.format == "gguf":
         return load_gguf_head(source.path, config, dtype)
     return load_safetensors_head(source.path, config, dtype)
+
+
+def block_parameter_counts(source: ModelSource, config: ModelConfig | None = None) -> list[int]:
+    """Number of weights in each block, from the file's header only (no tensor data is read).
+
+    A node holds its blocks dequantized in the compute dtype, so its memory for block i is
+    `counts[i] * bytes per element`, whatever the file's quantization.
+    """
+    _check_format(source)
+    config = config or read_config(source)
+    if source.format == "gguf":
+        return gguf_block_parameter_counts(source.path, config)
+    return safetensors_block_parameter_counts(source.path, config)

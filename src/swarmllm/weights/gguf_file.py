@@ -25,6 +25,10 @@ _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: n
 _STRING, _ARRAY = 8, 9
 
 
+class TruncatedHeaderError(ValueError):
+    """The bytes given end inside the GGUF header (read more of the file and try again)."""
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -40,14 +44,27 @@ class TensorInfo:
 
 
 class GGUFFile:
-    """Parsed GGUF header. `metadata` maps keys to Python values (arrays: list or ndarray)."""
+    """Parsed GGUF header. `metadata` maps keys to Python values (arrays: list or ndarray).
 
-    def __init__(self, path: str) -> None:
+    With `data` (the first bytes of a file), only the header is parsed from it, bounds-checked:
+    `TruncatedHeaderError` if the header goes on past them. `header_end` is where the header
+    ends and `data_start` where tensor data begins (after alignment padding).
+    """
+
+    def __init__(self, path: str, data: bytes | None = None) -> None:
+        self.path = path
+        self._map = np.memmap(path, dtype=np.uint8, mode="r") if data is None else np.frombuffer(data, dtype=np.uint8)
+        try:
+            self._parse(memoryview(self._map))
+        except struct.error:
+            raise TruncatedHeaderError(f"{path}: the GGUF header goes past the {len(self._map)} bytes read") from None
+        finally:
+            self._buf = None  # drop the memoryview so the map can be closed with the object
+
+    def _parse(self, buf: memoryview) -> None:
         from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-        self.path = path
-        self._map = np.memmap(path, dtype=np.uint8, mode="r")
-        buf = memoryview(self._map)
+        path = self.path
         if bytes(buf[:4]) != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (bad magic bytes).")
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
@@ -70,16 +87,18 @@ class GGUFFile:
             infos.append((name, tuple(int(d) for d in shape), int(tensor_type), int(offset)))
         alignment = int(self.metadata.get("general.alignment", 32))
         data_start = (pos + alignment - 1) // alignment * alignment
+        self.header_end, self.data_start = pos, data_start
         self.tensors: dict[str, TensorInfo] = {}
         for name, shape, tensor_type, offset in infos:
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(tensor_type)]
             n_bytes = int(np.prod(shape)) // block * type_size
             self.tensors[name] = TensorInfo(name, shape, tensor_type, data_start + offset, n_bytes)
-        self._buf = None  # drop the memoryview so the map can be closed with the object
 
     def _string(self, pos: int) -> tuple[str, int]:
         (length,) = struct.unpack_from("<Q", self._buf, pos)
         pos += 8
+        if pos + length > len(self._buf):
+            raise struct.error("string past the end")
         return bytes(self._buf[pos:pos + length]).decode("utf-8", errors="replace"), pos + length
 
     def _value(self, value_type: int, pos: int) -> tuple[Any, int]:
@@ -94,6 +113,8 @@ class GGUFFile:
         pos += 12
         if item_type in _NUMPY:
             dtype = np.dtype(_NUMPY[item_type])
+            if pos + count * dtype.itemsize > len(self._buf):
+                raise struct.error("array past the end")
             array = np.frombuffer(self._map, dtype=dtype, count=count, offset=pos)
             return array, pos + count * dtype.itemsize
         items = []

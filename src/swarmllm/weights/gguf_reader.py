@@ -138,3 +138,14 @@ def load_gguf_head(path: str, config: ModelConfig, dtype: torch.dtype = torch.fl
     final_norm = _to_torch(_dequantize(path, names["final_norm"]), dtype)
     lm_head = embed if config.tie_embeddings else _to_torch(_dequantize(path, names["lm_head"]), dtype)
     return HeadWeights(embed=embed, final_norm=final_norm, lm_head=lm_head)
+
+
+def gguf_block_parameter_counts(path: str, config: ModelConfig) -> list[int]:
+    """Weights per block, counted from the header's tensor shapes (nothing is dequantized)."""
+    spec = get_family(config.family)
+    available = open_gguf(path).tensors
+    counts = []
+    for index in range(config.n_blocks):
+        names = [n for n in spec.block_tensor_names("gguf", index).values() if n in available]
+        counts.append(sum(int(np.prod(available[n].shape)) for n in names))
+    return counts

@@ -113,3 +113,24 @@ def load_safetensors_head(folder: str, config: ModelConfig, dtype: torch.dtype =
     tied = config.tie_embeddings or _find(folder, names["lm_head"]) is None
     lm_head = embed if tied else _read(folder, names["lm_head"], dtype)
     return HeadWeights(embed=embed, final_norm=final_norm.to(dtype), lm_head=lm_head)
+
+
+def safetensors_block_parameter_counts(folder: str, config: ModelConfig) -> list[int]:
+    """Weights per block, from the files' headers (safetensors reads no tensor data for shapes)."""
+    spec = get_family(config.family)
+    files = _tensor_files(folder)
+    wanted: dict[str, list[tuple[int, str]]] = {}  # file -> (block, stored name); each file opened once
+    for index in range(config.n_blocks):
+        for name in spec.block_tensor_names("hf", index).values():
+            stored = _find(folder, name)
+            if stored is not None:
+                wanted.setdefault(files[stored], []).append((index, stored))
+    counts = [0] * config.n_blocks
+    for file, entries in wanted.items():
+        with safe_open(file, framework="pt") as handle:
+            for index, stored in entries:
+                count = 1
+                for size in handle.get_slice(stored).get_shape():
+                    count *= int(size)
+                counts[index] += count
+    return counts
