@@ -6,6 +6,9 @@ Contract:
   is reported to observers registered with `record_dequantized()` so tests can prove it.
 - Tensors come back in HF orientation ([out, in]); llama.cpp's q/k row permutation is undone
   for families whose `FamilySpec.gguf_permuted_qk` is set.
+- With `keep_int4=True`, projection tensors stored as Q4_0 / Q4_1 / Q4_K come back as
+  `Int4Codes` (their 4-bit codes, re-packed without a float round trip, see gguf_int4.py);
+  every other tensor is dequantized as usual.
 - Supports every type `gguf.quants.dequantize` supports (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
   Q8_0, Q4_K, Q5_K, Q6_K, ...).
 """
@@ -22,7 +25,8 @@ import torch
 from swarmllm.models.config import ModelConfig
 from swarmllm.models.registry import FamilySpec, config_from_gguf, family_for_gguf, get_family
 from swarmllm.weights.gguf_file import GGUFFile
-from swarmllm.weights.types import BlockWeights, HeadWeights
+from swarmllm.weights.gguf_int4 import int4_codes
+from swarmllm.weights.types import BlockWeights, HeadWeights, Int4Codes, Weight
 
 _observers: list[list[str]] = []
 
@@ -76,6 +80,24 @@ def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def _codes(path: str, name: str) -> Int4Codes | None:
+    info = open_gguf(path).tensors.get(name)
+    if info is None:
+        return None
+    codes = int4_codes(open_gguf(path).raw(name), info.type, info.hf_shape)
+    if codes is not None:
+        for names in _observers:
+            names.append(name)
+    return codes
+
+
+def _unpermute_weight(w: Weight, n_heads: int) -> Weight:
+    if isinstance(w, torch.Tensor):
+        return _unpermute(w, n_heads)
+    rows = w.codes.shape[0]
+    return w.rows(_unpermute(torch.arange(rows)[:, None], n_heads)[:, 0])
+
+
 def read_gguf_config(path: str) -> ModelConfig:
     metadata = read_gguf_metadata(path)
     spec = family_for_gguf(str(metadata["general.architecture"]))
@@ -91,25 +113,31 @@ def read_gguf_config(path: str) -> ModelConfig:
     return config_from_gguf(metadata, shapes, extra_eos, freq_factors)
 
 
-def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype) -> BlockWeights:
-    tensors: dict[str, torch.Tensor] = {}
+_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype,
+           keep_int4: bool) -> BlockWeights:
+    tensors: dict[str, Weight] = {}
     available = open_gguf(path).tensors
     for role, name in spec.block_tensor_names("gguf", index).items():
         if name not in available and role in ("q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"):
             continue
-        weight = _to_torch(_dequantize(path, name), dtype)
+        weight = _codes(path, name) if keep_int4 and role in _PROJECTIONS else None
+        if weight is None:
+            weight = _to_torch(_dequantize(path, name), dtype)
         if spec.gguf_permuted_qk and role in ("q", "k"):
-            weight = _unpermute(weight, config.n_heads if role == "q" else config.n_kv_heads)
+            weight = _unpermute_weight(weight, config.n_heads if role == "q" else config.n_kv_heads)
         tensors[role] = weight
     return BlockWeights(index=index, **tensors)
 
 
 def load_gguf_blocks(
-    path: str, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32
+    path: str, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32, keep_int4: bool = False
 ) -> list[BlockWeights]:
     config.check_span(start, end)
     spec = get_family(config.family)
-    return [_block(path, spec, config, i, dtype) for i in range(start, end)]
+    return [_block(path, spec, config, i, dtype, keep_int4) for i in range(start, end)]
 
 
 def load_gguf_head(path: str, config: ModelConfig, dtype: torch.dtype = torch.float32) -> HeadWeights:
