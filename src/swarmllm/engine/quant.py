@@ -18,9 +18,16 @@ Row independence: a row of the output depends only on its own input row, not on 
 count or the other rows (tests/unit/test_engine_quant.py checks it for row counts that are
 multiples of `blocks.ROW_QUANTUM`), so continuous batching keeps each session's output exact.
 
-Pure compute: no I/O. The scales live in the compute dtype, as the kernels require; in
-bfloat16 a GGUF's float16 scales lose 3 mantissa bits (relative 2^-9), so only float32
-compute reproduces the file's dequantized weights exactly.
+Kernel dtype: torch 2.13's CPU kernels for these ops are vectorized for bfloat16 activations
+only; with float32 or float16 activations they run a scalar loop 40-100x slower (measured on
+a 3072x576 layer, 4 rows: bf16 0.1 ms, fp32 13-15 ms). So the quantized layers multiply in
+`KERNEL_DTYPE` (bfloat16) whatever the compute dtype: float32 activations are rounded to
+bfloat16 on the way in and the result cast back. The scales are stored in the kernel dtype,
+as the ops require; a GGUF's float16 scales lose 3 mantissa bits there (relative 2^-9), so
+the file's dequantized weights are reproduced exactly only with kernel_dtype=float32 (slow;
+tests use it to check the re-packing).
+
+Pure compute: no I/O.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from swarmllm.weights.types import Int4Codes, Weight
 QUANT_MODES = ("none", "int8", "int4")
 INT4_GROUP = 32
 _CUDA_INNER_K_TILES = 8
+KERNEL_DTYPE = torch.bfloat16
 
 
 def check_quant_mode(mode: str) -> str:
@@ -61,16 +69,17 @@ class DenseLinear:
 class Int8Linear:
     """Per-output-channel int8: W = codes [N, K] (int8) * scales [N]."""
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor) -> None:
-        self.codes, self.scales = codes.contiguous(), scales.contiguous()
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, kernel_dtype: torch.dtype = KERNEL_DTYPE) -> None:
+        self.codes, self.scales = codes.contiguous(), scales.to(kernel_dtype).contiguous()
         self.out_features, self.in_features = codes.shape
+        self.kernel_dtype = kernel_dtype
 
     @property
     def nbytes(self) -> int:
         return self.codes.numel() + self.scales.numel() * self.scales.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int8pack_mm(x, self.codes, self.scales)
+        return torch.ops.aten._weight_int8pack_mm(x.to(self.kernel_dtype), self.codes, self.scales).to(x.dtype)
 
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scales.float()[:, None]
@@ -79,13 +88,15 @@ class Int8Linear:
 class Int4Linear:
     """Group-wise int4 packed for the device's kernel; scales_zeros [K / group, N, 2]."""
 
-    def __init__(self, codes: Int4Codes, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+    def __init__(self, codes: Int4Codes, kernel_dtype: torch.dtype = KERNEL_DTYPE,
+                 device: torch.device | str = "cpu") -> None:
         N, K = codes.shape
         self.out_features, self.in_features, self.group_size = N, K, codes.group_size
+        self.kernel_dtype = kernel_dtype
         self.device = torch.device(device)
         # Kernel form: w = (q - 8) * scale + zero, so zero = min + 8 * scale (exact in float32).
         zeros = codes.mins + 8 * codes.scales
-        self.scales_zeros = torch.stack([codes.scales.t(), zeros.t()], dim=-1).to(dtype).contiguous().to(self.device)
+        self.scales_zeros = torch.stack([codes.scales.t(), zeros.t()], dim=-1).to(kernel_dtype).contiguous().to(self.device)
         q = codes.codes.to(torch.int32)
         if self.device.type == "cpu":
             self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
@@ -98,9 +109,9 @@ class Int4Linear:
         return self.packed.numel() * self.packed.element_size() + self.scales_zeros.numel() * self.scales_zeros.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, self.scales_zeros)
-        return torch.ops.aten._weight_int4pack_mm(x, self.packed, self.group_size, self.scales_zeros)
+        op = (torch.ops.aten._weight_int4pack_mm_for_cpu if self.device.type == "cpu"
+              else torch.ops.aten._weight_int4pack_mm)
+        return op(x.to(self.kernel_dtype), self.packed, self.group_size, self.scales_zeros).to(x.dtype)
 
 
 Linear = DenseLinear | Int8Linear | Int4Linear
@@ -170,9 +181,9 @@ def make_linear(parts: Sequence[Weight], mode: str, dtype: torch.dtype,
         fused = codes[0] if len(codes) == 1 else Int4Codes(
             torch.cat([c.codes for c in codes]), torch.cat([c.scales for c in codes]),
             torch.cat([c.mins for c in codes]), INT4_GROUP)
-        return Int4Linear(fused, dtype, device)
+        return Int4Linear(fused, device=device)
     weight = torch.cat([_dense(p) for p in parts]) if len(parts) > 1 else _dense(parts[0])
     if mode == "none":
         return DenseLinear(weight.to(dtype).to(device))
     codes, scales = quantize_int8(weight)  # from the float32 values, not the compute-dtype ones
-    return Int8Linear(codes.to(device), scales.to(dtype).to(device))
+    return Int8Linear(codes.to(device), scales.to(device))
