@@ -280,11 +280,13 @@ def main() -> None:
         args.configs, args.llamacpp_python = [("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "int4")], ""
     report = {"threads": args.threads, "cpu": _cpu_name(), "new_tokens": args.new_tokens, "repeats": args.repeats,
               "prompt_tokens": args.prompt_tokens, "held_tokens": args.held_tokens, "prompt": PROMPT,
-              "models": {model: bench_model(args, model) for model in args.models}}
+              "models": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report))
+    for model in args.models:  # written after each model, so a long run leaves what it finished
+        report["models"][model] = bench_model(args, model)
+        out.write_text(json.dumps(report, indent=2))
+        out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
 
 
