@@ -68,6 +68,14 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
                                                  "tensors fetched from a --model URL must match")
 
 
+def _add_quant(parser: argparse.ArgumentParser, what: str) -> None:
+    from swarmllm.engine.quant import QUANT_MODES
+
+    parser.add_argument("--quant", choices=QUANT_MODES, default="none",
+                        help=f"weights of {what} kept as int8 (per-row) or int4 (groups of 32; a GGUF's Q4 codes "
+                             "are kept as they are) and multiplied by quantized kernels; none = the compute dtype")
+
+
 def _print_ready(payload: dict) -> None:
     print(READY_MARKER + json.dumps(payload), flush=True)
 
@@ -103,9 +111,9 @@ def cmd_serve(args) -> int:
         host=args.host, port=args.port, announce_addresses=tuple(args.announce or ()),
         max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
-        throughput=args.throughput, dtype=args.dtype, kv_dtype=args.kv_dtype, rebalance_period=args.rebalance_period,
-        max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000, download_dir=args.download_dir,
-        model_manifest=args.model_manifest)
+        throughput=args.throughput, dtype=args.dtype, kv_dtype=args.kv_dtype, quant=args.quant,
+        rebalance_period=args.rebalance_period, max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000,
+        download_dir=args.download_dir, model_manifest=args.model_manifest)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -141,9 +149,12 @@ def cmd_generate(args) -> int:
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ()))
     if not args.local and not args.initial_peers:
         raise SystemExit("swarmllm generate: pass --initial-peers MADDR to use a swarm, or --local to run in-process")
+    if args.quant != "none" and not args.local:
+        raise SystemExit("swarmllm generate: --quant applies to --local only; a swarm's servers choose their own "
+                         "(swarmllm serve --quant)")
     result = generate_text(args.model, args.prompt, params, initial_peers=None if args.local else args.initial_peers,
                            system=args.system, raw=args.raw, max_length=args.max_length,
-                           stream_to=None if args.json else sys.stdout, dtype=args.dtype, wire_dtype=args.wire_dtype)
+                           stream_to=None if args.json else sys.stdout, dtype=args.dtype, wire_dtype=args.wire_dtype, quant=args.quant)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -353,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="a batch may wait this long for the steps of other active sessions (never for a lone one)")
     _add_dtype(p)
+    _add_quant(p, "the served blocks")
     p.add_argument("--kv-dtype", choices=("auto", "int8"), default="auto",
                    help="KV-cache storage: auto = the compute dtype; int8 = per-head int8 (about 2x the sessions "
                         "of bf16, 4x of fp32, in the same --cache-memory-mb)")
@@ -379,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     p.add_argument("--json", action="store_true", help="print text, token ids and timings as JSON")
     _add_dtype(p)
+    _add_quant(p, "the blocks and the LM head (with --local)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("up", help="start a local swarm (bootstrap + nodes) on the bundled model and keep it up")

@@ -56,3 +56,14 @@ def test_batching_benchmark_quick(tmp_path):
     assert [x["sessions"] for x in result["settings"]["batching"]] == [1, 2]
     assert all(x["aggregate_tokens_per_second"] > 0 for rows in result["settings"].values() for x in rows)
     assert "| sessions |" in (tmp_path / "batching.md").read_text()
+
+
+def test_quant_benchmark_tiny(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quant.py"), "--tiny", "--out",
+                          str(tmp_path / "quant.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "quant.json").read_text())["models"]["smollm2-135m"]
+    assert [(r["dtype"], r["quant"]) for r in rows] == [("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "int4")]
+    assert all("error" not in r and r["decode_tokens_per_s"] > 0 and r["perplexity"] > 1 for r in rows)
+    assert rows[0]["kl_vs_fp32"] == 0 and rows[2]["weight_bytes_per_block"] < rows[0]["weight_bytes_per_block"] / 4
+    assert "| smollm2-135m | swarmllm | bfloat16 | int4 |" in (tmp_path / "quant.md").read_text()

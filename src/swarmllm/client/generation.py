@@ -20,6 +20,7 @@ from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.engine.generation import iter_generate
 from swarmllm.engine.head import ModelHead
+from swarmllm.engine.quant import check_quant_mode
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.models.catalog import ModelSource, resolve_model
 from swarmllm.models.tokenizer import load_tokenizer
@@ -43,11 +44,12 @@ class ClientModel:
     dtype: torch.dtype = torch.float32
 
     @classmethod
-    def load(cls, model: str, dtype: str = "auto") -> "ClientModel":
+    def load(cls, model: str, dtype: str = "auto", quant: str = "none") -> "ClientModel":
+        """quant != "none" keeps the LM head as int8 (see engine/head.py)."""
         source = resolve_model(model)
         config = read_config(source)
         compute = resolve_dtype(dtype)
-        head = ModelHead(config, load_head(source, config, compute), compute)
+        head = ModelHead(config, load_head(source, config, compute if quant == "none" else torch.float32), compute, quant)
         return cls(source, config, head, load_tokenizer(source), compute)
 
     def prompt_ids(self, prompt: str, system: Optional[str] = None, raw: bool = False) -> list[int]:
@@ -65,14 +67,18 @@ class ClientModel:
         return limit
 
 
-def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype,
+def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype, quant: str = "none",
                      prefill_chunk: Optional[int] = PREFILL_CHUNK):
-    """forward_fn over all blocks in this process (the reference path; long prompts are cut
-    into the same chunks a swarm session pipelines, so both compute the same thing)."""
+    """forward_fn over all blocks in this process (the reference path; quant: see engine/quant.py).
+
+    Long prompts are cut into the same chunks a swarm session pipelines, so both compute the same thing."""
     from swarmllm.engine.blocks import SpanModel
     from swarmllm.weights import load_blocks
 
-    span = SpanModel(config, load_blocks(source, config, 0, config.n_blocks, dtype), 0, config.n_blocks, dtype)
+    blocks = load_blocks(source, config, 0, config.n_blocks, dtype if quant == "none" else torch.float32,
+                         keep_int4=quant == "int4")
+    span = SpanModel(config, blocks, 0, config.n_blocks, dtype, quant)
+    del blocks
     cache = span.new_cache(max_length)
     return chunked_forward(lambda hidden, start_position: span.forward(hidden, cache, start_position), prefill_chunk)
 
@@ -80,22 +86,28 @@ def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.
 def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_peers: Optional[Sequence[str]] = None,
                   system: Optional[str] = None, raw: bool = False, max_length: Optional[int] = None,
                   stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
-                  dtype: str = "auto", wire_dtype: Optional[str] = None,
+                  dtype: str = "auto", wire_dtype: Optional[str] = None, quant: str = "none",
                   prefill_chunk: Optional[int] = PREFILL_CHUNK) -> dict:
     """Generate a reply; through the swarm if initial_peers (or client) is given, else locally.
 
     wire_dtype: format of hidden states between nodes (see protocol WIRE_DTYPES); None = lossless.
+    quant: weight quantization of the in-process model ("none", "int8", "int4"); local only,
+    since a swarm's servers choose their own (`swarmllm serve --quant`).
     prefill_chunk: prompts longer than this are prefilled in chunks (pipelined through the
     chain); None = in one piece.
     """
-    local = ClientModel.load(model, dtype)
+    check_quant_mode(quant)
+    if quant != "none" and (initial_peers is not None or client is not None):
+        raise ValueError("quant applies to in-process generation only; servers quantize their own weights "
+                         "(swarmllm serve --quant).")
+    local = ClientModel.load(model, dtype, quant)
     prompt_ids = local.prompt_ids(prompt, system, raw)
     length = local.session_length(len(prompt_ids), params, max_length)
     own_client = None
     session = None
     try:
         if initial_peers is None and client is None:
-            forward_fn = local_forward_fn(local.source, local.config, length, local.dtype, prefill_chunk)
+            forward_fn = local_forward_fn(local.source, local.config, length, local.dtype, quant, prefill_chunk)
             route = "local"
         else:
             client = client or (own_client := SwarmClient.connect(initial_peers))

@@ -14,6 +14,10 @@ sequence's output does not depend on which others share its batch: every linear 
 on a row count padded to a multiple of `ROW_QUANTUM`, which makes each output row depend on
 its own input row only (see ROW_QUANTUM), and attention never mixes sequences.
 
+Weights: the four projections of a block (q|k|v, o, gate|up, down) are `engine.quant`
+linear layers: dense in the compute dtype (quant="none"), or kept as int8 / int4 and
+multiplied by weight-only kernels (quant="int8" / "int4"); see quant.py.
+
 Speed: single-token decode is dominated by per-op overhead on CPU, so weights are fused at
 load (q|k|v and gate|up are one matmul each), RoPE is one addcmul over q and k together, GQA
 is done by folding query groups into the query-length axis (no K/V repeat), and no mask is
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from swarmllm.engine.kv_cache import KVCache, new_kv_cache
+from swarmllm.engine.quant import Linear, check_quant_mode, make_linear
 from swarmllm.engine.rope import RopeTable, apply_rope
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import BlockWeights
@@ -68,18 +73,24 @@ class _Layer:
     index: int
     sliding: bool
     attn_norm: torch.Tensor  # [D]
-    qkv: torch.Tensor  # [(H + 2KV) * hd, D]
+    qkv: Linear  # [(H + 2KV) * hd, D]
     qkv_bias: torch.Tensor | None  # [(H + 2KV) * hd] (Qwen2)
     qk_norm: torch.Tensor | None  # [H + KV, hd]
-    o: torch.Tensor  # [D, H * hd]
+    o: Linear  # [D, H * hd]
     post_attn_norm: torch.Tensor | None  # [D]
     ffn_norm: torch.Tensor  # [D]
-    gate_up: torch.Tensor  # [2I, D]
-    down: torch.Tensor  # [D, I]
+    gate_up: Linear  # [2I, D]
+    down: Linear  # [D, I]
     post_ffn_norm: torch.Tensor | None  # [D]
 
 
-def _fuse(config: ModelConfig, w: BlockWeights, dtype: torch.dtype) -> _Layer:
+    @property
+    def linear_bytes(self) -> int:
+        """Bytes of projection weights (and their scales): what one token's decode reads."""
+        return sum(linear.nbytes for linear in (self.qkv, self.o, self.gate_up, self.down))
+
+
+def _fuse(config: ModelConfig, w: BlockWeights, dtype: torch.dtype, quant: str) -> _Layer:
     H, KV, hd = config.n_heads, config.n_kv_heads, config.head_dim
     qk_norm = None
     if config.qk_norm:
@@ -101,14 +112,14 @@ def _fuse(config: ModelConfig, w: BlockWeights, dtype: torch.dtype) -> _Layer:
         index=w.index,
         sliding=config.is_sliding(w.index),
         attn_norm=cast(w.attn_norm),
-        qkv=torch.cat([w.q, w.k, w.v]).to(dtype).contiguous(),
+        qkv=make_linear([w.q, w.k, w.v], quant, dtype),
         qkv_bias=qkv_bias,
         qk_norm=qk_norm,
-        o=cast(w.o),
+        o=make_linear([w.o], quant, dtype),
         post_attn_norm=cast(w.post_attn_norm) if config.sandwich_norms else None,
         ffn_norm=cast(w.ffn_norm),
-        gate_up=torch.cat([w.gate, w.up]).to(dtype).contiguous(),
-        down=cast(w.down),
+        gate_up=make_linear([w.gate, w.up], quant, dtype),
+        down=make_linear([w.down], quant, dtype),
         post_ffn_norm=cast(w.post_ffn_norm) if config.sandwich_norms else None,
     )
 
@@ -123,12 +134,14 @@ class SpanModel:
         start: int,
         end: int,
         dtype: torch.dtype = torch.float32,
+        quant: str = "none",
     ) -> None:
         config.check_span(start, end)
         if [b.index for b in blocks] != list(range(start, end)):
             raise ValueError(f"SpanModel [{start}, {end}) got weights for blocks {[b.index for b in blocks]}.")
         self.config, self.start, self.end, self.dtype = config, start, end, dtype
-        self.layers = [_fuse(config, w, dtype) for w in blocks]
+        self.quant = check_quant_mode(quant)
+        self.layers = [_fuse(config, w, dtype, quant) for w in blocks]
         self.rope_global = RopeTable(config.rope_dim, config.rope_theta, config.rope_scaling, dtype)
         local_theta = config.rope_local_theta or config.rope_theta
         self.rope_local = RopeTable(config.rope_dim, local_theta, None, dtype)
@@ -136,6 +149,11 @@ class SpanModel:
     @property
     def n_blocks(self) -> int:
         return self.end - self.start
+
+    @property
+    def weight_bytes_per_block(self) -> float:
+        """Mean bytes of projection weights per block (norms excluded: they are tiny)."""
+        return sum(layer.linear_bytes for layer in self.layers) / len(self.layers)
 
     def view(self, start: int, end: int) -> "SpanModel":
         """Blocks [start, end) of this span as a SpanModel sharing the same weights (no copy)."""
@@ -221,7 +239,7 @@ class SpanModel:
         H, KV, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
 
         h = F.rms_norm(x, (D,), layer.attn_norm, eps)
-        qkv = F.linear(h, layer.qkv)[:M]
+        qkv = layer.qkv(h)[:M]
         if layer.qkv_bias is not None:  # added after the matmul: stays row-independent (see ROW_QUANTUM)
             qkv = qkv + layer.qkv_bias
         qkv = qkv.view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
@@ -238,18 +256,18 @@ class SpanModel:
         if x.shape[0] > M:
             parts.append(x.new_zeros(x.shape[0] - M, H * hd))
         a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
-        a = F.linear(a, layer.o)  # [M + padding, D]
+        a = layer.o(a)  # [M + padding, D]
         if layer.post_attn_norm is not None:
             a = F.rms_norm(a, (D,), layer.post_attn_norm, eps)
         x = x + a
 
         h = F.rms_norm(x, (D,), layer.ffn_norm, eps)
-        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)  # [M + padding, I] each
+        gate, up = layer.gate_up(h).chunk(2, dim=-1)  # [M + padding, I] each
         if cfg.activation == "silu":
             m = F.silu(gate) * up
         else:
             m = F.gelu(gate, approximate="tanh") * up
-        m = F.linear(m, layer.down)  # [M + padding, D]
+        m = layer.down(m)  # [M + padding, D]
         if layer.post_ffn_norm is not None:
             m = F.rms_norm(m, (D,), layer.post_ffn_norm, eps)
         return x + m

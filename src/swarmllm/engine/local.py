@@ -15,6 +15,7 @@ import torch
 from swarmllm.engine.blocks import SpanModel
 from swarmllm.engine.generation import ForwardFn, GenerationResult, generate
 from swarmllm.engine.head import ModelHead
+from swarmllm.engine.quant import check_quant_mode
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.models.catalog import ModelSource, resolve_model
 from swarmllm.models.config import ModelConfig
@@ -33,16 +34,21 @@ class LocalModel:
 
     @classmethod
     def load(
-        cls, source: ModelSource | str, dtype: torch.dtype = torch.float32, max_length: int | None = None
+        cls, source: ModelSource | str, dtype: torch.dtype = torch.float32, max_length: int | None = None,
+        quant: str = "none",
     ) -> "LocalModel":
+        """quant: "none", "int8" or "int4" weights for the blocks; the LM head is int8 unless "none"."""
         from swarmllm.weights import load_blocks, load_head, read_config
 
+        check_quant_mode(quant)
         if isinstance(source, str):
             source = resolve_model(source)
         config = read_config(source)
-        blocks = load_blocks(source, config, 0, config.n_blocks, dtype)
-        span = SpanModel(config, blocks, 0, config.n_blocks, dtype)
-        head = ModelHead(config, load_head(source, config, dtype), dtype)
+        load_dtype = dtype if quant == "none" else torch.float32  # quantize from full-precision values
+        blocks = load_blocks(source, config, 0, config.n_blocks, load_dtype, keep_int4=quant == "int4")
+        span = SpanModel(config, blocks, 0, config.n_blocks, dtype, quant)
+        del blocks
+        head = ModelHead(config, load_head(source, config, load_dtype), dtype, quant)
         length = min(max_length or DEFAULT_MAX_LENGTH, config.context_length)
         return cls(config, head, span, load_tokenizer(source), length)
 

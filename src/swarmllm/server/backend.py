@@ -1,6 +1,7 @@
 """The node's compute backend: the engine's `SpanModel` over the node's span.
 
-Loads only the span's tensors, creates per-session KV caches for sub-spans (in the compute
+Loads only the span's tensors (weights dense in the compute dtype, or kept as int8 / int4
+with `quant`, see engine/quant.py), creates per-session KV caches for sub-spans (in the compute
 dtype, or int8 with `kv_dtype="int8"`: the byte counts below follow, so the session budget
 admits correspondingly more positions), hands out the `SpanModel` of a sub-span (steps run
 through it in batches, see batching.py) and measures decode throughput. A failed `forward`
@@ -20,6 +21,7 @@ import torch
 from swarmllm.engine.blocks import SpanModel
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.engine.kv_cache import KVCache, kv_bytes_per_token
+from swarmllm.engine.quant import check_quant_mode
 from swarmllm.models.catalog import resolve_model
 from swarmllm.weights import block_parameter_counts, load_blocks, read_config
 
@@ -35,6 +37,7 @@ class ModelDescription:
 class SpanBackend:
     def __init__(self, model_id: str, config, span: SpanModel, dtype: torch.dtype, kv_dtype: str = "auto"):
         self.model_id, self.config, self.span, self.dtype, self.kv_dtype = model_id, config, span, dtype, kv_dtype
+        self.quant = span.quant
         self.start, self.end = span.start, span.end
         self.n_blocks = config.n_blocks
         self.hidden_size = config.hidden_size
@@ -51,14 +54,18 @@ class SpanBackend:
 
     @classmethod
     def load(cls, model: str, start: int, end: int, num_threads: int | None = None,
-             dtype_name: str = "auto", kv_dtype: str = "auto") -> "SpanBackend":
+             dtype_name: str = "auto", kv_dtype: str = "auto", quant: str = "none") -> "SpanBackend":
+        """quant: weights kept as "none" (compute dtype), "int8" or "int4" (see engine/quant.py)."""
+        check_quant_mode(quant)
         if num_threads:
             torch.set_num_threads(num_threads)
         dtype = resolve_dtype(dtype_name)
         source = resolve_model(model)
         config = read_config(source)
         config.check_span(start, end)
-        span = SpanModel(config, load_blocks(source, config, start, end, dtype), start, end, dtype)
+        load_dtype = dtype if quant == "none" else torch.float32  # quantize from full-precision values
+        blocks = load_blocks(source, config, start, end, load_dtype, keep_int4=quant == "int4")
+        span = SpanModel(config, blocks, start, end, dtype, quant)
         return cls(source.model_id, config, span, dtype, kv_dtype)
 
     def model(self, start: int, end: int) -> SpanModel:

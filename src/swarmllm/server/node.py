@@ -66,6 +66,7 @@ class ServerConfig:
     rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
     kv_dtype: str = "auto"                      # KV-cache storage: "auto" (compute dtype) or "int8"
+    quant: str = "none"                         # weights kept as "none" (compute dtype), "int8" or "int4"
     claim_wait: float = 1.5                     # seconds a move claim propagates before it is confirmed
     max_batch: int = 16                         # sessions' ready steps run in one forward pass (1 = no batching)
     batch_wait: float = 0.005                   # seconds a batch may wait for steps of other active sessions
@@ -148,7 +149,7 @@ class ServerNode:
             loaded = time.perf_counter()
             backend = await asyncio.get_running_loop().run_in_executor(
                 None, SpanBackend.load, model, start, end, self.config.num_threads, self.config.dtype,
-                self.config.kv_dtype)
+                self.config.kv_dtype, self.config.quant)
             self.status.load_seconds = time.perf_counter() - loaded
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
                 None, backend.measure_throughput)
@@ -238,8 +239,8 @@ class ServerNode:
         old_start, old_end = self.status.start, self.status.end
         logger.warning("moving from blocks [%d, %d) to [%d, %d) to rebalance the swarm", old_start, old_end, *target)
         new_backend = await asyncio.get_running_loop().run_in_executor(
-            None, SpanBackend.load, await self._model_for(*target), target[0], target[1], self.config.num_threads, self.config.dtype,
-            self.config.kv_dtype)
+            None, SpanBackend.load, await self._model_for(*target), target[0], target[1], self.config.num_threads,
+            self.config.dtype, self.config.kv_dtype, self.config.quant)
         new_table = self._new_table(new_backend, *target)
         for session_id in list(table.sessions):  # their clients fail over to the old span's other servers
             service.close_session(session_id)

@@ -27,12 +27,13 @@ from swarmllm.weights.safetensors_reader import (
     load_safetensors_head,
     read_safetensors_config,
 )
-from swarmllm.weights.types import BlockWeights, HeadWeights
+from swarmllm.weights.types import BlockWeights, HeadWeights, Int4Codes
 
 __all__ = [
     "BlockWeights",
     "HeadWeights",
     "block_parameter_counts",
+    "Int4Codes",
     "load_blocks",
     "load_head",
     "read_config",
@@ -53,12 +54,17 @@ def read_config(source: ModelSource) -> ModelConfig:
 
 
 def load_blocks(
-    source: ModelSource, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32
+    source: ModelSource, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32,
+    keep_int4: bool = False,
 ) -> list[BlockWeights]:
-    """Weights of blocks [start, end), in HF orientation; nothing outside the span is read."""
+    """Weights of blocks [start, end), in HF orientation; nothing outside the span is read.
+
+    keep_int4: return a GGUF's 4-bit projection tensors as `Int4Codes` instead of floats
+    (safetensors sources have none and always return floats).
+    """
     _check_format(source)
     if source.format == "gguf":
-        return load_gguf_blocks(source.path, config, start, end, dtype)
+        return load_gguf_blocks(source.path, config, start, end, dtype, keep_int4)
     return load_safetensors_blocks(source.path, config, start, end, dtype)
 
 

@@ -7,6 +7,9 @@ Contract:
 - Tensors come back in HF orientation ([out, in]); llama.cpp's q/k row permutation is undone
   for families whose `FamilySpec.gguf_permuted_qk` is set; fused tensors (Phi-3's attn_qkv and
   gate|up ffn_up) are split into their parts.
+- With `keep_int4=True`, projection tensors stored as Q4_0 / Q4_1 / Q4_K come back as
+  `Int4Codes` (their 4-bit codes, re-packed without a float round trip, see gguf_int4.py);
+  every other tensor (fused ones included) is dequantized as usual.
 - Supports every type `gguf.quants.dequantize` supports (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
   Q8_0, Q4_K, Q5_K, Q6_K, ...).
 """
@@ -30,7 +33,8 @@ from swarmllm.models.registry import (
     get_family,
 )
 from swarmllm.weights.gguf_file import GGUFFile
-from swarmllm.weights.types import BlockWeights, HeadWeights, split_fused
+from swarmllm.weights.gguf_int4 import int4_codes
+from swarmllm.weights.types import BlockWeights, HeadWeights, Int4Codes, Weight, split_fused
 
 _observers: list[list[str]] = []
 
@@ -86,6 +90,24 @@ def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return out.reshape(w.shape).contiguous()
 
 
+def _codes(path: str, name: str) -> Int4Codes | None:
+    info = open_gguf(path).tensors.get(name)
+    if info is None:
+        return None
+    codes = int4_codes(open_gguf(path).raw(name), info.type, info.hf_shape)
+    if codes is not None:
+        for names in _observers:
+            names.append(name)
+    return codes
+
+
+def _unpermute_weight(w: Weight, n_heads: int) -> Weight:
+    if isinstance(w, torch.Tensor):
+        return _unpermute(w, n_heads)
+    rows = w.codes.shape[0]
+    return w.rows(_unpermute(torch.arange(rows)[:, None], n_heads)[:, 0])
+
+
 def read_gguf_config(path: str) -> ModelConfig:
     metadata = read_gguf_metadata(path)
     spec = family_for_gguf(str(metadata["general.architecture"]))
@@ -101,8 +123,12 @@ def read_gguf_config(path: str) -> ModelConfig:
     return config_from_gguf(metadata, shapes, extra_eos, freq_factors)
 
 
-def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype) -> BlockWeights:
-    tensors: dict[str, torch.Tensor] = {}
+_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: torch.dtype,
+           keep_int4: bool) -> BlockWeights:
+    tensors: dict[str, Weight] = {}
     available = open_gguf(path).tensors
     names = spec.block_tensor_names("gguf", index)
     for role, name in names.items():
@@ -110,7 +136,8 @@ def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: 
             continue  # optional or the other half of a fused/unfused pair; checked below
         if role in FUSED_ROLES and all(names.get(part) in available for part in FUSED_ROLES[role]):
             continue  # both layouts present: read the parts
-        tensors[role] = _to_torch(_dequantize(path, name), dtype)
+        weight = _codes(path, name) if keep_int4 and role in _PROJECTIONS else None
+        tensors[role] = weight if weight is not None else _to_torch(_dequantize(path, name), dtype)
     tensors = split_fused(tensors, config.q_size, config.kv_size)
     missing = [role for role in REQUIRED_ROLES if role not in tensors]
     if missing:
@@ -120,16 +147,16 @@ def _block(path: str, spec: FamilySpec, config: ModelConfig, index: int, dtype: 
         for role, heads in (("q", config.n_heads), ("k", config.n_kv_heads),
                             ("q_bias", config.n_heads), ("k_bias", config.n_kv_heads)):
             if role in tensors:
-                tensors[role] = _unpermute(tensors[role], heads)
+                tensors[role] = _unpermute_weight(tensors[role], heads)
     return BlockWeights(index=index, **tensors)
 
 
 def load_gguf_blocks(
-    path: str, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32
+    path: str, config: ModelConfig, start: int, end: int, dtype: torch.dtype = torch.float32, keep_int4: bool = False
 ) -> list[BlockWeights]:
     config.check_span(start, end)
     spec = get_family(config.family)
-    return [_block(path, spec, config, i, dtype) for i in range(start, end)]
+    return [_block(path, spec, config, i, dtype, keep_int4) for i in range(start, end)]
 
 
 def load_gguf_head(path: str, config: ModelConfig, dtype: torch.dtype = torch.float32) -> HeadWeights:

@@ -2,8 +2,9 @@
 
 Readers fill these; the engine fuses them (qkv, gate+up) when it builds a SpanModel.
 Checkpoints that store fused tensors (Phi-3's qkv_proj / gate_up_proj) are split by the
-readers (`split_fused`), so the engine sees one layout for every family.
-Norm tensors always hold the final RMSNorm multiplier (Gemma's `1 + w` already applied),
+readers (`split_fused`), so the engine sees one layout for every family. Projection weights
+are float tensors, or `Int4Codes` when a reader was asked to keep a GGUF's 4-bit codes (see
+`load_blocks(..., keep_int4=True)`). Norm tensors always hold the final RMSNorm multiplier (Gemma's `1 + w` already applied),
 and q/k rows are in the HF rotary layout (llama.cpp's permutation already undone).
 """
 
@@ -15,19 +16,51 @@ import torch
 
 
 @dataclass(frozen=True)
+class Int4Codes:
+    """A 4-bit weight kept as its codes: w[n, k] = codes[n, k] * scales[n, g] + mins[n, g], g = k // group_size.
+
+    Readers return this for GGUF tensors whose format is exactly this shape (Q4_0, Q4_1, Q4_K:
+    32-element groups with one scale and one offset each), so a quantized engine can re-pack
+    the codes without a float round trip. Orientation is HF ([out, in]) like every tensor here.
+    """
+
+    codes: torch.Tensor  # uint8 [N, K], values 0..15
+    scales: torch.Tensor  # float32 [N, K / group_size]
+    mins: torch.Tensor  # float32 [N, K / group_size]
+    group_size: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 [N, K]."""
+        N, K = self.codes.shape
+        groups = self.codes.view(N, K // self.group_size, self.group_size).float()
+        return (groups * self.scales[..., None] + self.mins[..., None]).view(N, K)
+
+    def rows(self, order: torch.Tensor) -> "Int4Codes":
+        """The same weight with its output rows reordered (for llama.cpp's q/k permutation)."""
+        return Int4Codes(self.codes[order], self.scales[order], self.mins[order], self.group_size)
+
+
+Weight = torch.Tensor | Int4Codes
+
+
+@dataclass(frozen=True)
 class BlockWeights:
     """All tensors of one transformer block. Optional fields are None when a family lacks them."""
 
     index: int  # absolute block index in the model
     attn_norm: torch.Tensor  # [D]
-    q: torch.Tensor  # [H*hd, D]
-    k: torch.Tensor  # [KV*hd, D]
-    v: torch.Tensor  # [KV*hd, D]
-    o: torch.Tensor  # [D, H*hd]
+    q: Weight  # [H*hd, D]
+    k: Weight  # [KV*hd, D]
+    v: Weight  # [KV*hd, D]
+    o: Weight  # [D, H*hd]
     ffn_norm: torch.Tensor  # [D]
-    gate: torch.Tensor  # [I, D]
-    up: torch.Tensor  # [I, D]
-    down: torch.Tensor  # [D, I]
+    gate: Weight  # [I, D]
+    up: Weight  # [I, D]
+    down: Weight  # [D, I]
     q_norm: torch.Tensor | None = None  # [hd]
     k_norm: torch.Tensor | None = None  # [hd]
     post_attn_norm: torch.Tensor | None = None  # [D]
@@ -38,7 +71,13 @@ class BlockWeights:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
+        total = 0
+        for t in vars(self).values():
+            if isinstance(t, Int4Codes):
+                total += t.codes.numel() // 2 + (t.scales.numel() + t.mins.numel()) * t.scales.element_size()
+            elif isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+        return total
 
 
 @dataclass(frozen=True)
