@@ -56,3 +56,15 @@ def test_batching_benchmark_quick(tmp_path):
     assert [x["sessions"] for x in result["settings"]["batching"]] == [1, 2]
     assert all(x["aggregate_tokens_per_second"] > 0 for rows in result["settings"].values() for x in rows)
     assert "| sessions |" in (tmp_path / "batching.md").read_text()
+
+
+def test_speculative_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speculative.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "speculative.json").read_text())
+    summary = result["profiles"][0]["summary"]
+    assert set(summary) == {"prose", "code"} and set(summary["code"]) == {"off", "ngram", "early-exit"}
+    assert all(mode["same_tokens_as_off"] for kind in summary.values() for mode in kind.values())
+    assert summary["code"]["ngram"]["acceptance_rate"] is not None
+    assert "| code | ngram |" in (tmp_path / "speculative.md").read_text()
