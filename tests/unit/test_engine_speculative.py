@@ -21,7 +21,7 @@ from test_engine_sampling import EOS, FakeTokenizer, ScriptedHead, identity_forw
 
 # --- drafters ----------------------------------------------------------------------
 def test_ngram_drafter_proposes_what_followed_the_latest_match():
-    drafter = NgramDrafter(max_ngram=3)
+    drafter = NgramDrafter(max_ngram=3, min_ngram=1)
     #          0  1  2  3  4  5  6  7  8  9
     context = [5, 6, 7, 8, 9, 1, 6, 7, 2, 6, 7]
     # the 3-gram [2, 6, 7] never occurred before; the 2-gram [6, 7] did, latest at 6
@@ -31,6 +31,8 @@ def test_ngram_drafter_proposes_what_followed_the_latest_match():
     assert drafter.draft([1, 2, 3], 3).tokens == []  # nothing repeats: no draft
     assert drafter.draft(context, 0).tokens == []
     assert drafter.draft(context, 4).probs is None  # deterministic
+    assert NgramDrafter().draft([4, 5, 9, 4], 2).tokens == []  # by default a lone token is no match
+    assert NgramDrafter().draft([4, 5, 9, 4, 5], 2).tokens == [9, 4]
     with pytest.raises(ValueError):
         NgramDrafter(max_ngram=1, min_ngram=2)
 
