@@ -97,7 +97,7 @@ def iter_generate(
         tokens = speculation.tokens(head, forward_fn, prompt_ids, sampler, limit, params.max_new_tokens)
     for token in tokens:
         generated.append(token)
-        position = len(prompt_ids) + len(generated) - 1  # positions the model has computed
+        position = len(prompt_ids) + len(generated) - 1  # positions fed to the model before this token
         if token in eos:
             yield GenerationStep(token, _final_delta(tokenizer, generated[:-1], emitted, params.stop), "stop")
             return
