@@ -45,6 +45,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _draft_k(text: str) -> int:
+    value = _positive_int(text)
+    if value > 15:  # engine.speculative.MAX_DRAFT_TOKENS, spelled out to keep --help fast
+        raise argparse.ArgumentTypeError(f"--draft-k must be 1..15, got {text!r}")
+    return value
+
+
 def _peer_list(text: str) -> list[str]:
     return [part for part in text.replace(" ", ",").split(",") if part]
 
@@ -154,13 +161,18 @@ def cmd_generate(args) -> int:
                          "(swarmllm serve --quant)")
     result = generate_text(args.model, args.prompt, params, initial_peers=None if args.local else args.initial_peers,
                            system=args.system, raw=args.raw, max_length=args.max_length,
-                           stream_to=None if args.json else sys.stdout, dtype=args.dtype, wire_dtype=args.wire_dtype, quant=args.quant)
+                           stream_to=None if args.json else sys.stdout, dtype=args.dtype, wire_dtype=args.wire_dtype,
+                           quant=args.quant, speculative=args.speculative, draft_k=args.draft_k,
+                           draft_blocks=args.draft_blocks)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print()
+        spec = result["speculation"]
+        drafts = (f", {args.speculative} drafts: {spec['acceptance_rate']:.0%} accepted, "
+                  f"{spec['tokens_per_step']:.2f} tokens per step") if spec else ""
         print(f"[{result['generated_tokens']} tokens, {result['decode_tokens_per_second']:.1f} tokens/s, "
-              f"ttft {result['time_to_first_token'] * 1000:.0f} ms, via {result['route']}]", file=sys.stderr)
+              f"ttft {result['time_to_first_token'] * 1000:.0f} ms, via {result['route']}{drafts}]", file=sys.stderr)
     return 0
 
 
@@ -381,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format of hidden states between nodes (default: lossless for the chain); int8 sends "
                         "0.29x the bytes of float32, for slow links")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--speculative", choices=("off", "ngram", "early-exit"), default="off",
+                   help="draft tokens locally and verify them in one pass through the swarm: ngram = prompt lookup "
+                        "(no model; good when the reply repeats the prompt, e.g. code), early-exit = the model's "
+                        "first --draft-blocks blocks; greedy output is unchanged")
+    p.add_argument("--draft-k", type=_draft_k, default=8,
+                   help="most tokens drafted per round (1..15); fewer while drafts are rejected")
+    p.add_argument("--draft-blocks", type=_positive_int, default=8, help="blocks the early-exit drafter runs")
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)

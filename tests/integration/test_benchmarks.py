@@ -67,3 +67,15 @@ def test_quant_benchmark_tiny(tmp_path):
     assert all("error" not in r and r["decode_tokens_per_s"] > 0 and r["perplexity"] > 1 for r in rows)
     assert rows[0]["kl_vs_fp32"] == 0 and rows[2]["weight_bytes_per_block"] < rows[0]["weight_bytes_per_block"] / 4
     assert "| smollm2-135m | swarmllm | bfloat16 | int4 |" in (tmp_path / "quant.md").read_text()
+
+
+def test_speculative_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speculative.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "speculative.json").read_text())
+    summary = result["profiles"][0]["summary"]
+    assert set(summary) == {"prose", "code"} and set(summary["code"]) == {"off", "ngram", "early-exit"}
+    assert all(mode["same_tokens_as_off"] for kind in summary.values() for mode in kind.values())
+    assert summary["code"]["ngram"]["acceptance_rate"] is not None
+    assert "| code | ngram |" in (tmp_path / "speculative.md").read_text()

@@ -10,6 +10,7 @@ from swarmllm.client.generation import ClientModel
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.generation import generate
 from swarmllm.engine.sampling import SamplingParams
+from swarmllm.engine.speculative import NgramDrafter, Speculation, early_exit_drafter
 from swarmllm.local_swarm import LocalSwarm
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ def model():
     return ClientModel.load(MODEL)
 
 
-def run(client, model, params, fault=None):
+def run(client, model, params, fault=None, speculation=None):
     """Generate through a fresh session; `fault(session, position)` may break servers before a step."""
     ids = model.prompt_ids(PROMPT)
     length = len(ids) + params.max_new_tokens
@@ -46,7 +47,8 @@ def run(client, model, params, fault=None):
         return session.forward(hidden, position)
 
     try:
-        return generate(model.head, model.tokenizer, forward, ids, params, length), session.failovers
+        return (generate(model.head, model.tokenizer, forward, ids, params, length, speculation),
+                session.failovers)
     finally:
         session.close()
 
@@ -61,6 +63,7 @@ def fault_once(swarm, hop_index, at_position, sig):
     def fault(session, position):
         if not state["done"] and position >= at_position:
             state["done"] = True
+            state["rollbacks"] = session.session.rollbacks
             victim = node_of(swarm, session.chain[hop_index].peer_id)
             swarm.kill(victim, sig)
             state["victim"] = victim
@@ -126,6 +129,28 @@ def test_sampling_continues_from_the_same_rng_state(swarm, client, model):
     fault, state = fault_once(swarm, 2, 45, signal.SIGKILL)
     faulted, failovers = run(client, model, sampled, fault)
     assert failovers and faulted.token_ids == unfaulted.token_ids
+    swarm.restart(state["victim"])
+
+
+@pytest.mark.parametrize("drafter, hop", [("ngram", 0), ("ngram", 1), ("early-exit", 2)],
+                         ids=["ngram-first", "ngram-middle", "early-exit-last"])
+def test_failover_during_speculation_keeps_greedy_output(swarm, client, model, reference, drafter, hop):
+    """The history then holds verify steps cut after rejected drafts; the replacement's replay
+    (from the client's inputs for the first hop, from the upstream server's outputs otherwise)
+    must rebuild caches that give the plain greedy output."""
+    from swarmllm.client.generation import _load_span
+
+    if drafter == "ngram":  # single-token matches too: many drafts, many of them rejected (cut steps)
+        speculation = Speculation(NgramDrafter(min_ngram=1))
+    else:
+        span = _load_span(model.source, model.config, 6, model.dtype)
+        speculation = Speculation(early_exit_drafter(model.head, span, 6, 256, GREEDY))
+    fault, state = fault_once(swarm, hop, 52, signal.SIGKILL)
+    result, failovers = run(client, model, GREEDY, fault, speculation)
+    assert state["done"] and failovers, "the fault was never injected"
+    assert state["rollbacks"] > 0, "no verify step had been cut before the failure"
+    assert speculation.stats.rounds > 0
+    assert result.token_ids == reference.token_ids
     swarm.restart(state["victim"])
 
 

@@ -5,6 +5,10 @@ tokenizer; the blocks run remotely. Both paths drive the engine's one generation
 a `forward_fn(hidden, start_position)`: locally a `SpanModel` over all blocks, remotely a
 `RemoteSession` over a chain. So the swarm's output is, by construction, what the local
 engine computes, and tests can compare them token for token.
+
+Speculative decoding (`speculative="ngram"` or `"early-exit"`) drafts tokens on the client
+and verifies them in one traversal of the chain (engine/speculative.py); greedy output does
+not change. The early-exit drafter runs the model's first `draft_blocks` blocks locally.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from swarmllm.engine.generation import iter_generate
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.quant import check_quant_mode
 from swarmllm.engine.sampling import SamplingParams
+from swarmllm.engine.speculative import DraftLength, NgramDrafter, Speculation, early_exit_drafter
 from swarmllm.models.catalog import ModelSource, resolve_model
 from swarmllm.models.tokenizer import load_tokenizer
 from swarmllm.protocol import SwarmError
@@ -67,27 +72,52 @@ class ClientModel:
         return limit
 
 
-def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype, quant: str = "none",
-                     prefill_chunk: Optional[int] = PREFILL_CHUNK):
-    """forward_fn over all blocks in this process (the reference path; quant: see engine/quant.py).
+SPECULATIVE_MODES = ("off", "ngram", "early-exit")
+DEFAULT_DRAFT_BLOCKS = 8
 
-    Long prompts are cut into the same chunks a swarm session pipelines, so both compute the same thing."""
+
+def _load_span(source: ModelSource, config, n_blocks: int, dtype: torch.dtype, quant: str = "none"):
     from swarmllm.engine.blocks import SpanModel
     from swarmllm.weights import load_blocks
 
-    blocks = load_blocks(source, config, 0, config.n_blocks, dtype if quant == "none" else torch.float32,
+    blocks = load_blocks(source, config, 0, n_blocks, dtype if quant == "none" else torch.float32,
                          keep_int4=quant == "int4")
-    span = SpanModel(config, blocks, 0, config.n_blocks, dtype, quant)
-    del blocks
+    return SpanModel(config, blocks, 0, n_blocks, dtype, quant)
+
+
+def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype, quant: str = "none",
+                     prefill_chunk: Optional[int] = PREFILL_CHUNK, span=None):
+    """forward_fn over all blocks in this process (the reference path; quant: see engine/quant.py).
+
+    Long prompts are cut into the same chunks a swarm session pipelines, so both compute the same thing."""
+    span = span or _load_span(source, config, config.n_blocks, dtype, quant)
     cache = span.new_cache(max_length)
     return chunked_forward(lambda hidden, start_position: span.forward(hidden, cache, start_position), prefill_chunk)
+
+
+def new_speculation(local: ClientModel, mode: str, params: SamplingParams, max_length: int, draft_k: int = 8,
+                    draft_blocks: int = DEFAULT_DRAFT_BLOCKS, span=None) -> Optional[Speculation]:
+    """The Speculation for `mode` (None for "off"); early-exit loads blocks [0, draft_blocks)
+    unless `span` (starting at block 0) already holds them."""
+    if mode not in SPECULATIVE_MODES:
+        raise ValueError(f"unknown speculative mode {mode!r}; use one of {', '.join(SPECULATIVE_MODES)}")
+    if mode == "off":
+        return None
+    length = DraftLength(max_k=draft_k)
+    if mode == "ngram":
+        return Speculation(NgramDrafter(), length)
+    if not 1 <= draft_blocks < local.config.n_blocks:
+        raise ValueError(f"--draft-blocks must be 1..{local.config.n_blocks - 1}, got {draft_blocks}")
+    span = span or _load_span(local.source, local.config, draft_blocks, local.dtype)
+    return Speculation(early_exit_drafter(local.head, span, draft_blocks, max_length, params), length)
 
 
 def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_peers: Optional[Sequence[str]] = None,
                   system: Optional[str] = None, raw: bool = False, max_length: Optional[int] = None,
                   stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
                   dtype: str = "auto", wire_dtype: Optional[str] = None, quant: str = "none",
-                  prefill_chunk: Optional[int] = PREFILL_CHUNK) -> dict:
+                  prefill_chunk: Optional[int] = PREFILL_CHUNK, speculative: str = "off",
+                  draft_k: int = 8, draft_blocks: int = DEFAULT_DRAFT_BLOCKS) -> dict:
     """Generate a reply; through the swarm if initial_peers (or client) is given, else locally.
 
     wire_dtype: format of hidden states between nodes (see protocol WIRE_DTYPES); None = lossless.
@@ -95,6 +125,8 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
     since a swarm's servers choose their own (`swarmllm serve --quant`).
     prefill_chunk: prompts longer than this are prefilled in chunks (pipelined through the
     chain); None = in one piece.
+    speculative: "off", "ngram" or "early-exit" (see SPECULATIVE_MODES); draft_k is the most
+    tokens drafted per round (the draft length adapts below it to the acceptance rate).
     """
     check_quant_mode(quant)
     if quant != "none" and (initial_peers is not None or client is not None):
@@ -107,9 +139,12 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
     session = None
     try:
         if initial_peers is None and client is None:
-            forward_fn = local_forward_fn(local.source, local.config, length, local.dtype, quant, prefill_chunk)
+            span = _load_span(local.source, local.config, local.config.n_blocks, local.dtype, quant)
+            forward_fn = local_forward_fn(local.source, local.config, length, local.dtype, quant, prefill_chunk, span)
             route = "local"
+            speculation = new_speculation(local, speculative, params, length, draft_k, draft_blocks, span)
         else:
+            speculation = new_speculation(local, speculative, params, length, draft_k, draft_blocks)
             client = client or (own_client := SwarmClient.connect(initial_peers))
             session = client.open_session(local.source.model_id, local.config.n_blocks, length, wire_dtype=wire_dtype,
                                           prefill_chunk=prefill_chunk)
@@ -120,7 +155,7 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
         pieces: list[str] = []
         first_token_at = None
         finish_reason = "length"
-        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params, length):
+        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params, length, speculation):
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             token_ids.append(event.token_id)
@@ -142,4 +177,5 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
         "generated_tokens": n, "finish_reason": finish_reason, "route": route,
         "time_to_first_token": ttft, "total_seconds": ended - started,
         "decode_tokens_per_second": (n - 1) / (ended - first_token_at) if n > 1 and ended > first_token_at else 0.0,
+        "speculative": speculative, "speculation": None if speculation is None else speculation.stats.as_dict(),
     }

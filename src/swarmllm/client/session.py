@@ -26,6 +26,7 @@ from typing import Awaitable, Callable, Optional
 import torch
 
 from swarmllm.client.routing import ChainLink
+from swarmllm.engine.blocks import EXACT_STEP_POSITIONS
 from swarmllm.protocol import (
     PING_HANDLER, SESSION_HANDLER, CloseSession, ErrorReply, NextHop, OpenSession, Ping, Pong, ProtocolError, Reroute,
     SessionOpened, Step, StepResult, SwarmError, decode_frame, decode_tensor, encode_frame, encode_tensor,
@@ -130,6 +131,7 @@ class InferenceSession:
         self.position = 0               # positions the whole chain has committed
         self.inputs: Optional[torch.Tensor] = None  # [max_length, D]: what we sent to block 0, for replays
         self.chunks: list[int] = []     # lengths of the committed steps, in order (replays repeat them)
+        self.rollbacks = 0              # steps that started before the end (rejected speculative drafts)
         self.last_step_seconds = 0.0
         self.failovers: list[FailoverEvent] = []
         self._next_step_id = 0
@@ -235,7 +237,7 @@ class InferenceSession:
         return min(default, (2.0 + 0.02 * n_positions) * self._slack / 8.0)
 
     def _observe(self, seconds: float, n_positions: int) -> None:
-        if n_positions <= 4:  # decode-sized steps; prefill time says little about the next token
+        if n_positions <= EXACT_STEP_POSITIONS:  # decode and verify steps; prefill time says little about the next token
             self._decode_seconds = seconds if self._decode_steps == 0 else 0.8 * self._decode_seconds + 0.2 * seconds
             self._decode_steps += 1
 
@@ -335,10 +337,14 @@ class InferenceSession:
         raise AssertionError("unreachable")
 
     def _commit(self, start_position: int, n_new: int) -> None:
-        # A step that starts before the end rolls back: drop the chunks it replaces. (A chunk cut
-        # in the middle would replay as a shorter batch than it was computed in; speculative
-        # decoding must keep that in mind.)
+        # A step that starts before the end rolls back (speculative decoding after rejected
+        # drafts): drop the chunks it replaces and cut the one it starts inside. A cut chunk
+        # replays as a shorter step than it was computed in; that is exact for steps of at most
+        # EXACT_STEP_POSITIONS positions, whose rows the engine computes exactly as single steps
+        # (a verify step is one; tests/integration/test_failover.py fails over mid-speculation).
         total = self.position  # invariant: position == sum(chunks)
+        if start_position < total:
+            self.rollbacks += 1
         while self.chunks and total > start_position:
             total -= self.chunks.pop()
         if total < start_position:

@@ -18,6 +18,12 @@ Weights: the four projections of a block (q|k|v, o, gate|up, down) are `engine.q
 linear layers: dense in the compute dtype (quant="none"), or kept as int8 / int4 and
 multiplied by weight-only kernels (quant="int8" / "int4"); see quant.py.
 
+Steps of 2..EXACT_STEP_POSITIONS positions (a speculative verify step, a short prompt) attend
+one query row at a time, exactly as that many single-position steps would: each of their rows
+is bit-identical to the same position decoded alone (the linear layers already are, see
+ROW_QUANTUM). So verifying k drafted tokens in one pass yields the logits plain decoding
+gives, and a step cut short after rejected drafts replays exactly as its accepted rows.
+
 Speed: single-token decode is dominated by per-op overhead on CPU, so weights are fused at
 load (q|k|v and gate|up are one matmul each), RoPE is one addcmul over q and k together, GQA
 is done by folding query groups into the query-length axis (no K/V repeat), and no mask is
@@ -54,6 +60,17 @@ threads (tests/unit/test_engine_batching.py checks it). So a session's output is
 alone or in any batch, and a replay on another server reproduces it exactly. Other BLAS
 libraries may tile differently: the test says so if this stops holding. Cost: nothing in
 bfloat16; in float32 a lone decode step costs ~1.5x the CPU time of the matrix-vector path.
+"""
+
+
+EXACT_STEP_POSITIONS = 16
+"""Steps of at most this many positions compute attention row by row (see the module docstring).
+
+Measured with torch 2.13 on CPU: one masked attention call over T query rows rounds a row
+differently from the unmasked single-row call plain decoding makes (float32: up to 3e-4 in
+the block output; bfloat16: 6e-2), enough to flip a near-tied greedy token. Row by row costs T
+attention calls per block instead of one, small next to the linear layers at these sizes.
+Prefills longer than this keep the single masked call: they are never cut short.
 """
 
 
@@ -169,7 +186,10 @@ class SpanModel:
         return new_kv_cache(self.config, self.n_blocks, max_length, batch_size, self.dtype, kv_dtype)
 
     def _attention_plan(self, start: int, T: int, sliding: bool) -> tuple:
-        """(cos, sin, first visible key position, mask or None) for the new positions."""
+        """(cos, sin, first visible key position, mask or None) for the new positions.
+
+        For 2..EXACT_STEP_POSITIONS positions the third item is a tuple: each row's first
+        visible key, and there is no mask (rows attend one at a time)."""
         cfg = self.config
         cos, sin = (self.rope_local if sliding else self.rope_global).slice(start, T)
         end = start + T
@@ -177,6 +197,8 @@ class SpanModel:
         k0 = max(0, start + 1 - window) if window else 0  # keys below k0 are invisible to every query
         if T == 1:
             return cos, sin, k0, None
+        if T <= EXACT_STEP_POSITIONS:
+            return cos, sin, tuple(max(0, p + 1 - window) if window else 0 for p in range(start, end)), None
         q_pos = torch.arange(start, end)[:, None]
         k_pos = torch.arange(k0, end)[None, :]
         mask = k_pos <= q_pos  # [T, L]
@@ -282,11 +304,19 @@ class SpanModel:
         _, _, k0, mask = plan
         end = start + T
         cache.write(block, start, qk[:, H:].transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0))
-        keys, values = cache.read(block, k0, end)  # [1, KV, L, hd]
         if T == 1:
+            keys, values = cache.read(block, k0, end)  # [1, KV, L, hd]
             q = qk[0, :H].reshape(1, KV, G, hd)
             a = F.scaled_dot_product_attention(q, keys, values, scale=cfg.attention_scale)  # [1, KV, G, hd]
             return a.reshape(1, H * hd)
+        if mask is None:  # a short step: each row exactly as a single-position step computes it
+            rows = []
+            for j, first in enumerate(k0):
+                keys, values = cache.read(block, first, start + j + 1)
+                q = qk[j, :H].reshape(1, KV, G, hd)
+                rows.append(F.scaled_dot_product_attention(q, keys, values, scale=cfg.attention_scale))
+            return torch.cat(rows).reshape(T, H * hd)
+        keys, values = cache.read(block, k0, end)  # [1, KV, L, hd]
         q = qk[:, :H].reshape(T, KV, G, hd).permute(1, 2, 0, 3).reshape(1, KV, G * T, hd)
         a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=cfg.attention_scale)
         return a.view(KV, G, T, hd).permute(2, 0, 1, 3).reshape(T, H * hd)

@@ -4,7 +4,9 @@
 per sampled token; `generate(...)` drains it into a `GenerationResult` with timings.
 `forward_fn(hidden[1, T, D], start_position) -> hidden[1, T, D]` runs ALL blocks and keeps its
 own KV state: locally a SpanModel + KVCache, in the swarm a chain of remote spans. The prompt
-is prefilled in one call, then one token per call.
+is prefilled in one call, then one token per call; with a `Speculation` (speculative.py) each
+call verifies drafted tokens too and may start before the previous call's end (a rollback),
+which forward_fn must allow.
 
 Stopping: an EOS id (finish "stop", the EOS id is the last of `token_ids` but adds no text), a
 stop string (finish "stop"; the text is cut before it, text after it is never emitted), or
@@ -22,6 +24,7 @@ import torch
 
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.sampling import Sampler, SamplingParams
+from swarmllm.engine.speculative import Speculation
 
 ForwardFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -73,8 +76,12 @@ def iter_generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     max_length: int | None = None,
+    speculation: Speculation | None = None,
 ) -> Iterator[GenerationStep]:
-    """Yield one GenerationStep per sampled token; the last one carries finish_reason."""
+    """Yield one GenerationStep per sampled token; the last one carries finish_reason.
+
+    With `speculation`, tokens come from draft-and-verify rounds (several per forward_fn call);
+    its `stats` say how many were drafted and accepted."""
     if not prompt_ids:
         raise ValueError("The prompt is empty; give at least one token.")
     limit = max_length or head.config.context_length
@@ -84,13 +91,13 @@ def iter_generate(
     eos = set(tokenizer.eos_token_ids)
     generated: list[int] = []
     emitted = 0  # characters of decoded text already yielded
-    position = 0
-    tokens_in = list(prompt_ids)
-    while True:
-        hidden = forward_fn(head.embed([tokens_in]), position)
-        position += len(tokens_in)
-        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1])
+    if speculation is None:
+        tokens = _plain_tokens(head, forward_fn, prompt_ids, sampler)
+    else:
+        tokens = speculation.tokens(head, forward_fn, prompt_ids, sampler, limit, params.max_new_tokens)
+    for token in tokens:
         generated.append(token)
+        position = len(prompt_ids) + len(generated) - 1  # positions fed to the model before this token
         if token in eos:
             yield GenerationStep(token, _final_delta(tokenizer, generated[:-1], emitted, params.stop), "stop")
             return
@@ -108,6 +115,16 @@ def iter_generate(
         delta = text[emitted:safe] if safe > emitted else ""
         emitted = max(emitted, safe)
         yield GenerationStep(token, delta)
+
+
+def _plain_tokens(head: ModelHead, forward_fn: ForwardFn, prompt_ids: Sequence[int], sampler: Sampler) -> Iterator[int]:
+    """Prefill, then one position per forward_fn call."""
+    position, tokens_in = 0, list(prompt_ids)
+    while True:
+        hidden = forward_fn(head.embed([tokens_in]), position)
+        position += len(tokens_in)
+        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1])
+        yield token
         tokens_in = [token]
 
 
@@ -124,6 +141,7 @@ def generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     max_length: int | None = None,
+    speculation: Speculation | None = None,
 ) -> GenerationResult:
     """Run iter_generate to the end and collect text, ids, finish reason and timings."""
     started = time.perf_counter()
@@ -131,7 +149,7 @@ def generate(
     pieces: list[str] = []
     ids: list[int] = []
     finish = "length"
-    for step in iter_generate(head, tokenizer, forward_fn, prompt_ids, params, max_length):
+    for step in iter_generate(head, tokenizer, forward_fn, prompt_ids, params, max_length, speculation):
         if not ids:
             first_at = time.perf_counter()
         ids.append(step.token_id)

@@ -17,6 +17,7 @@ from swarmllm.engine.generation import ForwardFn, GenerationResult, generate
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.quant import check_quant_mode
 from swarmllm.engine.sampling import SamplingParams
+from swarmllm.engine.speculative import Speculation
 from swarmllm.models.catalog import ModelSource, resolve_model
 from swarmllm.models.config import ModelConfig
 from swarmllm.models.tokenizer import Tokenizer, load_tokenizer
@@ -64,5 +65,7 @@ class LocalModel:
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
-        return generate(self.head, self.tokenizer, self.new_forward_fn(), prompt_ids, params, self.max_length)
+    def generate(self, prompt_ids: list[int], params: SamplingParams,
+                 speculation: Speculation | None = None) -> GenerationResult:
+        return generate(self.head, self.tokenizer, self.new_forward_fn(), prompt_ids, params, self.max_length,
+                        speculation)

@@ -46,11 +46,18 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor) -> int:
         """logits [V] (any float dtype) -> token id."""
+        probs = self.distribution(logits)
+        if probs is None:
+            return int(torch.argmax(logits.float().reshape(-1)))
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The distribution `sample` draws from (float32 [V], after temperature, top-k and
+        top-p), or None for greedy. Speculative decoding accepts drafts against it."""
         p = self.params
-        logits = logits.float().reshape(-1)
         if p.temperature == 0.0:
-            return int(torch.argmax(logits))
-        logits = logits / p.temperature
+            return None
+        logits = logits.float().reshape(-1) / p.temperature
         if p.top_k and p.top_k < logits.numel():
             kth = torch.topk(logits, p.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -61,5 +68,12 @@ class Sampler:
             drop[0] = False  # the most likely token always survives (rounding can push it over a tiny top_p)
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
-        probs = torch.softmax(logits, dim=-1)
+        return torch.softmax(logits, dim=-1)
+
+    def uniform(self) -> float:
+        """A draw from U[0, 1) off this sampler's generator (speculative acceptance tests)."""
+        return float(torch.rand((), generator=self.generator))
+
+    def sample_from(self, probs: torch.Tensor) -> int:
+        """A token from an explicit distribution [V] (the residual after a rejected draft)."""
         return int(torch.multinomial(probs, 1, generator=self.generator))
