@@ -37,6 +37,11 @@ NOT_RETRYABLE = {"bad_shape", "too_long", "malformed", "version_mismatch"}
 
 Replanner = Callable[[int, int, set], Awaitable[list[ChainLink]]]
 
+def fixed_timeout(n_positions: int) -> float:
+    """A step's timeout before anything was measured: 5 s + 20 ms per position."""
+    return 5.0 + 0.02 * n_positions
+
+
 # Prompts longer than this many positions are prefilled in chunks of it, pipelined through
 # the chain. Part of the computation's definition: the local reference chunks the same way.
 PREFILL_CHUNK = 256
@@ -220,7 +225,7 @@ class InferenceSession:
         """
         if self.step_timeout is not None:
             return self.step_timeout
-        default = 5.0 + 0.02 * n_positions
+        default = fixed_timeout(n_positions)
         if self._decode_steps < 3:
             return default
         return min(default, max(1.5, self._slack * self._decode_seconds + 0.02 * n_positions))
@@ -231,7 +236,7 @@ class InferenceSession:
         On a chain whose decode steps are known to be quick, 2 s + 20 ms per position (scaled
         by `slack` after false alarms); otherwise, or when that is longer, 5 s + 20 ms per position.
         """
-        default = 5.0 + 0.02 * n_positions
+        default = fixed_timeout(n_positions)
         if self._decode_steps < 3 or self._decode_seconds > 0.2:
             return default
         return min(default, (2.0 + 0.02 * n_positions) * self._slack / 8.0)
