@@ -120,7 +120,7 @@ def cmd_serve(args) -> int:
         session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
         throughput=args.throughput, dtype=args.dtype, kv_dtype=args.kv_dtype, quant=args.quant,
         rebalance_period=args.rebalance_period, max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000,
-        download_dir=args.download_dir, model_manifest=args.model_manifest)
+        download_dir=args.download_dir, model_manifest=args.model_manifest, ring=not args.no_ring)
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -156,6 +156,10 @@ def cmd_generate(args) -> int:
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ()))
     if not args.local and not args.initial_peers:
         raise SystemExit("swarmllm generate: pass --initial-peers MADDR to use a swarm, or --local to run in-process")
+    if args.ring and args.local:
+        raise SystemExit("swarmllm generate: --ring needs a swarm; --local has no chain to ring around")
+    if args.ring and args.speculative != "off":
+        raise SystemExit("swarmllm generate: --ring and --speculative do not combine; choose one")
     if args.quant != "none" and not args.local:
         raise SystemExit("swarmllm generate: --quant applies to --local only; a swarm's servers choose their own "
                          "(swarmllm serve --quant)")
@@ -163,7 +167,7 @@ def cmd_generate(args) -> int:
                            system=args.system, raw=args.raw, max_length=args.max_length,
                            stream_to=None if args.json else sys.stdout, dtype=args.dtype, wire_dtype=args.wire_dtype,
                            quant=args.quant, speculative=args.speculative, draft_k=args.draft_k,
-                           draft_blocks=args.draft_blocks)
+                           draft_blocks=args.draft_blocks, ring=args.ring)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -172,7 +176,8 @@ def cmd_generate(args) -> int:
         drafts = (f", {args.speculative} drafts: {spec['acceptance_rate']:.0%} accepted, "
                   f"{spec['tokens_per_step']:.2f} tokens per step") if spec else ""
         print(f"[{result['generated_tokens']} tokens, {result['decode_tokens_per_second']:.1f} tokens/s, "
-              f"ttft {result['time_to_first_token'] * 1000:.0f} ms, via {result['route']}{drafts}]", file=sys.stderr)
+              f"ttft {result['time_to_first_token'] * 1000:.0f} ms, via {result['route']}{drafts}"
+              f"{', ring' if result['ring'] else ''}]", file=sys.stderr)
     return 0
 
 
@@ -380,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-dtype", choices=("auto", "int8"), default="auto",
                    help="KV-cache storage: auto = the compute dtype; int8 = per-head int8 (about 2x the sessions "
                         "of bf16, 4x of fp32, in the same --cache-memory-mb)")
+    p.add_argument("--no-ring", action="store_true",
+                   help="do not offer ring decoding (otherwise the model's embedding and LM head are loaded when a "
+                        "ring session starts or ends here)")
     p.add_argument("--identity", help="private key file for a stable peer id")
     p.set_defaults(func=cmd_serve)
 
@@ -400,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-k", type=_draft_k, default=8,
                    help="most tokens drafted per round (1..15); fewer while drafts are rejected")
     p.add_argument("--draft-blocks", type=_positive_int, default=8, help="blocks the early-exit drafter runs")
+    p.add_argument("--ring", action="store_true",
+                   help="ring decoding: the chain's last server samples and sends each token straight to the first "
+                        "(a token costs the ring of servers, not client -> chain -> client); same tokens")
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)

@@ -154,5 +154,72 @@ def test_failover_during_speculation_keeps_greedy_output(swarm, client, model, r
     swarm.restart(state["victim"])
 
 
+# --- ring decoding: the last server samples and feeds the first; the client only watches ---
+def run_ring(client, model, params, kill_at=None, hop=None, sig=signal.SIGKILL):
+    """Ring-decode through a fresh session; kill the chain's `hop` once `kill_at` tokens arrived."""
+    from swarmllm.client.ring import RingDecoder, ring_supported
+    from swarmllm.engine.generation import iter_generate
+
+    ids = model.prompt_ids(PROMPT)
+    length = len(ids) + params.max_new_tokens
+    session = client.open_session(model.source.model_id, model.config.n_blocks, length)
+    state = {"victim": None}
+    try:
+        assert ring_supported(session.session), "the servers did not announce ring decoding"
+        decoder = RingDecoder(client.loop.run, session.session, model.tokenizer.eos_token_ids)
+        tokens = []
+        for event in iter_generate(model.head, model.tokenizer, session.forward, ids, params, length, decoder):
+            tokens.append(event.token_id)
+            if kill_at is not None and len(tokens) == kill_at:
+                state["victim"] = node_of(swarm_of(client), session.chain[hop].peer_id)
+                swarm_of(client).kill(state["victim"], sig)
+        return tokens, session.failovers, state
+    finally:
+        session.close()
+
+
+_SWARMS = {}
+
+
+def swarm_of(client):
+    return _SWARMS[id(client)]
+
+
+@pytest.fixture(scope="module")
+def ring_client(swarm, client):
+    _SWARMS[id(client)] = swarm
+    return client
+
+
+def test_ring_decoding_gives_plain_decodings_tokens(ring_client, model, reference):
+    tokens, failovers, _ = run_ring(ring_client, model, GREEDY)
+    assert tokens == reference.token_ids and not failovers
+
+
+def test_ring_sampling_keeps_the_rng_stream(ring_client, model):
+    sampled = SamplingParams(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=99)
+    plain, _ = run(ring_client, model, sampled)
+    tokens, _, _ = run_ring(ring_client, model, sampled)
+    assert tokens == plain.token_ids
+
+
+@pytest.mark.parametrize("hop", [2, 1, 0], ids=["sampler", "middle", "first"])
+def test_failover_during_ring_decoding(swarm, ring_client, model, reference, hop):
+    """Kill a server while tokens go round the ring: the client notices (error or silence),
+    fails over, replays, and restarts the ring from the last token it received."""
+    tokens, failovers, state = run_ring(ring_client, model, GREEDY, kill_at=10, hop=hop)
+    assert state["victim"] is not None and failovers, "the fault was never injected"
+    assert tokens == reference.token_ids
+    swarm.restart(state["victim"])
+
+
+def test_ring_with_sampling_survives_a_killed_sampler(swarm, ring_client, model):
+    sampled = SamplingParams(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=7)
+    plain, _ = run(ring_client, model, sampled)
+    tokens, failovers, state = run_ring(ring_client, model, sampled, kill_at=8, hop=2)
+    assert failovers and tokens == plain.token_ids
+    swarm.restart(state["victim"])
+
+
 def test_killed_node_does_not_take_down_others(swarm):
     assert all(node.alive for node in swarm.nodes)

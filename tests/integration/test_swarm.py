@@ -16,8 +16,8 @@ from swarmllm.client.session import PREFILL_CHUNK
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.protocol import (
-    SESSION_HANDLER, ErrorReply, OpenSession, SessionOpened, Step, StepResult, decode_frame, decode_tensor,
-    encode_frame, encode_tensor,
+    PUSH_HANDLER, SESSION_HANDLER, ErrorReply, OpenSession, RingStop, RingToken, SessionOpened, Step, StepResult,
+    decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
 
 pytestmark = pytest.mark.integration
@@ -121,6 +121,35 @@ def test_malformed_messages_get_error_replies_and_node_keeps_serving(swarm3, cli
     assert node.alive
     result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
     assert result["token_ids"] == local_reference["token_ids"]
+
+
+def test_bad_ring_messages_get_clear_errors_and_node_keeps_serving(swarm3, client, local_reference):
+    """A ring token for no session, or outside the vocabulary, and a ring stop for no session."""
+    node = swarm3.nodes[0]
+    peer_id = node.ready["peer_id"]
+    stream, opened = _raw_session(client, peer_id, "r" * 16, 0, 10)
+    assert isinstance(opened, SessionOpened)
+    push = client.loop.run(client.swarm.open_stream(peer_id, PUSH_HANDLER))
+    reply, _ = _send_recv(client, push, encode_frame(RingToken(session_id="nobody" * 3, step_id=1, position=0,
+                                                               token_id=5)))
+    assert isinstance(reply, ErrorReply) and reply.code == "unknown_session"
+
+    # The sender (in a ring: the chain's last server, which relays it to its client) hears why.
+    reply, _ = _send_recv(client, push, encode_frame(RingToken(session_id="r" * 16, step_id=1, position=0,
+                                                               token_id=10**9)))
+    assert isinstance(reply, ErrorReply) and reply.code == "bad_shape" and "vocabulary" in reply.message
+    reply, _ = _send_recv(client, stream, encode_frame(RingStop(session_id="nobody" * 3)))
+    assert isinstance(reply, ErrorReply) and reply.code == "unknown_session"
+    # A good ring token runs as the session's next step (this node is "last" here: it answers).
+    client.loop.run(push.send(encode_frame(RingToken(session_id="r" * 16, step_id=2, position=0, token_id=5))))
+    reply, payload = client.loop.run(stream.recv()), None
+    reply, payload = decode_frame(reply)
+    assert isinstance(reply, StepResult) and reply.step_id == 2 and decode_tensor(reply.tensor, payload).shape[1] == 1
+    push.close()
+    stream.close()
+    assert node.alive
+    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client, ring=True)
+    assert result["ring"] and result["token_ids"] == local_reference["token_ids"]
 
 
 def test_out_of_capacity_is_a_clear_error(swarm3, client):

@@ -9,6 +9,9 @@ engine computes, and tests can compare them token for token.
 Speculative decoding (`speculative="ngram"` or `"early-exit"`) drafts tokens on the client
 and verifies them in one traversal of the chain (engine/speculative.py); greedy output does
 not change. The early-exit drafter runs the model's first `draft_blocks` blocks locally.
+
+Ring decoding (`ring=True`, client/ring.py) has the chain's last server sample and feed the
+token straight to the first server; the tokens are the same as plain decoding's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Optional, Sequence, TextIO
 
 import torch
 
+from swarmllm.client.ring import RingDecoder, ring_supported
 from swarmllm.client.session import PREFILL_CHUNK, chunked_forward
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.dtypes import resolve_dtype
@@ -117,7 +121,7 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
                   stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
                   dtype: str = "auto", wire_dtype: Optional[str] = None, quant: str = "none",
                   prefill_chunk: Optional[int] = PREFILL_CHUNK, speculative: str = "off",
-                  draft_k: int = 8, draft_blocks: int = DEFAULT_DRAFT_BLOCKS) -> dict:
+                  draft_k: int = 8, draft_blocks: int = DEFAULT_DRAFT_BLOCKS, ring: bool = False) -> dict:
     """Generate a reply; through the swarm if initial_peers (or client) is given, else locally.
 
     wire_dtype: format of hidden states between nodes (see protocol WIRE_DTYPES); None = lossless.
@@ -127,8 +131,13 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
     chain); None = in one piece.
     speculative: "off", "ngram" or "early-exit" (see SPECULATIVE_MODES); draft_k is the most
     tokens drafted per round (the draft length adapts below it to the acceptance rate).
+    ring: ring decoding (swarm only; the result's "ring" says whether the chain could ring).
     """
     check_quant_mode(quant)
+    if ring and speculative != "off":
+        raise ValueError("ring decoding and speculative decoding do not combine; choose one")
+    if ring and initial_peers is None and client is None:
+        raise ValueError("ring decoding needs a swarm (--peers); in-process generation has no chain")
     if quant != "none" and (initial_peers is not None or client is not None):
         raise ValueError("quant applies to in-process generation only; servers quantize their own weights "
                          "(swarmllm serve --quant).")
@@ -137,6 +146,7 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
     length = local.session_length(len(prompt_ids), params, max_length)
     own_client = None
     session = None
+    decoder = None
     try:
         if initial_peers is None and client is None:
             span = _load_span(local.source, local.config, local.config.n_blocks, local.dtype, quant)
@@ -150,12 +160,16 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
                                           prefill_chunk=prefill_chunk)
             forward_fn = session.forward
             route = " -> ".join(f"{link.peer_id[-8:]}[{link.start},{link.end})" for link in session.chain)
+            decoder = RingDecoder(client.loop.run, session.session, local.tokenizer.eos_token_ids) if ring \
+                else speculation
+            ring = ring and ring_supported(session.session)
         started = time.perf_counter()
         token_ids: list[int] = []
         pieces: list[str] = []
         first_token_at = None
         finish_reason = "length"
-        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params, length, speculation):
+        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params, length,
+                                   decoder or speculation):
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             token_ids.append(event.token_id)
@@ -178,4 +192,5 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
         "time_to_first_token": ttft, "total_seconds": ended - started,
         "decode_tokens_per_second": (n - 1) / (ended - first_token_at) if n > 1 and ended > first_token_at else 0.0,
         "speculative": speculative, "speculation": None if speculation is None else speculation.stats.as_dict(),
+        "ring": ring,
     }

@@ -29,7 +29,7 @@ from swarmllm.client.routing import ChainLink
 from swarmllm.engine.blocks import EXACT_STEP_POSITIONS
 from swarmllm.protocol import (
     PING_HANDLER, SESSION_HANDLER, CloseSession, ErrorReply, NextHop, OpenSession, Ping, Pong, ProtocolError, Reroute,
-    SessionOpened, Step, StepResult, SwarmError, decode_frame, decode_tensor, encode_frame, encode_tensor,
+    SessionOpened, Step, StepResult, SwarmError, TokenResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
 
 # Errors that say the client itself is wrong: retrying elsewhere cannot help.
@@ -112,6 +112,19 @@ class Hop:
 
 
 @dataclass
+class RingChannel:
+    """Step ids [base, end) of one ring (token k comes from step base + k) and where its
+    TokenResults and errors are delivered."""
+
+    base: int
+    end: int
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def covers(self, step_id: int) -> bool:
+        return self.base <= step_id < self.end
+
+
+@dataclass
 class FailoverEvent:
     peer_ids: list[str]          # servers replaced
     code: str                    # why the step first failed (later faults in the same recovery are in `trace`)
@@ -144,11 +157,16 @@ class InferenceSession:
         self._failed_at, self._first_error = 0.0, ""
         self._decode_seconds, self._decode_steps, self._slack = 0.0, 0, 8.0  # for the adaptive step timeout
         self._pending: dict[int, asyncio.Future] = {}
+        self._ring: Optional[RingChannel] = None  # the ring in progress (client/ring.py)
         self._closed = False
 
     @property
     def chain(self) -> list[ChainLink]:
         return [hop.link for hop in self.hops]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # --- opening ---------------------------------------------------------------------
     async def open(self) -> "InferenceSession":
@@ -199,6 +217,9 @@ class InferenceSession:
                     future = self._pending.pop(msg.step_id, None)
                     if future is not None and not future.done():
                         future.set_result(decode_tensor(msg.tensor, payload))
+                elif isinstance(msg, TokenResult):
+                    if self._ring is not None and self._ring.covers(msg.step_id):
+                        self._ring.queue.put_nowait(msg)
                 elif isinstance(msg, ErrorReply):
                     self._fail(RemoteStepError(msg.peer_id or hop.peer_id, msg.code, msg.message), msg.step_id)
         except (ConnectionError, ProtocolError) as e:
@@ -206,6 +227,8 @@ class InferenceSession:
                 self._fail(RemoteStepError(hop.peer_id, "connection_lost", f"connection lost: {e}"), None)
 
     def _fail(self, error: RemoteStepError, step_id: Optional[int]) -> None:
+        if self._ring is not None and (step_id is None or self._ring.covers(step_id)):
+            self._ring.queue.put_nowait(error)
         if step_id is not None and step_id not in self._pending:
             return  # about a step that already finished or was retried: stale, ignore it
         targets = [step_id] if step_id is not None else list(self._pending)
@@ -215,7 +238,7 @@ class InferenceSession:
                 future.set_exception(error)
 
     # --- steps -----------------------------------------------------------------------
-    def _timeout(self, n_positions: int) -> float:
+    def timeout_for(self, n_positions: int) -> float:
         """How long a step may take before the chain is presumed stalled.
 
         A fixed 5 s (+20 ms per position) until this session has timed a few decode steps;
@@ -264,6 +287,17 @@ class InferenceSession:
         self._next_step_id += 1
         return self._next_step_id - 1
 
+    def open_ring(self, n_steps: int) -> RingChannel:
+        """Reserve step ids for a ring of up to n_steps steps; its results come to the channel."""
+        base = self._new_step_id()
+        self._next_step_id += n_steps - 1
+        self._ring = RingChannel(base, base + n_steps)
+        return self._ring
+
+    def close_ring(self, channel: RingChannel) -> None:
+        if self._ring is channel:
+            self._ring = None
+
     async def step(self, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
         """Run hidden states [1, T, D] for positions start_position.. through the chain.
 
@@ -295,7 +329,7 @@ class InferenceSession:
                     tensor=meta), raw))
             for (offset, piece), (step_id, future) in zip(pieces, futures.items()):
                 try:
-                    outputs.append(await asyncio.wait_for(future, self._timeout(piece.shape[1])))
+                    outputs.append(await asyncio.wait_for(future, self.timeout_for(piece.shape[1])))
                 except asyncio.TimeoutError:
                     raise RemoteStepError(self.hops[-1].peer_id, "timeout", f"prefill chunk {step_id} timed out") \
                         from None
@@ -320,26 +354,36 @@ class InferenceSession:
                                       start_position=start_position, tensor=meta), raw)
             started = time.perf_counter()
             try:
-                output = await self._send_and_wait(self.hops[0], frame, step_id, self._timeout(n_new))
+                output = await self._send_and_wait(self.hops[0], frame, step_id, self.timeout_for(n_new))
             except RemoteStepError as error:
-                if error.code in NOT_RETRYABLE or self.replanner is None or attempt == self.max_failovers:
-                    raise
-                if failed_at is None:
-                    failed_at = self._failed_at = time.perf_counter()
-                    self._trace, self._first_error = [], error.code
-                self._note(f"step failed: {error.code} from {error.peer_id[-8:]}")
-                await self._recover_until_done(error)
+                failed_at = await self.recover(error, attempt, failed_at)
                 continue
-            self.last_step_seconds = time.perf_counter() - started
-            if failed_at is None:  # a retried step's time includes the recovery
-                self._observe(self.last_step_seconds, n_new)
-            self._commit(start_position, n_new)
-            if failed_at is not None and self.failovers:
-                self._note("retried step done")
-                self.failovers[-1].seconds = time.perf_counter() - failed_at
-                self.failovers[-1].trace = self._trace
+            self.complete_step(start_position, n_new, time.perf_counter() - started, failed_at)
             return output
         raise AssertionError("unreachable")
+
+    async def recover(self, error: RemoteStepError, attempt: int, failed_at: Optional[float]) -> float:
+        """Fail over after `error` (attempt-th retry of one step; failed_at: when its first try failed,
+        None if it had not), or re-raise when that cannot help. Returns when the step's first try failed."""
+        if error.code in NOT_RETRYABLE or self.replanner is None or attempt >= self.max_failovers:
+            raise error
+        if failed_at is None:
+            failed_at = self._failed_at = time.perf_counter()
+            self._trace, self._first_error = [], error.code
+        self._note(f"step failed: {error.code} from {error.peer_id[-8:]}")
+        await self._recover_until_done(error)
+        return failed_at
+
+    def complete_step(self, start_position: int, n_new: int, seconds: float, failed_at: Optional[float]) -> None:
+        """A step's output arrived: time it, commit its positions, close the books on a failover."""
+        self.last_step_seconds = seconds
+        if failed_at is None:  # a retried step's time includes the recovery
+            self._observe(seconds, n_new)
+        self._commit(start_position, n_new)
+        if failed_at is not None and self.failovers:
+            self._note("retried step done")
+            self.failovers[-1].seconds = time.perf_counter() - failed_at
+            self.failovers[-1].trace = self._trace
 
     def _commit(self, start_position: int, n_new: int) -> None:
         # A step that starts before the end rolls back (speculative decoding after rejected

@@ -4,9 +4,10 @@
 per sampled token; `generate(...)` drains it into a `GenerationResult` with timings.
 `forward_fn(hidden[1, T, D], start_position) -> hidden[1, T, D]` runs ALL blocks and keeps its
 own KV state: locally a SpanModel + KVCache, in the swarm a chain of remote spans. The prompt
-is prefilled in one call, then one token per call; with a `Speculation` (speculative.py) each
-call verifies drafted tokens too and may start before the previous call's end (a rollback),
-which forward_fn must allow.
+is prefilled in one call, then one token per call. A `Decoder` replaces that plain loop: with a
+`Speculation` (speculative.py) each call verifies drafted tokens too and may start before the
+previous call's end (a rollback), which forward_fn must allow; ring decoding (client/ring.py)
+has the swarm sample and only reports the tokens.
 
 Stopping: an EOS id (finish "stop", the EOS id is the last of `token_ids` but adds no text), a
 stop string (finish "stop"; the text is cut before it, text after it is never emitted), or
@@ -24,9 +25,15 @@ import torch
 
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.sampling import Sampler, SamplingParams
-from swarmllm.engine.speculative import Speculation
 
 ForwardFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class Decoder(Protocol):
+    """A source of sampled tokens that replaces the plain one-token-per-call loop."""
+
+    def tokens(self, head: ModelHead, forward_fn: ForwardFn, prompt_ids: Sequence[int], sampler: Sampler,
+               limit: int, max_new_tokens: int) -> Iterator[int]: ...
 
 
 class TextCodec(Protocol):
@@ -76,25 +83,35 @@ def iter_generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     max_length: int | None = None,
-    speculation: Speculation | None = None,
+    decoder: Decoder | None = None,
 ) -> Iterator[GenerationStep]:
     """Yield one GenerationStep per sampled token; the last one carries finish_reason.
 
-    With `speculation`, tokens come from draft-and-verify rounds (several per forward_fn call);
-    its `stats` say how many were drafted and accepted."""
+    With a `decoder`, tokens come from it, e.g. a `Speculation`'s draft-and-verify rounds
+    (several per forward_fn call; its `stats` say how many were drafted and accepted)."""
     if not prompt_ids:
         raise ValueError("The prompt is empty; give at least one token.")
     limit = max_length or head.config.context_length
     if len(prompt_ids) >= limit:
         raise ValueError(f"The prompt has {len(prompt_ids)} tokens; this model accepts at most {limit - 1}.")
     sampler = Sampler(params)
+    if decoder is None:
+        tokens = _plain_tokens(head, forward_fn, prompt_ids, sampler)
+    else:
+        tokens = decoder.tokens(head, forward_fn, prompt_ids, sampler, limit, params.max_new_tokens)
+    try:
+        yield from _steps(tokens, tokenizer, prompt_ids, params, limit)
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()  # a decoder holding remote state (a ring) hears that generation ended
+
+
+def _steps(tokens: Iterator[int], tokenizer: TextCodec, prompt_ids: Sequence[int], params: SamplingParams,
+           limit: int) -> Iterator[GenerationStep]:
     eos = set(tokenizer.eos_token_ids)
     generated: list[int] = []
     emitted = 0  # characters of decoded text already yielded
-    if speculation is None:
-        tokens = _plain_tokens(head, forward_fn, prompt_ids, sampler)
-    else:
-        tokens = speculation.tokens(head, forward_fn, prompt_ids, sampler, limit, params.max_new_tokens)
     for token in tokens:
         generated.append(token)
         position = len(prompt_ids) + len(generated) - 1  # positions fed to the model before this token
@@ -141,7 +158,7 @@ def generate(
     prompt_ids: Sequence[int],
     params: SamplingParams,
     max_length: int | None = None,
-    speculation: Speculation | None = None,
+    decoder: Decoder | None = None,
 ) -> GenerationResult:
     """Run iter_generate to the end and collect text, ids, finish reason and timings."""
     started = time.perf_counter()
@@ -149,7 +166,7 @@ def generate(
     pieces: list[str] = []
     ids: list[int] = []
     finish = "length"
-    for step in iter_generate(head, tokenizer, forward_fn, prompt_ids, params, max_length, speculation):
+    for step in iter_generate(head, tokenizer, forward_fn, prompt_ids, params, max_length, decoder):
         if not ids:
             first_at = time.perf_counter()
         ids.append(step.token_id)

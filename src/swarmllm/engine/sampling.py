@@ -1,8 +1,11 @@
 """Token sampling: greedy, temperature, top-k, top-p -- deterministic and replayable.
 
-`Sampler(params)` owns a `torch.Generator` seeded from `params.seed` (0 when None), so the same
-seed and the same logits always give the same tokens; a swarm client can replay a session
-after failover. `temperature == 0` is greedy argmax and ignores the generator.
+The RNG is counter-based: random draw n of a session uses a `torch.Generator` seeded from
+(`params.seed`, n) (seed 0 when None). So the same seed and the same logits always give the
+same tokens, and the whole RNG state is one integer (`Sampler.draws`): a swarm client replays a
+session after failover, and in ring decoding the last server samples on the session's behalf
+and a replacement continues exactly where it stopped. `temperature == 0` is greedy argmax and
+draws nothing.
 """
 
 from __future__ import annotations
@@ -36,13 +39,32 @@ class SamplingParams:
             raise ValueError("stop must be a tuple of strings, not a single string.")
 
 
-class Sampler:
-    """Picks one token id from a 1-D logits vector."""
+_GOLDEN = 0x9E3779B97F4A7C15  # odd constant (2^64 / golden ratio): spreads consecutive counters apart
 
-    def __init__(self, params: SamplingParams) -> None:
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The generator seed of random draw `draw` of a session seeded with `seed` (a 64-bit mix)."""
+    x = (seed * _GOLDEN + draw + 1) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) >> 1  # 63 bits: manual_seed takes any non-negative int64
+
+
+class Sampler:
+    """Picks one token id from a 1-D logits vector. `draws` random draws were made so far."""
+
+    def __init__(self, params: SamplingParams, draws: int = 0) -> None:
         self.params = params
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(params.seed if params.seed is not None else 0)
+        self.seed = params.seed if params.seed is not None else 0
+        self.draws = draws
+        self._generator = torch.Generator(device="cpu")
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator of the next draw (each access is one draw: it advances the counter)."""
+        self._generator.manual_seed(draw_seed(self.seed, self.draws))
+        self.draws += 1
+        return self._generator
 
     def sample(self, logits: torch.Tensor) -> int:
         """logits [V] (any float dtype) -> token id."""

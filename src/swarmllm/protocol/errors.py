@@ -24,6 +24,7 @@ class ErrorCode(str, Enum):
     DOWNSTREAM = "downstream"                  # the next server of the chain failed or is unreachable
     SHUTTING_DOWN = "shutting_down"            # node is leaving; open the session elsewhere
     NOT_AVAILABLE = "not_available"            # the node does not hold the requested file bytes
+    UNSUPPORTED = "unsupported"                # the node cannot do what was asked (e.g. ring decoding without head weights)
     INTERNAL = "internal"                      # bug on the node; the session is still valid
 
 

@@ -18,6 +18,19 @@ Messages are pydantic models, frozen, with a literal `type` tag; tensors travel 
 header as raw bytes described by a `TensorMeta` (see codec.py). Steps are deterministic
 given (session inputs, positions): a step can be replayed on another server or on two
 servers at once and the outputs compared, which later verification builds on.
+
+Ring decoding (optional, `Step.ring`): the last server samples the next token itself (with
+the session's sampling parameters and a counter-based RNG state, so any server can continue
+it) and sends it straight to the first server as a `RingToken`; the first server embeds it
+and runs the next step. The client only watches: each token reaches it as a `TokenResult`
+off the critical path, so a token costs one trip around the ring of servers instead of
+client -> chain -> client.
+
+      client            A [0,10)          B [10,20)         C [20,30)
+        |-- Step(ring) ->|-- Step(ring) --->|-- Step(ring) --->| samples t0
+        |<--------------------------------------- TokenResult(t0)
+        |                |<------------------------- RingToken(t0)
+        |                | embeds t0 -- Step ->|-- Step ------->| samples t1 ...
 """
 
 from __future__ import annotations
@@ -86,6 +99,35 @@ class SessionOpened(_Wire):
     max_length: int
 
 
+class RingSampling(_Wire):
+    """How the last server samples in ring decoding: the session's sampling parameters and RNG state.
+
+    The RNG is counter-based (engine/sampling.py): draw n uses a generator seeded from
+    (seed, n), so `draws` is the whole state and a replacement server continues exactly.
+    """
+
+    temperature: float = Field(default=0.0, ge=0.0)  # 0 = greedy
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    draws: int = Field(default=0, ge=0)               # random draws already made in this session
+
+
+class RingSpec(_Wire):
+    """Carried by the step that starts ring decoding; every server passes it on with the step.
+
+    The step's own output yields token 0; the server holding the end of the chain then sends
+    each token to `first_hop` as a `RingToken` with step id (this step's id + k) until
+    `max_tokens` tokens are out or one of `eos_token_ids` is sampled. A later step from the
+    client (any id outside that range) or a `RingStop` ends the ring.
+    """
+
+    sampling: RingSampling
+    max_tokens: int = Field(gt=0, le=MAX_SESSION_LENGTH)
+    eos_token_ids: tuple[int, ...] = ()
+    first_hop: NextHop                 # the chain's first server: where tokens go to be embedded
+
+
 class Step(_Wire):
     """Hidden states for new positions: client -> first server, or server -> next server.
 
@@ -102,6 +144,7 @@ class Step(_Wire):
     replay_end: Optional[int] = Field(default=None, gt=0)  # failover replay: the server whose blocks
     # reach this block answers the client instead of pushing on (the servers after it already
     # hold these positions)
+    ring: Optional[RingSpec] = None    # start ring decoding with this step (see RingSpec)
 
 
 class StepResult(_Wire):
@@ -113,6 +156,40 @@ class StepResult(_Wire):
     start_position: int
     tensor: TensorMeta
     compute_seconds: float = 0.0  # time this server spent computing (for diagnostics)
+
+
+class RingToken(_Wire):
+    """Last server -> first server (push stream): embed this token and run it as step `step_id`."""
+
+    type: Literal["ring_token"] = "ring_token"
+    session_id: str                    # the first server's session id
+    step_id: int = Field(ge=0)
+    position: int = Field(ge=0)        # the token's position (where its embedding goes)
+    token_id: int = Field(ge=0)
+
+
+class TokenResult(_Wire):
+    """Last server -> client in ring decoding: token k of the ring, sampled from step `step_id`'s output.
+
+    When it arrives, positions up to `position` (exclusive) are committed on every server of
+    the chain; the token itself sits at `position` and is not computed yet.
+    """
+
+    type: Literal["token_result"] = "token_result"
+    session_id: str
+    step_id: int
+    position: int = Field(ge=0)
+    token_id: int = Field(ge=0)
+    draws: int = Field(ge=0)           # RNG state after this token (RingSampling.draws to continue from)
+    finished: bool = False             # the ring ends with this token (EOS or max_tokens)
+    compute_seconds: float = 0.0
+
+
+class RingStop(_Wire):
+    """Client -> last server: stop ring decoding now (the client found a stop string)."""
+
+    type: Literal["ring_stop"] = "ring_stop"
+    session_id: str
 
 
 class Reroute(_Wire):
@@ -202,7 +279,7 @@ class RangeData(_Wire):
 
 
 Message = Annotated[
-    Union[OpenSession, SessionOpened, Step, StepResult, Reroute, CloseSession, ErrorReply, Ping, Pong, ReadRange,
-          RangeData],
+    Union[OpenSession, SessionOpened, Step, StepResult, RingToken, TokenResult, RingStop, Reroute, CloseSession,
+          ErrorReply, Ping, Pong, ReadRange, RangeData],
     Field(discriminator="type"),
 ]

@@ -58,6 +58,7 @@ class ServerRecord(BaseModel):
     # Set while the node is about to move to another span (a claim, so that two nodes do not
     # both rush into the same hole); planners count it as covering this span instead.
     moving_to: Optional[tuple[int, int]] = None
+    ring: bool = False                # can start or end a ring-decoding chain (holds the model's head)
 
     @property
     def span_length(self) -> int:

@@ -4,7 +4,9 @@ Loads only the span's tensors (weights dense in the compute dtype, or kept as in
 with `quant`, see engine/quant.py), creates per-session KV caches for sub-spans (in the compute
 dtype, or int8 with `kv_dtype="int8"`: the byte counts below follow, so the session budget
 admits correspondingly more positions), hands out the `SpanModel` of a sub-span (steps run
-through it in batches, see batching.py) and measures decode throughput. A failed `forward`
+through it in batches, see batching.py) and measures decode throughput. For ring decoding
+the model's head (embedding, final norm, LM head) is loaded on first use, when the file holds
+it (a partial download of a span does not). A failed `forward`
 leaves the cache's valid length
 unchanged (the engine advances it only after all blocks ran), so a session survives a
 rejected or crashed step.
@@ -20,10 +22,11 @@ import torch
 
 from swarmllm.engine.blocks import SpanModel
 from swarmllm.engine.dtypes import resolve_dtype
+from swarmllm.engine.head import ModelHead
 from swarmllm.engine.kv_cache import KVCache, kv_bytes_per_token
 from swarmllm.engine.quant import check_quant_mode
 from swarmllm.models.catalog import resolve_model
-from swarmllm.weights import block_parameter_counts, load_blocks, read_config
+from swarmllm.weights import block_parameter_counts, load_blocks, load_head, read_config
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,11 @@ class ModelDescription:
 
 
 class SpanBackend:
-    def __init__(self, model_id: str, config, span: SpanModel, dtype: torch.dtype, kv_dtype: str = "auto"):
+    def __init__(self, model_id: str, config, span: SpanModel, dtype: torch.dtype, kv_dtype: str = "auto",
+                 source=None):
         self.model_id, self.config, self.span, self.dtype, self.kv_dtype = model_id, config, span, dtype, kv_dtype
+        self.source = source  # where the head is loaded from for ring decoding (None: not available)
+        self._head: ModelHead | None = None
         self.quant = span.quant
         self.start, self.end = span.start, span.end
         self.n_blocks = config.n_blocks
@@ -66,7 +72,21 @@ class SpanBackend:
         load_dtype = dtype if quant == "none" else torch.float32  # quantize from full-precision values
         blocks = load_blocks(source, config, start, end, load_dtype, keep_int4=quant == "int4")
         span = SpanModel(config, blocks, start, end, dtype, quant)
-        return cls(source.model_id, config, span, dtype, kv_dtype)
+        return cls(source.model_id, config, span, dtype, kv_dtype, source)
+
+    def head(self) -> ModelHead:
+        """The model's embedding and LM head in the compute dtype, loaded on first use.
+
+        Raises LookupError when the file does not hold them (a partial copy of a span)."""
+        if self._head is None:
+            if self.source is None:
+                raise LookupError("this node has no source for the model's head")
+            try:
+                weights = load_head(self.source, self.config, self.dtype)
+            except (KeyError, ValueError, OSError) as e:
+                raise LookupError(f"the model's head could not be loaded: {e}") from None
+            self._head = ModelHead(self.config, weights, self.dtype)
+        return self._head
 
     def model(self, start: int, end: int) -> SpanModel:
         """Blocks [start, end) of the span, sharing its weights; one object per sub-span."""

@@ -5,6 +5,10 @@ the compute thread, batched with the steps of other sessions that are ready at t
 time (batching.py) -> encode -> push to the next server (or reply to the client if this
 node is last). Every failure becomes an `ErrorReply` on the client's session stream; a
 bad message from one peer never affects another session, and never stops the node.
+
+Ring decoding (ring.py): the node at the end of the chain samples after a ring step and sends
+the token to the first node (`RingToken` on a push stream) and to the client (`TokenResult`);
+the first node embeds it and runs it like a step from the client.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from typing import Optional
 import torch
 
 from swarmllm.protocol import (
-    PUSH_HANDLER, CloseSession, ErrorCode, ErrorReply, OpenSession, Ping, Pong, ProtocolError, Reroute, SessionOpened,
-    Step, StepResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
+    PUSH_HANDLER, CloseSession, ErrorCode, ErrorReply, OpenSession, Ping, Pong, ProtocolError, Reroute, RingStop,
+    RingToken, SessionOpened, Step, StepResult, TensorMeta, TokenResult, decode_frame, decode_tensor, encode_frame,
+    encode_tensor,
 )
 from swarmllm.protocol.messages import PROTOCOL_VERSION
 from swarmllm.server.batching import StepBatcher
+from swarmllm.server.ring import RingState
 from swarmllm.server.sessions import ServerSession, SessionTable
 
 logger = logging.getLogger(__name__)
@@ -58,6 +64,8 @@ class SessionService:
                         await self._step(msg, payload)
                     elif isinstance(msg, Reroute):
                         await self._reroute(msg)
+                    elif isinstance(msg, RingStop):
+                        self._ring_stop(msg)
                     elif isinstance(msg, CloseSession):
                         self.close_session(msg.session_id)
                     elif isinstance(msg, Ping):
@@ -73,15 +81,19 @@ class SessionService:
                 self.close_session(session_id)
 
     async def serve_push_stream(self, stream) -> None:
-        """The previous server's stream: Steps only. Errors go to the session's client."""
+        """The previous server's stream: Steps (or RingTokens from the chain's last server).
+        Errors go to the session's client."""
         while True:
             frame = await stream.recv()
             msg = None
             try:
                 msg, payload = decode_frame(frame)
-                if not isinstance(msg, Step):
+                if isinstance(msg, Step):
+                    await self._step(msg, payload)
+                elif isinstance(msg, RingToken):
+                    await self._ring_token(msg)
+                else:
                     raise ProtocolError(ErrorCode.MALFORMED, f"push streams carry steps only, not {msg.type!r}")
-                await self._step(msg, payload)
             except ProtocolError as e:
                 # Tell the upstream server too: it relays the failure to its client.
                 await self._reply_error(stream, e, getattr(msg, "session_id", None), getattr(msg, "step_id", None))
@@ -104,7 +116,8 @@ class SessionService:
         await stream.send(encode_frame(SessionOpened(session_id=msg.session_id, peer_id=self.peer_id,
                                                      start=msg.start, end=msg.end, max_length=msg.max_length)))
 
-    async def _step(self, msg: Step, payload) -> None:
+    async def _step(self, msg: Step, payload=None, hidden: Optional[torch.Tensor] = None) -> None:
+        """Run a step: hidden states from `payload` (as described by msg.tensor), or given."""
         session = self.table.get(msg.session_id)
         async with session.lock:
             if session.closed:
@@ -112,7 +125,8 @@ class SessionService:
             session.last_active = time.monotonic()
             try:
                 n_new = self.table.validate_step(session, msg)
-                hidden = decode_tensor(msg.tensor, payload, self.backend.dtype)
+                if hidden is None:
+                    hidden = decode_tensor(msg.tensor, payload, self.backend.dtype)
             except ProtocolError as e:
                 await self._reply_error(session.client_stream, e, session.session_id, msg.step_id)
                 return
@@ -134,13 +148,97 @@ class SessionService:
             # A failover replay stops where the old chain resumes: those servers hold these positions.
             replay_stops_here = msg.replay_end is not None and session.end >= msg.replay_end
             if session.next_hop is None or replay_stops_here:
+                ring = self._ring_for(session, msg)
+                if ring is not None:
+                    await self._ring_next(session, ring, msg, output[0, -1], n_new, compute_seconds)
+                    return
                 result = StepResult(session_id=session.session_id, step_id=msg.step_id,
                                     start_position=msg.start_position, tensor=meta, compute_seconds=compute_seconds)
                 await session.client_stream.send(encode_frame(result, raw))
             else:
                 await self._push(session, Step(session_id=session.next_hop.session_id, step_id=msg.step_id,
                                                start_position=msg.start_position, tensor=meta,
-                                               replay_end=msg.replay_end), raw)
+                                               replay_end=msg.replay_end, ring=msg.ring), raw)
+
+    # --- ring decoding (ring.py) ----------------------------------------------------------
+    @staticmethod
+    def _ring_for(session: ServerSession, msg: Step) -> Optional[RingState]:
+        """The ring this step (at the end of the chain) belongs to, if any; starts or ends rings."""
+        if msg.replay_end is not None:
+            return None  # a failover replay: the client restarts its ring afterwards
+        if msg.ring is not None:
+            session.ring = RingState.start(msg.ring, msg.step_id)
+        elif session.ring is not None and not session.ring.covers(msg.step_id):
+            session.ring = None  # the client stepped on its own: the ring is over
+        ring = session.ring
+        return None if ring is None or ring.stopped else ring
+
+    async def _ring_next(self, session: ServerSession, ring: RingState, msg: Step, last_hidden: torch.Tensor,
+                         n_new: int, compute_seconds: float) -> None:
+        """Sample the next token; send it to the first server (unless the ring ends) and to the client."""
+        position = msg.start_position + n_new
+        try:
+            head = self.backend.head()
+            token, finished = await asyncio.get_running_loop().run_in_executor(
+                self.executor, ring.next_token, head, last_hidden, position, session.max_length)
+        except LookupError as e:
+            session.ring = None
+            await self._reply_error(session.client_stream, ProtocolError(ErrorCode.UNSUPPORTED, f"no ring decoding "
+                                    f"here: {e}"), session.session_id, msg.step_id)
+            return
+        if finished:
+            session.ring = None
+        else:
+            first = ring.spec.first_hop
+            await self._send_ring_token(session, RingToken(session_id=first.session_id, step_id=msg.step_id + 1,
+                                                           position=position, token_id=token))
+        result = TokenResult(session_id=session.session_id, step_id=msg.step_id, position=position, token_id=token,
+                             draws=ring.sampler.draws, finished=finished, compute_seconds=compute_seconds)
+        try:
+            await session.client_stream.send(encode_frame(result))
+        except ConnectionError:
+            pass  # the client went away: its stream's end closes the session
+
+    async def _send_ring_token(self, session: ServerSession, token: RingToken) -> None:
+        first = session.ring.spec.first_hop
+        if first.peer_id == self.peer_id:  # the chain is this node alone (or starts here): no network
+            asyncio.create_task(self._ring_token_quietly(token, session))
+            return
+        try:
+            if session.ring_stream is None or session.ring_stream.closed:
+                session.ring_stream = await self.swarm.open_stream(first.peer_id, PUSH_HANDLER)
+                asyncio.create_task(self._relay_downstream_errors(session, session.ring_stream, first.peer_id))
+            await session.ring_stream.send(encode_frame(token))
+        except ConnectionError as e:
+            error = ProtocolError(ErrorCode.DOWNSTREAM, f"could not send ring token {token.step_id} to the first "
+                                                        f"server {first.peer_id}: {e}")
+            await self._reply_error(session.client_stream, error, session.session_id, token.step_id,
+                                    peer_id=first.peer_id)
+
+    async def _ring_token_quietly(self, token: RingToken, origin: ServerSession) -> None:
+        try:
+            await self._ring_token(token)
+        except ProtocolError as e:
+            await self._reply_error(origin.client_stream, e, origin.session_id, token.step_id)
+
+    async def _ring_token(self, msg: RingToken) -> None:
+        """First server: embed the ring's token and run it as the session's next step."""
+        try:
+            head = self.backend.head()
+        except LookupError as e:
+            raise ProtocolError(ErrorCode.UNSUPPORTED, f"no ring decoding here: {e}") from None
+        if msg.token_id >= self.backend.config.vocab_size:
+            raise ProtocolError(ErrorCode.BAD_SHAPE, f"token id {msg.token_id} is outside the vocabulary "
+                                                     f"({self.backend.config.vocab_size})")
+        hidden = head.embed([msg.token_id])
+        step = Step(session_id=msg.session_id, step_id=msg.step_id, start_position=msg.position,
+                    tensor=TensorMeta(dtype="float32", shape=(1, 1, self.backend.hidden_size)))
+        await self._step(step, hidden=hidden)
+
+    def _ring_stop(self, msg: RingStop) -> None:
+        session = self.table.get(msg.session_id)
+        if session.ring is not None:
+            session.ring.stopped = True
 
     async def _reroute(self, msg: Reroute) -> None:
         """Point the session at a new next server; optionally replay our outputs to it."""
@@ -172,32 +270,32 @@ class SessionService:
         try:
             if session.push_stream is None or session.push_stream.closed:
                 session.push_stream = await self.swarm.open_stream(next_peer, PUSH_HANDLER)
-                asyncio.create_task(self._relay_downstream_errors(session, session.push_stream))
+                asyncio.create_task(self._relay_downstream_errors(session, session.push_stream, next_peer))
             await session.push_stream.send(encode_frame(step, raw))
         except ConnectionError as e:
             error = ProtocolError(ErrorCode.DOWNSTREAM, f"could not push step {step.step_id} to the next server "
                                                         f"{next_peer}: {e}")
             await self._reply_error(session.client_stream, error, session.session_id, step.step_id, peer_id=next_peer)
 
-    async def _relay_downstream_errors(self, session: ServerSession, push_stream) -> None:
-        """Errors the next server sends back on the push stream are relayed to our client."""
+    async def _relay_downstream_errors(self, session: ServerSession, push_stream, peer_id: str) -> None:
+        """Errors the server we push to sends back on the push stream are relayed to our client."""
         try:
             while True:
                 msg, _ = decode_frame(await push_stream.recv())
                 if isinstance(msg, ErrorReply) and not session.closed:
                     await session.client_stream.send(encode_frame(ErrorReply(
                         code=ErrorCode.DOWNSTREAM.value, message=f"next server failed: {msg.message}",
-                        session_id=session.session_id, step_id=msg.step_id,
-                        peer_id=session.next_hop.peer_id)))
+                        session_id=session.session_id, step_id=msg.step_id, peer_id=peer_id)))
         except (ConnectionError, ProtocolError):
             pass
 
     def close_session(self, session_id: str) -> None:
         session = self.table.remove(session_id)
         if session is not None:
-            if session.push_stream is not None:
-                session.push_stream.close()
-            session.cache = session.history = None  # drop the tensors now
+            for stream in (session.push_stream, session.ring_stream):
+                if stream is not None:
+                    stream.close()
+            session.cache = session.history = session.ring = None  # drop the tensors now
 
     def evict_idle(self, timeout: float) -> list[str]:
         evicted = self.table.idle_sessions(timeout)

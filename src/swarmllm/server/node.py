@@ -72,6 +72,7 @@ class ServerConfig:
     batch_wait: float = 0.005                   # seconds a batch may wait for steps of other active sessions
     download_dir: Optional[str] = None          # where a model URL's partial copy lives (default ~/.cache/swarmllm)
     model_manifest: Optional[str] = None        # JSON of tensor sha256s that fetched tensors must match
+    ring: bool = True                           # offer ring decoding (loads the model's head when a ring starts here)
 
 
 @dataclass
@@ -147,9 +148,7 @@ class ServerNode:
             start, end = await self._choose_blocks(swarm, backend_spec)
             model = await self._model_for(start, end)
             loaded = time.perf_counter()
-            backend = await asyncio.get_running_loop().run_in_executor(
-                None, SpanBackend.load, model, start, end, self.config.num_threads, self.config.dtype,
-                self.config.kv_dtype, self.config.quant)
+            backend = await self._load_backend(model, start, end)
             self.status.load_seconds = time.perf_counter() - loaded
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
                 None, backend.measure_throughput)
@@ -171,6 +170,14 @@ class ServerNode:
             await self._serve_until_stopped(swarm, backend, table, service)
         finally:
             await swarm.shutdown()
+
+    async def _load_backend(self, model: str, start: int, end: int) -> SpanBackend:
+        backend = await asyncio.get_running_loop().run_in_executor(
+            None, SpanBackend.load, model, start, end, self.config.num_threads, self.config.dtype,
+            self.config.kv_dtype, self.config.quant)
+        if self._remote is not None or not self.config.ring:
+            backend.source = None  # a partial copy holds no head (its bytes read as zeros): no ring decoding
+        return backend
 
     def _new_table(self, backend, start: int, end: int) -> SessionTable:
         return SessionTable(start, end, backend.hidden_size,
@@ -238,9 +245,7 @@ class ServerNode:
             return backend, table
         old_start, old_end = self.status.start, self.status.end
         logger.warning("moving from blocks [%d, %d) to [%d, %d) to rebalance the swarm", old_start, old_end, *target)
-        new_backend = await asyncio.get_running_loop().run_in_executor(
-            None, SpanBackend.load, await self._model_for(*target), target[0], target[1], self.config.num_threads,
-            self.config.dtype, self.config.kv_dtype, self.config.quant)
+        new_backend = await self._load_backend(await self._model_for(*target), *target)
         new_table = self._new_table(new_backend, *target)
         for session_id in list(table.sessions):  # their clients fail over to the old span's other servers
             service.close_session(session_id)
@@ -280,7 +285,7 @@ class ServerNode:
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
             active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype),
             addresses=tuple(self.status.addresses), software_version=__version__,
-            announced_at=dht_time(), moving_to=self.status.moving_to)
+            announced_at=dht_time(), moving_to=self.status.moving_to, ring=backend.source is not None)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
                         ttl: Optional[float] = None, extra_blocks: range = range(0)) -> None:

@@ -34,6 +34,8 @@ class ServerSession:
     history: Any = None        # this server's outputs per position [max_length, hidden]: failover replays them
     client_stream: Any = None  # FrameStream back to the client (errors; results if last)
     push_stream: Any = None    # FrameStream to next_hop, opened lazily
+    ring: Any = None           # RingState while this node ends the chain of a ring-decoding session
+    ring_stream: Any = None    # FrameStream to the ring's first server (RingTokens), opened lazily
     last_step_id: int = -1
     last_active: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
