@@ -10,7 +10,15 @@ with compute time = sum over the chain of 1 / (the span's announced decode token
 Efficiency = measured decode tokens/s divided by that bound (the client's own embedding,
 LM head and sampling are not in the bound, so they count against efficiency).
 
-    python benchmarks/wan.py [--profiles lan,continent] [--wire float32,int8] [--tokens 16]
+Ring decoding (`--ring`, on by default) is measured beside plain decoding: the last server
+samples and sends the token to the first, so a token crosses A -> B -> C -> A, three links:
+    ring bound = 1 / (one-way delays of A, B, C + compute time of all spans)
+(the head and sampling on the last server count against its efficiency). With
+`--client-profile P` the client itself sits behind a last mile of profile P (a distant
+client; netem.DelayedSwarm): plain decoding pays it twice per token, ring decoding never.
+
+    python benchmarks/wan.py [--profiles lan,continent] [--wire float32,int8] [--tokens 16] \
+        [--client-profile intercontinental] [--no-ring]
 """
 
 from __future__ import annotations
@@ -31,36 +39,50 @@ from swarmllm.client.generation import generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
 from swarmllm.local_swarm import LocalSwarm, even_spans  # noqa: E402
+from swarmllm.netem import PROFILES, DelayedSwarm  # noqa: E402
 from swarmllm.protocol import Step, encode_frame, encode_tensor  # noqa: E402
 
 MODEL = "smollm2-135m"
 PROMPT = "Explain in a few paragraphs how bees build their hives and why the cells are hexagonal."
 
 
-def bench_profile(profile: str, wires: list[str], params: SamplingParams, log_dir: Path) -> dict:
+def bench_profile(profile: str, wires: list[str], params: SamplingParams, log_dir: Path,
+                  client_profile: str | None = None, ring: bool = True) -> dict:
     swarm = LocalSwarm(MODEL, even_spans(30, 3), network=profile, log_dir=log_dir)
     swarm.start(timeout=300)
+    client_delay = PROFILES[client_profile].one_way_seconds if client_profile else 0.0
     try:
         with SwarmClient.connect(swarm.initial_peers) as client:
+            if client_profile:
+                client.swarm = DelayedSwarm(client.swarm, client_profile)
             measured = client.ping([n.ready["peer_id"] for n in swarm.nodes], timeout=10)
             rtts = [measured.get(n.ready["peer_id"]) for n in swarm.nodes]
             generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=2), client=client)  # warm-up
             throughput = {r.peer_id: r.throughput for r in client.find_servers(MODEL, 30)}
             chain_profiles = [swarm.profiles[n.name] for n in swarm.nodes]  # even spans: chain order = node order
-            delays = sum(p.one_way_seconds for p in chain_profiles) + chain_profiles[-1].one_way_seconds
+            ring_delays = sum(p.one_way_seconds for p in chain_profiles)
+            delays = ring_delays + chain_profiles[-1].one_way_seconds + 2 * client_delay
             compute = sum(1 / throughput[n.ready["peer_id"]] for n in swarm.nodes)
-            bound = 1 / (delays + compute)
+            bound, ring_bound = 1 / (delays + compute), 1 / (ring_delays + compute)
             runs = {}
             for wire in wires:
-                r = generate_text(MODEL, PROMPT, params, client=client, wire_dtype=wire)
-                runs[wire] = {"decode_tokens_per_second": r["decode_tokens_per_second"],
-                              "time_to_first_token": r["time_to_first_token"], "token_ids": r["token_ids"],
-                              "bytes_per_token_per_hop": frame_bytes(wire),
-                              "efficiency": r["decode_tokens_per_second"] / bound}
+                for ringed in ((False, True) if ring else (False,)):
+                    r = generate_text(MODEL, PROMPT, params, client=client, wire_dtype=wire, ring=ringed)
+                    assert r["ring"] == ringed, "the servers did not offer ring decoding"
+                    runs[wire + (" ring" if ringed else "")] = {
+                        "ring": ringed, "decode_tokens_per_second": r["decode_tokens_per_second"],
+                        "time_to_first_token": r["time_to_first_token"], "token_ids": r["token_ids"],
+                        "bytes_per_token_per_hop": frame_bytes(wire),
+                        "bound_tokens_per_second": ring_bound if ringed else bound,
+                        "efficiency": r["decode_tokens_per_second"] / (ring_bound if ringed else bound)}
+                if ring:
+                    plain, ringed = runs[wire], runs[wire + " ring"]
+                    ringed["same_tokens_as_plain"] = ringed["token_ids"] == plain["token_ids"]
+                    ringed["gain_vs_plain"] = ringed["decode_tokens_per_second"] / plain["decode_tokens_per_second"]
     finally:
         swarm.stop()
     return {"profile": profile, "node_profiles": [p.name for p in swarm.profiles.values()],
-            "one_way_delays_seconds": delays, "compute_seconds": compute, "latency_bound_tokens_per_second": bound,
+            "client_profile": client_profile, "one_way_delays_seconds": delays, "ring_one_way_delays_seconds": ring_delays, "compute_seconds": compute, "latency_bound_tokens_per_second": bound,
             "ping_rtt_ms": [None if r is None else r * 1000 for r in rtts],
             "median_ping_rtt_ms": statistics.median(r * 1000 for r in rtts if r is not None), "runs": runs}
 
@@ -76,32 +98,45 @@ def main() -> None:
     parser.add_argument("--profiles", default="lan,city,continent,intercontinental,mixed", help="netem profiles, comma-separated; mixed = nodes differ")
     parser.add_argument("--wire", default="float32,int8", help="wire formats, comma-separated")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--client-profile", choices=sorted(PROFILES),
+                        help="put the client behind this last mile too (a distant client)")
+    parser.add_argument("--no-ring", action="store_true", help="skip the ring-decoding runs")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--name", default="wan", help="file name of the results (NAME.json, NAME.md)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="swarmllm-wan-"))
     params = SamplingParams(max_new_tokens=args.tokens)
     results = {"benchmark": "wan", "model": MODEL, "new_tokens": args.tokens, "cpus": os.cpu_count(),
-               "profiles": [bench_profile(p, args.wire.split(","), params, logs / p) for p in args.profiles.split(",")]}
-    (out / "wan.json").write_text(json.dumps(results, indent=2))
-    (out / "wan.md").write_text(markdown(results))
+               "client_profile": args.client_profile,
+               "profiles": [bench_profile(p, args.wire.split(","), params, logs / p, args.client_profile,
+                                          not args.no_ring) for p in args.profiles.split(",")]}
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{args.name}.md").write_text(markdown(results))
     print(markdown(results))
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# WAN emulation ({r['model']}, 3 nodes behind netem relays, {r['new_tokens']} new tokens, "
+    client = f", client behind a {r['client_profile']} last mile" if r.get("client_profile") else ""
+    lines = [f"# WAN emulation ({r['model']}, 3 nodes behind netem relays{client}, {r['new_tokens']} new tokens, "
              f"{r['cpus']} CPUs)", "",
-             "| profile | median ping RTT (ms) | wire | bytes/token/hop | decode tokens/s | bound tokens/s "
-             "| efficiency | time to first token (ms) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| profile | median ping RTT (ms) | wire | decoding | bytes/token/hop | decode tokens/s | bound tokens/s "
+             "| efficiency | ring gain | same tokens | time to first token (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in r["profiles"]:
-        for wire, run in p["runs"].items():
-            lines.append(f"| {p['profile']} | {p['median_ping_rtt_ms']:.1f} | {wire} | {run['bytes_per_token_per_hop']} | "
-                         f"{run['decode_tokens_per_second']:.1f} | {p['latency_bound_tokens_per_second']:.1f} | "
-                         f"{run['efficiency']:.2f} | {run['time_to_first_token'] * 1000:.0f} |")
-    lines += ["", "bound = 1 / (one-way delays around the chain + sum of the spans' 1 / announced tokens/s); "
-              "efficiency = decode tokens/s / bound."]
+        for name, run in p["runs"].items():
+            wire = name.split()[0]
+            gain = f"{run['gain_vs_plain']:.2f}x" if "gain_vs_plain" in run else "-"
+            same = {True: "yes", False: "NO"}.get(run.get("same_tokens_as_plain"), "-")
+            bound = run.get("bound_tokens_per_second", p["latency_bound_tokens_per_second"])
+            lines.append(f"| {p['profile']} | {p['median_ping_rtt_ms']:.1f} | {wire} | "
+                         f"{'ring' if run.get('ring') else 'plain'} | {run['bytes_per_token_per_hop']} | "
+                         f"{run['decode_tokens_per_second']:.1f} | {bound:.1f} | {run['efficiency']:.2f} | {gain} | "
+                         f"{same} | {run['time_to_first_token'] * 1000:.0f} |")
+    lines += ["", "plain bound = 1 / (one-way delays client -> A -> B -> C -> client + sum of the spans' "
+              "1 / announced tokens/s); ring bound = 1 / (one-way delays A -> B -> C -> A + the same compute); "
+              "efficiency = decode tokens/s / its bound; ring gain = ring tokens/s / plain tokens/s."]
     return "\n".join(lines) + "\n"
 
 

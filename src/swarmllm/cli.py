@@ -245,7 +245,7 @@ def cmd_gateway(args) -> int:
     settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
                                max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
                                max_active=args.max_active, max_queue=args.max_queue,
-                               status_period=args.status_period)
+                               status_period=args.status_period, ring=args.ring)
     client = SwarmClient.connect(args.initial_peers)
     try:
         app = create_app(client, settings)
@@ -446,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-active", type=int, default=8, help="generations running at once")
     p.add_argument("--max-queue", type=int, default=16, help="generations waiting; beyond this requests get 503")
+    p.add_argument("--ring", action="store_true",
+                   help="ring decoding where the chain offers it: the last server samples and feeds the first, so "
+                        "a token does not cross the gateway's own link twice (same tokens)")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
     p.set_defaults(func=cmd_gateway)
 

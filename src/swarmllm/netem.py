@@ -9,6 +9,9 @@ serialization time at the profile's rate (a token bucket with no burst) plus the
 delay (RTT / 2; waits under 1 ms are skipped). So a request and its reply through one relay take at least the profile's
 RTT plus size / rate each way.
 
+A client's own last mile (a distant client) is `DelayedSwarm`: it wraps the frame streams
+the client opens in the same delays and pacing, in its own process, without a relay.
+
 What it models: a node's last-mile link, for connections dialed to it. A connection that a
 node dials itself goes through the *other* side's relay, so the delay between two nodes is
 that of whichever one was dialed (the same either way when all nodes share a profile). It
@@ -76,13 +79,34 @@ def node_profiles(spec: str, n_nodes: int) -> list[LinkProfile]:
     return [PROFILES[names[i % len(names)]] for i in range(n_nodes)]
 
 
+class _Pacer:
+    """When bytes given to one direction of a link arrive: serialized at the rate, one after
+    another, then the one-way delay. Departures never decrease, so arrivals stay in order."""
+
+    def __init__(self, profile: LinkProfile):
+        self.profile = profile
+        self._free_at = 0.0  # when the link has finished serializing what it was given
+
+    def arrival(self, nbytes: int, now: float) -> float:
+        self._free_at = max(now, self._free_at)
+        if nbytes and self.profile.bytes_per_second:
+            self._free_at += nbytes / self.profile.bytes_per_second
+        return self._free_at + self.profile.one_way_seconds
+
+
+async def _sleep_until(due: float) -> None:
+    wait = due - asyncio.get_running_loop().time()
+    if wait >= MIN_DELAY_SECONDS:
+        await asyncio.sleep(wait)
+
+
 class _Link:
     """One direction of a relayed connection: delays and paces bytes, keeps their order."""
 
     def __init__(self, profile: LinkProfile):
         self.profile = profile
         self.bytes = 0
-        self._free_at = 0.0  # when the link has finished serializing what it was given
+        self._pacer = _Pacer(profile)
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Until EOF (passed on) or an error on either side; then both halves stop."""
@@ -98,22 +122,14 @@ class _Link:
         loop = asyncio.get_running_loop()
         while True:
             chunk = await reader.read(CHUNK_BYTES)
-            now = loop.time()
-            self._free_at = max(now, self._free_at)
-            if chunk and self.profile.bytes_per_second:
-                self._free_at += len(chunk) / self.profile.bytes_per_second
-            # Constant delay after a non-decreasing departure time: deliveries stay in order.
-            await queue.put((self._free_at + self.profile.one_way_seconds, chunk))
+            await queue.put((self._pacer.arrival(len(chunk), loop.time()), chunk))
             if not chunk:  # EOF travels with the same delay
                 return
 
     async def _deliver(self, queue: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             due, chunk = await queue.get()
-            wait = due - loop.time()
-            if wait >= MIN_DELAY_SECONDS:
-                await asyncio.sleep(wait)
+            await _sleep_until(due)
             if not chunk:
                 if writer.can_write_eof():
                     writer.write_eof()
@@ -177,6 +193,82 @@ class Relay:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
+
+
+class DelayedStream:
+    """A frame stream (send / recv / close / closed) seen through a slow last mile: every frame
+    sent or received arrives after its serialization at the profile's rate plus the one-way
+    delay, in order. `send` returns at once, as a socket buffer would."""
+
+    def __init__(self, inner, profile: LinkProfile):
+        self._inner, self.profile = inner, profile
+        self.remote_peer_id = getattr(inner, "remote_peer_id", "")
+        self._up, self._down = _Pacer(profile), _Pacer(profile)
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._closing = False
+        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop())]
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._inner.closed
+
+    async def send(self, frame: bytes) -> None:
+        if self.closed:
+            raise ConnectionError(f"stream to {self.remote_peer_id} is closed")
+        await self._outbox.put((self._up.arrival(len(frame), asyncio.get_running_loop().time()), frame))
+
+    async def recv(self) -> bytes:
+        due, item = await self._inbox.get()
+        await _sleep_until(due)
+        if isinstance(item, BaseException):
+            self._inbox.put_nowait((due, item))  # every later recv fails the same way
+            raise item
+        return item
+
+    async def _send_loop(self) -> None:
+        while True:
+            due, frame = await self._outbox.get()
+            if frame is None:  # closed: everything queued before it has been sent
+                self._inner.close()
+                return
+            await _sleep_until(due)
+            try:
+                await self._inner.send(frame)
+            except ConnectionError:
+                return
+
+    async def _recv_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await self._inner.recv()
+            except ConnectionError as e:
+                await self._inbox.put((self._down.arrival(0, loop.time()), e))
+                return
+            await self._inbox.put((self._down.arrival(len(frame), loop.time()), frame))
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._outbox.put_nowait((0.0, None))  # frames already sent still go out first (e.g. CloseSession)
+
+
+class DelayedSwarm:
+    """A swarm node whose streams all pass through `DelayedStream`: a client far from everyone.
+
+    Wraps anything with `open_stream(peer_id, name, timeout=...)`; every other attribute is the
+    wrapped node's."""
+
+    def __init__(self, swarm, profile: LinkProfile | str):
+        self._swarm = swarm
+        self.profile = PROFILES[profile] if isinstance(profile, str) else profile
+
+    def __getattr__(self, name: str):
+        return getattr(self._swarm, name)
+
+    async def open_stream(self, peer_id: str, name: str, *args, **kwargs):
+        return DelayedStream(await self._swarm.open_stream(peer_id, name, *args, **kwargs), self.profile)
 
 
 def _host_port(text: str) -> tuple[str, int]:

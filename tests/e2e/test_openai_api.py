@@ -114,3 +114,34 @@ def test_saturated_gateway_answers_503_not_a_pile_up(gateway_swarm):
         statuses = sorted(pool.map(lambda _: httpx.post(url, json=body, timeout=120).status_code, range(3)))
     assert statuses[0] == 200 and 503 in statuses
     gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def ring_api(gateway_swarm):
+    """A second gateway on the same swarm, decoding in a ring."""
+    from tests.e2e.conftest import wait_for_model
+
+    swarm, _ = gateway_swarm
+    port = free_port()
+    swarm.wait_ready([swarm.add_gateway(port, ["--ring", "--requests-per-minute", "1000"], name="ring-gateway")],
+                     timeout=120)
+    wait_for_model(f"http://127.0.0.1:{port}")
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_ring_gateway_streams_the_same_reply(ring_api, api, reference):
+    stream = ring_api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                              max_tokens=24, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reference["text"]
+    # Sampling with a seed: the ring's server-side sampler draws what the gateway's own would.
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=20, temperature=0.9,
+               top_p=0.9, seed=31)
+    assert ring_api.chat.completions.create(**ask).choices[0].message.content == \
+        api.chat.completions.create(**ask).choices[0].message.content
+    # A stop string ends the ring early (RingStop); the next request on the same servers is unaffected.
+    stopped = ring_api.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, stop=[" 7"])
+    plain = api.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, stop=[" 7"])
+    assert stopped.choices[0].text == plain.choices[0].text
+    again = ring_api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
+                                             max_tokens=24, temperature=0)
+    assert again.choices[0].message.content == reference["text"]

@@ -95,3 +95,51 @@ def test_node_profiles():
     assert PROFILES["intercontinental"].one_way_seconds == pytest.approx(0.06)
     with pytest.raises(ValueError, match="unknown network profile 'moon'"):
         node_profiles("city,moon", 2)
+
+
+class _EchoFrames:
+    """An in-memory frame stream whose far end echoes every frame back."""
+
+    def __init__(self):
+        self.remote_peer_id, self.closed, self.sent = "far", False, []
+        self._back: asyncio.Queue = asyncio.Queue()
+
+    async def send(self, frame):
+        self.sent.append(frame)
+        await self._back.put(frame)
+
+    async def recv(self):
+        frame = await self._back.get()
+        if frame is None:
+            raise ConnectionError("closed")
+        return frame
+
+    def close(self):
+        self.closed = True
+        self._back.put_nowait(None)
+
+
+def test_delayed_stream_adds_the_clients_last_mile_both_ways_and_keeps_order():
+    from swarmllm.netem import DelayedStream
+
+    async def run():
+        inner = _EchoFrames()
+        stream = DelayedStream(inner, PROFILES["continent"])
+        started = time.perf_counter()
+        for i in range(3):
+            await stream.send(b"frame%d" % i)
+        got = [await stream.recv() for _ in range(3)]
+        elapsed = time.perf_counter() - started
+        await stream.send(b"last")
+        stream.close()  # queued frames still leave before the stream closes
+        with pytest.raises(ConnectionError):
+            await stream.send(b"after close")
+        for _ in range(100):
+            if inner.closed:
+                break
+            await asyncio.sleep(0.01)
+        return got, elapsed, inner
+    got, elapsed, inner = asyncio.run(run())
+    assert got == [b"frame0", b"frame1", b"frame2"]
+    assert PROFILES["continent"].rtt_ms / 1000 <= elapsed < PROFILES["continent"].rtt_ms / 1000 + SLACK_SECONDS
+    assert inner.sent[-1] == b"last" and inner.closed

@@ -51,6 +51,7 @@ class GatewaySettings:
     max_active: int = 8           # generations running at once
     max_queue: int = 16           # generations waiting for a slot; more -> 503
     status_period: float = 2.0
+    ring: bool = False            # ring decoding when the chain offers it (client/ring.py)
 
 
 class ApiError(Exception):
@@ -71,7 +72,7 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 404, 413
 
 
 def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings()) -> FastAPI:
-    service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens)
+    service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring)
     status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period)
     limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
     admission = Admission(settings.max_active, settings.max_queue)

@@ -5,7 +5,9 @@ every server of its chain) before any byte is sent to the HTTP client, so a miss
 or a full swarm is a clean HTTP error, not a broken stream. The token loop runs on a worker
 thread (sampling and the LM head are CPU work); deltas cross to the event loop through a
 queue. A disconnected HTTP client sets `cancel`, the loop stops at the next token and the
-session is closed on every server.
+session is closed on every server. With `ring`, chains whose ends offer it decode in a
+ring (the last server samples and feeds the first; same tokens, fewer trips over the
+gateway's own link).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
 
 from swarmllm.client.generation import ClientModel, PromptTooLongError
+from swarmllm.client.ring import RingDecoder, ring_supported
 from swarmllm.client.swarm_client import RemoteSession, SwarmClient
 from swarmllm.engine.generation import iter_generate
 from swarmllm.engine.sampling import SamplingParams
@@ -52,8 +55,8 @@ class GenerationSummary:
 
 
 class GenerationService:
-    def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int):
-        self.client = client
+    def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = False):
+        self.client, self.ring = client, ring
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self._models: dict[str, ClientModel] = {}
         self._lock = threading.Lock()
@@ -98,11 +101,15 @@ class GenerationService:
         summary.route = [{"peer_id": link.peer_id, "start": link.start, "end": link.end} for link in session.chain]
         summary.prompt_tokens = len(job.prompt_ids)
 
+        decoder = None
+        if self.ring and ring_supported(session.session):
+            decoder = RingDecoder(self.client.loop.run, session.session, job.model.tokenizer.eos_token_ids)
+
         def work() -> None:
             first_at = None
             try:
                 for event in iter_generate(job.model.head, job.model.tokenizer, session.forward, job.prompt_ids,
-                                           job.params, job.length):
+                                           job.params, job.length, decoder):
                     if first_at is None:
                         first_at = time.perf_counter()
                         summary.time_to_first_token = first_at - summary.started
