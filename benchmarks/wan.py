@@ -57,7 +57,8 @@ def bench_profile(profile: str, wires: list[str], params: SamplingParams, log_di
                 client.swarm = DelayedSwarm(client.swarm, client_profile)
             measured = client.ping([n.ready["peer_id"] for n in swarm.nodes], timeout=10)
             rtts = [measured.get(n.ready["peer_id"]) for n in swarm.nodes]
-            generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=2), client=client)  # warm-up
+            for ringed in ((False, True) if ring else (False,)):  # warm-up (a ring's first use loads the head)
+                generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=2), client=client, ring=ringed)
             throughput = {r.peer_id: r.throughput for r in client.find_servers(MODEL, 30)}
             chain_profiles = [swarm.profiles[n.name] for n in swarm.nodes]  # even spans: chain order = node order
             ring_delays = sum(p.one_way_seconds for p in chain_profiles)

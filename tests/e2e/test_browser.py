@@ -79,6 +79,8 @@ def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_
     assert "complete" in status.inner_text()
     assert page.locator("[data-testid=coverage-cell]").count() == 30
     assert page.locator("[data-testid=coverage-cell][data-count='0']").count() == 0
+    precision = page.locator("[data-testid=node-precision]").first.inner_text()
+    assert precision.split(" · ")[0] in ("bf16", "fp32") and "ring" in precision  # from the node's record
     page.screenshot(path=os.path.join(artifacts_dir, "dashboard-complete.png"), full_page=True)
 
     swarm.nodes[1].signal(signal.SIGTERM)  # graceful leave: blocks [10, 20) become uncovered

@@ -51,6 +51,8 @@ class ServerRecord(BaseModel):
     max_session_length: int = Field(gt=0)  # longest session it accepts
     active_sessions: int = Field(default=0, ge=0)
     compute_dtype: str = "float32"
+    quant: str = "none"               # weights kept as "none" (compute dtype), "int8" or "int4"
+    kv_dtype: str = "auto"            # KV cache: "auto" (compute dtype) or "int8"
     protocol_version: int = PROTOCOL_VERSION
     addresses: tuple[str, ...] = ()   # multiaddrs the node is reachable at
     software_version: str = ""

@@ -15,6 +15,7 @@ rejected or crashed step.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class SpanBackend:
         self.model_id, self.config, self.span, self.dtype, self.kv_dtype = model_id, config, span, dtype, kv_dtype
         self.source = source  # where the head is loaded from for ring decoding (None: not available)
         self._head: ModelHead | None = None
+        self._head_lock = threading.Lock()
         self.quant = span.quant
         self.start, self.end = span.start, span.end
         self.n_blocks = config.n_blocks
@@ -78,15 +80,22 @@ class SpanBackend:
         """The model's embedding and LM head in the compute dtype, loaded on first use.
 
         Raises LookupError when the file does not hold them (a partial copy of a span)."""
-        if self._head is None:
-            if self.source is None:
-                raise LookupError("this node has no source for the model's head")
-            try:
-                weights = load_head(self.source, self.config, self.dtype)
-            except (KeyError, ValueError, OSError) as e:
-                raise LookupError(f"the model's head could not be loaded: {e}") from None
-            self._head = ModelHead(self.config, weights, self.dtype)
-        return self._head
+        with self._head_lock:  # loaded once, whether by the preload thread or a ring
+            if self._head is None:
+                if self.source is None:
+                    raise LookupError("this node has no source for the model's head")
+                try:
+                    weights = load_head(self.source, self.config, self.dtype)
+                except (KeyError, ValueError, OSError) as e:
+                    raise LookupError(f"the model's head could not be loaded: {e}") from None
+                self._head = ModelHead(self.config, weights, self.dtype)
+            return self._head
+
+    @property
+    def ends_a_chain(self) -> bool:
+        """Whether this span can be a chain's first or last (holds block 0 or the last block):
+        only such nodes embed or sample in ring decoding."""
+        return self.start == 0 or self.end == self.n_blocks
 
     def model(self, start: int, end: int) -> SpanModel:
         """Blocks [start, end) of the span, sharing its weights; one object per sub-span."""

@@ -164,6 +164,7 @@ class ServerNode:
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
             await self._announce(swarm, backend, table, ServerState.ONLINE)
+            asyncio.get_running_loop().run_in_executor(None, self._preload_head, backend)
             self.status.startup_seconds = time.perf_counter() - began
             if on_ready is not None:
                 on_ready(self.status)
@@ -178,6 +179,17 @@ class ServerNode:
         if self._remote is not None or not self.config.ring:
             backend.source = None  # a partial copy holds no head (its bytes read as zeros): no ring decoding
         return backend
+
+    @staticmethod
+    def _preload_head(backend: SpanBackend) -> None:
+        """Load the head in the background (after measuring, which it would slow down), so the
+        first ring through this node does not wait for it. Only chain ends ever need it."""
+        if backend.source is None or not backend.ends_a_chain:
+            return
+        try:
+            backend.head()
+        except LookupError as e:
+            logger.warning("no ring decoding on this node: %s", e)
 
     def _new_table(self, backend, start: int, end: int) -> SessionTable:
         return SessionTable(start, end, backend.hidden_size,
@@ -257,6 +269,7 @@ class ServerNode:
                                   dht_time() + self.config.record_ttl)
         self.status.start, self.status.end = target
         await self._announce(swarm, new_backend, new_table, ServerState.ONLINE)
+        asyncio.get_running_loop().run_in_executor(None, self._preload_head, new_backend)
         return new_backend, new_table
 
     async def _plan_move(self, swarm, backend, table: SessionTable,
@@ -283,9 +296,11 @@ class ServerNode:
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
             n_blocks=backend.n_blocks, state=state, throughput=self.status.throughput,
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
-            active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype),
+            active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype), quant=backend.quant,
+            kv_dtype=backend.kv_dtype,
             addresses=tuple(self.status.addresses), software_version=__version__,
-            announced_at=dht_time(), moving_to=self.status.moving_to, ring=backend.source is not None)
+            announced_at=dht_time(), moving_to=self.status.moving_to,
+            ring=backend.source is not None and backend.ends_a_chain)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
                         ttl: Optional[float] = None, extra_blocks: range = range(0)) -> None:

@@ -110,6 +110,17 @@ function ThroughputChart({ history }: { history: SwarmSnapshot["throughput_histo
   );
 }
 
+const SHORT_DTYPE: Record<string, string> = { bfloat16: "bf16", float16: "fp16", float32: "fp32" };
+
+/** "bf16 · int4 · kv int8 · ring": how a node computes and stores, from its record. */
+export function precision(n: NodeInfo): string {
+  const parts = [SHORT_DTYPE[n.compute_dtype ?? ""] ?? n.compute_dtype ?? "?"];
+  if (n.quant && n.quant !== "none") parts.push(n.quant);
+  if (n.kv_dtype && n.kv_dtype !== "auto") parts.push(`kv ${n.kv_dtype}`);
+  if (n.ring) parts.push("ring");
+  return parts.join(" · ");
+}
+
 function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
   const sorted = [...nodes].sort((a, b) => a.model_id.localeCompare(b.model_id) || a.start - b.start || a.end - b.end);
   if (!sorted.length) return <p className="muted">No nodes found in the swarm.</p>;
@@ -120,7 +131,9 @@ function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
           <tr>
             <th>Peer ID</th><th>Model</th><th>Span</th><th className="num">Throughput (tok/s)</th><th>State</th>
             <th className="num" title="active inference sessions on this node">Load (sessions)</th>
-            <th className="num" title="free attention-cache space, in tokens">Free cache</th><th>Protocol</th>
+            <th className="num" title="free attention-cache space, in tokens">Free cache</th>
+            <th title="compute dtype, weight quantization, KV-cache storage; ring = can end a ring-decoding chain">
+              Precision</th><th>Protocol</th>
             <th className="num">RTT (ms)</th><th>Version</th>
           </tr>
         </thead>
@@ -134,6 +147,7 @@ function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
               <td><span className={`state ${n.state}`}>{n.state}</span></td>
               <td className="num">{n.active_sessions}</td>
               <td className="num">{n.free_cache_tokens?.toLocaleString() ?? "–"}</td>
+              <td className="mono" data-testid="node-precision">{precision(n)}</td>
               <td>{n.protocol_version}</td>
               <td className="num">{n.rtt_ms == null ? "–" : fmtNum(n.rtt_ms)}</td>
               <td className="muted">{n.software_version}</td>

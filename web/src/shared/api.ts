@@ -38,6 +38,10 @@ export interface NodeInfo {
   protocol_version: string | number;
   rtt_ms: number | null;
   software_version: string;
+  compute_dtype?: string;
+  quant?: string;
+  kv_dtype?: string;
+  ring?: boolean;
 }
 
 export interface SwarmSnapshot {
