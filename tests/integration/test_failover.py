@@ -171,7 +171,7 @@ def run_ring(client, model, params, kill_at=None, hop=None, sig=signal.SIGKILL):
         for event in iter_generate(model.head, model.tokenizer, session.forward, ids, params, length, decoder):
             tokens.append(event.token_id)
             if kill_at is not None and len(tokens) == kill_at:
-                state["victim"] = node_of(swarm_of(client), session.chain[hop].peer_id)
+                state["victim"] = _last_victim["proc"] = node_of(swarm_of(client), session.chain[hop].peer_id)
                 swarm_of(client).kill(state["victim"], sig)
         return tokens, session.failovers, state
     finally:
@@ -179,6 +179,7 @@ def run_ring(client, model, params, kill_at=None, hop=None, sig=signal.SIGKILL):
 
 
 _SWARMS = {}
+_last_victim = {}  # the process a run_ring call stopped, so a test can resume it even if the run failed
 
 
 def swarm_of(client):
@@ -209,6 +210,19 @@ def test_failover_during_ring_decoding(swarm, ring_client, model, reference, hop
     fails over, replays, and restarts the ring from the last token it received."""
     tokens, failovers, state = run_ring(ring_client, model, GREEDY, kill_at=10, hop=hop)
     assert state["victim"] is not None and failovers, "the fault was never injected"
+    assert tokens == reference.token_ids
+    swarm.restart(state["victim"])
+
+
+def test_stalled_server_in_a_ring_times_out_and_is_replaced(swarm, ring_client, model, reference):
+    """A frozen middle server: no error ever arrives, the ring just goes quiet."""
+    _last_victim.clear()
+    try:
+        tokens, failovers, state = run_ring(ring_client, model, GREEDY, kill_at=12, hop=1, sig=signal.SIGSTOP)
+    finally:
+        if state_victim := _last_victim.get("proc"):
+            swarm.kill(state_victim, signal.SIGCONT)
+    assert failovers and failovers[0].code == "timeout"
     assert tokens == reference.token_ids
     swarm.restart(state["victim"])
 
