@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("manifest", help="print the sha256 of every tensor of a model file (publish it beside the "
                                         "file; nodes fetching from a URL check against it with --model-manifest)")
-    p.add_argument("file", help=".gguf or .safetensors file")
+    p.add_argument("file", help=".gguf or .safetensors file, or a sharded checkpoint's folder or index (all shards)")
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("models", help="list the model catalog: family, recipe, size per block, installed or not")

@@ -190,3 +190,40 @@ def test_a_safetensors_url_fetches_config_and_the_span_only(tmp_path):
     ours = load_blocks(resolve_model(path), config, 1, 2)[0]
     original = load_blocks(resolve_model(str(folder)), config, 1, 2)[0]
     assert torch.equal(ours.down, original.down) and torch.equal(ours.attn_norm, original.attn_norm)
+
+
+def test_a_sharded_checkpoint_fetches_index_config_headers_and_the_span_only(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    folder = tmp_path / "www" / "tiny-sharded"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=128)).save_pretrained(folder, max_shard_size="60KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 3  # the test means something only if the blocks spread over several files
+    wanted = {index["weight_map"][n] for n in index["weight_map"] if ".layers.2." in n}
+    with RangeServer(tmp_path / "www") as server:
+        remote = RemoteModel(f"{server.url}/tiny-sharded/model.safetensors.index.json",
+                             cache_dir=str(tmp_path / "cache"), progress=False)
+        path = remote.local_path(2, 3)
+        # Every shard's header was read (shapes size the spans); tensor data only from block 2's shards.
+        name = lambda file: file.rsplit("/", 1)[-1]  # noqa: E731
+        headers = {name(f) for f, s, e in server.requests if s == 0 and f.endswith(".safetensors")}
+        data = {name(f) for f, s, e in server.requests
+                if f.endswith(".safetensors") and s >= 8 + _header_len(folder / name(f))}
+    assert headers == set(shards)
+    assert data and data <= wanted
+    assert resolve_model(path).model_id == "tiny-sharded"
+    config = read_config(resolve_model(path))
+    ours = load_blocks(resolve_model(path), config, 2, 3)[0]
+    original = load_blocks(resolve_model(str(folder)), config, 2, 3)[0]
+    assert torch.equal(ours.q, original.q) and torch.equal(ours.down, original.down)
+    assert tensor_manifest(str(folder))["tensors"].keys() == index["weight_map"].keys()
+
+
+def _header_len(path) -> int:
+    import struct
+
+    with open(path, "rb") as f:
+        return struct.unpack("<Q", f.read(8))[0]
