@@ -235,5 +235,8 @@ def test_pipelined_prefill_of_a_long_prompt_equals_local(client):
     assert local["prompt_tokens"] > 2 * PREFILL_CHUNK  # at least three chunks in flight at once
     swarm = generate_text(MODEL, LONG_PROMPT, params, client=client)
     assert swarm["token_ids"] == local["token_ids"]
+    # Ring decoding prefills all but the last chunk the same way and starts the ring with it.
+    ring = generate_text(MODEL, LONG_PROMPT, params, client=client, ring=True)
+    assert ring["ring"] and ring["token_ids"] == local["token_ids"]
     # Chunking changes rounding, not the answer: greedy tokens of a one-piece prefill agree here.
     assert generate_text(MODEL, LONG_PROMPT, params, prefill_chunk=None)["token_ids"] == local["token_ids"]
