@@ -11,6 +11,7 @@ another's failure and that surviving nodes freed their sessions, and writes JSON
 `docs/reliability.md`.
 
     python benchmarks/chaos.py [--quick] [--out benchmarks/results] [--report docs/reliability.md]
+    python benchmarks/chaos.py --ring --out /tmp/x --report /tmp/x/reliability.md   # ring decoding under faults
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from swarmllm.client.generation import ClientModel, local_forward_fn
+from swarmllm.client.ring import RingDecoder
 from swarmllm.client.routing import usable
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.generation import generate
@@ -120,6 +122,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--report", default=str(Path(__file__).parents[1] / "docs" / "reliability.md"))
+    parser.add_argument("--ring", action="store_true", help="generate with ring decoding (client/ring.py)")
     args = parser.parse_args()
     generations = args.generations or (20 if args.quick else 40)
     new_tokens = 16 if args.quick else 32
@@ -153,7 +156,9 @@ def main() -> None:
                     session = client.open_session(model.source.model_id, model.config.n_blocks, len(ids) + new_tokens)
                     sessions[job] = session
                     try:
-                        out = generate(model.head, model.tokenizer, session.forward, ids, params)
+                        decoder = RingDecoder(client.loop.run, session.session, model.tokenizer.eos_token_ids) \
+                            if args.ring else None
+                        out = generate(model.head, model.tokenizer, session.forward, ids, params, None, decoder)
                     finally:
                         sessions[job] = None
                         session.close()
@@ -196,7 +201,7 @@ def main() -> None:
 
     report = {
         "benchmark": "chaos", "quick": args.quick, "seed": args.seed, "nodes": len(SPANS),
-        "generations": generations, "concurrency": args.concurrency, "new_tokens": new_tokens,
+        "generations": generations, "concurrency": args.concurrency, "new_tokens": new_tokens, "ring": args.ring,
         "wall_seconds": time.monotonic() - started, "faults": driver.counts,
         "completed": sum(r["ok"] for r in results), "equal_to_fault_free": sum(r["equal"] for r in results),
         "errors": [r["error"] for r in results if not r["ok"]],

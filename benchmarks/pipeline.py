@@ -88,7 +88,7 @@ def run_swarm(spans, params: SamplingParams, repeats: int, log_dir: Path) -> tup
     try:
         with SwarmClient.connect(swarm.initial_peers) as client:
             generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=4), client=client)  # warm-up
-            result = best_of([generate_text(MODEL, PROMPT, params, client=client) for _ in range(repeats)])
+            result = best_of([generate_text(MODEL, PROMPT, params, client=client, ring=False) for _ in range(repeats)])
         nodes = [{"blocks": [n.ready["start"], n.ready["end"]], "startup_seconds": n.ready["startup_seconds"],
                   "load_seconds": n.ready["load_seconds"], "announced_tokens_per_second": n.ready["throughput"],
                   "peak_rss_mb": peak_rss_mb(n.process.pid), "spawn_to_ready_seconds_all_nodes": ready_wall}

@@ -49,7 +49,7 @@ def main() -> None:
             generate_text(MODEL, "warm up", SamplingParams(max_new_tokens=2), client=client)
             for chunk in chunks:
                 reference = generate_text(MODEL, prompt, params, prefill_chunk=chunk)
-                runs = [generate_text(MODEL, prompt, params, client=client, prefill_chunk=chunk)
+                runs = [generate_text(MODEL, prompt, params, client=client, prefill_chunk=chunk, ring=False)
                         for _ in range(args.repeats)]
                 rows.append({"prefill_chunk": chunk, "prompt_tokens": runs[0]["prompt_tokens"],
                              "ttft_seconds": statistics.median(r["time_to_first_token"] for r in runs),

@@ -408,9 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-k", type=_draft_k, default=8,
                    help="most tokens drafted per round (1..15); fewer while drafts are rejected")
     p.add_argument("--draft-blocks", type=_positive_int, default=8, help="blocks the early-exit drafter runs")
-    p.add_argument("--ring", action="store_true",
+    p.add_argument("--ring", action=argparse.BooleanOptionalAction, default=None,
                    help="ring decoding: the chain's last server samples and sends each token straight to the first "
-                        "(a token costs the ring of servers, not client -> chain -> client); same tokens")
+                        "(a token costs the ring of servers, not client -> chain -> client); same tokens. Default: "
+                        "on when the chain offers it and --speculative is off")
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -446,9 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-active", type=int, default=8, help="generations running at once")
     p.add_argument("--max-queue", type=int, default=16, help="generations waiting; beyond this requests get 503")
-    p.add_argument("--ring", action="store_true",
-                   help="ring decoding where the chain offers it: the last server samples and feeds the first, so "
-                        "a token does not cross the gateway's own link twice (same tokens)")
+    p.add_argument("--ring", action=argparse.BooleanOptionalAction, default=True,
+                   help="ring decoding where the chain offers it (default on): the last server samples and feeds "
+                        "the first, so a token does not cross the gateway's own link twice (same tokens)")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
     p.set_defaults(func=cmd_gateway)
 

@@ -44,6 +44,7 @@ def test_chat_non_streaming_equals_swarm_reference(api, reference):
     assert reply.usage.prompt_tokens == reference["prompt_tokens"]
     route = reply.model_extra["swarmllm"]["route"]
     assert [(hop["start"], hop["end"]) for hop in route] == [(0, 10), (10, 20), (20, 30)]
+    assert reply.model_extra["swarmllm"]["ring"]  # the gateway's default: the last server samples
 
 
 def test_chat_streaming_equals_swarm_reference(api, reference):
@@ -117,19 +118,20 @@ def test_saturated_gateway_answers_503_not_a_pile_up(gateway_swarm):
 
 
 @pytest.fixture(scope="module")
-def ring_api(gateway_swarm):
-    """A second gateway on the same swarm, decoding in a ring."""
+def plain_api(gateway_swarm):
+    """A second gateway on the same swarm, decoding the plain way (the first one rings: the default)."""
     from tests.e2e.conftest import wait_for_model
 
     swarm, _ = gateway_swarm
     port = free_port()
-    swarm.wait_ready([swarm.add_gateway(port, ["--ring", "--requests-per-minute", "1000"], name="ring-gateway")],
+    swarm.wait_ready([swarm.add_gateway(port, ["--no-ring", "--requests-per-minute", "1000"], name="plain-gateway")],
                      timeout=120)
     wait_for_model(f"http://127.0.0.1:{port}")
     return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def test_ring_gateway_streams_the_same_reply(ring_api, api, reference):
+def test_ring_gateway_streams_the_same_reply(api, plain_api, reference):
+    ring_api, api = api, plain_api  # the default gateway rings; compare it with a plain one
     stream = ring_api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                               max_tokens=24, temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reference["text"]

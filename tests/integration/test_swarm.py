@@ -38,12 +38,14 @@ def client(swarm3):
         yield c
 
 
-def test_swarm_greedy_equals_local(swarm3, client, local_reference):
-    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
+@pytest.mark.parametrize("ring", [False, None], ids=["plain", "default-ring"])
+def test_swarm_greedy_equals_local(swarm3, client, local_reference, ring):
+    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client, ring=ring)
     assert local_reference["generated_tokens"] >= 48
     assert result["token_ids"] == local_reference["token_ids"]
     assert result["text"] == local_reference["text"]
     assert result["route"].count("->") == 2  # three hops: one per node
+    assert result["ring"] == (ring is None)  # through a swarm whose ends offer it, ring is the default
 
 
 def test_chain_uses_the_three_nodes(swarm3, client):
@@ -233,10 +235,10 @@ def test_pipelined_prefill_of_a_long_prompt_equals_local(client):
     params = SamplingParams(max_new_tokens=16)
     local = generate_text(MODEL, LONG_PROMPT, params)  # chunked like the swarm: same computation
     assert local["prompt_tokens"] > 2 * PREFILL_CHUNK  # at least three chunks in flight at once
-    swarm = generate_text(MODEL, LONG_PROMPT, params, client=client)
+    swarm = generate_text(MODEL, LONG_PROMPT, params, client=client, ring=False)
     assert swarm["token_ids"] == local["token_ids"]
     # Ring decoding prefills all but the last chunk the same way and starts the ring with it.
-    ring = generate_text(MODEL, LONG_PROMPT, params, client=client, ring=True)
+    ring = generate_text(MODEL, LONG_PROMPT, params, client=client)
     assert ring["ring"] and ring["token_ids"] == local["token_ids"]
     # Chunking changes rounding, not the answer: greedy tokens of a one-piece prefill agree here.
     assert generate_text(MODEL, LONG_PROMPT, params, prefill_chunk=None)["token_ids"] == local["token_ids"]

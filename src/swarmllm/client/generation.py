@@ -10,8 +10,9 @@ Speculative decoding (`speculative="ngram"` or `"early-exit"`) drafts tokens on 
 and verifies them in one traversal of the chain (engine/speculative.py); greedy output does
 not change. The early-exit drafter runs the model's first `draft_blocks` blocks locally.
 
-Ring decoding (`ring=True`, client/ring.py) has the chain's last server sample and feed the
-token straight to the first server; the tokens are the same as plain decoding's.
+Ring decoding (client/ring.py, the default through a swarm whose chain ends offer it) has the
+chain's last server sample and feed the token straight to the first server; the tokens are
+the same as plain decoding's.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
                   stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
                   dtype: str = "auto", wire_dtype: Optional[str] = None, quant: str = "none",
                   prefill_chunk: Optional[int] = PREFILL_CHUNK, speculative: str = "off",
-                  draft_k: int = 8, draft_blocks: int = DEFAULT_DRAFT_BLOCKS, ring: bool = False) -> dict:
+                  draft_k: int = 8, draft_blocks: int = DEFAULT_DRAFT_BLOCKS, ring: Optional[bool] = None) -> dict:
     """Generate a reply; through the swarm if initial_peers (or client) is given, else locally.
 
     wire_dtype: format of hidden states between nodes (see protocol WIRE_DTYPES); None = lossless.
@@ -131,12 +132,17 @@ def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_pe
     chain); None = in one piece.
     speculative: "off", "ngram" or "early-exit" (see SPECULATIVE_MODES); draft_k is the most
     tokens drafted per round (the draft length adapts below it to the acceptance rate).
-    ring: ring decoding (swarm only; the result's "ring" says whether the chain could ring).
+    ring: ring decoding through a swarm: None = when the chain offers it and there is no
+    speculation, True = ask for it (an error with speculation or locally), False = never. The
+    result's "ring" says whether it was used.
     """
     check_quant_mode(quant)
+    swarm = initial_peers is not None or client is not None
+    if ring is None:
+        ring = swarm and speculative == "off"
     if ring and speculative != "off":
         raise ValueError("ring decoding and speculative decoding do not combine; choose one")
-    if ring and initial_peers is None and client is None:
+    if ring and not swarm:
         raise ValueError("ring decoding needs a swarm (--peers); in-process generation has no chain")
     if quant != "none" and (initial_peers is not None or client is not None):
         raise ValueError("quant applies to in-process generation only; servers quantize their own weights "

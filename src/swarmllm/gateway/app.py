@@ -51,7 +51,7 @@ class GatewaySettings:
     max_active: int = 8           # generations running at once
     max_queue: int = 16           # generations waiting for a slot; more -> 503
     status_period: float = 2.0
-    ring: bool = False            # ring decoding when the chain offers it (client/ring.py)
+    ring: bool = True             # ring decoding when the chain offers it (client/ring.py)
 
 
 class ApiError(Exception):
@@ -231,7 +231,8 @@ def _chunk(completion_id: str, model: str, chat: bool, text: Optional[str], fini
 
 def _swarm_info(summary: GenerationSummary) -> dict:
     return {"route": summary.route, "tokens_per_second": summary.tokens_per_second,
-            "time_to_first_token": summary.time_to_first_token, "completion_tokens": summary.completion_tokens}
+            "time_to_first_token": summary.time_to_first_token, "completion_tokens": summary.completion_tokens,
+            "ring": summary.ring}
 
 
 def _usage(summary: GenerationSummary) -> dict:

@@ -5,9 +5,9 @@ every server of its chain) before any byte is sent to the HTTP client, so a miss
 or a full swarm is a clean HTTP error, not a broken stream. The token loop runs on a worker
 thread (sampling and the LM head are CPU work); deltas cross to the event loop through a
 queue. A disconnected HTTP client sets `cancel`, the loop stops at the next token and the
-session is closed on every server. With `ring`, chains whose ends offer it decode in a
-ring (the last server samples and feeds the first; same tokens, fewer trips over the
-gateway's own link).
+session is closed on every server. With `ring` (the default), chains whose ends offer it
+decode in a ring (the last server samples and feeds the first; same tokens, fewer trips over
+the gateway's own link).
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ class GenerationSummary:
     time_to_first_token: float = 0.0
     tokens_per_second: float = 0.0
     text: str = ""
+    ring: bool = False  # decoded in a ring (the last server sampled)
     started: float = field(default_factory=time.perf_counter)
 
 
 class GenerationService:
-    def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = False):
+    def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = True):
         self.client, self.ring = client, ring
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self._models: dict[str, ClientModel] = {}
@@ -104,6 +105,7 @@ class GenerationService:
         decoder = None
         if self.ring and ring_supported(session.session):
             decoder = RingDecoder(self.client.loop.run, session.session, job.model.tokenizer.eos_token_ids)
+            summary.ring = True
 
         def work() -> None:
             first_at = None
