@@ -31,11 +31,17 @@ def test_fp32_is_bit_exact():
     assert torch.equal(decode_tensor(msg.tensor, payload), x)
 
 
+def _json_frame(header: bytes) -> bytes:
+    return b"J" + struct.pack("<I", len(header)) + header
+
+
 @pytest.mark.parametrize("frame, fragment", [
-    (b"", "too short"),
-    (struct.pack("<I", 1000) + b"{}", "does not fit"),
-    (struct.pack("<I", 2) + b"{}", "invalid message header"),
-    (struct.pack("<I", 5) + b"hello", "invalid message header"),
+    (b"", "empty frame"),
+    (b"J\0\0", "too short"),
+    (b"J" + struct.pack("<I", 1000) + b"{}", "does not fit"),
+    (_json_frame(b"{}"), "invalid message header"),
+    (_json_frame(b"hello"), "invalid message header"),
+    (struct.pack("<I", 2) + b"{}", "unknown frame layout byte 0x02"),
     (encode_frame(Step(session_id="s" * 16, step_id=0, start_position=0,
                        tensor={"dtype": "float32", "shape": (1, 2, 4)}), b"\0" * 7), "payload is 7 bytes"),
 ])
@@ -50,10 +56,10 @@ def test_unknown_fields_and_bad_values_rejected():
     good = OpenSession(session_id="x" * 16, model_id="m", start=0, end=3, max_length=16)
     text = good.model_dump_json().replace('"end":3', '"end":3,"evil":1').encode()
     with pytest.raises(ProtocolError):
-        decode_frame(struct.pack("<I", len(text)) + text)
+        decode_frame(_json_frame(text))
     text = good.model_dump_json().replace('"max_length":16', '"max_length":-1').encode()
     with pytest.raises(ProtocolError, match="max_length"):
-        decode_frame(struct.pack("<I", len(text)) + text)
+        decode_frame(_json_frame(text))
 
 
 def test_parse_records_skips_garbage():
@@ -166,7 +172,7 @@ def test_unknown_wire_dtype_rejected():
     good = OpenSession(session_id="x" * 16, model_id="m", start=0, end=3, max_length=16, wire_dtype="int8")
     text = good.model_dump_json().replace('"int8"', '"int4"').encode()
     with pytest.raises(ProtocolError, match="wire_dtype"):
-        decode_frame(struct.pack("<I", len(text)) + text)
+        decode_frame(_json_frame(text))
 
 
 def test_cli_offers_every_wire_dtype():
