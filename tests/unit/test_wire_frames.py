@@ -1,5 +1,6 @@
 """Frame layouts: binary Step / StepResult headers round-trip exactly, fall back to JSON when they
-cannot, reject every malformed byte string, and keep a one-token int8 frame under 0.3x of fp32."""
+cannot, reject every malformed byte string, and keep a one-token int8 frame under 0.3x of fp32.
+Also: the float16 wire refuses what it cannot represent."""
 
 import struct
 
@@ -128,3 +129,25 @@ def test_binary_headers_decode_to_validated_frozen_messages():
     assert type(message) is Step and message.replay_end is None and message.tensor.shape == (1, 1, 576)
     with pytest.raises(Exception):
         message.step_id = 4  # frozen, like a JSON-decoded one
+
+
+# --- float16 wire: refuse, never send inf / NaN ------------------------------------------------
+def test_float16_refuses_values_beyond_its_range():
+    x = torch.randn(1, 2, 640)
+    x[0, 1, 163] = 98538.0  # what gemma3-270m's residual stream holds
+    with pytest.raises(ProtocolError) as info:
+        encode_tensor(x, "float16")
+    assert info.value.code == ErrorCode.BAD_SHAPE
+    assert "9.854e+04" in str(info.value) and "bfloat16 or int8" in str(info.value)
+    for wire in ("bfloat16", "int8", "float32"):  # the formats it points to do carry it
+        assert torch.isfinite(decode_tensor(*encode_tensor(x, wire))).all()
+
+
+def test_float16_refuses_nan_and_sends_the_largest_finite_values():
+    x = torch.randn(1, 1, 8)
+    x[0, 0, 2] = float("nan")
+    with pytest.raises(ProtocolError, match="NaN or inf"):
+        encode_tensor(x, "float16")
+    edge = torch.tensor([[65504.0, -65504.0, 65519.0, 1e-3]])  # 65519 still rounds to 65504
+    assert torch.equal(decode_tensor(*encode_tensor(edge, "float16")), torch.tensor([[65504.0, -65504.0, 65504.0,
+                                                                                      torch.tensor(1e-3).half().item()]]))

@@ -18,7 +18,8 @@ message schema, and the payload length against the header's `TensorMeta` (or a
 `ProtocolError(MALFORMED)`.
 
 Tensor payloads are raw little-endian elements in the wire dtype, except "int8": blockwise
-int8 with a few outliers per row, for slow links (see int8_wire.py).
+int8 with a few outliers per row, for slow links (see int8_wire.py). The float16 wire
+refuses hidden states it cannot represent (see `encode_tensor`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _MESSAGE_ADAPTER: TypeAdapter = TypeAdapter(Message)
 _HEADER_LEN = struct.Struct("<I")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ITEM_SIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+_FP16_MAX = 65504.0
 
 LAYOUT_JSON, LAYOUT_STEP, LAYOUT_STEP_RESULT = b"J", b"S", b"R"
 _BINARY_LAYOUTS = {Step: LAYOUT_STEP, StepResult: LAYOUT_STEP_RESULT}
@@ -111,13 +113,33 @@ def tensor_nbytes(meta: TensorMeta) -> int:
 
 
 def encode_tensor(tensor: torch.Tensor, wire_dtype: str) -> tuple[TensorMeta, bytes]:
-    """Convert to the wire format and return (meta, raw bytes)."""
+    """Convert to the wire format and return (meta, raw bytes).
+
+    float16 raises ProtocolError(BAD_SHAPE) rather than send inf or NaN: Gemma 3's residual
+    stream reaches ~1e5, beyond float16's 65504, and an inf there turns every later position
+    into NaN. Clamping instead would quietly shrink the model's largest channels (gemma3-270m:
+    98538 -> 65504): a wrong answer nobody is told about. bfloat16 and int8
+    carry that range; the error says so. Server handlers already answer a ProtocolError with
+    an ErrorReply to the client.
+    """
     meta = TensorMeta(dtype=wire_dtype, shape=tuple(tensor.shape))
     if wire_dtype == "int8":
         return meta, int8_wire.encode(tensor)
     t = tensor.detach().to(_TORCH_DTYPES[wire_dtype]).contiguous().cpu()
+    if wire_dtype == "float16" and t.numel() and not bool(torch.isfinite(t).all()):
+        _refuse_float16(tensor)
     raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
     return meta, raw
+
+
+def _refuse_float16(tensor: torch.Tensor) -> None:
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        raise ProtocolError(ErrorCode.BAD_SHAPE, "hidden states contain NaN or inf before encoding; the float16 wire "
+                                                 "does not send them")
+    peak = float(tensor.detach().abs().max())
+    raise ProtocolError(ErrorCode.BAD_SHAPE, f"hidden states reach {peak:.4g}, beyond float16's range "
+                                             f"(+-{_FP16_MAX:.0f}); use the bfloat16 or int8 wire for this model")
 
 
 def decode_tensor(meta: TensorMeta, payload: memoryview | bytes, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
