@@ -1,14 +1,20 @@
 """Benchmark: what compressing hidden states on the wire, and the KV cache, costs in quality.
 
 For each model (smollm2-135m, gemma3-270m) and each wire format (float32, float16, bfloat16,
-int8) it reports bytes per token per hop, and quality under teacher forcing over N positions
-(default 2048) of an English text that ships with every Python (the stdlib's LICENSE.txt):
+int8) it reports bytes per token per hop -- the tensor payload, and the whole frame (layout byte,
+header, payload, + the transport's 8-byte length prefix) of a one-position Step and StepResult as
+sent in decode -- and quality under teacher forcing over N positions (default 2048) of an English
+text that ships with every Python (the stdlib's LICENSE.txt):
 - top-1 agreement of the next-token prediction with the uncompressed (fp32 wire) run,
 - mean KL(uncompressed || compressed) of the next-token distribution,
 - perplexity of the text, for scale.
 The wire is simulated in-process: encode -> decode (the real codec) at every crossing of a
 3-way split — client -> A, A -> B (after a third of the blocks), B -> C, C -> client —
-computing in float32. The int8 KV cache is measured the same way (fp32 wire), with its
+computing in float32. For int8 it also measures where the loss comes from: the codec at one
+crossing only (the others exact), and three treatments of the last crossing C -> client, which
+feeds the LM head, simulated here only (they need server and client changes): exact, bfloat16,
+and int8 of the final-normed state (the last server applies the final RMSNorm with its weight,
+the client only the LM head). The int8 KV cache is measured the same way (fp32 wire), with its
 memory: sessions of 2048 tokens per GiB of KV cache, and its decode-time cost at 2048.
 Delta encoding (each position minus the previous one) is measured on the A -> B hidden
 states: reconstruction error and zlib-compressed size, direct vs delta.
@@ -38,7 +44,9 @@ from swarmllm.engine.head import ModelHead  # noqa: E402
 from swarmllm.engine.kv_cache import kv_bytes_per_token  # noqa: E402
 from swarmllm.models.catalog import resolve_model  # noqa: E402
 from swarmllm.models.tokenizer import load_tokenizer  # noqa: E402
-from swarmllm.protocol import Step, decode_tensor, encode_frame, encode_tensor  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from swarmllm.protocol import ProtocolError, Step, StepResult, decode_tensor, encode_frame, encode_tensor  # noqa: E402
 from swarmllm.weights import load_blocks, load_head, read_config  # noqa: E402
 
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -64,30 +72,54 @@ def through_wire(hidden: torch.Tensor, wire: str) -> torch.Tensor:
     return decode_tensor(meta, raw, hidden.dtype)
 
 
-def run_chain(head: ModelHead, spans: list[SpanModel], ids: torch.Tensor, wire: str,
-              kv_dtype: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(final hidden states [N, D], what each span received), the wire simulated at every crossing."""
-    hidden = head.embed(ids.unsqueeze(0))
-    boundaries = []
-    for span in spans:
-        hidden = through_wire(hidden, wire)
-        boundaries.append(hidden)
-        hidden = span(hidden, span.new_cache(ids.numel(), kv_dtype=kv_dtype), 0)
-    return through_wire(hidden, wire)[0], boundaries
+def run_chain(spans: list[SpanModel], hidden: torch.Tensor, wires: list[str], kv_dtype: str,
+              first: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(final hidden states [1, N, D] before the last crossing, what each span received).
+
+    wires[i] is the format at crossing i (client -> A, A -> B, B -> C, C -> client); `hidden` is
+    what crossing `first` sends (the embeddings when first = 0). The last crossing is left to the
+    caller, which tries several treatments of it.
+    """
+    received = []
+    for i in range(first, len(spans)):
+        hidden = through_wire(hidden, wires[i])
+        received.append(hidden)
+        hidden = spans[i](hidden, spans[i].new_cache(hidden.shape[1], kv_dtype=kv_dtype), 0)
+    return hidden, received
+
+
+def normed_logits(head: ModelHead, z: torch.Tensor) -> torch.Tensor:
+    """Logits of final-normed states z [T, D]: the LM head (and soft-capping) without the norm."""
+    logits = head.lm_head(z.to(head.dtype)).float()
+    cap = head.config.final_logit_softcapping
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def final_normed(head: ModelHead, hidden: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(hidden, (head.config.hidden_size,), head.final_norm, head.config.rms_norm_eps)
 
 
 @torch.inference_mode()
-def compare(head: ModelHead, finals: dict[str, torch.Tensor], targets: torch.Tensor, chunk: int = 128) -> dict:
-    """Per variant: top-1 agreement and mean KL vs the first (reference) variant, and perplexity."""
+def compare(head: ModelHead, finals: dict[str, torch.Tensor], targets: torch.Tensor, normed: frozenset = frozenset(),
+            chunk: int = 128) -> dict:
+    """Per variant: top-1 agreement and mean KL vs the first (reference) variant, and perplexity.
+
+    finals[name] is what the client holds [N, D]: hidden states, or final-normed ones for names in `normed`.
+    """
     names = list(finals)
     agree = {n: 0 for n in names}
     kl_sum = {n: 0.0 for n in names}
     nll_sum = {n: 0.0 for n in names}
+
+    def logits(name: str, start: int, end: int) -> torch.Tensor:
+        x = finals[name][start:end]
+        return normed_logits(head, x) if name in normed else head.logits(x.unsqueeze(0))[0]
+
     for start in range(0, targets.numel(), chunk):
         end = min(start + chunk, targets.numel())
-        ref = torch.log_softmax(head.logits(finals[names[0]][start:end].unsqueeze(0))[0], dim=-1)
+        ref = torch.log_softmax(logits(names[0], start, end), dim=-1)
         for name in names:
-            logp = ref if name == names[0] else torch.log_softmax(head.logits(finals[name][start:end].unsqueeze(0))[0], -1)
+            logp = ref if name == names[0] else torch.log_softmax(logits(name, start, end), -1)
             agree[name] += int((logp.argmax(-1) == ref.argmax(-1)).sum())
             kl_sum[name] += float((ref.exp() * (ref - logp)).sum())
             nll_sum[name] -= float(logp.gather(1, targets[start:end, None]).sum())
@@ -97,15 +129,25 @@ def compare(head: ModelHead, finals: dict[str, torch.Tensor], targets: torch.Ten
 
 
 def wire_bytes(hidden_size: int) -> dict:
-    """Bytes one decode step's hidden state costs per hop: the tensor payload and the whole frame."""
+    """Bytes one decode step's hidden state costs per hop: the tensor payload and the whole frame.
+
+    The frames are those of a decode step late in a SESSION_TOKENS session (one step per token,
+    session id a uuid4 hex as the client makes them): a Step on the hops into servers, a
+    StepResult on the last hop; "frame" is the larger of the two. + 8: the transport's prefix.
+    """
     out = {}
+    position = SESSION_TOKENS - 1
     for wire in WIRE_FORMATS:
         meta, raw = encode_tensor(torch.randn(1, 1, hidden_size), wire)
-        frame = encode_frame(Step(session_id="0" * 32, step_id=123, start_position=456, tensor=meta), raw)
-        out[wire] = {"payload": len(raw), "frame": len(frame) + 8}  # + the transport's 8-byte length prefix
+        step = encode_frame(Step(session_id="0123456789abcdef" * 2, step_id=position, start_position=position,
+                                 tensor=meta), raw)
+        result = encode_frame(StepResult(session_id="0123456789abcdef" * 2, step_id=position, start_position=position,
+                                         tensor=meta, compute_seconds=0.0123), raw)
+        out[wire] = {"payload": len(raw), "step_frame": len(step) + 8, "step_result_frame": len(result) + 8,
+                     "frame": max(len(step), len(result)) + 8}
     for wire in WIRE_FORMATS:
-        out[wire]["payload_vs_fp32"] = out[wire]["payload"] / out["float32"]["payload"]
-        out[wire]["frame_vs_fp32"] = out[wire]["frame"] / out["float32"]["frame"]
+        for key in ("payload", "step_frame", "step_result_frame", "frame"):
+            out[wire][f"{key}_vs_fp32"] = out[wire][key] / out["float32"][key]
     return out
 
 
@@ -167,20 +209,45 @@ def bench_model(model: str, n_positions: int, timing_context: int) -> dict:
     cuts = [0, round(n / 3), round(2 * n / 3), n]
     spans = [whole.view(cuts[i], cuts[i + 1]) for i in range(3)]
     ids = text_ids(load_tokenizer(source), config, n_positions)
-    finals, seconds = {}, {}
+    embeddings = head.embed(ids[:-1].unsqueeze(0))
+    finals, seconds, refused, normed = {}, {}, {}, set()
     for name, wire, kv in VARIANTS:
         started = time.perf_counter()
-        finals[name], boundaries = run_chain(head, spans, ids[:-1], wire, kv)
+        try:
+            before_last, received = run_chain(spans, embeddings, [wire] * 4, kv)
+            finals[name] = through_wire(before_last, wire)[0]
+        except ProtocolError as e:  # the float16 wire refuses what it cannot carry (Gemma 3)
+            refused[name] = e.message
+            print(f"{model}: {name} refused: {e.message}", flush=True)
+            continue
         seconds[name] = time.perf_counter() - started
         if name == VARIANTS[0][0]:
-            delta = delta_study(boundaries[1][0])  # what A sends to B
+            reference_received, reference_final = received, before_last
+            delta = delta_study(received[1][0])  # what A sends to B
+        if (wire, kv) == ("int8", "auto"):
+            int8_before_last = before_last
         print(f"{model}: {name} ran in {seconds[name]:.1f} s", flush=True)
-    quality = compare(head, finals, ids[1:])
+    # Where the int8 loss comes from: the codec at one crossing only.
+    for crossing in range(4):
+        name = f"int8 at crossing {crossing} only"
+        if crossing < 3:
+            wires = ["float32"] * crossing + ["int8"] + ["float32"] * (3 - crossing)
+            before_last, _ = run_chain(spans, reference_received[crossing], wires, "auto", first=crossing)
+            finals[name] = before_last[0]
+        else:
+            finals[name] = through_wire(reference_final, "int8")[0]
+    # The last crossing, treated otherwise (simulated: needs changes in server/handlers.py and client/session.py).
+    finals["int8, last hop exact"] = int8_before_last[0]
+    finals["int8, last hop bfloat16"] = through_wire(int8_before_last, "bfloat16")[0]
+    finals["int8, last hop int8 of final-normed state"] = through_wire(final_normed(head, int8_before_last), "int8")[0]
+    normed.add("int8, last hop int8 of final-normed state")
+    quality = compare(head, finals, ids[1:], frozenset(normed))
     for name, wire, kv in VARIANTS:
-        quality[name].update(wire=wire, kv_cache=kv)
+        if name in quality:
+            quality[name].update(wire=wire, kv_cache=kv)
     return {
         "model": model, "n_blocks": n, "hidden_size": config.hidden_size, "split": cuts, "positions": n_positions,
-        "quality": quality, "wire_bytes_per_token_per_hop": wire_bytes(config.hidden_size),
+        "quality": quality, "refused": refused, "wire_bytes_per_token_per_hop": wire_bytes(config.hidden_size),
         "delta_encoding": delta, "kv_memory_2048_token_session": kv_memory(config),
         "decode_ms_per_token": {"context": timing_context, "kv auto (fp32)": decode_ms(whole, "auto", timing_context),
                                 "kv int8": decode_ms(whole, "int8", timing_context)},
@@ -214,16 +281,31 @@ def markdown(r: dict) -> str:
     lines = [f"# Compression benchmark ({'quick, ' if r['quick'] else ''}teacher forcing, fp32 compute, "
              f"{r['machine']['cpus']} CPUs)", "",
              "Quality vs the uncompressed (fp32 wire, fp32 KV) run; the wire is applied at all four crossings of a "
-             "3-way split.", ""]
+             "3-way split. Frame = layout byte + header + payload + the transport's 8-byte prefix, one decode "
+             f"position at {SESSION_TOKENS - 1}: Step (hops into servers) and StepResult (last hop); the ratio is "
+             "the larger one's.", ""]
     for m in r["models"]:
         wire = m["wire_bytes_per_token_per_hop"]
         lines += [f"## {m['model']} ({m['positions']} positions, split {m['split']})", "",
-                  "| variant | bytes/token/hop (payload) | frame | frame vs fp32 | top-1 agreement | mean KL (nats) "
-                  "| perplexity |", "|---|---|---|---|---|---|---|"]
+                  "| variant | payload B/token/hop | Step frame | StepResult frame | frame vs fp32 | top-1 agreement "
+                  "| mean KL (nats) | perplexity |", "|---|---|---|---|---|---|---|---|"]
         for name, q in m["quality"].items():
+            if "wire" not in q:
+                continue
             w = wire[q["wire"]]
-            lines.append(f"| {name} | {w['payload']} | {w['frame']} | {w['frame_vs_fp32']:.3f}x | "
-                         f"{q['top1_agreement'] * 100:.2f}% | {q['mean_kl']:.2e} | {q['perplexity']:.3f} |")
+            lines.append(f"| {name} | {w['payload']} ({w['payload_vs_fp32']:.3f}x) | {w['step_frame']} | "
+                         f"{w['step_result_frame']} | {w['frame_vs_fp32']:.3f}x | {q['top1_agreement'] * 100:.2f}% | "
+                         f"{q['mean_kl']:.2e} | {q['perplexity']:.3f} |")
+        for name, message in m.get("refused", {}).items():
+            w = wire[name.split()[-1]] if name.startswith("wire ") else wire["float32"]
+            lines.append(f"| {name} | {w['payload']} | {w['step_frame']} | {w['step_result_frame']} | "
+                         f"{w['frame_vs_fp32']:.3f}x | refused: {message} | | |")
+        lines += ["", "Where int8 loses (simulated variants marked *: they need server and client changes):", "",
+                  "| int8 variant | top-1 agreement | mean KL (nats) |", "|---|---|---|"]
+        for name, q in m["quality"].items():
+            if "wire" not in q:
+                mark = "*" if "last hop" in name else ""
+                lines.append(f"| {name}{mark} | {q['top1_agreement'] * 100:.2f}% | {q['mean_kl']:.2e} |")
         kv = m["kv_memory_2048_token_session"]
         d = m["delta_encoding"]
         t = m["decode_ms_per_token"]

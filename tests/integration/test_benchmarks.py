@@ -42,6 +42,8 @@ def test_compression_benchmark_quick(tmp_path):
     model = json.loads((tmp_path / "compression.json").read_text())["models"][0]
     assert model["quality"]["wire float32"]["top1_agreement"] == 1.0
     assert model["wire_bytes_per_token_per_hop"]["int8"]["payload_vs_fp32"] < 0.3
+    assert model["wire_bytes_per_token_per_hop"]["int8"]["frame_vs_fp32"] <= 0.3  # header included
+    assert "int8 at crossing 3 only" in model["quality"]
     assert model["kv_memory_2048_token_session"]["int8"]["sessions_per_gib"] > 3.5 * \
         model["kv_memory_2048_token_session"]["float32"]["sessions_per_gib"]
     assert "| wire int8 |" in (tmp_path / "compression.md").read_text()
