@@ -99,3 +99,15 @@ def test_malformed_ring_messages_are_rejected(bad):
     frame = len(header).to_bytes(4, "little") + header + (b"\0" * 16 if bad["type"] == "step" else b"")
     with pytest.raises(ProtocolError):
         decode_frame(frame)
+
+
+def test_a_ring_starting_step_travels_as_json_and_plain_steps_stay_binary():
+    meta = TensorMeta(dtype="int8", shape=(1, 1, 32))
+    plain = Step(session_id="ab" * 16, step_id=7, start_position=3, tensor=meta)
+    ring = Step(session_id="ab" * 16, step_id=7, start_position=3, tensor=meta, ring=_spec())
+    from swarmllm.protocol.codec import tensor_nbytes
+
+    raw = b"\0" * tensor_nbytes(meta)
+    assert encode_frame(plain, raw)[:1] == b"S"
+    assert encode_frame(ring, raw)[:1] == b"J"
+    assert decode_frame(encode_frame(ring, raw))[0] == ring

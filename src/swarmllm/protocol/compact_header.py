@@ -13,8 +13,9 @@ fields in ~30 bytes:
     tensor       u8 dtype (index in DTYPES) | u8 ndim (<= MAX_DIMS) | ndim integers
 
 `encode` returns None for any message it cannot carry exactly (another class, a negative or
-huge integer, a long session id, a field this layout does not know): the caller then sends
-JSON, so every message still round-trips. `decode` only parses; the caller validates the
+huge integer, a long session id, a field this layout does not know, a Step that starts a
+ring: once per generation, its `RingSpec` goes as JSON): the caller then sends JSON, so
+every message still round-trips. `decode` only parses; the caller validates the
 fields with the message's pydantic schema, exactly as for JSON headers. Raises
 ProtocolError(MALFORMED) on truncated or impossible bytes. No framing here (see codec.py).
 """
@@ -35,7 +36,7 @@ _F64 = struct.Struct("<d")
 
 # Exactly the fields each layout carries: a message class with any other field set is sent as
 # JSON rather than losing a field (tests/unit/test_wire_frames.py asserts they still match).
-STEP_FIELDS = frozenset({"type", "session_id", "step_id", "start_position", "tensor", "replay_end"})
+STEP_FIELDS = frozenset({"type", "session_id", "step_id", "start_position", "tensor", "replay_end", "ring"})
 STEP_RESULT_FIELDS = frozenset({"type", "session_id", "step_id", "start_position", "tensor", "compute_seconds"})
 _LAYOUT_FITS = {Step: set(Step.model_fields) == STEP_FIELDS,
                 StepResult: set(StepResult.model_fields) == STEP_RESULT_FIELDS}
@@ -43,7 +44,7 @@ _LAYOUT_FITS = {Step: set(Step.model_fields) == STEP_FIELDS,
 
 def encode(message) -> bytes | None:
     """The binary header of a Step or StepResult, or None when only JSON can carry it exactly."""
-    if not _LAYOUT_FITS.get(type(message), False):
+    if not _LAYOUT_FITS.get(type(message), False) or getattr(message, "ring", None) is not None:
         return None
     meta = message.tensor
     positions = [message.step_id, message.start_position]

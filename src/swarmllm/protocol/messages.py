@@ -39,7 +39,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
@@ -47,7 +47,7 @@ PING_HANDLER = "swarmllm.v1.ping"         # anyone -> server: liveness and RTT
 FILE_HANDLER = "swarmllm.v1.file"         # anyone -> server: byte ranges of the model file it holds
 
 # Wire formats of hidden states. fp32 is exact; 16-bit halves the bytes per hop; "int8" is
-# blockwise int8 with exact outliers (see int8_wire.py): 0.29x the bytes of fp32.
+# blockwise int8 with a few outliers per row (see int8_wire.py): a one-token frame is 0.29x an fp32 one.
 WireDtype = Literal["float32", "float16", "bfloat16", "int8"]
 WIRE_DTYPES: tuple[str, ...] = WireDtype.__args__
 
