@@ -10,9 +10,10 @@ no tokenizer, no network; the same object serves local generation and a swarm se
 position and number of new positions (continuous batching on a server): the norms,
 projections and MLP run once over all their rows stacked as one [sum T, D] matrix (the
 weights are read once per batch), attention runs per sequence over its own cache. A
-sequence's output does not depend on which others share its batch: every linear layer runs
-on a row count padded to a multiple of `ROW_QUANTUM`, which makes each output row depend on
-its own input row only (see ROW_QUANTUM), and attention never mixes sequences.
+sequence's output does not depend on which others share its batch: dense linear layers run
+on a row count padded to a multiple of `ROW_QUANTUM` (quantized ones need no padding), which
+makes each output row depend on its own input row only (see quant.ROW_QUANTUM), and attention
+never mixes sequences.
 
 Weights: the four projections of a block (q|k|v, o, gate|up, down) are `engine.quant`
 linear layers: dense in the compute dtype (quant="none"), or kept as int8 / int4 and
@@ -40,27 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from swarmllm.engine.kv_cache import KVCache, new_kv_cache
-from swarmllm.engine.quant import Linear, check_quant_mode, make_linear
+from swarmllm.engine.quant import ROW_QUANTUM, Linear, check_quant_mode, make_linear  # noqa: F401 (re-exported)
 from swarmllm.engine.rope import RopeTable, apply_rope
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import BlockWeights
-
-
-ROW_QUANTUM = 4
-"""Linear layers see a row count padded (with zero rows) to a multiple of this.
-
-CPU GEMM kernels round a row differently depending on the call's row count: a single row
-takes a matrix-vector kernel, and rows that fall into a partial register tile take another
-path than full tiles (measured with torch 2.13 on x86 AVX-512: float32 (MKL) differs from
-M=1 to M=2 and again for tail rows; bfloat16 (oneDNN) differs for rows past 9 in the
-1536-wide down projection). With the row count a multiple of 4 every row is computed by
-the same full-tile kernel, and each output row was measured bit-identical whatever the
-other rows, their number (1..128) or their order, in float32 and bfloat16, with 1 and 2
-threads (tests/unit/test_engine_batching.py checks it). So a session's output is the same
-alone or in any batch, and a replay on another server reproduces it exactly. Other BLAS
-libraries may tile differently: the test says so if this stops holding. Cost: nothing in
-bfloat16; in float32 a lone decode step costs ~1.5x the CPU time of the matrix-vector path.
-"""
 
 
 EXACT_STEP_POSITIONS = 16
@@ -159,6 +143,9 @@ class SpanModel:
         self.config, self.start, self.end, self.dtype = config, start, end, dtype
         self.quant = check_quant_mode(quant)
         self.layers = [_fuse(config, w, dtype, quant) for w in blocks]
+        # Rows the linear layers' input is padded to a multiple of (see quant.ROW_QUANTUM).
+        self.row_quantum = max(linear.row_quantum for layer in self.layers
+                               for linear in (layer.qkv, layer.o, layer.gate_up, layer.down))
         self.rope_global = RopeTable(config.rope_dim, config.rope_theta, config.rope_scaling, dtype)
         local_theta = config.rope_local_theta or config.rope_theta
         self.rope_local = RopeTable(config.rope_dim, local_theta, None, dtype)
@@ -243,7 +230,7 @@ class SpanModel:
         plans = [{k: self._attention_plan(s.start_position, s.hidden.shape[0], k) for k in kinds} for s in steps]
         rope = {k: (torch.cat([p[k][0] for p in plans]), torch.cat([p[k][1] for p in plans])) if len(steps) > 1
                 else plans[0][k][:2] for k in kinds}  # cos, sin: [M, 1, hd]
-        padding = -M % ROW_QUANTUM
+        padding = -M % self.row_quantum
         rows = [s.hidden for s in steps] + ([steps[0].hidden.new_zeros(padding, self.config.hidden_size)]
                                             if padding else [])
         x = (torch.cat(rows) if len(rows) > 1 else rows[0]).to(self.dtype)  # [M + padding, D]
