@@ -73,6 +73,14 @@ def check_quant_mode(mode: str) -> str:
     return mode
 
 
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in `dtype`; checked in Python first, since `Tensor.to` costs ~1-2 us even when it has
+    nothing to do, and a decode step makes 8 such calls per block. (For the same reason the
+    kernels are called as `torch._weight_*`, the C++ bindings, not through `torch.ops.aten`,
+    whose Python dispatch costs several us per call.)"""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 class DenseLinear:
     """y = x @ W.T with W [N, K] in the compute dtype."""
 
@@ -105,7 +113,7 @@ class Int8Linear:
         return self.codes.numel() + self.scales.numel() * self.scales.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int8pack_mm(x.to(self.kernel_dtype), self.codes, self.scales).to(x.dtype)
+        return _cast(torch._weight_int8pack_mm(_cast(x, self.kernel_dtype), self.codes, self.scales), x.dtype)
 
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scales.float()[:, None]
@@ -137,9 +145,8 @@ class Int4Linear:
         return self.packed.numel() * self.packed.element_size() + self.scales_zeros.numel() * self.scales_zeros.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        op = (torch.ops.aten._weight_int4pack_mm_for_cpu if self.device.type == "cpu"
-              else torch.ops.aten._weight_int4pack_mm)
-        return op(x.to(self.kernel_dtype), self.packed, self.group_size, self.scales_zeros).to(x.dtype)
+        op = torch._weight_int4pack_mm_for_cpu if self.device.type == "cpu" else torch._weight_int4pack_mm
+        return _cast(op(_cast(x, self.kernel_dtype), self.packed, self.group_size, self.scales_zeros), x.dtype)
 
 
 Linear = DenseLinear | Int8Linear | Int4Linear
