@@ -233,7 +233,9 @@ class SpanModel:
         padding = -M % self.row_quantum
         rows = [s.hidden for s in steps] + ([steps[0].hidden.new_zeros(padding, self.config.hidden_size)]
                                             if padding else [])
-        x = (torch.cat(rows) if len(rows) > 1 else rows[0]).to(self.dtype)  # [M + padding, D]
+        x = torch.cat(rows) if len(rows) > 1 else rows[0]  # [M + padding, D]
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
         for i, layer in enumerate(self.layers):
             x = self._block(layer, x, M, steps, offsets, i, [p[layer.sliding] for p in plans], rope[layer.sliding])
         for step in steps:
@@ -248,7 +250,9 @@ class SpanModel:
         H, KV, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
 
         h = F.rms_norm(x, (D,), layer.attn_norm, eps)
-        qkv = layer.qkv(h)[:M]
+        qkv = layer.qkv(h)
+        if qkv.shape[0] != M:
+            qkv = qkv[:M]
         if layer.qkv_bias is not None:  # added after the matmul: stays row-independent (see ROW_QUANTUM)
             qkv = qkv + layer.qkv_bias
         qkv = qkv.view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
@@ -260,11 +264,14 @@ class SpanModel:
             qk = apply_rope(qk, *rope)  # [M, H+KV, hd]
         else:  # partial rotary (Phi-3 variants): only the first rd dims of each head rotate
             qk = torch.cat([apply_rope(qk[..., :rd], *rope), qk[..., rd:]], dim=-1)
-        parts = [self._attend(qk[a:b], qkv[a:b, H + KV:], step.cache, block, step.start_position, plan)
-                 for step, a, b, plan in zip(steps, offsets, offsets[1:], plans)]
-        if x.shape[0] > M:
-            parts.append(x.new_zeros(x.shape[0] - M, H * hd))
-        a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
+        if len(steps) == 1 and x.shape[0] == M:  # one sequence, no padding: the usual decode step
+            a = self._attend(qk, qkv[:, H + KV:], steps[0].cache, block, steps[0].start_position, plans[0])
+        else:
+            parts = [self._attend(qk[a:b], qkv[a:b, H + KV:], step.cache, block, step.start_position, plan)
+                     for step, a, b, plan in zip(steps, offsets, offsets[1:], plans)]
+            if x.shape[0] > M:
+                parts.append(x.new_zeros(x.shape[0] - M, H * hd))
+            a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
         a = layer.o(a)  # [M + padding, D]
         if layer.post_attn_norm is not None:
             a = F.rms_norm(a, (D,), layer.post_attn_norm, eps)
@@ -290,10 +297,10 @@ class SpanModel:
         G = H // KV
         _, _, k0, mask = plan
         end = start + T
-        cache.write(block, start, qk[:, H:].transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0))
+        cache.write_rows(block, start, qk[:, H:], v)
         if T == 1:
             keys, values = cache.read(block, k0, end)  # [1, KV, L, hd]
-            q = qk[0, :H].reshape(1, KV, G, hd)
+            q = qk[0, :H].view(1, KV, G, hd)
             a = F.scaled_dot_product_attention(q, keys, values, scale=cfg.attention_scale)  # [1, KV, G, hd]
             return a.reshape(1, H * hd)
         if mask is None:  # a short step: each row exactly as a single-position step computes it

@@ -29,6 +29,11 @@ as the ops require; a GGUF's float16 scales lose 3 mantissa bits there (relative
 the file's dequantized weights are reproduced exactly only with kernel_dtype=float32 (slow;
 tests use it to check the re-packing).
 
+Per-call overhead: a decode step calls these layers 4 times per block, so `__call__` does the
+least Python it can: the kernels are called through their C++ bindings (`torch._weight_*`; the
+`torch.ops.aten` route costs several us more per call) and no-op casts are skipped (`Tensor.to`
+costs ~1-2 us even when it has nothing to do).
+
 Pure compute: no I/O.
 """
 
@@ -73,14 +78,6 @@ def check_quant_mode(mode: str) -> str:
     return mode
 
 
-def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x in `dtype`; checked in Python first, since `Tensor.to` costs ~1-2 us even when it has
-    nothing to do, and a decode step makes 8 such calls per block. (For the same reason the
-    kernels are called as `torch._weight_*`, the C++ bindings, not through `torch.ops.aten`,
-    whose Python dispatch costs several us per call.)"""
-    return x if x.dtype == dtype else x.to(dtype)
-
-
 class DenseLinear:
     """y = x @ W.T with W [N, K] in the compute dtype."""
 
@@ -113,7 +110,9 @@ class Int8Linear:
         return self.codes.numel() + self.scales.numel() * self.scales.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _cast(torch._weight_int8pack_mm(_cast(x, self.kernel_dtype), self.codes, self.scales), x.dtype)
+        if x.dtype == self.kernel_dtype:  # the usual case, kept to one Python-level check
+            return torch._weight_int8pack_mm(x, self.codes, self.scales)
+        return torch._weight_int8pack_mm(x.to(self.kernel_dtype), self.codes, self.scales).to(x.dtype)
 
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scales.float()[:, None]
@@ -130,6 +129,7 @@ class Int4Linear:
         self.device = torch.device(device)
         # The CPU kernel is row-exact at any row count (see ROW_QUANTUM); others are unmeasured.
         self.row_quantum = 1 if self.device.type == "cpu" else ROW_QUANTUM
+        self._op = torch._weight_int4pack_mm_for_cpu if self.device.type == "cpu" else torch._weight_int4pack_mm
         # Kernel form: w = (q - 8) * scale + zero, so zero = min + 8 * scale (exact in float32).
         zeros = codes.mins + 8 * codes.scales
         self.scales_zeros = torch.stack([codes.scales.t(), zeros.t()], dim=-1).to(kernel_dtype).contiguous().to(self.device)
@@ -145,8 +145,9 @@ class Int4Linear:
         return self.packed.numel() * self.packed.element_size() + self.scales_zeros.numel() * self.scales_zeros.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        op = torch._weight_int4pack_mm_for_cpu if self.device.type == "cpu" else torch._weight_int4pack_mm
-        return _cast(op(_cast(x, self.kernel_dtype), self.packed, self.group_size, self.scales_zeros), x.dtype)
+        if x.dtype == self.kernel_dtype:  # the usual case, kept to one Python-level check
+            return self._op(x, self.packed, self.group_size, self.scales_zeros)
+        return self._op(x.to(self.kernel_dtype), self.packed, self.group_size, self.scales_zeros).to(x.dtype)
 
 
 Linear = DenseLinear | Int8Linear | Int4Linear
