@@ -34,6 +34,7 @@ class ModelHead:
             self.embed_weight, self._embed_scales = self.lm_head.weight, None
         else:
             self.embed_weight, self._embed_scales = weights.embed.to(dtype).contiguous(), None
+        self._embed_scale = torch.tensor(config.embed_scale, dtype=dtype)  # Gemma's sqrt(hidden)
 
     @property
     def nbytes(self) -> int:
@@ -54,13 +55,15 @@ class ModelHead:
         if self._embed_scales is not None:
             hidden = hidden.to(self.dtype) * F.embedding(ids, self._embed_scales)
         if self.config.embed_scale != 1.0:
-            hidden = hidden * torch.tensor(self.config.embed_scale, dtype=self.dtype)
+            hidden = hidden * self._embed_scale
         return hidden
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] -> float32 logits [B, T, V]."""
-        h = F.rms_norm(hidden.to(self.dtype), (self.config.hidden_size,), self.final_norm, self.config.rms_norm_eps)
+        if hidden.dtype != self.dtype:
+            hidden = hidden.to(self.dtype)
+        h = F.rms_norm(hidden, (self.config.hidden_size,), self.final_norm, self.config.rms_norm_eps)
         logits = self.lm_head(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1).float()
         cap = self.config.final_logit_softcapping
         if cap:
