@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from swarmllm.engine.kv_cache import KVCache, new_kv_cache
-from swarmllm.engine.quant import ROW_QUANTUM, Linear, check_quant_mode, make_linear  # noqa: F401 (re-exported)
+from swarmllm.engine.norm import RMSNorm
+from swarmllm.engine.quant import Linear, check_quant_mode, make_linear
 from swarmllm.engine.rope import RopeTable, apply_rope
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import BlockWeights
@@ -73,16 +74,16 @@ class _Layer:
 
     index: int
     sliding: bool
-    attn_norm: torch.Tensor  # [D]
+    attn_norm: RMSNorm  # weight [D]
     qkv: Linear  # [(H + 2KV) * hd, D]
     qkv_bias: torch.Tensor | None  # [(H + 2KV) * hd] (Qwen2)
     qk_norm: torch.Tensor | None  # [H + KV, hd]
     o: Linear  # [D, H * hd]
-    post_attn_norm: torch.Tensor | None  # [D]
-    ffn_norm: torch.Tensor  # [D]
+    post_attn_norm: RMSNorm | None  # weight [D]
+    ffn_norm: RMSNorm  # weight [D]
     gate_up: Linear  # [2I, D]
     down: Linear  # [D, I]
-    post_ffn_norm: torch.Tensor | None  # [D]
+    post_ffn_norm: RMSNorm | None  # weight [D]
 
 
     @property
@@ -106,22 +107,22 @@ def _fuse(config: ModelConfig, w: BlockWeights, dtype: torch.dtype, quant: str) 
     if config.sandwich_norms and (w.post_attn_norm is None or w.post_ffn_norm is None):
         raise ValueError(f"Block {w.index} lacks post-attention/post-feedforward norms, which this family needs.")
 
-    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(dtype).contiguous()
+    def norm(t: torch.Tensor | None) -> RMSNorm | None:
+        return None if t is None else RMSNorm(t, config.hidden_size, config.rms_norm_eps, dtype)
 
     return _Layer(
         index=w.index,
         sliding=config.is_sliding(w.index),
-        attn_norm=cast(w.attn_norm),
+        attn_norm=norm(w.attn_norm),
         qkv=make_linear([w.q, w.k, w.v], quant, dtype),
         qkv_bias=qkv_bias,
         qk_norm=qk_norm,
         o=make_linear([w.o], quant, dtype),
-        post_attn_norm=cast(w.post_attn_norm) if config.sandwich_norms else None,
-        ffn_norm=cast(w.ffn_norm),
+        post_attn_norm=norm(w.post_attn_norm) if config.sandwich_norms else None,
+        ffn_norm=norm(w.ffn_norm),
         gate_up=make_linear([w.gate, w.up], quant, dtype),
         down=make_linear([w.down], quant, dtype),
-        post_ffn_norm=cast(w.post_ffn_norm) if config.sandwich_norms else None,
+        post_ffn_norm=norm(w.post_ffn_norm) if config.sandwich_norms else None,
     )
 
 
@@ -143,6 +144,7 @@ class SpanModel:
         self.config, self.start, self.end, self.dtype = config, start, end, dtype
         self.quant = check_quant_mode(quant)
         self.layers = [_fuse(config, w, dtype, quant) for w in blocks]
+        self.head_norm = RMSNorm(None, config.head_dim, config.rms_norm_eps, dtype)  # per-head q/k norm (weight apart)
         # Rows the linear layers' input is padded to a multiple of (see quant.ROW_QUANTUM).
         self.row_quantum = max(linear.row_quantum for layer in self.layers
                                for linear in (layer.qkv, layer.o, layer.gate_up, layer.down))
@@ -246,10 +248,9 @@ class SpanModel:
                block: int, plans: list[tuple], rope: tuple) -> torch.Tensor:
         """x [M + padding, D] -> the same after one block; rows [0, M) are the steps' positions."""
         cfg = self.config
-        D = x.shape[1]
-        H, KV, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+        H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
-        h = F.rms_norm(x, (D,), layer.attn_norm, eps)
+        h = layer.attn_norm(x)
         qkv = layer.qkv(h)
         if qkv.shape[0] != M:
             qkv = qkv[:M]
@@ -258,7 +259,7 @@ class SpanModel:
         qkv = qkv.view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
         qk = qkv[:, : H + KV]
         if layer.qk_norm is not None:
-            qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
+            qk = self.head_norm(qk) * layer.qk_norm
         rd = cfg.rope_dim
         if rd == hd:
             qk = apply_rope(qk, *rope)  # [M, H+KV, hd]
@@ -274,10 +275,10 @@ class SpanModel:
             a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
         a = layer.o(a)  # [M + padding, D]
         if layer.post_attn_norm is not None:
-            a = F.rms_norm(a, (D,), layer.post_attn_norm, eps)
+            a = layer.post_attn_norm(a)
         x = x + a
 
-        h = F.rms_norm(x, (D,), layer.ffn_norm, eps)
+        h = layer.ffn_norm(x)
         gate, up = layer.gate_up(h).chunk(2, dim=-1)  # [M + padding, I] each
         if cfg.activation == "silu":
             m = F.silu(gate) * up
@@ -285,7 +286,7 @@ class SpanModel:
             m = F.gelu(gate, approximate="tanh") * up
         m = layer.down(m)  # [M + padding, D]
         if layer.post_ffn_norm is not None:
-            m = F.rms_norm(m, (D,), layer.post_ffn_norm, eps)
+            m = layer.post_ffn_norm(m)
         return x + m
 
     def _attend(self, qk: torch.Tensor, v: torch.Tensor, cache: KVCache, block: int,

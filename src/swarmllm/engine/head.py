@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from swarmllm.engine.norm import RMSNorm
 from swarmllm.engine.quant import DenseLinear, Int8Linear, check_quant_mode, make_linear
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import HeadWeights
@@ -24,7 +25,7 @@ class ModelHead:
     def __init__(self, config: ModelConfig, weights: HeadWeights, dtype: torch.dtype = torch.float32,
                  quant: str = "none") -> None:
         self.config, self.dtype, self.quant = config, dtype, check_quant_mode(quant)
-        self.final_norm = weights.final_norm.to(dtype).contiguous()
+        self.final_norm = RMSNorm(weights.final_norm, config.hidden_size, config.rms_norm_eps, dtype)
         tied = weights.lm_head is weights.embed
         mode = "none" if quant == "none" else "int8"
         self.lm_head: DenseLinear | Int8Linear = make_linear([weights.lm_head], mode, dtype)  # type: ignore[assignment]
@@ -63,7 +64,7 @@ class ModelHead:
         """hidden [B, T, D] -> float32 logits [B, T, V]."""
         if hidden.dtype != self.dtype:
             hidden = hidden.to(self.dtype)
-        h = F.rms_norm(hidden, (self.config.hidden_size,), self.final_norm, self.config.rms_norm_eps)
+        h = self.final_norm(hidden)
         logits = self.lm_head(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1).float()
         cap = self.config.final_logit_softcapping
         if cap:
