@@ -36,7 +36,7 @@ import torch
 
 from swarmllm.client.generation import ClientModel
 from swarmllm.client.swarm_client import SwarmClient
-from swarmllm.engine.blocks import ROW_QUANTUM
+from swarmllm.engine.quant import ROW_QUANTUM
 from swarmllm.local_swarm import LocalSwarm, even_spans
 
 MODEL = "smollm2-135m"

@@ -196,12 +196,13 @@ def bench_model(args, model: str) -> list[dict]:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("_ids")}), file=sys.stderr)
     reference = logprobs.get(("float32", "none"))
+    fp32_row = next((r for r in rows if (r.get("dtype"), r.get("quant")) == ("float32", "none") and "error" not in r), None)
     for row in rows:
         key = (row.get("dtype"), row.get("quant")) if row["engine"] == "swarmllm" else ("gguf", "llama.cpp")
         if reference is not None and key in logprobs:
             row["kl_vs_fp32"] = _kl(reference, logprobs[key])
-        if reference_row is not None and "token_ids" in row:
-            ref = reference_row["token_ids"]
+        if fp32_row is not None and "token_ids" in row:  # without a float32 run there is nothing to agree with
+            ref = fp32_row["token_ids"]
             row["greedy_agreement_vs_fp32"] = sum(a == b for a, b in zip(ref, row["token_ids"])) / len(ref)
     for row in rows:
         for key in ("prompt_ids", "held_ids"):
@@ -261,6 +262,8 @@ def main() -> None:
                         help="python of a venv with llama-cpp-python ('' to skip llama.cpp)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--out", default="benchmarks/results/quant.json")
+    parser.add_argument("--configs", nargs="+", metavar="DTYPE:QUANT",
+                        help="only these engine configurations, e.g. bfloat16:int4 (default: all six)")
     parser.add_argument("--tiny", action="store_true", help="CI setting: few tokens, bf16 only, no llama.cpp")
     # worker mode (internal)
     parser.add_argument("--worker", choices=("engine", "llamacpp"))
@@ -274,7 +277,10 @@ def main() -> None:
         row = worker_engine(args) if args.worker == "engine" else worker_llamacpp(args)
         print(json.dumps(row))
         return
-    args.configs = CONFIGS
+    args.configs = [tuple(c.split(":")) for c in args.configs] if args.configs else CONFIGS
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {unknown}; choose from {[':'.join(c) for c in CONFIGS]}")
     if args.tiny:
         args.new_tokens, args.repeats, args.prompt_tokens, args.held_tokens = 8, 1, 16, 32
         args.configs, args.llamacpp_python = [("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "int4")], ""

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swarmllm.cli import build_parser
-from swarmllm.engine.blocks import ROW_QUANTUM, SequenceStep, SpanModel
+from swarmllm.engine.blocks import SequenceStep, SpanModel
 from swarmllm.engine.local import LocalModel
 from swarmllm.engine.quant import Int4Linear, Int8Linear, make_linear, quantize_int4, quantize_int8
 from swarmllm.engine.sampling import SamplingParams
@@ -98,18 +98,21 @@ def smollm_blocks():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_rows_do_not_depend_on_the_batch(smollm_blocks, mode, dtype):
-    """The continuous-batching invariant (see ROW_QUANTUM) holds for the quantized kernels too."""
+    """The continuous-batching invariant (see ROW_QUANTUM) holds for the quantized kernels at any
+    row count, so quantized spans skip the padding."""
     config, blocks = smollm_blocks
     linear = make_linear([blocks[0].gate, blocks[0].up], mode, dtype)
     x = torch.randn(64, 576, generator=torch.Generator().manual_seed(0)).to(dtype)
     full = linear(x)
-    for rows in range(ROW_QUANTUM, 64, ROW_QUANTUM):
+    assert linear.row_quantum == 1
+    for rows in range(1, 64):
         for first in (0, 64 - rows):
             part = linear(x[first:first + rows])
             assert torch.equal(part, full[first:first + rows]), (rows, first)
     assert torch.equal(linear(x.flip(0)), full.flip(0))
 
     span = SpanModel(config, blocks, 0, 2, dtype, mode)
+    assert span.row_quantum == 1
     seqs = [torch.randn(n, 576, generator=torch.Generator().manual_seed(n)) for n in (1, 3, 6)]
     alone = [span.forward_many([SequenceStep(s, span.new_cache(16), 0)])[0] for s in seqs]
     together = span.forward_many([SequenceStep(s, span.new_cache(16), 0) for s in seqs])

@@ -10,9 +10,10 @@ no tokenizer, no network; the same object serves local generation and a swarm se
 position and number of new positions (continuous batching on a server): the norms,
 projections and MLP run once over all their rows stacked as one [sum T, D] matrix (the
 weights are read once per batch), attention runs per sequence over its own cache. A
-sequence's output does not depend on which others share its batch: every linear layer runs
-on a row count padded to a multiple of `ROW_QUANTUM`, which makes each output row depend on
-its own input row only (see ROW_QUANTUM), and attention never mixes sequences.
+sequence's output does not depend on which others share its batch: dense linear layers run
+on a row count padded to a multiple of `ROW_QUANTUM` (quantized ones need no padding), which
+makes each output row depend on its own input row only (see quant.ROW_QUANTUM), and attention
+never mixes sequences.
 
 Weights: the four projections of a block (q|k|v, o, gate|up, down) are `engine.quant`
 linear layers: dense in the compute dtype (quant="none"), or kept as int8 / int4 and
@@ -40,27 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from swarmllm.engine.kv_cache import KVCache, new_kv_cache
+from swarmllm.engine.norm import RMSNorm
 from swarmllm.engine.quant import Linear, check_quant_mode, make_linear
 from swarmllm.engine.rope import RopeTable, apply_rope
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import BlockWeights
-
-
-ROW_QUANTUM = 4
-"""Linear layers see a row count padded (with zero rows) to a multiple of this.
-
-CPU GEMM kernels round a row differently depending on the call's row count: a single row
-takes a matrix-vector kernel, and rows that fall into a partial register tile take another
-path than full tiles (measured with torch 2.13 on x86 AVX-512: float32 (MKL) differs from
-M=1 to M=2 and again for tail rows; bfloat16 (oneDNN) differs for rows past 9 in the
-1536-wide down projection). With the row count a multiple of 4 every row is computed by
-the same full-tile kernel, and each output row was measured bit-identical whatever the
-other rows, their number (1..128) or their order, in float32 and bfloat16, with 1 and 2
-threads (tests/unit/test_engine_batching.py checks it). So a session's output is the same
-alone or in any batch, and a replay on another server reproduces it exactly. Other BLAS
-libraries may tile differently: the test says so if this stops holding. Cost: nothing in
-bfloat16; in float32 a lone decode step costs ~1.5x the CPU time of the matrix-vector path.
-"""
 
 
 EXACT_STEP_POSITIONS = 16
@@ -89,16 +74,16 @@ class _Layer:
 
     index: int
     sliding: bool
-    attn_norm: torch.Tensor  # [D]
+    attn_norm: RMSNorm  # weight [D]
     qkv: Linear  # [(H + 2KV) * hd, D]
     qkv_bias: torch.Tensor | None  # [(H + 2KV) * hd] (Qwen2)
     qk_norm: torch.Tensor | None  # [H + KV, hd]
     o: Linear  # [D, H * hd]
-    post_attn_norm: torch.Tensor | None  # [D]
-    ffn_norm: torch.Tensor  # [D]
+    post_attn_norm: RMSNorm | None  # weight [D]
+    ffn_norm: RMSNorm  # weight [D]
     gate_up: Linear  # [2I, D]
     down: Linear  # [D, I]
-    post_ffn_norm: torch.Tensor | None  # [D]
+    post_ffn_norm: RMSNorm | None  # weight [D]
 
 
     @property
@@ -122,22 +107,22 @@ def _fuse(config: ModelConfig, w: BlockWeights, dtype: torch.dtype, quant: str) 
     if config.sandwich_norms and (w.post_attn_norm is None or w.post_ffn_norm is None):
         raise ValueError(f"Block {w.index} lacks post-attention/post-feedforward norms, which this family needs.")
 
-    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(dtype).contiguous()
+    def norm(t: torch.Tensor | None) -> RMSNorm | None:
+        return None if t is None else RMSNorm(t, config.hidden_size, config.rms_norm_eps, dtype)
 
     return _Layer(
         index=w.index,
         sliding=config.is_sliding(w.index),
-        attn_norm=cast(w.attn_norm),
+        attn_norm=norm(w.attn_norm),
         qkv=make_linear([w.q, w.k, w.v], quant, dtype),
         qkv_bias=qkv_bias,
         qk_norm=qk_norm,
         o=make_linear([w.o], quant, dtype),
-        post_attn_norm=cast(w.post_attn_norm) if config.sandwich_norms else None,
-        ffn_norm=cast(w.ffn_norm),
+        post_attn_norm=norm(w.post_attn_norm) if config.sandwich_norms else None,
+        ffn_norm=norm(w.ffn_norm),
         gate_up=make_linear([w.gate, w.up], quant, dtype),
         down=make_linear([w.down], quant, dtype),
-        post_ffn_norm=cast(w.post_ffn_norm) if config.sandwich_norms else None,
+        post_ffn_norm=norm(w.post_ffn_norm) if config.sandwich_norms else None,
     )
 
 
@@ -159,6 +144,10 @@ class SpanModel:
         self.config, self.start, self.end, self.dtype = config, start, end, dtype
         self.quant = check_quant_mode(quant)
         self.layers = [_fuse(config, w, dtype, quant) for w in blocks]
+        self.head_norm = RMSNorm(None, config.head_dim, config.rms_norm_eps, dtype)  # per-head q/k norm (weight apart)
+        # Rows the linear layers' input is padded to a multiple of (see quant.ROW_QUANTUM).
+        self.row_quantum = max(linear.row_quantum for layer in self.layers
+                               for linear in (layer.qkv, layer.o, layer.gate_up, layer.down))
         self.rope_global = RopeTable(config.rope_dim, config.rope_theta, config.rope_scaling, dtype)
         local_theta = config.rope_local_theta or config.rope_theta
         self.rope_local = RopeTable(config.rope_dim, local_theta, None, dtype)
@@ -243,10 +232,12 @@ class SpanModel:
         plans = [{k: self._attention_plan(s.start_position, s.hidden.shape[0], k) for k in kinds} for s in steps]
         rope = {k: (torch.cat([p[k][0] for p in plans]), torch.cat([p[k][1] for p in plans])) if len(steps) > 1
                 else plans[0][k][:2] for k in kinds}  # cos, sin: [M, 1, hd]
-        padding = -M % ROW_QUANTUM
+        padding = -M % self.row_quantum
         rows = [s.hidden for s in steps] + ([steps[0].hidden.new_zeros(padding, self.config.hidden_size)]
                                             if padding else [])
-        x = (torch.cat(rows) if len(rows) > 1 else rows[0]).to(self.dtype)  # [M + padding, D]
+        x = torch.cat(rows) if len(rows) > 1 else rows[0]  # [M + padding, D]
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
         for i, layer in enumerate(self.layers):
             x = self._block(layer, x, M, steps, offsets, i, [p[layer.sliding] for p in plans], rope[layer.sliding])
         for step in steps:
@@ -257,33 +248,37 @@ class SpanModel:
                block: int, plans: list[tuple], rope: tuple) -> torch.Tensor:
         """x [M + padding, D] -> the same after one block; rows [0, M) are the steps' positions."""
         cfg = self.config
-        D = x.shape[1]
-        H, KV, hd, eps = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+        H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
-        h = F.rms_norm(x, (D,), layer.attn_norm, eps)
-        qkv = layer.qkv(h)[:M]
+        h = layer.attn_norm(x)
+        qkv = layer.qkv(h)
+        if qkv.shape[0] != M:
+            qkv = qkv[:M]
         if layer.qkv_bias is not None:  # added after the matmul: stays row-independent (see ROW_QUANTUM)
             qkv = qkv + layer.qkv_bias
         qkv = qkv.view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
         qk = qkv[:, : H + KV]
         if layer.qk_norm is not None:
-            qk = F.rms_norm(qk, (hd,), None, eps) * layer.qk_norm
+            qk = self.head_norm(qk) * layer.qk_norm
         rd = cfg.rope_dim
         if rd == hd:
             qk = apply_rope(qk, *rope)  # [M, H+KV, hd]
         else:  # partial rotary (Phi-3 variants): only the first rd dims of each head rotate
             qk = torch.cat([apply_rope(qk[..., :rd], *rope), qk[..., rd:]], dim=-1)
-        parts = [self._attend(qk[a:b], qkv[a:b, H + KV:], step.cache, block, step.start_position, plan)
-                 for step, a, b, plan in zip(steps, offsets, offsets[1:], plans)]
-        if x.shape[0] > M:
-            parts.append(x.new_zeros(x.shape[0] - M, H * hd))
-        a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
+        if len(steps) == 1 and x.shape[0] == M:  # one sequence, no padding: the usual decode step
+            a = self._attend(qk, qkv[:, H + KV:], steps[0].cache, block, steps[0].start_position, plans[0])
+        else:
+            parts = [self._attend(qk[a:b], qkv[a:b, H + KV:], step.cache, block, step.start_position, plan)
+                     for step, a, b, plan in zip(steps, offsets, offsets[1:], plans)]
+            if x.shape[0] > M:
+                parts.append(x.new_zeros(x.shape[0] - M, H * hd))
+            a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
         a = layer.o(a)  # [M + padding, D]
         if layer.post_attn_norm is not None:
-            a = F.rms_norm(a, (D,), layer.post_attn_norm, eps)
+            a = layer.post_attn_norm(a)
         x = x + a
 
-        h = F.rms_norm(x, (D,), layer.ffn_norm, eps)
+        h = layer.ffn_norm(x)
         gate, up = layer.gate_up(h).chunk(2, dim=-1)  # [M + padding, I] each
         if cfg.activation == "silu":
             m = F.silu(gate) * up
@@ -291,7 +286,7 @@ class SpanModel:
             m = F.gelu(gate, approximate="tanh") * up
         m = layer.down(m)  # [M + padding, D]
         if layer.post_ffn_norm is not None:
-            m = F.rms_norm(m, (D,), layer.post_ffn_norm, eps)
+            m = layer.post_ffn_norm(m)
         return x + m
 
     def _attend(self, qk: torch.Tensor, v: torch.Tensor, cache: KVCache, block: int,
@@ -303,10 +298,10 @@ class SpanModel:
         G = H // KV
         _, _, k0, mask = plan
         end = start + T
-        cache.write(block, start, qk[:, H:].transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0))
+        cache.write_rows(block, start, qk[:, H:], v)
         if T == 1:
             keys, values = cache.read(block, k0, end)  # [1, KV, L, hd]
-            q = qk[0, :H].reshape(1, KV, G, hd)
+            q = qk[0, :H].view(1, KV, G, hd)
             a = F.scaled_dot_product_attention(q, keys, values, scale=cfg.attention_scale)  # [1, KV, G, hd]
             return a.reshape(1, H * hd)
         if mask is None:  # a short step: each row exactly as a single-position step computes it

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from swarmllm.engine.norm import RMSNorm
 from swarmllm.engine.quant import DenseLinear, Int8Linear, check_quant_mode, make_linear
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import HeadWeights
@@ -24,7 +25,7 @@ class ModelHead:
     def __init__(self, config: ModelConfig, weights: HeadWeights, dtype: torch.dtype = torch.float32,
                  quant: str = "none") -> None:
         self.config, self.dtype, self.quant = config, dtype, check_quant_mode(quant)
-        self.final_norm = weights.final_norm.to(dtype).contiguous()
+        self.final_norm = RMSNorm(weights.final_norm, config.hidden_size, config.rms_norm_eps, dtype)
         tied = weights.lm_head is weights.embed
         mode = "none" if quant == "none" else "int8"
         self.lm_head: DenseLinear | Int8Linear = make_linear([weights.lm_head], mode, dtype)  # type: ignore[assignment]
@@ -34,6 +35,7 @@ class ModelHead:
             self.embed_weight, self._embed_scales = self.lm_head.weight, None
         else:
             self.embed_weight, self._embed_scales = weights.embed.to(dtype).contiguous(), None
+        self._embed_scale = torch.tensor(config.embed_scale, dtype=dtype)  # Gemma's sqrt(hidden)
 
     @property
     def nbytes(self) -> int:
@@ -54,13 +56,15 @@ class ModelHead:
         if self._embed_scales is not None:
             hidden = hidden.to(self.dtype) * F.embedding(ids, self._embed_scales)
         if self.config.embed_scale != 1.0:
-            hidden = hidden * torch.tensor(self.config.embed_scale, dtype=self.dtype)
+            hidden = hidden * self._embed_scale
         return hidden
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] -> float32 logits [B, T, V]."""
-        h = F.rms_norm(hidden.to(self.dtype), (self.config.hidden_size,), self.final_norm, self.config.rms_norm_eps)
+        if hidden.dtype != self.dtype:
+            hidden = hidden.to(self.dtype)
+        h = self.final_norm(hidden)
         logits = self.lm_head(h.reshape(-1, h.shape[-1])).view(*h.shape[:-1], -1).float()
         cap = self.config.final_logit_softcapping
         if cap:

@@ -54,6 +54,8 @@ class KVCache:
         self.max_length = max_length
         self.batch_size = batch_size
         self.length = 0
+        # Per-block views of batch row 0 ([KV, max_length, hd]): `write_rows` indexes once, not per call.
+        self._row_keys, self._row_values = list(self.keys[:, 0]), list(self.values[:, 0])
 
     @staticmethod
     def _storage_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,6 +74,12 @@ class KVCache:
         end = start + keys.shape[2]
         self.keys[block, :, :, start:end] = keys
         self.values[block, :, :, start:end] = values
+
+    def write_rows(self, block: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """`write` for batch row 0, from K and V [T, KV, hd] (the engine's layout; fewer ops per call)."""
+        T = keys.shape[0]
+        self._row_keys[block].narrow(1, start, T).copy_(keys.transpose(0, 1))
+        self._row_values[block].narrow(1, start, T).copy_(values.transpose(0, 1))
 
     def read(self, block: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V [B, KV, end - start, hd] of positions [start, end), in the compute dtype (views, no copy)."""
@@ -124,6 +132,9 @@ class Int8KVCache(KVCache):
             scale = x.abs().amax(dim=-1, keepdim=True) / 127  # [B, KV, T, 1]
             store[block, :, :, start:end] = (x / scale.clamp(min=1e-30)).round().clamp(-127, 127).to(torch.int8)
             scales[block, :, :, start:end] = scale
+
+    def write_rows(self, block: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.write(block, start, keys.transpose(0, 1).unsqueeze(0), values.transpose(0, 1).unsqueeze(0))
 
     def read(self, block: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Multiply in fp32, then cast: a bf16 product would add its own rounding to the int8 error.

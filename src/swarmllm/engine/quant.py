@@ -15,8 +15,10 @@ Modes (`QUANT_MODES`):
   quantized here by rounding to nearest, with an optional clip search (`quantize_int4`).
 
 Row independence: a row of the output depends only on its own input row, not on the row
-count or the other rows (tests/unit/test_engine_quant.py checks it for row counts that are
-multiples of `blocks.ROW_QUANTUM`), so continuous batching keeps each session's output exact.
+count or the other rows, so continuous batching keeps each session's output exact. Dense
+layers need their row count padded to a multiple of `ROW_QUANTUM` for that; the int8 and int4
+kernels compute every row alike whatever the row count on CPU, so they need no padding
+there (`row_quantum` = 1; tests/unit/test_engine_quant.py checks every count from 1 to 63).
 
 Kernel dtype: torch 2.13's CPU kernels for these ops are vectorized for bfloat16 activations
 only; with float32 or float16 activations they run a scalar loop 40-100x slower (measured on
@@ -26,6 +28,11 @@ bfloat16 on the way in and the result cast back. The scales are stored in the ke
 as the ops require; a GGUF's float16 scales lose 3 mantissa bits there (relative 2^-9), so
 the file's dequantized weights are reproduced exactly only with kernel_dtype=float32 (slow;
 tests use it to check the re-packing).
+
+Per-call overhead: a decode step calls these layers 4 times per block, so `__call__` does the
+least Python it can: the kernels are called through their C++ bindings (`torch._weight_*`; the
+`torch.ops.aten` route costs several us more per call) and no-op casts are skipped (`Tensor.to`
+costs ~1-2 us even when it has nothing to do).
 
 Pure compute: no I/O.
 """
@@ -44,6 +51,26 @@ INT4_GROUP = 32
 _CUDA_INNER_K_TILES = 8
 KERNEL_DTYPE = torch.bfloat16
 
+ROW_QUANTUM = 4
+"""Dense linear layers see a row count padded (with zero rows) to a multiple of this.
+
+CPU GEMM kernels round a row differently depending on the call's row count: a single row
+takes a matrix-vector kernel, and rows that fall into a partial register tile take another
+path than full tiles (measured with torch 2.13 on x86 AVX-512: float32 (MKL) differs from
+M=1 to M=2 and again for tail rows; bfloat16 (oneDNN) differs for rows past 9 in the
+1536-wide down projection). With the row count a multiple of 4 every row is computed by
+the same full-tile kernel, and each output row was measured bit-identical whatever the
+other rows, their number (1..128) or their order, in float32 and bfloat16, with 1 and 2
+threads (tests/unit/test_engine_batching.py checks it). So a session's output is the same
+alone or in any batch, and a replay on another server reproduces it exactly. Other BLAS
+libraries may tile differently: the test says so if this stops holding. Cost: nothing in
+bfloat16; in float32 a lone decode step costs ~1.5x the CPU time of the matrix-vector path.
+
+The weight-only int8 / int4 CPU kernels need no padding (their `row_quantum` is 1): each row runs
+the same per-row loop whatever the row count (measured bit-identical for 1..64 rows), and
+padding would cost them: a 4-row int4 matmul takes ~1.7x the time of a 1-row one.
+"""
+
 
 def check_quant_mode(mode: str) -> str:
     if mode not in QUANT_MODES:
@@ -53,6 +80,8 @@ def check_quant_mode(mode: str) -> str:
 
 class DenseLinear:
     """y = x @ W.T with W [N, K] in the compute dtype."""
+
+    row_quantum = ROW_QUANTUM  # rows are exact only in full tiles of this many
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight = weight.contiguous()
@@ -71,6 +100,8 @@ class Int8Linear:
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, kernel_dtype: torch.dtype = KERNEL_DTYPE) -> None:
         self.codes, self.scales = codes.contiguous(), scales.to(kernel_dtype).contiguous()
+        # The CPU kernel is row-exact at any row count (see ROW_QUANTUM); others are unmeasured.
+        self.row_quantum = 1 if codes.device.type == "cpu" else ROW_QUANTUM
         self.out_features, self.in_features = codes.shape
         self.kernel_dtype = kernel_dtype
 
@@ -79,7 +110,9 @@ class Int8Linear:
         return self.codes.numel() + self.scales.numel() * self.scales.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int8pack_mm(x.to(self.kernel_dtype), self.codes, self.scales).to(x.dtype)
+        if x.dtype == self.kernel_dtype:  # the usual case, kept to one Python-level check
+            return torch._weight_int8pack_mm(x, self.codes, self.scales)
+        return torch._weight_int8pack_mm(x.to(self.kernel_dtype), self.codes, self.scales).to(x.dtype)
 
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scales.float()[:, None]
@@ -94,6 +127,9 @@ class Int4Linear:
         self.out_features, self.in_features, self.group_size = N, K, codes.group_size
         self.kernel_dtype = kernel_dtype
         self.device = torch.device(device)
+        # The CPU kernel is row-exact at any row count (see ROW_QUANTUM); others are unmeasured.
+        self.row_quantum = 1 if self.device.type == "cpu" else ROW_QUANTUM
+        self._op = torch._weight_int4pack_mm_for_cpu if self.device.type == "cpu" else torch._weight_int4pack_mm
         # Kernel form: w = (q - 8) * scale + zero, so zero = min + 8 * scale (exact in float32).
         zeros = codes.mins + 8 * codes.scales
         self.scales_zeros = torch.stack([codes.scales.t(), zeros.t()], dim=-1).to(kernel_dtype).contiguous().to(self.device)
@@ -109,9 +145,9 @@ class Int4Linear:
         return self.packed.numel() * self.packed.element_size() + self.scales_zeros.numel() * self.scales_zeros.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        op = (torch.ops.aten._weight_int4pack_mm_for_cpu if self.device.type == "cpu"
-              else torch.ops.aten._weight_int4pack_mm)
-        return op(x.to(self.kernel_dtype), self.packed, self.group_size, self.scales_zeros).to(x.dtype)
+        if x.dtype == self.kernel_dtype:  # the usual case, kept to one Python-level check
+            return self._op(x, self.packed, self.group_size, self.scales_zeros)
+        return self._op(x.to(self.kernel_dtype), self.packed, self.group_size, self.scales_zeros).to(x.dtype)
 
 
 Linear = DenseLinear | Int8Linear | Int4Linear

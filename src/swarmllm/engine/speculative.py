@@ -32,7 +32,7 @@ import torch
 
 from swarmllm.engine.blocks import EXACT_STEP_POSITIONS, SpanModel
 from swarmllm.engine.head import ModelHead
-from swarmllm.engine.sampling import Sampler, SamplingParams
+from swarmllm.engine.sampling import Sampler, SamplingParams, greedy
 
 MAX_DRAFT_TOKENS = EXACT_STEP_POSITIONS - 1  # a verify step carries the last token and the draft
 
@@ -114,7 +114,7 @@ class ModelDrafter:
             self.cached += feed
             logits = self.head.logits(hidden[:, -1:])[0, -1]
             q = self.sampler.distribution(logits)
-            token = int(torch.argmax(logits)) if q is None else self.sampler.sample_from(q)
+            token = greedy(logits) if q is None else self.sampler.sample_from(q)
             if q is not None:
                 probs.append(q)
             tokens.append(token)
