@@ -44,7 +44,6 @@ from swarmllm.engine.head import ModelHead  # noqa: E402
 from swarmllm.engine.kv_cache import kv_bytes_per_token  # noqa: E402
 from swarmllm.models.catalog import resolve_model  # noqa: E402
 from swarmllm.models.tokenizer import load_tokenizer  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from swarmllm.protocol import ProtocolError, Step, StepResult, decode_tensor, encode_frame, encode_tensor  # noqa: E402
 from swarmllm.weights import load_blocks, load_head, read_config  # noqa: E402
@@ -96,7 +95,7 @@ def normed_logits(head: ModelHead, z: torch.Tensor) -> torch.Tensor:
 
 
 def final_normed(head: ModelHead, hidden: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(hidden, (head.config.hidden_size,), head.final_norm, head.config.rms_norm_eps)
+    return head.final_norm(hidden.to(head.dtype))
 
 
 @torch.inference_mode()
