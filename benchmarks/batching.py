@@ -37,7 +37,7 @@ import torch
 from swarmllm.client.generation import ClientModel
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.quant import ROW_QUANTUM
-from swarmllm.local_swarm import LocalSwarm, even_spans
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans
 
 MODEL = "smollm2-135m"
 PROMPTS = ["Tell me about the ocean.", "Write a haiku about autumn.", "Explain what a CPU does.",

@@ -48,7 +48,7 @@ def calibrate(model_name: str, max_tokens: int) -> dict:
     from swarmllm.engine.head import ModelHead
     from swarmllm.engine.quant import quantize_int4, quantize_int8
     from swarmllm.models.catalog import resolve_model
-    from swarmllm.models.tokenizer import load_tokenizer
+    from swarmllm.weights.tokenizer import load_tokenizer
     from swarmllm.weights import Int4Codes, load_blocks, load_head, read_config
 
     source = resolve_model(model_name)

@@ -33,7 +33,7 @@ from swarmllm.client.routing import usable
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.generation import generate
 from swarmllm.engine.sampling import SamplingParams
-from swarmllm.local_swarm import LocalSwarm
+from swarmllm.harness.local_swarm import LocalSwarm
 
 MODEL = "smollm2-135m"
 SPANS = [(0, 10), (10, 20), (20, 30), (0, 10), (10, 20), (20, 30)]

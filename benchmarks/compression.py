@@ -43,7 +43,7 @@ from swarmllm.engine.blocks import SpanModel  # noqa: E402
 from swarmllm.engine.head import ModelHead  # noqa: E402
 from swarmllm.engine.kv_cache import kv_bytes_per_token  # noqa: E402
 from swarmllm.models.catalog import resolve_model  # noqa: E402
-from swarmllm.models.tokenizer import load_tokenizer  # noqa: E402
+from swarmllm.weights.tokenizer import load_tokenizer  # noqa: E402
 
 from swarmllm.protocol import ProtocolError, Step, StepResult, decode_tensor, encode_frame, encode_tensor  # noqa: E402
 from swarmllm.weights import load_blocks, load_head, read_config  # noqa: E402

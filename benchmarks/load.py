@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from swarmllm.local_swarm import LocalSwarm, even_spans, free_port
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans, free_port
 
 MODEL = "smollm2-135m"
 PROMPTS = ["Tell me about the ocean.", "Write a haiku about autumn.", "Explain what a CPU does.",

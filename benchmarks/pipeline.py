@@ -32,7 +32,7 @@ from swarmllm.client.generation import generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.dtypes import dtype_name, resolve_dtype  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
-from swarmllm.local_swarm import LocalSwarm, even_spans  # noqa: E402
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans  # noqa: E402
 from swarmllm.protocol import Step, encode_frame, encode_tensor  # noqa: E402
 
 MODEL = "smollm2-135m"

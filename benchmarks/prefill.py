@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from swarmllm.client.generation import generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
-from swarmllm.local_swarm import LocalSwarm, even_spans  # noqa: E402
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans  # noqa: E402
 
 MODEL = "smollm2-135m"
 PARAGRAPH = ("The history of the bicycle starts in the early nineteenth century, when inventors in Germany and "

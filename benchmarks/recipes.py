@@ -38,7 +38,7 @@ from swarmllm.engine.blocks import SpanModel  # noqa: E402
 from swarmllm.engine.head import ModelHead  # noqa: E402
 from swarmllm.engine.quant import Linear  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
-from swarmllm.local_swarm import LocalSwarm, even_spans  # noqa: E402
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans  # noqa: E402
 from swarmllm.models.catalog import resolve_model  # noqa: E402
 from swarmllm.weights import load_blocks, load_head, read_config  # noqa: E402
 

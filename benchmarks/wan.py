@@ -19,7 +19,7 @@ samples and sends the token to the first, so a token crosses A -> B -> C -> A, t
     ring bound = 1 / (one-way delays of A, B, C + compute time of all spans)
 (the head and sampling on the last server count against its efficiency). With
 `--client-profile P` the client itself sits behind a last mile of profile P (a distant
-client; netem.DelayedSwarm): plain decoding pays it twice per token, ring decoding never.
+client; harness.delayed.DelayedSwarm): plain decoding pays it twice per token, ring decoding never.
 
     python benchmarks/wan.py [--profiles lan,continent] [--wire float32,int8] [--tokens 16] \
         [--client-profile intercontinental] [--no-ring]
@@ -43,8 +43,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from swarmllm.client.generation import generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
-from swarmllm.local_swarm import LocalSwarm, even_spans  # noqa: E402
-from swarmllm.netem import PROFILES, DelayedSwarm  # noqa: E402
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans  # noqa: E402
+from swarmllm.harness.delayed import DelayedSwarm  # noqa: E402
+from swarmllm.harness.netem import PROFILES  # noqa: E402
 from swarmllm.protocol import Step, encode_frame, encode_tensor  # noqa: E402
 
 MODEL = "smollm2-135m"

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from swarmllm.local_swarm import READY_MARKER
+from swarmllm.harness.processes import READY_MARKER
 
 # protocol.WIRE_DTYPES, spelled out: importing the protocol pulls in torch, which would slow `--help`.
 WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")
@@ -183,7 +183,7 @@ def cmd_generate(args) -> int:
 
 # --- up --------------------------------------------------------------------------------
 def cmd_up(args) -> int:
-    from swarmllm.local_swarm import LocalSwarm, even_spans
+    from swarmllm.harness.local_swarm import LocalSwarm, even_spans
     from swarmllm.models.catalog import resolve_model
     from swarmllm.weights import read_config
 
@@ -322,7 +322,8 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from swarmllm.models.catalog import catalog_rows, models_dir
+    from swarmllm.models.catalog import models_dir
+    from swarmllm.weights.facts import catalog_rows
 
     rows = catalog_rows()
     if args.json:

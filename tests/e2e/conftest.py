@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from swarmllm.local_swarm import LocalSwarm, even_spans, free_port
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans, free_port
 
 
 def wait_for_model(url: str, model: str = "smollm2-135m", timeout: float = 60) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from swarmllm.local_swarm import free_port
+from swarmllm.harness.local_swarm import free_port
 
 pytestmark = pytest.mark.integration
 

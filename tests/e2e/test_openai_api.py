@@ -10,7 +10,7 @@ import pytest
 
 from swarmllm.client.generation import generate_text
 from swarmllm.engine.sampling import SamplingParams
-from swarmllm.local_swarm import free_port
+from swarmllm.harness.local_swarm import free_port
 
 pytestmark = pytest.mark.integration
 

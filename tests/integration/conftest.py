@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarmllm.local_swarm import LocalSwarm, even_spans
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans
 
 N_BLOCKS = 30  # smollm2-135m
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarmllm.local_swarm import LocalSwarm
+from swarmllm.harness.local_swarm import LocalSwarm
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from swarmllm.client.generation import ClientModel
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.generation import generate
 from swarmllm.engine.sampling import SamplingParams
-from swarmllm.local_swarm import LocalSwarm, even_spans
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from swarmllm.local_swarm import LocalSwarm
+from swarmllm.harness.local_swarm import LocalSwarm
 
 pytestmark = pytest.mark.integration
 

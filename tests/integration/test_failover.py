@@ -11,7 +11,7 @@ from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.generation import generate
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.engine.speculative import NgramDrafter, Speculation, early_exit_drafter
-from swarmllm.local_swarm import LocalSwarm
+from swarmllm.harness.local_swarm import LocalSwarm
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from range_server import RangeServer  # tests/range_server.py
 
-from swarmllm.local_swarm import LocalSwarm
+from swarmllm.harness.local_swarm import LocalSwarm
 from swarmllm.models.catalog import resolve_model
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 
 from swarmllm.client.routing import missing_spans, usable
 from swarmllm.client.swarm_client import SwarmClient
-from swarmllm.local_swarm import LocalSwarm
+from swarmllm.harness.local_swarm import LocalSwarm
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 from swarmllm.client.generation import generate_text
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
-from swarmllm.local_swarm import LocalSwarm, even_spans
-from swarmllm.netem import PROFILES
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans
+from swarmllm.harness.netem import PROFILES
 
 pytestmark = pytest.mark.integration
 

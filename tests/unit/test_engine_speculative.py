@@ -175,7 +175,7 @@ def test_a_short_step_equals_single_steps_bit_for_bit(source, config, dtype, kv_
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_real_model_greedy_speculation_equals_plain(source, config, dtype):
-    from swarmllm.models.tokenizer import load_tokenizer
+    from swarmllm.weights.tokenizer import load_tokenizer
 
     blocks = load_blocks(source, config, 0, config.n_blocks, dtype)
     span = SpanModel(config, blocks, 0, config.n_blocks, dtype)

@@ -165,7 +165,7 @@ def test_attention_bias_everywhere_is_refused():
 
 def test_qwen2_gguf_pretokenizer_splits_digits_one_by_one():
     """llama.cpp pre "qwen2" (Qwen2/2.5/3 GGUFs): digits never merge, unlike the default split."""
-    from swarmllm.models.tokenizer import _byte_level_bpe
+    from swarmllm.weights.tokenizer import _byte_level_bpe
     from tiny_checkpoints import _tokens
 
     metadata = {"tokenizer.ggml.tokens": _tokens() + ["12"], "tokenizer.ggml.merges": ["1 2"]}

@@ -10,11 +10,10 @@ from swarmllm.cli import main
 from swarmllm.models.catalog import (
     CATALOG,
     UnknownModelError,
-    catalog_rows,
     list_catalog,
-    model_file_facts,
     resolve_model,
 )
+from swarmllm.weights.facts import catalog_rows, model_file_facts
 from swarmllm.models.registry import FAMILIES
 
 

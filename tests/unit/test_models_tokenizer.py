@@ -7,7 +7,7 @@ import os
 import pytest
 
 from swarmllm.models.catalog import resolve_model
-from swarmllm.models.tokenizer import load_tokenizer
+from swarmllm.weights.tokenizer import load_tokenizer
 
 TEXTS = [
     "Hello world!",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from swarmllm.netem import PROFILES, LinkProfile, Relay, node_profiles
+from swarmllm.harness.netem import PROFILES, LinkProfile, Relay, node_profiles
 
 # The machine is shared and asyncio timers add ~1 ms per direction: generous upper bounds.
 SLACK_SECONDS = 0.03
@@ -120,7 +120,7 @@ class _EchoFrames:
 
 
 def test_delayed_stream_adds_the_clients_last_mile_both_ways_and_keeps_order():
-    from swarmllm.netem import DelayedStream
+    from swarmllm.harness.delayed import DelayedStream
 
     async def run():
         inner = _EchoFrames()

@@ -33,7 +33,7 @@ from swarmllm.engine.quant import check_quant_mode
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.engine.speculative import DraftLength, NgramDrafter, Speculation, early_exit_drafter
 from swarmllm.models.catalog import ModelSource, resolve_model
-from swarmllm.models.tokenizer import load_tokenizer
+from swarmllm.weights.tokenizer import load_tokenizer
 from swarmllm.protocol import SwarmError
 from swarmllm.weights import load_head, read_config
 

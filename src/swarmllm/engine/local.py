@@ -20,7 +20,7 @@ from swarmllm.engine.sampling import SamplingParams
 from swarmllm.engine.speculative import Speculation
 from swarmllm.models.catalog import ModelSource, resolve_model
 from swarmllm.models.config import ModelConfig
-from swarmllm.models.tokenizer import Tokenizer, load_tokenizer
+from swarmllm.weights.tokenizer import Tokenizer, load_tokenizer
 
 DEFAULT_MAX_LENGTH = 4096
 

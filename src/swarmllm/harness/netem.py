@@ -9,8 +9,8 @@ serialization time at the profile's rate (a token bucket with no burst) plus the
 delay (RTT / 2; waits under 1 ms are skipped). So a request and its reply through one relay take at least the profile's
 RTT plus size / rate each way.
 
-A client's own last mile (a distant client) is `DelayedSwarm`: it wraps the frame streams
-the client opens in the same delays and pacing, in its own process, without a relay.
+A client's own last mile (a distant client) is `harness.delayed.DelayedSwarm`: it wraps the
+frame streams the client opens in the same delays and pacing, in its own process, without a relay.
 
 What it models: a node's last-mile link, for connections dialed to it. A connection that a
 node dials itself goes through the *other* side's relay, so the delay between two nodes is
@@ -20,7 +20,7 @@ the full rate). Delays are asyncio timers: expect ~1 ms of extra delay per direc
 
 Pure asyncio and the standard library (no torch, no hivemind), so relay processes start fast:
 
-    python -m swarmllm.netem --listen 127.0.0.1:4001 --target 127.0.0.1:4000 --profile continent
+    python -m swarmllm.harness.netem --listen 127.0.0.1:4001 --target 127.0.0.1:4000 --profile continent
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import signal
 import sys
 from dataclasses import dataclass
 from typing import Optional
+
+from swarmllm.harness.processes import READY_MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def node_profiles(spec: str, n_nodes: int) -> list[LinkProfile]:
     return [PROFILES[names[i % len(names)]] for i in range(n_nodes)]
 
 
-class _Pacer:
+class Pacer:
     """When bytes given to one direction of a link arrive: serialized at the rate, one after
     another, then the one-way delay. Departures never decrease, so arrivals stay in order."""
 
@@ -94,7 +96,7 @@ class _Pacer:
         return self._free_at + self.profile.one_way_seconds
 
 
-async def _sleep_until(due: float) -> None:
+async def sleep_until(due: float) -> None:
     wait = due - asyncio.get_running_loop().time()
     if wait >= MIN_DELAY_SECONDS:
         await asyncio.sleep(wait)
@@ -106,7 +108,7 @@ class _Link:
     def __init__(self, profile: LinkProfile):
         self.profile = profile
         self.bytes = 0
-        self._pacer = _Pacer(profile)
+        self._pacer = Pacer(profile)
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Until EOF (passed on) or an error on either side; then both halves stop."""
@@ -129,7 +131,7 @@ class _Link:
     async def _deliver(self, queue: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
         while True:
             due, chunk = await queue.get()
-            await _sleep_until(due)
+            await sleep_until(due)
             if not chunk:
                 if writer.can_write_eof():
                     writer.write_eof()
@@ -195,82 +197,6 @@ class Relay:
         await self._server.wait_closed()
 
 
-class DelayedStream:
-    """A frame stream (send / recv / close / closed) seen through a slow last mile: every frame
-    sent or received arrives after its serialization at the profile's rate plus the one-way
-    delay, in order. `send` returns at once, as a socket buffer would."""
-
-    def __init__(self, inner, profile: LinkProfile):
-        self._inner, self.profile = inner, profile
-        self.remote_peer_id = getattr(inner, "remote_peer_id", "")
-        self._up, self._down = _Pacer(profile), _Pacer(profile)
-        self._outbox: asyncio.Queue = asyncio.Queue()
-        self._inbox: asyncio.Queue = asyncio.Queue()
-        self._closing = False
-        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop())]
-
-    @property
-    def closed(self) -> bool:
-        return self._closing or self._inner.closed
-
-    async def send(self, frame: bytes) -> None:
-        if self.closed:
-            raise ConnectionError(f"stream to {self.remote_peer_id} is closed")
-        await self._outbox.put((self._up.arrival(len(frame), asyncio.get_running_loop().time()), frame))
-
-    async def recv(self) -> bytes:
-        due, item = await self._inbox.get()
-        await _sleep_until(due)
-        if isinstance(item, BaseException):
-            self._inbox.put_nowait((due, item))  # every later recv fails the same way
-            raise item
-        return item
-
-    async def _send_loop(self) -> None:
-        while True:
-            due, frame = await self._outbox.get()
-            if frame is None:  # closed: everything queued before it has been sent
-                self._inner.close()
-                return
-            await _sleep_until(due)
-            try:
-                await self._inner.send(frame)
-            except ConnectionError:
-                return
-
-    async def _recv_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await self._inner.recv()
-            except ConnectionError as e:
-                await self._inbox.put((self._down.arrival(0, loop.time()), e))
-                return
-            await self._inbox.put((self._down.arrival(len(frame), loop.time()), frame))
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._outbox.put_nowait((0.0, None))  # frames already sent still go out first (e.g. CloseSession)
-
-
-class DelayedSwarm:
-    """A swarm node whose streams all pass through `DelayedStream`: a client far from everyone.
-
-    Wraps anything with `open_stream(peer_id, name, timeout=...)`; every other attribute is the
-    wrapped node's."""
-
-    def __init__(self, swarm, profile: LinkProfile | str):
-        self._swarm = swarm
-        self.profile = PROFILES[profile] if isinstance(profile, str) else profile
-
-    def __getattr__(self, name: str):
-        return getattr(self._swarm, name)
-
-    async def open_stream(self, peer_id: str, name: str, *args, **kwargs):
-        return DelayedStream(await self._swarm.open_stream(peer_id, name, *args, **kwargs), self.profile)
-
-
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -282,7 +208,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--target", required=True, help="HOST:PORT to forward them to")
     parser.add_argument("--profile", choices=sorted(PROFILES), required=True)
     args = parser.parse_args(argv)
-    from swarmllm.local_swarm import READY_MARKER  # stdlib-only module, like this one
 
     async def run() -> None:
         (host, port), (target_host, target_port) = _host_port(args.listen), _host_port(args.target)

@@ -23,66 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from swarmllm.netem import LinkProfile, node_profiles
-
-READY_MARKER = "swarmllm-ready "
-
+from swarmllm.harness.netem import LinkProfile, node_profiles
+from swarmllm.harness.processes import READY_MARKER, ManagedProcess
 
 class LocalSwarmError(RuntimeError):
     pass
-
-
-@dataclass
-class ManagedProcess:
-    name: str
-    args: list[str]
-    log_path: Path
-    process: Optional[subprocess.Popen] = None
-    ready: Optional[dict] = None
-    _log_offset: int = 0
-
-    def start(self, env: dict) -> None:
-        self.ready = None
-        # Read readiness only from what this run writes: the log may hold earlier runs.
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        log.close()
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def poll_ready(self) -> Optional[dict]:
-        if self.ready is None and self.log_path.exists():
-            with open(self.log_path, "rb") as f:
-                f.seek(self._log_offset)
-                text = f.read().decode(errors="replace")
-            for line in text.splitlines():
-                if line.startswith(READY_MARKER):
-                    self.ready = json.loads(line[len(READY_MARKER):])
-        return self.ready
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            os.kill(self.process.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if not self.alive:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
 
 
 @dataclass
@@ -149,7 +94,7 @@ class LocalSwarm:
         """Start the node's relay; returns the node arguments that put the node behind it."""
         node_port, relay_port = free_port(self.host), free_port(self.host)
         visible_host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
-        relay = ManagedProcess(f"{name}-relay", [sys.executable, "-m", "swarmllm.netem", "--listen",
+        relay = ManagedProcess(f"{name}-relay", [sys.executable, "-m", "swarmllm.harness.netem", "--listen",
                                                  f"{self.host}:{relay_port}", "--target",
                                                  f"{visible_host}:{node_port}", "--profile", profile.name],
                                self.log_dir / f"{name}-relay.log")
