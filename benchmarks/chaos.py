@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from swarmllm.client.generation import ClientModel, local_forward_fn
+from swarmllm.runtime import LocalModel
 from swarmllm.client.ring import RingDecoder
 from swarmllm.client.routing import usable
 from swarmllm.client.swarm_client import SwarmClient
@@ -129,12 +129,12 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=new_tokens)
     rng = random.Random(args.seed)
 
-    model = ClientModel.load(MODEL)
+    model = LocalModel.load(MODEL)
     jobs = [PROMPTS[i % len(PROMPTS)] for i in range(generations)]
     references = {}
     for prompt in set(jobs):
         ids = model.prompt_ids(prompt)
-        forward = local_forward_fn(model.source, model.config, len(ids) + new_tokens, model.dtype)
+        forward = model.new_forward_fn(len(ids) + new_tokens)
         references[prompt] = generate(model.head, model.tokenizer, forward, ids, params).token_ids
 
     swarm = LocalSwarm(MODEL, SPANS, log_dir=Path(tempfile.mkdtemp(prefix="swarmllm-chaos-")))
@@ -166,7 +166,7 @@ def main() -> None:
                             "tokens": len(out.token_ids), "seconds": time.monotonic() - t0,
                             "failovers": [vars(f) for f in session.failovers]}
                 except Exception as e:  # recorded, and fails the run
-                    view = sorted((r.start, r.end, r.state.value, r.peer_id[-8:]) for r in client._recent(MODEL, 15.0))
+                    view = sorted((r.start, r.end, r.state.value, r.peer_id[-8:]) for r in client.recent_records(MODEL, 15.0))
                     return {"job": job, "ok": False, "equal": False, "error": f"{type(e).__name__}: {e}",
                             "at": t0 - started, "seconds": time.monotonic() - t0, "failovers": [],
                             "client_view": view, "banned": sorted(p[-8:] for p in client.banned())}

@@ -73,13 +73,13 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/engine_vs_transformers.json")
     args = parser.parse_args()
 
-    from swarmllm.engine.local import LocalModel
+    from swarmllm.runtime import LocalModel
     from swarmllm.models.catalog import resolve_model
 
     source = resolve_model(args.model)
     dtype = getattr(torch, args.dtype)
     local = LocalModel.load(source, dtype, max_length=1024)
-    prompt_ids = local.encode_chat([{"role": "user", "content": "Write a short poem about the sea."}])
+    prompt_ids = local.chat_ids([{"role": "user", "content": "Write a short poem about the sea."}])
     ours = time_engine(local, prompt_ids, args.new_tokens, args.repeats)
     theirs = time_transformers(load_transformers(source.path, dtype), prompt_ids, args.new_tokens, args.repeats)
     report = {

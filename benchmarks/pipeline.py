@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from swarmllm.client.generation import generate_text  # noqa: E402
+from swarmllm.client.generation import GenerationOptions, generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.dtypes import dtype_name, resolve_dtype  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
@@ -55,10 +55,11 @@ def import_baseline_rss_mb() -> float:
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) / 1024
 
 
-def best_of(runs: list[dict]) -> dict:
-    """The run with the median decode speed (runs vary with the shared 2-core machine)."""
-    ordered = sorted(runs, key=lambda r: r["decode_tokens_per_second"])
-    return ordered[len(ordered) // 2]
+def best_of(runs: list) -> dict:
+    """The run with the median decode speed (runs vary with the shared 2-core machine), as a row."""
+    median = sorted(runs, key=lambda r: r.timings.decode_tokens_per_s)[len(runs) // 2]
+    return {"decode_tokens_per_second": median.timings.decode_tokens_per_s,
+            "time_to_first_token": median.timings.ttft_s, "generated_tokens": median.generated_tokens}
 
 
 def run_ours_local(params: SamplingParams, repeats: int) -> dict:
@@ -88,7 +89,8 @@ def run_swarm(spans, params: SamplingParams, repeats: int, log_dir: Path) -> tup
     try:
         with SwarmClient.connect(swarm.initial_peers) as client:
             generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=4), client=client)  # warm-up
-            result = best_of([generate_text(MODEL, PROMPT, params, client=client, ring=False) for _ in range(repeats)])
+            result = best_of([generate_text(MODEL, PROMPT, GenerationOptions(params, ring=False), client=client)
+                              for _ in range(repeats)])
         nodes = [{"blocks": [n.ready["start"], n.ready["end"]], "startup_seconds": n.ready["startup_seconds"],
                   "load_seconds": n.ready["load_seconds"], "announced_tokens_per_second": n.ready["throughput"],
                   "peak_rss_mb": peak_rss_mb(n.process.pid), "spawn_to_ready_seconds_all_nodes": ready_wall}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from swarmllm.client.generation import generate_text  # noqa: E402
+from swarmllm.client.generation import GenerationOptions, generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
 from swarmllm.harness.local_swarm import LocalSwarm, even_spans  # noqa: E402
@@ -48,14 +48,15 @@ def main() -> None:
         with SwarmClient.connect(swarm.initial_peers) as client:
             generate_text(MODEL, "warm up", SamplingParams(max_new_tokens=2), client=client)
             for chunk in chunks:
-                reference = generate_text(MODEL, prompt, params, prefill_chunk=chunk)
-                runs = [generate_text(MODEL, prompt, params, client=client, prefill_chunk=chunk, ring=False)
+                reference = generate_text(MODEL, prompt, GenerationOptions(params, prefill_chunk=chunk))
+                runs = [generate_text(MODEL, prompt, GenerationOptions(params, prefill_chunk=chunk, ring=False),
+                                      client=client)
                         for _ in range(args.repeats)]
-                rows.append({"prefill_chunk": chunk, "prompt_tokens": runs[0]["prompt_tokens"],
-                             "ttft_seconds": statistics.median(r["time_to_first_token"] for r in runs),
-                             "ttft_all": [r["time_to_first_token"] for r in runs],
-                             "equal_to_local": all(r["token_ids"] == reference["token_ids"] for r in runs),
-                             "token_ids": runs[0]["token_ids"]})
+                rows.append({"prefill_chunk": chunk, "prompt_tokens": runs[0].prompt_tokens,
+                             "ttft_seconds": statistics.median(r.timings.ttft_s for r in runs),
+                             "ttft_all": [r.timings.ttft_s for r in runs],
+                             "equal_to_local": all(r.token_ids == reference.token_ids for r in runs),
+                             "token_ids": runs[0].token_ids})
                 print(rows[-1]["prefill_chunk"], rows[-1]["ttft_seconds"], flush=True)
     finally:
         swarm.stop()

@@ -45,7 +45,7 @@ def worker_engine(args) -> dict:
 
     torch.set_num_threads(args.threads)
     from swarmllm.engine.generation import generate
-    from swarmllm.engine.local import LocalModel
+    from swarmllm.runtime import LocalModel
     from swarmllm.engine.sampling import SamplingParams
 
     dtype = getattr(torch, args.dtype)
@@ -54,7 +54,7 @@ def worker_engine(args) -> dict:
     load_s = time.perf_counter() - loaded
     ready_at = time.time()
     rss_loaded = _peak_rss_mb()
-    prompt_ids = model.encode_chat([{"role": "user", "content": PROMPT}])
+    prompt_ids = model.chat_ids([{"role": "user", "content": PROMPT}])
     no_eos = type("NoEos", (), {"eos_token_ids": (), "decode": model.tokenizer.decode})()
     generate(model.head, no_eos, model.new_forward_fn(), prompt_ids, SamplingParams(max_new_tokens=4))  # warm-up
     best = None

@@ -90,7 +90,7 @@ def chain_speed(model_path: str, quant: str, tokens: int, real: bool, log_dir: P
             if real:
                 generate_text(model_path, "hi", SamplingParams(max_new_tokens=2), client=client)  # warm-up
                 result = generate_text(model_path, PROMPT, SamplingParams(max_new_tokens=tokens), client=client)
-                speed = result["decode_tokens_per_second"]
+                speed = result.timings.decode_tokens_per_s
             else:  # no tokenizer worth the name: time chain steps of one position (head excluded)
                 config = read_config(resolve_model(model_path))
                 model_id = resolve_model(model_path).model_id

@@ -25,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from swarmllm.client.generation import generate_text  # noqa: E402
+from swarmllm.client.generation import GenerationOptions, generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
 from swarmllm.harness.local_swarm import LocalSwarm, even_spans  # noqa: E402
@@ -69,14 +69,18 @@ def bench_profile(profile: str, params: SamplingParams, prompts: dict, draft_k: 
             measured = client.ping([n.ready["peer_id"] for n in swarm.nodes], timeout=10)
             rtts = [measured[n.ready["peer_id"]] * 1000 for n in swarm.nodes if n.ready["peer_id"] in measured]
             for mode in MODES:  # warm-up: first session, kernels, the early-exit drafter's weights
-                generate_text(MODEL, "Hi", SamplingParams(max_new_tokens=3), client=client, speculative=mode)
+                generate_text(MODEL, "Hi", GenerationOptions(SamplingParams(max_new_tokens=3), speculative=mode),
+                              client=client)
             for kind, texts in prompts.items():
                 for index, prompt in enumerate(texts):
                     results: dict = {mode: [] for mode in MODES}
                     for _ in range(repeats):
                         for mode in MODES:
-                            r = generate_text(MODEL, prompt, params, client=client, speculative=mode,
-                                              draft_k=draft_k)
+                            r = generate_text(MODEL, prompt, GenerationOptions(params, speculative=mode,
+                                                                               draft_k=draft_k), client=client)
+                            r = {"decode_tokens_per_second": r.timings.decode_tokens_per_s, "token_ids": r.token_ids,
+                                 "generated_tokens": r.generated_tokens,
+                                 "speculation": r.speculation and r.speculation.as_dict()}
                             results[mode].append(r)
                             print(profile, kind, index, mode, f"{r['decode_tokens_per_second']:.2f} tokens/s",
                                   r["speculation"] and f"{r['speculation']['acceptance_rate']:.2f} accepted", flush=True)

@@ -40,7 +40,7 @@ import torch
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from swarmllm.client.generation import generate_text  # noqa: E402
+from swarmllm.client.generation import GenerationOptions, generate_text  # noqa: E402
 from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
 from swarmllm.engine.sampling import SamplingParams  # noqa: E402
 from swarmllm.harness.local_swarm import LocalSwarm, even_spans  # noqa: E402
@@ -54,14 +54,14 @@ PROMPT = "Explain in a few paragraphs how bees build their hives and why the cel
 
 def measure_compute(threads: int, steps: int = 24) -> float:
     """Seconds for one decode position through all blocks of the model in this process."""
-    from swarmllm.client.generation import ClientModel, local_forward_fn
+    from swarmllm.runtime import LocalModel
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        local = ClientModel.load(MODEL)
+        local = LocalModel.load(MODEL)
         ids = local.prompt_ids(PROMPT)
-        forward = local_forward_fn(local.source, local.config, len(ids) + steps + 1, local.dtype)
+        forward = local.new_forward_fn(len(ids) + steps + 1)
         forward(local.head.embed([ids]), 0)
         hidden, times = local.head.embed([ids[-1:]]), []
         for i in range(steps):
@@ -85,7 +85,8 @@ def bench_profile(profile: str, wires: list[str], params: SamplingParams, log_di
             measured = client.ping([n.ready["peer_id"] for n in swarm.nodes], timeout=10)
             rtts = [measured.get(n.ready["peer_id"]) for n in swarm.nodes]
             for ringed in ((False, True) if ring else (False,)):  # warm-up (a ring's first use loads the head)
-                generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=2), client=client, ring=ringed)
+                generate_text(MODEL, PROMPT, GenerationOptions(SamplingParams(max_new_tokens=2), ring=ringed),
+                              client=client)
             throughput = {r.peer_id: r.throughput for r in client.find_servers(MODEL, 30)}
             chain_profiles = [swarm.profiles[n.name] for n in swarm.nodes]  # even spans: chain order = node order
             ring_delays = sum(p.one_way_seconds for p in chain_profiles)
@@ -96,15 +97,16 @@ def bench_profile(profile: str, wires: list[str], params: SamplingParams, log_di
             runs = {}
             for wire in wires:
                 for ringed in ((False, True) if ring else (False,)):
-                    r = generate_text(MODEL, PROMPT, params, client=client, wire_dtype=wire, ring=ringed)
-                    assert r["ring"] == ringed, "the servers did not offer ring decoding"
+                    r = generate_text(MODEL, PROMPT, GenerationOptions(params, wire_dtype=wire, ring=ringed),
+                                      client=client)
+                    assert (r.decoding == "ring") == ringed, "the servers did not offer ring decoding"
                     runs[wire + (" ring" if ringed else "")] = {
-                        "ring": ringed, "decode_tokens_per_second": r["decode_tokens_per_second"],
-                        "time_to_first_token": r["time_to_first_token"], "token_ids": r["token_ids"],
+                        "ring": ringed, "decode_tokens_per_second": r.timings.decode_tokens_per_s,
+                        "time_to_first_token": r.timings.ttft_s, "token_ids": r.token_ids,
                         "bytes_per_token_per_hop": frame_bytes(wire),
                         "bound_tokens_per_second": ring_bound if ringed else bound,
-                        "efficiency": r["decode_tokens_per_second"] / (ring_bound if ringed else bound),
-                        "efficiency_announced": r["decode_tokens_per_second"] / easy[ringed]}
+                        "efficiency": r.timings.decode_tokens_per_s / (ring_bound if ringed else bound),
+                        "efficiency_announced": r.timings.decode_tokens_per_s / easy[ringed]}
                 if ring:
                     plain, ringed = runs[wire], runs[wire + " ring"]
                     ringed["same_tokens_as_plain"] = ringed["token_ids"] == plain["token_ids"]

@@ -25,6 +25,10 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 DEFAULT_MODEL = "smollm2-135m"
 
 
+class UsageError(ValueError):
+    """A command was given options that do not go together: printed as one sentence, exit code 2."""
+
+
 def _parse_blocks(text: str) -> tuple[int, int]:
     try:
         start, end = (int(x) for x in text.split(":"))
@@ -141,44 +145,57 @@ def cmd_serve(args) -> int:
 
 # --- generate ------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    from swarmllm.client.generation import generate_text
+    from swarmllm.client.generation import GenerationOptions, Generator
     from swarmllm.engine.sampling import SamplingParams
 
-    if args.model.startswith(("http://", "https://")):  # the head (and with --local every block) from the URL
-        from swarmllm.download import RemoteModel
-        from swarmllm.models.catalog import resolve_model
-        from swarmllm.weights import read_config
-
-        remote = RemoteModel(args.model, args.download_dir, args.model_manifest)
-        n_blocks = read_config(resolve_model(remote.local_path())).n_blocks
-        args.model = remote.local_path(0, n_blocks, head=True) if args.local else remote.local_path(head=True)
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ()))
     if not args.local and not args.initial_peers:
-        raise SystemExit("swarmllm generate: pass --initial-peers MADDR to use a swarm, or --local to run in-process")
+        raise UsageError("pass --initial-peers MADDR to use a swarm, or --local to run in-process")
     if args.ring and args.local:
-        raise SystemExit("swarmllm generate: --ring needs a swarm; --local has no chain to ring around")
+        raise UsageError("--ring needs a swarm; --local has no chain to ring around")
     if args.ring and args.speculative != "off":
-        raise SystemExit("swarmllm generate: --ring and --speculative do not combine; choose one")
+        raise UsageError("--ring and --speculative do not combine; choose one")
     if args.quant != "none" and not args.local:
-        raise SystemExit("swarmllm generate: --quant applies to --local only; a swarm's servers choose their own "
+        raise UsageError("--quant applies to --local only; a swarm's servers choose their own "
                          "(swarmllm serve --quant)")
-    result = generate_text(args.model, args.prompt, params, initial_peers=None if args.local else args.initial_peers,
-                           system=args.system, raw=args.raw, max_length=args.max_length,
-                           stream_to=None if args.json else sys.stdout, dtype=args.dtype, wire_dtype=args.wire_dtype,
-                           quant=args.quant, speculative=args.speculative, draft_k=args.draft_k,
-                           draft_blocks=args.draft_blocks, ring=args.ring)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    model = _local_model_path(args) if args.model.startswith(("http://", "https://")) else args.model
+    options = GenerationOptions(
+        sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ())),
+        max_length=args.max_length, wire_dtype=args.wire_dtype, speculative=args.speculative, draft_k=args.draft_k,
+        draft_blocks=args.draft_blocks, ring=args.ring)
+    on_text = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    if args.local:
+        generator = Generator.local(model, args.dtype, args.quant)
+        result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options, on_text)
     else:
-        print()
-        spec = result["speculation"]
-        drafts = (f", {args.speculative} drafts: {spec['acceptance_rate']:.0%} accepted, "
-                  f"{spec['tokens_per_step']:.2f} tokens per step") if spec else ""
-        print(f"[{result['generated_tokens']} tokens, {result['decode_tokens_per_second']:.1f} tokens/s, "
-              f"ttft {result['time_to_first_token'] * 1000:.0f} ms, via {result['route']}{drafts}"
-              f"{', ring' if result['ring'] else ''}]", file=sys.stderr)
+        from swarmllm.client.swarm_client import SwarmClient
+
+        with SwarmClient.connect(args.initial_peers) as client:
+            generator = Generator.swarm(model, client, args.dtype)
+            result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options,
+                                        on_text)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print()
+    spec = result.speculation
+    drafts = (f", {args.speculative} drafts: {spec.acceptance_rate:.0%} accepted, "
+              f"{spec.tokens_per_step:.2f} tokens per step") if spec else ""
+    print(f"[{result.generated_tokens} tokens, {result.timings.decode_tokens_per_s:.1f} tokens/s, "
+          f"ttft {result.timings.ttft_s * 1000:.0f} ms, via {result.route_text()}{drafts}"
+          f"{', ring' if result.decoding == 'ring' else ''}]", file=sys.stderr)
     return 0
+
+
+def _local_model_path(args) -> str:
+    """A --model URL: fetch the head (with --local: every block) into the partial copy; its path."""
+    from swarmllm.download import RemoteModel
+    from swarmllm.models.catalog import resolve_model
+    from swarmllm.weights import read_config
+
+    remote = RemoteModel(args.model, args.download_dir, args.model_manifest)
+    n_blocks = read_config(resolve_model(remote.local_path())).n_blocks
+    return remote.local_path(0, n_blocks, head=True) if args.local else remote.local_path(head=True)
 
 
 # --- up --------------------------------------------------------------------------------
@@ -211,12 +228,7 @@ def cmd_up(args) -> int:
               f"\"Tell me about bees\"\nJoin with another node:\n  swarmllm serve --model {args.model} "
               f"--initial-peers {peers}\n", flush=True)
         if args.prompt:
-            from swarmllm.client.generation import generate_text
-            from swarmllm.engine.sampling import SamplingParams
-            print(f"> {args.prompt}", flush=True)
-            generate_text(args.model, args.prompt, SamplingParams(max_new_tokens=args.max_new_tokens),
-                          initial_peers=swarm.initial_peers, stream_to=sys.stdout)
-            print("\n", flush=True)
+            _first_prompt(args.model, args.prompt, args.max_new_tokens, swarm.initial_peers)
         if args.exit_after_prompt:
             return 0
         print("Press Ctrl-C to stop the swarm.", flush=True)
@@ -234,6 +246,20 @@ def cmd_up(args) -> int:
         print("stopping the swarm...", flush=True)
         swarm.stop()
     return 0
+
+
+def _first_prompt(model: str, prompt: str, max_new_tokens: int, initial_peers) -> None:
+    """`up --prompt`: the prompt answered through the new swarm, streamed to the terminal."""
+    from swarmllm.client.generation import GenerationOptions, Generator
+    from swarmllm.client.swarm_client import SwarmClient
+    from swarmllm.engine.sampling import SamplingParams
+
+    print(f"> {prompt}", flush=True)
+    with SwarmClient.connect(initial_peers) as client:
+        generator = Generator.swarm(model, client)
+        generator.generate(generator.model.prompt_ids(prompt), GenerationOptions(SamplingParams(
+            max_new_tokens=max_new_tokens)), lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    print("\n", flush=True)
 
 
 def cmd_gateway(args) -> int:

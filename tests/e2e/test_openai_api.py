@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from swarmllm.client.generation import generate_text
+from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.harness.local_swarm import free_port
 
@@ -28,7 +29,8 @@ def api(gateway_swarm):
 def reference(gateway_swarm):
     """Greedy reply computed directly through the swarm, without the gateway."""
     swarm, _ = gateway_swarm
-    return generate_text(MODEL, QUESTION, SamplingParams(max_new_tokens=24), initial_peers=swarm.initial_peers)
+    with SwarmClient.connect(swarm.initial_peers) as client:
+        return generate_text(MODEL, QUESTION, SamplingParams(max_new_tokens=24), client=client)
 
 
 def test_models_lists_the_served_model(api):
@@ -38,10 +40,10 @@ def test_models_lists_the_served_model(api):
 def test_chat_non_streaming_equals_swarm_reference(api, reference):
     reply = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                         max_tokens=24, temperature=0)
-    assert reply.choices[0].message.content == reference["text"]
-    assert reply.choices[0].finish_reason == reference["finish_reason"]
-    assert reply.usage.completion_tokens == reference["generated_tokens"]
-    assert reply.usage.prompt_tokens == reference["prompt_tokens"]
+    assert reply.choices[0].message.content == reference.text
+    assert reply.choices[0].finish_reason == reference.finish_reason
+    assert reply.usage.completion_tokens == reference.generated_tokens
+    assert reply.usage.prompt_tokens == reference.prompt_tokens
     route = reply.model_extra["swarmllm"]["route"]
     assert [(hop["start"], hop["end"]) for hop in route] == [(0, 10), (10, 20), (20, 30)]
     assert reply.model_extra["swarmllm"]["ring"]  # the gateway's default: the last server samples
@@ -52,7 +54,7 @@ def test_chat_streaming_equals_swarm_reference(api, reference):
                                          max_tokens=24, temperature=0, stream=True)
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == reference["text"]
+    assert text == reference.text
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # really streamed
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
@@ -134,7 +136,7 @@ def test_ring_gateway_streams_the_same_reply(api, plain_api, reference):
     ring_api, api = api, plain_api  # the default gateway rings; compare it with a plain one
     stream = ring_api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                               max_tokens=24, temperature=0, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reference["text"]
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reference.text
     # Sampling with a seed: the ring's server-side sampler draws what the gateway's own would.
     ask = dict(model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=20, temperature=0.9,
                top_p=0.9, seed=31)
@@ -146,4 +148,4 @@ def test_ring_gateway_streams_the_same_reply(api, plain_api, reference):
     assert stopped.choices[0].text == plain.choices[0].text
     again = ring_api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                              max_tokens=24, temperature=0)
-    assert again.choices[0].message.content == reference["text"]
+    assert again.choices[0].message.content == reference.text

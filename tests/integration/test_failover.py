@@ -138,12 +138,12 @@ def test_failover_during_speculation_keeps_greedy_output(swarm, client, model, r
     """The history then holds verify steps cut after rejected drafts; the replacement's replay
     (from the client's inputs for the first hop, from the upstream server's outputs otherwise)
     must rebuild caches that give the plain greedy output."""
-    from swarmllm.client.generation import _load_span
+    from swarmllm.runtime import load_span
 
     if drafter == "ngram":  # single-token matches too: many drafts, many of them rejected (cut steps)
         speculation = Speculation(NgramDrafter(min_ngram=1))
     else:
-        span = _load_span(model.source, model.config, 6, model.dtype)
+        span = load_span(model.source, 0, 6, model.dtype)
         speculation = Speculation(early_exit_drafter(model.head, span, 6, 256, GREEDY))
     fault, state = fault_once(swarm, hop, 52, signal.SIGKILL)
     result, failovers = run(client, model, GREEDY, fault, speculation)
@@ -157,7 +157,7 @@ def test_failover_during_speculation_keeps_greedy_output(swarm, client, model, r
 # --- ring decoding: the last server samples and feeds the first; the client only watches ---
 def run_ring(client, model, params, kill_at=None, hop=None, sig=signal.SIGKILL):
     """Ring-decode through a fresh session; kill the chain's `hop` once `kill_at` tokens arrived."""
-    from swarmllm.client.ring import RingDecoder, ring_supported
+    from swarmllm.client.ring import RingDecoder
     from swarmllm.engine.generation import iter_generate
 
     ids = model.prompt_ids(PROMPT)
@@ -165,7 +165,7 @@ def run_ring(client, model, params, kill_at=None, hop=None, sig=signal.SIGKILL):
     session = client.open_session(model.source.model_id, model.config.n_blocks, length)
     state = {"victim": None}
     try:
-        assert ring_supported(session.session), "the servers did not announce ring decoding"
+        assert session.session.ring_supported, "the servers did not announce ring decoding"
         decoder = RingDecoder(client.loop.run, session.session, model.tokenizer.eos_token_ids)
         tokens = []
         for event in iter_generate(model.head, model.tokenizer, session.forward, ids, params, length, decoder):

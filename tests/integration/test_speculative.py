@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from swarmllm.client.generation import generate_text
+from swarmllm.client.generation import GenerationOptions, generate_text
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 
@@ -35,19 +35,19 @@ def plain(client):
 
 @pytest.mark.parametrize("mode", ["ngram", "early-exit"])
 def test_speculative_greedy_through_the_swarm_equals_plain(client, plain, mode):
-    result = generate_text(MODEL, PROMPT, GREEDY, client=client, speculative=mode)
-    assert result["token_ids"] == plain["token_ids"]
-    assert result["text"] == plain["text"]
-    stats = result["speculation"]
-    assert stats["rounds"] > 0
-    assert stats["accepted"] < stats["drafted"]  # some drafts were rejected: the chain rolled back
+    result = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY, speculative=mode), client=client)
+    assert result.token_ids == plain.token_ids
+    assert result.text == plain.text
+    stats = result.speculation
+    assert stats.rounds > 0
+    assert stats.accepted < stats.drafted  # some drafts were rejected: the chain rolled back
     if mode == "ngram":  # and some accepted: fewer passes through the chain than tokens
-        assert stats["accepted"] > 0 and stats["forward_steps"] < len(plain["token_ids"])
+        assert stats.accepted > 0 and stats.forward_steps < len(plain.token_ids)
 
 
 def test_speculative_local_equals_swarm(plain):
-    local = generate_text(MODEL, PROMPT, GREEDY, speculative="ngram", draft_k=4)
-    assert local["token_ids"] == plain["token_ids"] and local["route"] == "local"
+    local = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY, speculative="ngram", draft_k=4))
+    assert local.token_ids == plain.token_ids and local.route_text() == "local"
 
 
 def test_cli_generate_speculative(swarm3, plain):
@@ -56,7 +56,7 @@ def test_cli_generate_speculative(swarm3, plain):
                           "--draft-k", "6", "--json", PROMPT], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["token_ids"] == plain["token_ids"] and result["speculation"]["rounds"] > 0
+    assert result["token_ids"] == plain.token_ids and result["speculation"]["rounds"] > 0
     bad = subprocess.run([sys.executable, "-m", "swarmllm.cli", "generate", "--local", "--speculative", "ngram",
                           "--draft-k", "40", "x"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--draft-k must be 1..15" in bad.stderr

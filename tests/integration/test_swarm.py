@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from swarmllm.client.generation import generate_text
+from swarmllm.client.generation import GenerationOptions, generate_text
 from swarmllm.client.routing import plan_chain
 from swarmllm.client.session import PREFILL_CHUNK
 from swarmllm.client.swarm_client import SwarmClient
@@ -40,12 +40,12 @@ def client(swarm3):
 
 @pytest.mark.parametrize("ring", [False, None], ids=["plain", "default-ring"])
 def test_swarm_greedy_equals_local(swarm3, client, local_reference, ring):
-    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client, ring=ring)
-    assert local_reference["generated_tokens"] >= 48
-    assert result["token_ids"] == local_reference["token_ids"]
-    assert result["text"] == local_reference["text"]
-    assert result["route"].count("->") == 2  # three hops: one per node
-    assert result["ring"] == (ring is None)  # through a swarm whose ends offer it, ring is the default
+    result = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY_48, ring=ring), client=client)
+    assert local_reference.generated_tokens >= 48
+    assert result.token_ids == local_reference.token_ids
+    assert result.text == local_reference.text
+    assert result.route_text().count("->") == 2  # three hops: one per node
+    assert (result.decoding == "ring") == (ring is None)  # through a swarm whose ends offer it, ring is the default
 
 
 def test_chain_uses_the_three_nodes(swarm3, client):
@@ -60,8 +60,10 @@ def test_cli_generate_json_through_swarm(swarm3, local_reference):
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["token_ids"] == local_reference["token_ids"]
-    assert result["time_to_first_token"] > 0 and result["decode_tokens_per_second"] > 0
+    assert result["token_ids"] == local_reference.token_ids
+    assert result["timings"]["ttft_s"] > 0 and result["timings"]["decode_tokens_per_s"] > 0
+    assert [(hop["start"], hop["end"]) for hop in result["route"]] == [(0, 10), (10, 20), (20, 30)]
+    assert all(hop["peer_id"] for hop in result["route"]) and result["decoding"] == "ring"
 
 
 def _raw_session(client, peer_id, session_id, start, end, max_length=8):
@@ -122,7 +124,7 @@ def test_malformed_messages_get_error_replies_and_node_keeps_serving(swarm3, cli
 
     assert node.alive
     result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
-    assert result["token_ids"] == local_reference["token_ids"]
+    assert result.token_ids == local_reference.token_ids
 
 
 def test_bad_ring_messages_get_clear_errors_and_node_keeps_serving(swarm3, client, local_reference):
@@ -150,8 +152,8 @@ def test_bad_ring_messages_get_clear_errors_and_node_keeps_serving(swarm3, clien
     push.close()
     stream.close()
     assert node.alive
-    result = generate_text(MODEL, PROMPT, GREEDY_48, client=client, ring=True)
-    assert result["ring"] and result["token_ids"] == local_reference["token_ids"]
+    result = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY_48, ring=True), client=client)
+    assert result.decoding == "ring" and result.token_ids == local_reference.token_ids
 
 
 def test_out_of_capacity_is_a_clear_error(swarm3, client):
@@ -175,7 +177,7 @@ def test_overlapping_fourth_node_does_not_break_routing(swarm3, client, local_re
     chain = plan_chain(MODEL, 30, records, client.ping(r.peer_id for r in records))
     assert chain[0].start == 0 and chain[-1].end == 30
     result = generate_text(MODEL, PROMPT, GREEDY_48, client=client)
-    assert result["token_ids"] == local_reference["token_ids"]
+    assert result.token_ids == local_reference.token_ids
 
 
 def test_a_bad_step_does_not_disturb_concurrent_steps_of_other_sessions(swarm3, client):
@@ -234,11 +236,11 @@ LONG_PROMPT = " ".join(["The history of the bicycle starts in the early nineteen
 def test_pipelined_prefill_of_a_long_prompt_equals_local(client):
     params = SamplingParams(max_new_tokens=16)
     local = generate_text(MODEL, LONG_PROMPT, params)  # chunked like the swarm: same computation
-    assert local["prompt_tokens"] > 2 * PREFILL_CHUNK  # at least three chunks in flight at once
-    swarm = generate_text(MODEL, LONG_PROMPT, params, client=client, ring=False)
-    assert swarm["token_ids"] == local["token_ids"]
+    assert local.prompt_tokens > 2 * PREFILL_CHUNK  # at least three chunks in flight at once
+    swarm = generate_text(MODEL, LONG_PROMPT, GenerationOptions(sampling=params, ring=False), client=client)
+    assert swarm.token_ids == local.token_ids
     # Ring decoding prefills all but the last chunk the same way and starts the ring with it.
     ring = generate_text(MODEL, LONG_PROMPT, params, client=client)
-    assert ring["ring"] and ring["token_ids"] == local["token_ids"]
+    assert ring.decoding == "ring" and ring.token_ids == local.token_ids
     # Chunking changes rounding, not the answer: greedy tokens of a one-piece prefill agree here.
-    assert generate_text(MODEL, LONG_PROMPT, params, prefill_chunk=None)["token_ids"] == local["token_ids"]
+    assert generate_text(MODEL, LONG_PROMPT, GenerationOptions(sampling=params, prefill_chunk=None)).token_ids == local.token_ids

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from swarmllm.client.generation import generate_text
+from swarmllm.client.generation import GenerationOptions, generate_text
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.harness.local_swarm import LocalSwarm, even_spans
@@ -52,16 +52,16 @@ def test_ping_rtt_is_at_least_the_profile_rtt(wan_swarm, client):
 
 def test_greedy_tokens_equal_local_and_every_hop_is_delayed(wan_swarm, client):
     local = generate_text(MODEL, PROMPT, GREEDY)
-    remote = generate_text(MODEL, PROMPT, GREEDY, client=client, ring=False)
-    assert remote["token_ids"] == local["token_ids"]
+    remote = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY, ring=False), client=client)
+    assert remote.token_ids == local.token_ids
     # One token travels client -> A -> B -> C -> client: four one-way delays if all four legs pass a relay.
-    assert 1 / remote["decode_tokens_per_second"] >= 4 * CONTINENT.one_way_seconds
+    assert 1 / remote.timings.decode_tokens_per_s >= 4 * CONTINENT.one_way_seconds
     # In a ring (the default) it travels A -> B -> C -> A: three.
     ring = generate_text(MODEL, PROMPT, GREEDY, client=client)
-    assert ring["ring"] and ring["token_ids"] == local["token_ids"]
-    assert 1 / ring["decode_tokens_per_second"] >= 3 * CONTINENT.one_way_seconds
+    assert ring.decoding == "ring" and ring.token_ids == local.token_ids
+    assert 1 / ring.timings.decode_tokens_per_s >= 3 * CONTINENT.one_way_seconds
 
 
 def test_int8_on_the_wire_through_the_relays(client):
-    remote = generate_text(MODEL, PROMPT, GREEDY, client=client, wire_dtype="int8")
-    assert remote["generated_tokens"] == GREEDY.max_new_tokens and remote["text"].strip()
+    remote = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY, wire_dtype="int8"), client=client)
+    assert remote.generated_tokens == GREEDY.max_new_tokens and remote.text.strip()

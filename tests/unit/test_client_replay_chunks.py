@@ -2,7 +2,7 @@
 
 The client records each committed step in `InferenceSession.chunks`; a verify step cut after
 rejected drafts is recorded as its accepted length. A failover replays the chunks on a fresh
-server. Here the real chunk bookkeeping (`_commit`) drives a real span of SmolLM2 blocks."""
+server. Here the real chunk bookkeeping (`commit`) drives a real span of SmolLM2 blocks."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_chunks_after_rollbacks_replay_exactly(dtype):
         hidden = torch.randn(1, n, 576, generator=g)  # the rejected drafts' rows differ from what comes later
         span(hidden, cache, start)
         sent_inputs[start:start + n] = hidden[0]
-        session._commit(start, n)
+        session.commit(start, n)
     assert session.rollbacks == 4 and session.position == 45 == cache.length
     replayed = span.new_cache(96)  # a failover replays the chunks from the kept inputs
     position = 0

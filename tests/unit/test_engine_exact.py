@@ -14,7 +14,7 @@ import torch
 
 from swarmllm.engine.blocks import SpanModel
 from swarmllm.engine.generation import generate
-from swarmllm.engine.local import LocalModel
+from swarmllm.runtime import LocalModel
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.models.catalog import resolve_model
 from swarmllm.weights import load_blocks
@@ -59,7 +59,7 @@ def smollm_hf():
 
 @pytest.fixture(scope="module")
 def prompt_ids(smollm):
-    return smollm.encode_chat(MESSAGES)
+    return smollm.chat_ids(MESSAGES)
 
 
 def full_logits(model: LocalModel, ids: list[int]) -> torch.Tensor:
@@ -144,7 +144,7 @@ def gemma():
 
 @pytest.mark.slow
 def test_gemma3_gguf_matches_transformers(gemma):
-    ids = gemma.encode_chat([{"role": "user", "content": "Name three colors of the rainbow."}])
+    ids = gemma.chat_ids([{"role": "user", "content": "Name three colors of the rainbow."}])
     reference = transformers_from_gguf(resolve_model("gemma3-270m").path)
     with torch.inference_mode():
         expected = reference(torch.tensor([ids])).logits
@@ -169,7 +169,7 @@ def test_gemma3_two_spans_equal_whole_model(gemma):
             hidden = span(hidden, cache, start)
         return hidden
 
-    ids = gemma.encode_chat([{"role": "user", "content": "Name three colors of the rainbow."}])
+    ids = gemma.chat_ids([{"role": "user", "content": "Name three colors of the rainbow."}])
     params = SamplingParams(max_new_tokens=12)
     whole = generate(gemma.head, NoEos(gemma.tokenizer), gemma.new_forward_fn(), ids, params)
     split = generate(gemma.head, NoEos(gemma.tokenizer), chain, ids, params)

@@ -9,7 +9,7 @@ import torch
 
 from swarmllm.cli import build_parser
 from swarmllm.engine.blocks import SequenceStep, SpanModel
-from swarmllm.engine.local import LocalModel
+from swarmllm.runtime import LocalModel
 from swarmllm.engine.quant import Int4Linear, Int8Linear, make_linear, quantize_int4, quantize_int8
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.models.catalog import resolve_model
@@ -139,7 +139,7 @@ def test_greedy_tokens_int8_agree_with_default():
     outputs = {}
     for mode in ("none", "int8", "int4"):
         model = LocalModel.load("smollm2-135m", torch.float32, max_length=256, quant=mode)
-        prompt = prompt or model.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+        prompt = prompt or model.chat_ids([{"role": "user", "content": "What is the capital of France?"}])
         outputs[mode] = model.generate(prompt, params).token_ids
     agree = sum(a == b for a, b in zip(outputs["none"], outputs["int8"])) / len(outputs["none"])
     assert agree >= 0.9, outputs
@@ -180,19 +180,19 @@ def test_serve_passes_quant_to_the_node(monkeypatch):
     assert cli.cmd_serve(args) == 0 and seen["quant"] == "int8"
 
 
-def test_generate_quant_needs_local():
-    from swarmllm.client.generation import generate_text
+def test_generate_quant_needs_local(capsys):
+    from swarmllm import cli
 
-    with pytest.raises(ValueError, match="serve --quant"):
-        generate_text("smollm2-135m", "hi", SamplingParams(max_new_tokens=1), initial_peers=["/ip4/1.2.3.4"],
-                      quant="int8")
+    assert cli.main(["generate", "--initial-peers", "/ip4/1.2.3.4/tcp/1", "--quant", "int8", "hi"]) == 2
+    assert "serve --quant" in capsys.readouterr().err
 
 
 def test_local_generate_and_server_backend_load_quantized_weights():
-    from swarmllm.client.generation import generate_text
+    from swarmllm.client.generation import GenerationOptions, Generator
     from swarmllm.server.backend import SpanBackend
 
-    result = generate_text("smollm2-135m", "hi", SamplingParams(max_new_tokens=2), quant="int4", dtype="float32")
-    assert result["generated_tokens"] == 2 and result["route"] == "local"
+    generator = Generator.local("smollm2-135m", "float32", "int4")
+    result = generator.generate(generator.model.prompt_ids("hi"), GenerationOptions(SamplingParams(max_new_tokens=2)))
+    assert result.generated_tokens == 2 and result.route_text() == "local"
     backend = SpanBackend.load("smollm2-135m", 3, 5, dtype_name="bfloat16", quant="int8")
     assert backend.quant == "int8" and isinstance(backend.span.layers[0].down, Int8Linear)

@@ -14,7 +14,7 @@ import torch
 
 from swarmllm.engine.blocks import SequenceStep, SpanModel
 from swarmllm.engine.generation import generate
-from swarmllm.engine.local import LocalModel
+from swarmllm.runtime import LocalModel
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.models.catalog import resolve_model
 from swarmllm.models.registry import config_from_gguf, config_from_hf

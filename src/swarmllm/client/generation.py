@@ -1,202 +1,295 @@
-"""Text generation through the swarm, or in-process with the same engine (`--local`).
+"""One generation API for every caller: typed options in, one stream of events, a typed result out.
 
-The client holds the embeddings, the final norm and the LM head (a few tens of MB) and the
-tokenizer; the blocks run remotely. Both paths drive the engine's one generation loop with
-a `forward_fn(hidden, start_position)`: locally a `SpanModel` over all blocks, remotely a
-`RemoteSession` over a chain. So the swarm's output is, by construction, what the local
-engine computes, and tests can compare them token for token.
+    generator = Generator.swarm("smollm2-135m", client)      # or Generator.local("smollm2-135m")
+    ids = generator.model.prompt_ids("Tell me about bees")
+    with generator.start(ids, GenerationOptions(sampling=SamplingParams(max_new_tokens=64))) as run:
+        for event in run:                                     # GenerationStep: token id, text delta, finish
+            print(event.text_delta, end="")
+    result = run.result()                                     # GenerationResult: text, ids, route, timings, ...
 
-Speculative decoding (`speculative="ngram"` or `"early-exit"`) drafts tokens on the client
-and verifies them in one traversal of the chain (engine/speculative.py); greedy output does
-not change. The early-exit drafter runs the model's first `draft_blocks` blocks locally.
-
-Ring decoding (client/ring.py, the default through a swarm whose chain ends offer it) has the
-chain's last server sample and feed the token straight to the first server; the tokens are
-the same as plain decoding's.
+The CLI, the gateway and the benchmarks all go through `Generator.start` (or its shorthand
+`Generator.generate`). `start` opens the swarm session before anything is yielded, so a
+missing block or a full swarm is an exception, not a broken stream; the `Generation` it
+returns chooses how tokens are produced:
+- ring decoding (client/ring.py) when the chain's ends offer it and speculation is off (or
+  `ring=True`): the chain's last server samples and feeds the first;
+- speculative decoding (`speculative="ngram"` or `"early-exit"`, engine/speculative.py):
+  drafts verified k at a time in one traversal of the chain; greedy output unchanged;
+- plain decoding otherwise: one traversal per token, sampled here.
+All three drive the engine's one loop (engine/generation.py) over a `forward_fn`: locally a
+`LocalModel` over all blocks, remotely a session over a chain, so the swarm's output is, by
+construction, what the local engine computes, and tests compare them token for token.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Optional, Sequence, TextIO
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
 
-import torch
-
-from swarmllm.client.ring import RingDecoder, ring_supported
-from swarmllm.client.session import PREFILL_CHUNK, chunked_forward
-from swarmllm.client.swarm_client import SwarmClient
-from swarmllm.engine.dtypes import resolve_dtype
-from swarmllm.engine.generation import iter_generate
-from swarmllm.engine.head import ModelHead
-from swarmllm.engine.quant import check_quant_mode
+from swarmllm.client.ring import RingDecoder, RingStats
+from swarmllm.client.swarm_client import RemoteSession, SwarmClient
+from swarmllm.engine.generation import PREFILL_CHUNK, Decoder, GenerationStep, iter_generate
 from swarmllm.engine.sampling import SamplingParams
-from swarmllm.engine.speculative import DraftLength, NgramDrafter, Speculation, early_exit_drafter
-from swarmllm.models.catalog import ModelSource, resolve_model
-from swarmllm.weights.tokenizer import load_tokenizer
-from swarmllm.protocol import SwarmError
-from swarmllm.weights import load_head, read_config
+from swarmllm.engine.speculative import (
+    MAX_DRAFT_TOKENS, DraftLength, NgramDrafter, Speculation, SpeculationStats, early_exit_drafter,
+)
+from swarmllm.models.catalog import UnknownModelError
+from swarmllm.protocol import WIRE_DTYPES
+from swarmllm.runtime import ClientModel, LocalModel, PromptTooLongError, load_span
 
-
-class PromptTooLongError(SwarmError):
-    pass
-
-
-@dataclass
-class ClientModel:
-    """What a client keeps locally for one model: config, head and tokenizer."""
-
-    source: ModelSource
-    config: object
-    head: ModelHead
-    tokenizer: object
-
-    dtype: torch.dtype = torch.float32
-
-    @classmethod
-    def load(cls, model: str, dtype: str = "auto", quant: str = "none") -> "ClientModel":
-        """quant != "none" keeps the LM head as int8 (see engine/head.py)."""
-        source = resolve_model(model)
-        config = read_config(source)
-        compute = resolve_dtype(dtype)
-        head = ModelHead(config, load_head(source, config, compute if quant == "none" else torch.float32), compute, quant)
-        return cls(source, config, head, load_tokenizer(source), compute)
-
-    def prompt_ids(self, prompt: str, system: Optional[str] = None, raw: bool = False) -> list[int]:
-        if raw:
-            return self.tokenizer.encode(prompt)
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-
-    def session_length(self, n_prompt: int, params: SamplingParams, max_length: Optional[int]) -> int:
-        limit = min(max_length or n_prompt + params.max_new_tokens, self.config.context_length)
-        if n_prompt >= limit:
-            raise PromptTooLongError(
-                f"the prompt is {n_prompt} tokens but the session allows at most {limit} (prompt plus new tokens); "
-                f"shorten the prompt or raise --max-length (the model's context is {self.config.context_length})")
-        return limit
-
+__all__ = [
+    "ClientModel", "Generation", "GenerationOptions", "GenerationResult", "GenerationStep", "Generator",
+    "LocalModel", "PromptTooLongError", "RouteHop", "SamplingParams", "SPECULATIVE_MODES", "Timings",
+    "UnknownModelError", "VerificationReport", "generate_text",
+]
 
 SPECULATIVE_MODES = ("off", "ngram", "early-exit")
 DEFAULT_DRAFT_BLOCKS = 8
 
 
-def _load_span(source: ModelSource, config, n_blocks: int, dtype: torch.dtype, quant: str = "none"):
-    from swarmllm.engine.blocks import SpanModel
-    from swarmllm.weights import load_blocks
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate; everything but the prompt. Invalid combinations fail at construction."""
 
-    blocks = load_blocks(source, config, 0, n_blocks, dtype if quant == "none" else torch.float32,
-                         keep_int4=quant == "int4")
-    return SpanModel(config, blocks, 0, n_blocks, dtype, quant)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_length: Optional[int] = None          # positions to reserve (default: prompt + max_new_tokens)
+    wire_dtype: Optional[str] = None          # hidden states between nodes (protocol WIRE_DTYPES); None = lossless
+    speculative: str = "off"                  # "off", "ngram" or "early-exit"
+    draft_k: int = 8                          # most tokens drafted per round (adapts below it)
+    draft_blocks: int = DEFAULT_DRAFT_BLOCKS  # blocks the early-exit drafter runs
+    ring: Optional[bool] = None               # None: when the chain offers it and speculation is off
+    prefill_chunk: Optional[int] = PREFILL_CHUNK  # prompts longer than this are prefilled in chunks; None = one piece
 
-
-def local_forward_fn(source: ModelSource, config, max_length: int, dtype: torch.dtype, quant: str = "none",
-                     prefill_chunk: Optional[int] = PREFILL_CHUNK, span=None):
-    """forward_fn over all blocks in this process (the reference path; quant: see engine/quant.py).
-
-    Long prompts are cut into the same chunks a swarm session pipelines, so both compute the same thing."""
-    span = span or _load_span(source, config, config.n_blocks, dtype, quant)
-    cache = span.new_cache(max_length)
-    return chunked_forward(lambda hidden, start_position: span.forward(hidden, cache, start_position), prefill_chunk)
-
-
-def new_speculation(local: ClientModel, mode: str, params: SamplingParams, max_length: int, draft_k: int = 8,
-                    draft_blocks: int = DEFAULT_DRAFT_BLOCKS, span=None) -> Optional[Speculation]:
-    """The Speculation for `mode` (None for "off"); early-exit loads blocks [0, draft_blocks)
-    unless `span` (starting at block 0) already holds them."""
-    if mode not in SPECULATIVE_MODES:
-        raise ValueError(f"unknown speculative mode {mode!r}; use one of {', '.join(SPECULATIVE_MODES)}")
-    if mode == "off":
-        return None
-    length = DraftLength(max_k=draft_k)
-    if mode == "ngram":
-        return Speculation(NgramDrafter(), length)
-    if not 1 <= draft_blocks < local.config.n_blocks:
-        raise ValueError(f"--draft-blocks must be 1..{local.config.n_blocks - 1}, got {draft_blocks}")
-    span = span or _load_span(local.source, local.config, draft_blocks, local.dtype)
-    return Speculation(early_exit_drafter(local.head, span, draft_blocks, max_length, params), length)
+    def __post_init__(self) -> None:
+        if self.speculative not in SPECULATIVE_MODES:
+            raise ValueError(f"unknown speculative mode {self.speculative!r}; use one of {', '.join(SPECULATIVE_MODES)}")
+        if not 1 <= self.draft_k <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"draft_k must be 1..{MAX_DRAFT_TOKENS}, got {self.draft_k}")
+        if self.ring and self.speculative != "off":
+            raise ValueError("ring decoding and speculative decoding do not combine; choose one")
+        if self.wire_dtype is not None and self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"unknown wire dtype {self.wire_dtype!r}; use one of {', '.join(WIRE_DTYPES)}")
 
 
-def generate_text(model: str, prompt: str, params: SamplingParams, *, initial_peers: Optional[Sequence[str]] = None,
-                  system: Optional[str] = None, raw: bool = False, max_length: Optional[int] = None,
-                  stream_to: Optional[TextIO] = None, client: Optional[SwarmClient] = None,
-                  dtype: str = "auto", wire_dtype: Optional[str] = None, quant: str = "none",
-                  prefill_chunk: Optional[int] = PREFILL_CHUNK, speculative: str = "off",
-                  draft_k: int = 8, draft_blocks: int = DEFAULT_DRAFT_BLOCKS, ring: Optional[bool] = None) -> dict:
-    """Generate a reply; through the swarm if initial_peers (or client) is given, else locally.
+@dataclass(frozen=True)
+class RouteHop:
+    """One server of the chain a generation went through: blocks [start, end)."""
 
-    wire_dtype: format of hidden states between nodes (see protocol WIRE_DTYPES); None = lossless.
-    quant: weight quantization of the in-process model ("none", "int8", "int4"); local only,
-    since a swarm's servers choose their own (`swarmllm serve --quant`).
-    prefill_chunk: prompts longer than this are prefilled in chunks (pipelined through the
-    chain); None = in one piece.
-    speculative: "off", "ngram" or "early-exit" (see SPECULATIVE_MODES); draft_k is the most
-    tokens drafted per round (the draft length adapts below it to the acceptance rate).
-    ring: ring decoding through a swarm: None = when the chain offers it and there is no
-    speculation, True = ask for it (an error with speculation or locally), False = never. The
-    result's "ring" says whether it was used.
-    """
-    check_quant_mode(quant)
-    swarm = initial_peers is not None or client is not None
-    if ring is None:
-        ring = swarm and speculative == "off"
-    if ring and speculative != "off":
-        raise ValueError("ring decoding and speculative decoding do not combine; choose one")
-    if ring and not swarm:
-        raise ValueError("ring decoding needs a swarm (--peers); in-process generation has no chain")
-    if quant != "none" and (initial_peers is not None or client is not None):
-        raise ValueError("quant applies to in-process generation only; servers quantize their own weights "
-                         "(swarmllm serve --quant).")
-    local = ClientModel.load(model, dtype, quant)
-    prompt_ids = local.prompt_ids(prompt, system, raw)
-    length = local.session_length(len(prompt_ids), params, max_length)
-    own_client = None
-    session = None
-    decoder = None
-    try:
-        if initial_peers is None and client is None:
-            span = _load_span(local.source, local.config, local.config.n_blocks, local.dtype, quant)
-            forward_fn = local_forward_fn(local.source, local.config, length, local.dtype, quant, prefill_chunk, span)
-            route = "local"
-            speculation = new_speculation(local, speculative, params, length, draft_k, draft_blocks, span)
-        else:
-            speculation = new_speculation(local, speculative, params, length, draft_k, draft_blocks)
-            client = client or (own_client := SwarmClient.connect(initial_peers))
-            session = client.open_session(local.source.model_id, local.config.n_blocks, length, wire_dtype=wire_dtype,
-                                          prefill_chunk=prefill_chunk)
-            forward_fn = session.forward
-            route = " -> ".join(f"{link.peer_id[-8:]}[{link.start},{link.end})" for link in session.chain)
-            decoder = RingDecoder(client.loop.run, session.session, local.tokenizer.eos_token_ids) if ring \
-                else speculation
-            ring = ring and ring_supported(session.session)
-        started = time.perf_counter()
-        token_ids: list[int] = []
-        pieces: list[str] = []
-        first_token_at = None
-        finish_reason = "length"
-        for event in iter_generate(local.head, local.tokenizer, forward_fn, prompt_ids, params, length,
-                                   decoder or speculation):
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            token_ids.append(event.token_id)
-            pieces.append(event.text_delta)
-            if stream_to is not None and event.text_delta:
-                stream_to.write(event.text_delta)
-                stream_to.flush()
-            finish_reason = event.finish_reason or finish_reason
-        ended = time.perf_counter()
-    finally:
-        if session is not None:
-            session.close()
-        if own_client is not None:
-            own_client.close()
-    n = len(token_ids)
-    ttft = (first_token_at or ended) - started
-    return {
-        "text": "".join(pieces), "token_ids": token_ids, "prompt_tokens": len(prompt_ids),
-        "generated_tokens": n, "finish_reason": finish_reason, "route": route,
-        "time_to_first_token": ttft, "total_seconds": ended - started,
-        "decode_tokens_per_second": (n - 1) / (ended - first_token_at) if n > 1 and ended > first_token_at else 0.0,
-        "speculative": speculative, "speculation": None if speculation is None else speculation.stats.as_dict(),
-        "ring": ring,
-    }
+    peer_id: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Timings:
+    open_s: float               # opening the session on every server of the chain (0 locally)
+    ttft_s: float               # generation start -> first token (prefill + head)
+    total_s: float              # generation start -> last token
+    decode_tokens_per_s: float  # tokens after the first / time after the first token
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """What was checked of the servers' work (filled by verification; "off" checks nothing)."""
+
+    mode: str = "off"
+    steps_checked: int = 0
+    mismatches: int = 0
+    banned: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FailoverSummary:
+    peer_ids: tuple[str, ...]      # servers replaced
+    code: str                      # why the step failed
+    blocks: tuple[int, int]
+    seconds: float                 # failure -> retried step done
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: list[int]           # sampled ids, EOS included when generation stopped on it
+    finish_reason: str             # "stop" or "length"
+    prompt_tokens: int
+    route: list[RouteHop]          # the chain at the end ([] in-process)
+    timings: Timings
+    decoding: str                  # "ring", "speculative" or "plain"
+    local: bool = False            # in-process (the reference), not through a swarm
+    ring: Optional[RingStats] = None
+    speculation: Optional[SpeculationStats] = None
+    failovers: tuple[FailoverSummary, ...] = ()
+    verification: VerificationReport = field(default_factory=VerificationReport)
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def route_text(self) -> str:
+        return "local" if self.local else " -> ".join(f"{h.peer_id[-8:]}[{h.start},{h.end})" for h in self.route)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (what `swarmllm generate --json` prints)."""
+        out = asdict(self)
+        out["generated_tokens"] = self.generated_tokens
+        if self.speculation is not None:
+            out["speculation"] = self.speculation.as_dict()
+        return out
+
+
+class Generation:
+    """One generation in progress: iterate for `GenerationStep`s, then `result()`.
+
+    Closing it (or leaving its `with` block) early stops the decoder (a ring hears RingStop)
+    and closes the session on every server."""
+
+    def __init__(self, model: ClientModel, prompt_ids: Sequence[int], options: GenerationOptions, length: int,
+                 forward_fn, decoder: Optional[Decoder], decoding: str, session: Optional[RemoteSession] = None,
+                 open_seconds: float = 0.0):
+        self.model, self.prompt_ids, self.options, self.length = model, list(prompt_ids), options, length
+        self._forward_fn, self._decoder, self.decoding = forward_fn, decoder, decoding
+        self._session, self._open_seconds = session, open_seconds
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.finish_reason = "length"
+        self._started = self._first_at = self._ended = None
+        self._closed = False
+
+    @property
+    def route(self) -> list[RouteHop]:
+        if self._session is None:
+            return []
+        return [RouteHop(link.peer_id, link.start, link.end) for link in self._session.chain]
+
+    def __iter__(self) -> Iterator[GenerationStep]:
+        if self._started is not None:
+            raise RuntimeError("a Generation can be iterated once")
+        self._started = time.perf_counter()
+        try:
+            for event in iter_generate(self.model.head, self.model.tokenizer, self._forward_fn, self.prompt_ids,
+                                       self.options.sampling, self.length, self._decoder):
+                if self._first_at is None:
+                    self._first_at = time.perf_counter()
+                self.token_ids.append(event.token_id)
+                self.text += event.text_delta
+                self.finish_reason = event.finish_reason or self.finish_reason
+                yield event
+        finally:
+            self._ended = time.perf_counter()
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._session is not None:
+                self._session.close()
+
+    def __enter__(self) -> "Generation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def result(self) -> GenerationResult:
+        started = self._started or time.perf_counter()
+        ended = self._ended or time.perf_counter()
+        first = self._first_at or ended
+        n = len(self.token_ids)
+        decode = (n - 1) / (ended - first) if n > 1 and ended > first else 0.0
+        ring = self._decoder.stats if isinstance(self._decoder, RingDecoder) else None
+        speculation = self._decoder.stats if isinstance(self._decoder, Speculation) else None
+        failovers = () if self._session is None else tuple(
+            FailoverSummary(tuple(e.peer_ids), e.code, tuple(e.blocks), e.seconds) for e in self._session.failovers)
+        return GenerationResult(
+            text=self.text, token_ids=list(self.token_ids), finish_reason=self.finish_reason,
+            prompt_tokens=len(self.prompt_ids), route=self.route,
+            timings=Timings(self._open_seconds, first - started, ended - started, decode),
+            decoding=self.decoding, local=self._session is None, ring=ring, speculation=speculation,
+            failovers=failovers)
+
+
+class Generator:
+    """Generates with one model, in this process (`local`) or through a swarm (`swarm`)."""
+
+    def __init__(self, model: ClientModel, client: Optional[SwarmClient] = None):
+        self.model, self.client = model, client
+
+    @classmethod
+    def local(cls, model: str, dtype: str = "auto", quant: str = "none") -> "Generator":
+        """The whole model in this process (quant: weights kept int8 / int4, see engine/quant.py)."""
+        return cls(LocalModel.load(model, dtype, quant))
+
+    @classmethod
+    def swarm(cls, model: str | ClientModel, client: SwarmClient, dtype: str = "auto") -> "Generator":
+        """Through the swarm `client` is connected to; only the head and tokenizer are loaded here."""
+        return cls(model if isinstance(model, ClientModel) else ClientModel.load(model, dtype), client)
+
+    def start(self, prompt_ids: Sequence[int], options: GenerationOptions = GenerationOptions()) -> Generation:
+        """Open what the generation needs (the swarm session) and return it, ready to iterate."""
+        if not prompt_ids:
+            raise PromptTooLongError("the prompt is empty; send at least one token")
+        length = self.model.session_length(len(prompt_ids), options.sampling.max_new_tokens, options.max_length)
+        if self.client is None:
+            return self._start_local(prompt_ids, options, length)
+        return self._start_swarm(prompt_ids, options, length)
+
+    def generate(self, prompt_ids: Sequence[int], options: GenerationOptions = GenerationOptions(),
+                 on_text: Optional[Callable[[str], None]] = None) -> GenerationResult:
+        """Run a generation to its end; `on_text` receives each text delta as it becomes final."""
+        with self.start(prompt_ids, options) as run:
+            for event in run:
+                if on_text is not None and event.text_delta:
+                    on_text(event.text_delta)
+        return run.result()
+
+    def _start_local(self, prompt_ids, options: GenerationOptions, length: int) -> Generation:
+        if options.ring:
+            raise ValueError("ring decoding needs a swarm; in-process generation has no chain")
+        local = self.model
+        if not isinstance(local, LocalModel):
+            raise ValueError("this generator holds no blocks: use Generator.local for in-process generation")
+        speculation = self._speculation(options, length, local.span)
+        return Generation(local, prompt_ids, options, length, local.new_forward_fn(length, options.prefill_chunk),
+                          speculation, "speculative" if speculation else "plain")
+
+    def _start_swarm(self, prompt_ids, options: GenerationOptions, length: int) -> Generation:
+        speculation = self._speculation(options, length)
+        opened = time.perf_counter()
+        session = self.client.open_session(self.model.model_id, self.model.config.n_blocks, length,
+                                           wire_dtype=options.wire_dtype, prefill_chunk=options.prefill_chunk)
+        open_seconds = time.perf_counter() - opened
+        decoder: Optional[Decoder] = speculation
+        decoding = "speculative" if speculation else "plain"
+        wants_ring = options.ring if options.ring is not None else speculation is None
+        if wants_ring and session.session.ring_supported:
+            decoder = RingDecoder(self.client.loop.run, session.session, self.model.tokenizer.eos_token_ids)
+            decoding = "ring"
+        return Generation(self.model, prompt_ids, options, length, session.forward, decoder, decoding, session,
+                          open_seconds)
+
+    def _speculation(self, options: GenerationOptions, length: int, span=None) -> Optional[Speculation]:
+        """The drafter for options.speculative; early-exit runs blocks [0, draft_blocks) here
+        (of `span` when this process already holds them, from block 0)."""
+        if options.speculative == "off":
+            return None
+        draft_length = DraftLength(max_k=options.draft_k)
+        if options.speculative == "ngram":
+            return Speculation(NgramDrafter(), draft_length)
+        n_blocks = self.model.config.n_blocks
+        if not 1 <= options.draft_blocks < n_blocks:
+            raise ValueError(f"--draft-blocks must be 1..{n_blocks - 1}, got {options.draft_blocks}")
+        drafts = span if span is not None else \
+            load_span(self.model.source, 0, options.draft_blocks, self.model.dtype, config=self.model.config)
+        return Speculation(early_exit_drafter(self.model.head, drafts, options.draft_blocks, length, options.sampling),
+                           draft_length)
+
+
+def generate_text(model: str, prompt: str, options: GenerationOptions | SamplingParams = GenerationOptions(), *,
+                  client: Optional[SwarmClient] = None, system: Optional[str] = None,
+                  raw: bool = False) -> GenerationResult:
+    """Shorthand: a chat-templated prompt (or `raw`), generated through `client` or, without one, locally."""
+    if isinstance(options, SamplingParams):
+        options = GenerationOptions(sampling=options)
+    generator = Generator.swarm(model, client) if client is not None else Generator.local(model)
+    return generator.generate(generator.model.prompt_ids(prompt, system, raw), options)

@@ -18,8 +18,8 @@ Closing the iterator early (a stop string) sends `RingStop` to the last server.
 
 from __future__ import annotations
 
-import asyncio
 import time
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -27,15 +27,15 @@ import torch
 from swarmllm.client.session import InferenceSession, RemoteStepError
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.sampling import Sampler, SamplingParams
-from swarmllm.protocol import (
-    RingSampling, RingSpec, RingStop, Step, TokenResult, encode_frame, encode_tensor,
-)
+from swarmllm.protocol import ErrorCode, RingSampling, RingSpec
 
 
-def ring_supported(session: InferenceSession) -> bool:
-    """Whether the chain's first and last servers announced that they can ring."""
-    return bool(getattr(session.hops[0].link.record, "ring", False) and
-                getattr(session.hops[-1].link.record, "ring", False))
+@dataclass
+class RingStats:
+    """How a generation used ring decoding."""
+
+    starts: int = 0               # rings started (1 + restarts after failovers)
+    plain_fallback: bool = False  # the rest was decoded the plain way (a chain end could not ring)
 
 
 def _sampling(params: SamplingParams, draws: int) -> RingSampling:
@@ -45,56 +45,53 @@ def _sampling(params: SamplingParams, draws: int) -> RingSampling:
 
 async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.Tensor, position: int,
                       params: SamplingParams, max_tokens: int, eos_token_ids: Sequence[int] = (),
-                      draws: int = 0) -> AsyncIterator[int]:
+                      draws: int = 0, stats: Optional["RingStats"] = None) -> AsyncIterator[int]:
     """Up to max_tokens tokens after running `inputs` [1, T, D] at positions position.. .
 
-    draws: the sampler's RNG state before the first token (see engine/sampling.py)."""
+    draws: the sampler's RNG state before the first token (see engine/sampling.py).
+    stats: counts ring starts and whether the rest fell back to plain decoding."""
+    stats = stats if stats is not None else RingStats()
     produced = 0
     inputs, position = await _prefill_all_but_last_chunk(session, inputs, position)
-    if session.inputs is None:
-        session.inputs = torch.empty(session.max_length, inputs.shape[2], dtype=inputs.dtype)
     failed_at: Optional[float] = None
     attempt = 0
-    last_stop: Optional[tuple] = None  # (hop, session id) of the running ring's last server
+    stopper = None  # (hop, session id) of the running ring's last server: told to stop if we end early
     try:
         while produced < max_tokens:
-            if not ring_supported(session):
+            if not session.ring_supported:
+                stats.plain_fallback = True
                 async for token in _plain(session, head, inputs, position, params, max_tokens - produced,
                                           eos_token_ids, draws):
                     yield token
                 return
-            channel = session.open_ring(max_tokens - produced)
             spec = RingSpec(sampling=_sampling(params, draws), max_tokens=max_tokens - produced,
-                            eos_token_ids=tuple(eos_token_ids), first_hop=session.hops[0].next_hop())
-            last_stop = (session.hops[-1], session.hops[-1].session_id)
+                            eos_token_ids=tuple(eos_token_ids), first_hop=session.first_hop())
+            stopper = session.ring_stopper()
             n_new = inputs.shape[1]
+            channel = None
             try:
-                session.inputs[position:position + n_new] = inputs[0]
-                meta, raw = encode_tensor(inputs, session.wire_dtype)
                 started = time.perf_counter()
-                try:
-                    await session.hops[0].stream.send(encode_frame(Step(
-                        session_id=session.hops[0].session_id, step_id=channel.base, start_position=position,
-                        tensor=meta, ring=spec), raw))
-                except ConnectionError as e:
-                    raise RemoteStepError(session.hops[0].peer_id, "connection_lost", str(e)) from None
+                stats.starts += 1
+                channel = await session.start_ring_step(inputs, position, max_tokens - produced, spec)
                 while True:
-                    token = await _next_token(session, channel, n_new)
+                    token = await session.next_ring_item(channel, n_new)
                     session.complete_step(position, n_new, time.perf_counter() - started, failed_at)
                     failed_at, attempt = None, 0
                     produced, draws, position = produced + 1, token.draws, position + n_new
                     if token.finished:
-                        last_stop = None
+                        stopper = None
                     yield token.token_id
                     if token.finished or produced >= max_tokens:
                         return
                     inputs, n_new = head.embed([token.token_id]), 1
-                    session.inputs[position] = inputs[0, 0]
+                    session.record_inputs(inputs, position)
                     started = time.perf_counter()
             except RemoteStepError as error:
-                session.close_ring(channel)
-                if error.code == "unsupported":  # a server that cannot ring: decode the rest the plain way
-                    last_stop = None
+                if channel is not None:
+                    session.close_ring(channel)
+                if error.code == ErrorCode.UNSUPPORTED:  # a server that cannot ring: decode the rest the plain way
+                    stopper = None
+                    stats.plain_fallback = True
                     async for token in _plain(session, head, inputs, position, params, max_tokens - produced,
                                               eos_token_ids, draws):
                         yield token
@@ -102,14 +99,11 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                 attempt += 1
                 failed_at = await session.recover(error, attempt - 1, failed_at)
             finally:
-                session.close_ring(channel)
+                if channel is not None:
+                    session.close_ring(channel)
     finally:
-        if last_stop is not None and not session.closed:  # stopped early: tell the ring
-            hop, session_id = last_stop
-            try:
-                await asyncio.wait_for(hop.stream.send(encode_frame(RingStop(session_id=session_id))), 1.0)
-            except (ConnectionError, asyncio.TimeoutError, AttributeError):
-                pass
+        if stopper is not None:  # stopped early: tell the ring
+            await session.stop_ring(stopper)
 
 
 async def _prefill_all_but_last_chunk(session: InferenceSession, inputs: torch.Tensor,
@@ -124,18 +118,6 @@ async def _prefill_all_but_last_chunk(session: InferenceSession, inputs: torch.T
     head_len = size * ((n - 1) // size)
     await session.step(inputs[:, :head_len], position)
     return inputs[:, head_len:], position + head_len
-
-
-async def _next_token(session: InferenceSession, channel, n_new: int) -> TokenResult:
-    timeout = session.timeout_for(n_new)
-    try:
-        item = await asyncio.wait_for(channel.queue.get(), timeout)
-    except asyncio.TimeoutError:
-        raise RemoteStepError(session.hops[-1].peer_id, "timeout",
-                              f"ring step got no token within {timeout:.1f} s") from None
-    if isinstance(item, RemoteStepError):
-        raise item
-    return item
 
 
 async def _plain(session: InferenceSession, head: ModelHead, inputs: torch.Tensor, position: int,
@@ -163,12 +145,13 @@ class RingDecoder:
     def __init__(self, run: Callable[[Awaitable], object], session: InferenceSession,
                  eos_token_ids: Sequence[int] = ()):
         self.run, self.session, self.eos_token_ids = run, session, tuple(eos_token_ids)
+        self.stats = RingStats()
 
     def tokens(self, head: ModelHead, forward_fn, prompt_ids: Sequence[int], sampler: Sampler, limit: int,
                max_new_tokens: int) -> Iterator[int]:
         max_tokens = min(max_new_tokens, limit - len(prompt_ids) + 1)
         stream = ring_tokens(self.session, head, head.embed([list(prompt_ids)]), 0, sampler.params, max_tokens,
-                             self.eos_token_ids, sampler.draws)
+                             self.eos_token_ids, sampler.draws, self.stats)
         try:
             while True:
                 try:

@@ -15,9 +15,12 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
-from swarmllm.client.session import PREFILL_CHUNK, InferenceSession, RemoteStepError, ping_peer
+from swarmllm.client.chain import RemoteStepError
+from swarmllm.client.ping import ping_peer
+from swarmllm.client.session import InferenceSession
+from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
-    MODEL_REGISTRY_KEY, Pong, ServerRecord, ServerState, block_key, parse_records,
+    MODEL_REGISTRY_KEY, ErrorCode, ModelRecord, Pong, ServerRecord, ServerState, block_key, parse_model_records, parse_records,
 )
 from swarmllm.swarm import BackgroundLoop, SwarmNode
 
@@ -165,8 +168,13 @@ class SwarmClient:
     def find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
         return self.loop.run(self._find_servers(model_id, n_blocks))
 
-    def list_models(self) -> dict[str, dict]:
-        return self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY]
+    def list_models(self) -> dict[str, ModelRecord]:
+        """The model registry: {model id: ModelRecord} of every model some node announces."""
+        return parse_model_records(self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY])
+
+    def recent_records(self, model_id: str, max_age: float) -> list[ServerRecord]:
+        """Every record of the model seen in the last `max_age` s (what failover plans from)."""
+        return self._recent(model_id, max_age)
 
     async def _ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
         """RTTs of the peers that answer. A pong is also first-hand news of what the peer serves:
@@ -265,7 +273,8 @@ class SwarmClient:
             try:
                 links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0)
             except MissingBlocksError:
-                if last_error is not None and last_error.code not in ("unreachable", "connection_lost", "timeout"):
+                if last_error is not None and last_error.code not in (ErrorCode.UNREACHABLE, ErrorCode.CONNECTION_LOST,
+                                                                ErrorCode.TIMEOUT):
                     raise last_error from None  # the gap is the server that just refused: say why it refused
                 if time.monotonic() > deadline:
                     raise

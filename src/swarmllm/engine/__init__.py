@@ -1,4 +1,3 @@
-"""Pure compute: span blocks, KV cache, head, sampling and the shared generation loop.
-
-No file I/O (except LocalModel.load, which delegates to swarmllm.weights) and no network.
+"""Pure compute: span blocks, KV cache, head, sampling, speculative verification and the
+shared generation loop. No file I/O (loading is `swarmllm.runtime`) and no network.
 """

@@ -28,6 +28,20 @@ from swarmllm.engine.sampling import Sampler, SamplingParams
 
 ForwardFn = Callable[[torch.Tensor, int], torch.Tensor]
 
+# Prompts longer than this many positions are prefilled in chunks of it (pipelined through a
+# swarm's chain). Part of the computation's definition: the local reference chunks the same way.
+PREFILL_CHUNK = 256
+
+
+def chunked_forward(forward: ForwardFn, size: int | None = PREFILL_CHUNK) -> ForwardFn:
+    """forward_fn(hidden, start) running steps longer than `size` as consecutive chunks."""
+    def run(hidden: torch.Tensor, start_position: int) -> torch.Tensor:
+        if not size or hidden.shape[1] <= size:
+            return forward(hidden, start_position)
+        return torch.cat([forward(hidden[:, o:o + size], start_position + o) for o in range(0, hidden.shape[1], size)],
+                         dim=1)
+    return run
+
 
 class Decoder(Protocol):
     """A source of sampled tokens that replaces the plain one-token-per-call loop."""

@@ -27,15 +27,16 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from swarmllm.client.generation import PromptTooLongError
+from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.gateway.limits import Admission, RateLimiter, SaturatedError
 from swarmllm.gateway.schemas import (
-    ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList,
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChunkDelta, Completion, CompletionChunk, CompletionRequest, ErrorBody, ErrorResponse, ModelCard, ModelList,
+    RouteHop, SwarmInfo, TextChoice, Usage,
 )
-from swarmllm.gateway.service import GenerationService, GenerationSummary
+from swarmllm.gateway.service import GenerationService, PreparedGeneration
 from swarmllm.gateway.swarm_status import SwarmStatus
-from swarmllm.models.catalog import UnknownModelError
 from swarmllm.protocol import SwarmError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -64,8 +65,8 @@ class ApiError(Exception):
 def _error_response(status: int, message: str, type_: str, code: Optional[str] = None,
                     retry_after: Optional[str] = None) -> JSONResponse:
     headers = {"Retry-After": retry_after} if retry_after else None
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}},
-                        status_code=status, headers=headers)
+    body = ErrorResponse(error=ErrorBody(message=message, type=type_, code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 404, 413, 429, 503)}
@@ -128,7 +129,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         except PromptTooLongError as e:
             raise ApiError(400, str(e), "invalid_request_error", "context_length_exceeded") from None
         client_key = request.client.host if request.client else "unknown"
-        wait = limiter.check(client_key, len(job.prompt_ids) + job.params.max_new_tokens)
+        wait = limiter.check(client_key, job.budget_tokens)
         if wait:
             raise ApiError(429, f"rate limit reached for {client_key}: at most {settings.requests_per_minute} "
                                 f"requests and {settings.tokens_per_minute} tokens per minute",
@@ -142,7 +143,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         except SaturatedError as e:
             raise ApiError(503, str(e), "server_error", "saturated", "5") from None
         try:
-            session = await asyncio.to_thread(service.open_session, job)
+            await asyncio.to_thread(service.open, job)
         except (SwarmError, ConnectionError) as e:
             admission.release()
             raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
@@ -150,16 +151,16 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         except BaseException:
             admission.release()
             raise
-        summary, cancel = GenerationSummary(route=[]), threading.Event()
+        cancel = threading.Event()
         completion_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        deltas = service.stream(job, session, cancel, summary)
+        deltas = service.stream(job, cancel)
 
         async def release():
             cancel.set()
             admission.release()
 
         if body.stream:
-            return StreamingResponse(_sse(completion_id, body.model, chat, deltas, summary, release),
+            return StreamingResponse(_sse(completion_id, body.model, chat, deltas, job, release),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             async for _ in deltas:
@@ -168,7 +169,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             raise ApiError(503, f"the swarm failed during generation: {e}", "server_error", "swarm_failed") from None
         finally:
             await release()
-        return _full_response(completion_id, body.model, chat, summary)
+        return _full_response(completion_id, body.model, chat, job.result)
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat_completions(request: Request, body: ChatCompletionRequest):
@@ -217,54 +218,56 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     return app
 
 
-def _chunk(completion_id: str, model: str, chat: bool, text: Optional[str], finish: Optional[str],
-           role: bool = False) -> dict:
+def _swarm_info(result: GenerationResult) -> SwarmInfo:
+    return SwarmInfo(route=[RouteHop(peer_id=h.peer_id, start=h.start, end=h.end) for h in result.route],
+                     tokens_per_second=result.timings.decode_tokens_per_s, time_to_first_token=result.timings.ttft_s,
+                     completion_tokens=result.generated_tokens, ring=result.decoding == "ring",
+                     decoding=result.decoding)
+
+
+def _usage(result: GenerationResult) -> Usage:
+    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.generated_tokens,
+                 total_tokens=result.prompt_tokens + result.generated_tokens)
+
+
+def _event(chunk) -> str:
+    return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+
+def _text_chunk(completion_id: str, model: str, chat: bool, text: Optional[str], finish: Optional[str] = None,
+                role: bool = False):
+    common = {"id": completion_id, "created": int(time.time()), "model": model}
     if chat:
-        delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        kind = "chat.completion.chunk"
-    else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        kind = "text_completion"
-    return {"id": completion_id, "object": kind, "created": int(time.time()), "model": model, "choices": [choice]}
+        delta = ChunkDelta(role="assistant", content="") if role else ChunkDelta(content=text)
+        return ChatCompletionChunk(choices=[ChatChunkChoice(delta=delta, finish_reason=finish)], **common)
+    return CompletionChunk(choices=[TextChoice(text=text or "", finish_reason=finish)], **common)
 
 
-def _swarm_info(summary: GenerationSummary) -> dict:
-    return {"route": summary.route, "tokens_per_second": summary.tokens_per_second,
-            "time_to_first_token": summary.time_to_first_token, "completion_tokens": summary.completion_tokens,
-            "ring": summary.ring}
-
-
-def _usage(summary: GenerationSummary) -> dict:
-    return {"prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
-            "total_tokens": summary.prompt_tokens + summary.completion_tokens}
-
-
-async def _sse(completion_id, model, chat, deltas, summary: GenerationSummary, release):
+async def _sse(completion_id, model, chat, deltas, job: PreparedGeneration, release):
     try:
         if chat:
-            yield f"data: {json.dumps(_chunk(completion_id, model, chat, None, None, role=True))}\n\n"
+            yield _event(_text_chunk(completion_id, model, chat, None, role=True))
         async for delta in deltas:
             if delta.text:
-                yield f"data: {json.dumps(_chunk(completion_id, model, chat, delta.text, None))}\n\n"
-        final = _chunk(completion_id, model, chat, None if chat else "", summary.finish_reason)
-        final["usage"], final["swarmllm"] = _usage(summary), _swarm_info(summary)
-        yield f"data: {json.dumps(final)}\n\n"
+                yield _event(_text_chunk(completion_id, model, chat, delta.text))
+        final = _text_chunk(completion_id, model, chat, None, job.result.finish_reason)
+        final.usage, final.swarmllm = _usage(job.result), _swarm_info(job.result)
+        yield _event(final)
     except (SwarmError, ConnectionError) as e:
-        error = {"error": {"message": f"the swarm failed during generation: {e}", "type": "server_error",
-                           "code": "swarm_failed"}}
-        yield f"data: {json.dumps(error)}\n\n"
+        error = ErrorResponse(error=ErrorBody(message=f"the swarm failed during generation: {e}", type="server_error",
+                                              code="swarm_failed"))
+        yield f"data: {error.model_dump_json()}\n\n"
     finally:
         await release()
     yield "data: [DONE]\n\n"
 
 
-def _full_response(completion_id: str, model: str, chat: bool, summary: GenerationSummary) -> dict:
+def _full_response(completion_id: str, model: str, chat: bool, result: GenerationResult) -> dict:
+    common = {"id": completion_id, "created": int(time.time()), "model": model, "usage": _usage(result),
+              "swarmllm": _swarm_info(result)}
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": summary.text}, "logprobs": None,
-                  "finish_reason": summary.finish_reason}
+        reply = ChatCompletion(choices=[ChatChoice(message=AssistantMessage(content=result.text),
+                                                   finish_reason=result.finish_reason)], **common)
     else:
-        choice = {"index": 0, "text": summary.text, "logprobs": None, "finish_reason": summary.finish_reason}
-    return {"id": completion_id, "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": model, "choices": [choice], "usage": _usage(summary),
-            "swarmllm": _swarm_info(summary)}
+        reply = Completion(choices=[TextChoice(text=result.text, finish_reason=result.finish_reason)], **common)
+    return reply.model_dump()

@@ -39,9 +39,7 @@ class SwarmStatus:
         registry = self.client.list_models()
         models, nodes = [], []
         for model_id, info in sorted(registry.items()):
-            n_blocks = int(info.get("n_blocks", 0))
-            if n_blocks <= 0:
-                continue
+            n_blocks = info.n_blocks
             records = self.client.find_servers(model_id, n_blocks)
             coverage = [0] * n_blocks
             for r in records:

@@ -34,12 +34,15 @@ from swarmllm.protocol.messages import (
     WIRE_DTYPES,
 )
 from swarmllm.protocol.codec import decode_frame, encode_frame, encode_tensor, decode_tensor
-from swarmllm.protocol.records import ServerRecord, parse_records, ServerState, block_key, model_registry_key, MODEL_REGISTRY_KEY
+from swarmllm.protocol.records import (
+    MODEL_REGISTRY_KEY, ModelRecord, ServerRecord, ServerState, block_key, model_registry_key, parse_model_records,
+    parse_records,
+)
 
 __all__ = [
     "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "SwarmError",
     "FILE_HANDLER", "MAX_RANGE_BYTES", "RangeData", "ReadRange",
     "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "RingSampling", "RingSpec", "RingStop", "RingToken", "TokenResult", "PING_HANDLER", "PUSH_HANDLER", "SESSION_HANDLER", "SessionOpened", "Step",
     "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
-    "ServerRecord", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
+    "ModelRecord", "ServerRecord", "parse_model_records", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
 ]

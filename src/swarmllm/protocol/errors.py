@@ -26,6 +26,20 @@ class ErrorCode(str, Enum):
     NOT_AVAILABLE = "not_available"            # the node does not hold the requested file bytes
     UNSUPPORTED = "unsupported"                # the node cannot do what was asked (e.g. ring decoding without head weights)
     INTERNAL = "internal"                      # bug on the node; the session is still valid
+    # Raised by the client about a server, never sent by one:
+    UNREACHABLE = "unreachable"                # no stream could be opened to the server
+    TIMEOUT = "timeout"                        # no answer within the step's timeout
+    CONNECTION_LOST = "connection_lost"        # the stream to the server broke
+    CLOSED = "closed"                          # the session was closed by this client meanwhile
+    UNKNOWN = "unknown"                        # an error code this version does not know (a newer or odd peer)
+
+    @classmethod
+    def parse(cls, text: str) -> "ErrorCode":
+        """The code named by a peer's ErrorReply; UNKNOWN for values this version does not define."""
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.UNKNOWN
 
 
 class SwarmError(Exception):

@@ -70,6 +70,31 @@ class ServerRecord(BaseModel):
         return self.start <= block < self.end
 
 
+MAX_MODEL_BLOCKS = 4096  # more transformer blocks than any published model has: a bound on lookups
+
+
+class ModelRecord(BaseModel):
+    """A model-registry entry (key MODEL_REGISTRY_KEY, subkey = model id): a model someone serves."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model_id: str = Field(min_length=1, max_length=200)
+    n_blocks: int = Field(gt=0, le=MAX_MODEL_BLOCKS)
+
+
+def parse_model_records(found: Mapping[str, dict]) -> dict[str, ModelRecord]:
+    """Registry values ({subkey: value}) -> {model id: record}; malformed or mismatched entries are skipped."""
+    models: dict[str, ModelRecord] = {}
+    for subkey, value in found.items():
+        try:
+            record = ModelRecord.model_validate(value)
+        except ValueError:
+            continue
+        if record.model_id == subkey:
+            models[record.model_id] = record
+    return models
+
+
 def parse_records(found: Mapping[str, Mapping[str, dict]], model_id: Optional[str] = None) -> list[ServerRecord]:
     """Validate raw DHT values ({key: {subkey: value}}) into records, one per peer.
 

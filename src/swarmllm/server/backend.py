@@ -22,12 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from swarmllm.engine.blocks import SpanModel
-from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.kv_cache import KVCache, kv_bytes_per_token
-from swarmllm.engine.quant import check_quant_mode
 from swarmllm.models.catalog import resolve_model
-from swarmllm.weights import block_parameter_counts, load_blocks, load_head, read_config
+from swarmllm.runtime import load_model_head, load_span
+from swarmllm.weights import block_parameter_counts, read_config
 
 
 @dataclass(frozen=True)
@@ -64,17 +63,12 @@ class SpanBackend:
     def load(cls, model: str, start: int, end: int, num_threads: int | None = None,
              dtype_name: str = "auto", kv_dtype: str = "auto", quant: str = "none") -> "SpanBackend":
         """quant: weights kept as "none" (compute dtype), "int8" or "int4" (see engine/quant.py)."""
-        check_quant_mode(quant)
         if num_threads:
             torch.set_num_threads(num_threads)
-        dtype = resolve_dtype(dtype_name)
         source = resolve_model(model)
         config = read_config(source)
-        config.check_span(start, end)
-        load_dtype = dtype if quant == "none" else torch.float32  # quantize from full-precision values
-        blocks = load_blocks(source, config, start, end, load_dtype, keep_int4=quant == "int4")
-        span = SpanModel(config, blocks, start, end, dtype, quant)
-        return cls(source.model_id, config, span, dtype, kv_dtype, source)
+        span = load_span(source, start, end, dtype_name, quant, config)
+        return cls(source.model_id, config, span, span.dtype, kv_dtype, source)
 
     def head(self) -> ModelHead:
         """The model's embedding and LM head in the compute dtype, loaded on first use.
@@ -85,10 +79,9 @@ class SpanBackend:
                 if self.source is None:
                     raise LookupError("this node has no source for the model's head")
                 try:
-                    weights = load_head(self.source, self.config, self.dtype)
+                    self._head = load_model_head(self.source, self.dtype, "none", self.config)
                 except (KeyError, ValueError, OSError) as e:
                     raise LookupError(f"the model's head could not be loaded: {e}") from None
-                self._head = ModelHead(self.config, weights, self.dtype)
             return self._head
 
     @property

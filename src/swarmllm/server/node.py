@@ -29,7 +29,7 @@ import psutil
 from swarmllm import __version__
 from swarmllm.download import RemoteModel, is_url
 from swarmllm.protocol import (
-    FILE_HANDLER, MODEL_REGISTRY_KEY, PING_HANDLER, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key,
+    FILE_HANDLER, MODEL_REGISTRY_KEY, PING_HANDLER, ModelRecord, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key,
     parse_records,
 )
 from swarmllm.engine.dtypes import dtype_name, resolve_dtype
@@ -308,7 +308,8 @@ class ServerNode:
         record = self._record(backend, table, state).model_dump(mode="json")
         blocks = sorted(set(range(self.status.start, self.status.end)) | set(extra_blocks))
         items = [(block_key(backend.model_id, b), self.status.peer_id, record) for b in blocks]
-        items.append((MODEL_REGISTRY_KEY, backend.model_id, {"model_id": backend.model_id, "n_blocks": backend.n_blocks}))
+        registry = ModelRecord(model_id=backend.model_id, n_blocks=backend.n_blocks)
+        items.append((MODEL_REGISTRY_KEY, backend.model_id, registry.model_dump(mode="json")))
         try:
             await swarm.store_records(items, dht_time() + (ttl or self.config.record_ttl))
         except Exception as e:  # the DHT being briefly unreachable must not kill the node
