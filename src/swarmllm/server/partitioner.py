@@ -100,6 +100,14 @@ class Plan:
     def chain(self, index: int) -> list[Assignment]:
         return [a for a in self.assignments if a.chain == index]
 
+    def to_json(self, model_id: str) -> dict:
+        """The plan as `swarmllm plan --json` prints it."""
+        return {"model": model_id, "n_blocks": self.n_blocks, "block_weights": self.block_weights,
+                "tokens_per_second": self.tokens_per_second, "chain_latencies_s": list(self.chain_latencies),
+                "assignments": [{"name": a.machine.name, "start": a.start, "end": a.end, "chain": a.chain,
+                                 "ms_per_token": a.stage_seconds * 1000} for a in self.assignments],
+                "idle": [m.name for m in self.idle]}
+
 
 def capacity_blocks(machine: Machine, block_weights: int, n_blocks: int, cpu_weight_bytes: int = 4,
                     kv_reserve: int = DEFAULT_KV_RESERVE) -> int:
