@@ -97,21 +97,23 @@ class TextChoice(BaseModel):
     finish_reason: Optional[str]
 
 
-class ChatCompletion(BaseModel):
+class _Reply(BaseModel):
+    """What every completion object and chunk starts with."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
+
+
+class ChatCompletion(_Reply):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
     swarmllm: SwarmInfo
 
 
-class Completion(BaseModel):
-    id: str
+class Completion(_Reply):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[TextChoice]
     usage: Usage
     swarmllm: SwarmInfo
@@ -129,26 +131,21 @@ class ChatChunkChoice(BaseModel):
     finish_reason: Optional[str] = None
 
 
-class ChatCompletionChunk(BaseModel):
-    """One server-sent event of a streamed chat completion; the last carries usage and our extension."""
+class _Chunk(_Reply):
+    """One server-sent event of a streamed reply; the last carries usage and our extension."""
 
-    id: str
+    usage: Optional[Usage] = None
+    swarmllm: Optional[SwarmInfo] = None
+
+
+class ChatCompletionChunk(_Chunk):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
-    usage: Optional[Usage] = None
-    swarmllm: Optional[SwarmInfo] = None
 
 
-class CompletionChunk(BaseModel):
-    id: str
+class CompletionChunk(_Chunk):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[TextChoice]
-    usage: Optional[Usage] = None
-    swarmllm: Optional[SwarmInfo] = None
 
 
 class ModelCard(BaseModel):
