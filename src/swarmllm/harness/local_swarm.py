@@ -26,8 +26,13 @@ from typing import Optional, Sequence
 from swarmllm.harness.netem import LinkProfile, node_profiles
 from swarmllm.harness.processes import READY_MARKER, ManagedProcess
 
+
 class LocalSwarmError(RuntimeError):
-    pass
+    """A process of the swarm exited or was not ready in time; `process` is the one."""
+
+    def __init__(self, message: str, process: Optional[ManagedProcess] = None):
+        super().__init__(message)
+        self.process = process
 
 
 @dataclass
@@ -138,14 +143,23 @@ class LocalSwarm:
                 if proc.poll_ready() is not None:
                     pending.remove(proc)
                 elif not proc.alive:
-                    raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}")
+                    raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}", proc)
             if pending and time.monotonic() > deadline:
-                raise LocalSwarmError(f"{pending[0].name} was not ready after {timeout:.0f} s:\n{pending[0].log_tail()}")
+                raise LocalSwarmError(f"{pending[0].name} was not ready after {timeout:.0f} s:\n{pending[0].log_tail()}",
+                                      pending[0])
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        for proc in self.gateways + self.nodes + list(self.relays.values()) + ([self.bootstrap] if self.bootstrap else []):
-            proc.stop()
+    def stop(self, timeout: float = 12.0) -> None:
+        """Stop every process at once (each shuts down in a bounded time: a node announces
+        LEAVING and drains, see server/node.py); SIGKILL the process groups of those still
+        running after `timeout` s."""
+        procs = [p for p in self.gateways + self.nodes + list(self.relays.values()) + [self.bootstrap]
+                 if p is not None and p.alive]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            proc.finish(deadline)
 
     def __enter__(self) -> "LocalSwarm":
         return self.start()
