@@ -23,6 +23,7 @@ from typing import Awaitable, Callable, Iterable, Optional, Sequence
 
 os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
 
+from swarmllm.swarm import hivemind_core  # noqa: E402,F401  (first: hivemind without its __init__)
 from hivemind.dht.node import DHTNode  # noqa: E402
 from hivemind.p2p import P2P, PeerID  # noqa: E402
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError  # noqa: E402
