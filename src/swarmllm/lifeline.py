@@ -22,7 +22,7 @@ netem relays, which import the harness, start fast.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import runpy
 import signal
@@ -34,23 +34,22 @@ from typing import Callable, Optional, Sequence
 _PR_SET_PDEATHSIG = 1
 
 
-def _load_prctl() -> Optional[Callable]:
+@functools.lru_cache(maxsize=None)
+def _prctl() -> Optional[Callable]:
+    """libc's prctl, looked up in the parent (the child, between fork and exec, should do as
+    little as possible); the process's own symbols hold libc, so no find_library (which runs
+    ldconfig, ~50 ms on every CLI start)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
 
-# Resolved once in the parent: the child, between fork and exec, should do as little as possible.
-_prctl = _load_prctl()
-
-
 def pdeathsig_usable() -> bool:
     """Whether a child forked from the calling thread can rely on PR_SET_PDEATHSIG."""
-    return _prctl is not None and threading.current_thread() is threading.main_thread()
+    return _prctl() is not None and threading.current_thread() is threading.main_thread()
 
 
 def die_with_parent(sig: int = signal.SIGTERM, *, any_thread: bool = False) -> Optional[Callable[[], None]]:
@@ -58,10 +57,10 @@ def die_with_parent(sig: int = signal.SIGTERM, *, any_thread: bool = False) -> O
 
     any_thread=True also returns one off the main thread, for a caller whose forking thread
     lives as long as the child (an event loop thread that owns the child, e.g. p2pd's)."""
-    if _prctl is None or not (any_thread or threading.current_thread() is threading.main_thread()):
+    prctl = _prctl()
+    if prctl is None or not (any_thread or threading.current_thread() is threading.main_thread()):
         return None
     parent = os.getpid()
-    prctl = _prctl
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
