@@ -8,6 +8,9 @@ With `network` set (a netem profile name such as "continent", "mixed", or one na
 separated by commas), every node gets a delaying relay process in front of its port and
 announces the relay's address, so clients and other nodes reach it over an emulated WAN
 link (see netem.py). The bootstrap peer stays direct.
+
+Every process it starts dies with the process that started it, however that one ends
+(processes.py); `stop()` stops them all at once and SIGKILLs what is left after a deadline.
 """
 
 from __future__ import annotations
