@@ -148,8 +148,8 @@ class LocalSwarm:
                 elif not proc.alive:
                     raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}", proc)
             if pending and time.monotonic() > deadline:
-                raise LocalSwarmError(f"{pending[0].name} was not ready after {timeout:.0f} s:\n{pending[0].log_tail()}",
-                                      pending[0])
+                late = pending[0]
+                raise LocalSwarmError(f"{late.name} was not ready after {timeout:.0f} s:\n{late.log_tail()}", late)
             time.sleep(0.1)
 
     def stop(self, timeout: float = 12.0) -> None:

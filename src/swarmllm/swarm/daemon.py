@@ -128,7 +128,8 @@ def explain_daemon_error(text: str, *, initial_peers: Sequence[str] = (), port: 
     useful = [(addr, reason) for addr, reason in dials if "dial backoff" not in reason] or dials
     addr, reason = useful[0] if useful else ("", text)
     context = {"port": port, "peers": ", ".join(initial_peers) or "no initial peers",
-               "who": f"peer {peer}" if peer else "the peer", "handler": handler or "the requested protocol", "at": f" at {addr}" if addr else ""}
+               "who": f"peer {peer}" if peer else "the peer", "handler": handler or "the requested protocol",
+               "at": f" at {addr}" if addr else ""}
     for candidate in (reason, text):
         for pattern, sentence in _RULES:
             match = pattern.search(candidate)
