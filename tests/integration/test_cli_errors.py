@@ -49,6 +49,19 @@ def test_port_in_use():
     assert f"port {port}" in out.stderr and "already in use" in out.stderr
 
 
+def test_up_with_its_gateway_port_taken_starts_nothing():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = swarmllm("up", "--nodes", "1", "--port", str(port), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"swarmllm up: error: port {port} on 127.0.0.1 is already in use (another `swarmllm up` or gateway?); "
+        f"stop it or pass another --port, e.g. --port {port + 1}"]
+    assert "starting a local swarm" not in out.stdout  # checked before anything started
+
+
 def test_bad_blocks_argument():
     out = swarmllm("serve", "--initial-peers", "/ip4/127.0.0.1/tcp/9", "--blocks", "10-20")
     assert out.returncode == 2 and "START:END" in out.stderr

@@ -8,6 +8,9 @@ With `network` set (a netem profile name such as "continent", "mixed", or one na
 separated by commas), every node gets a delaying relay process in front of its port and
 announces the relay's address, so clients and other nodes reach it over an emulated WAN
 link (see netem.py). The bootstrap peer stays direct.
+
+Every process it starts dies with the process that started it, however that one ends
+(processes.py); `stop()` stops them all at once and SIGKILLs what is left after a deadline.
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ from typing import Optional, Sequence
 from swarmllm.harness.netem import LinkProfile, node_profiles
 from swarmllm.harness.processes import READY_MARKER, ManagedProcess
 
+
 class LocalSwarmError(RuntimeError):
-    pass
+    """A process of the swarm exited or was not ready in time; `process` is the one."""
+
+    def __init__(self, message: str, process: Optional[ManagedProcess] = None):
+        super().__init__(message)
+        self.process = process
 
 
 @dataclass
@@ -138,14 +146,23 @@ class LocalSwarm:
                 if proc.poll_ready() is not None:
                     pending.remove(proc)
                 elif not proc.alive:
-                    raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}")
+                    raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}", proc)
             if pending and time.monotonic() > deadline:
-                raise LocalSwarmError(f"{pending[0].name} was not ready after {timeout:.0f} s:\n{pending[0].log_tail()}")
+                late = pending[0]
+                raise LocalSwarmError(f"{late.name} was not ready after {timeout:.0f} s:\n{late.log_tail()}", late)
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        for proc in self.gateways + self.nodes + list(self.relays.values()) + ([self.bootstrap] if self.bootstrap else []):
-            proc.stop()
+    def stop(self, timeout: float = 12.0) -> None:
+        """Stop every process at once (each shuts down in a bounded time: a node announces
+        LEAVING and drains, see server/node.py); SIGKILL the process groups of those still
+        running after `timeout` s."""
+        procs = [p for p in self.gateways + self.nodes + list(self.relays.values()) + [self.bootstrap]
+                 if p is not None and p.alive]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            proc.finish(deadline)
 
     def __enter__(self) -> "LocalSwarm":
         return self.start()

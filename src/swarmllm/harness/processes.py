@@ -4,6 +4,11 @@ A `ManagedProcess` is one `swarmllm` command (bootstrap, serve, gateway, a netem
 as a child with its output in a log file. A process is ready when it prints a line starting
 with `READY_MARKER` followed by a JSON object (its role, peer id, addresses, ...). Standard
 library only, so the relays (netem.py) that import it start fast.
+
+Every child runs in its own session (so that a terminal's Ctrl-C or hang-up reaches only the
+supervisor, which stops the children in order) and dies with the process that started it,
+even if that one is SIGKILLed: it gets SIGTERM then (see lifeline.py), and shuts down as on
+`stop()`. Its p2p daemon dies with it in turn (swarm/daemon.py).
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import json
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from swarmllm.lifeline import child_command, die_with_parent
 
 READY_MARKER = "swarmllm-ready "
 
@@ -33,8 +41,8 @@ class ManagedProcess:
         # Read readiness only from what this run writes: the log may hold earlier runs.
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(child_command(self.args), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         log.close()
 
     @property
@@ -60,13 +68,26 @@ class ManagedProcess:
         if self.alive:
             os.kill(self.process.pid, sig)
 
+    def terminate(self) -> None:
+        """Ask it to shut down (SIGCONT first: a stopped process would not see the SIGTERM)."""
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+
+    def finish(self, deadline: float) -> None:
+        """Wait until time.monotonic() reaches deadline, then SIGKILL its process group."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(5)
+
     def stop(self, timeout: float = 10.0) -> None:
         if not self.alive:
             return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        self.terminate()
+        self.finish(time.monotonic() + timeout)

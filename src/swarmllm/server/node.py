@@ -11,6 +11,12 @@
    block key, refreshed every `announce_period` s and expiring after `record_ttl` s;
 5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
    steps finish (bounded by `drain_seconds`), and exit.
+
+Stopping (SIGTERM, SIGINT) is bounded whatever the swarm is doing: a stop during start-up
+ends it at the next phase; every DHT call made while serving or leaving has a timeout and
+gives way to a stop; leaving takes at most LEAVE_ANNOUNCE_SECONDS + drain_seconds +
+SHUTDOWN_SECONDS (about 9 s), even when every DHT peer is gone; and a node still alive
+HARD_EXIT_SECONDS after the signal (or at a second signal) exits at once.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional
@@ -44,6 +51,10 @@ from swarmllm.swarm import SwarmNode, dht_time
 
 logger = logging.getLogger(__name__)
 
+LEAVE_ANNOUNCE_SECONDS = 2.0  # storing the LEAVING record; with the DHT's peers gone it would take much longer
+SHUTDOWN_SECONDS = 3.0        # leaving the DHT and stopping p2pd (then p2pd is killed)
+HARD_EXIT_SECONDS = 15.0      # after a stop signal, whatever is still running
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -59,7 +70,7 @@ class ServerConfig:
     announce_period: float = 5.0
     record_ttl: float = 15.0
     session_timeout: float = 300.0              # idle sessions are evicted after this
-    drain_seconds: float = 10.0
+    drain_seconds: float = 4.0                  # in-flight steps may finish this long after a stop (a step takes < 1 s)
     num_threads: Optional[int] = None
     identity_path: Optional[str] = None
     throughput: Optional[float] = None          # announce this instead of measuring
@@ -163,13 +174,20 @@ class ServerNode:
                                        identity_path=self.config.identity_path)
         self._swarm = swarm
         try:
+            # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
             start, end = await self._choose_blocks(swarm, backend_spec)
             model = await self._model_for(start, end)
             loaded = time.perf_counter()
+            if self._stop.is_set():
+                return
             backend = await self._load_backend(model, start, end)
             self.status.load_seconds = time.perf_counter() - loaded
+            if self._stop.is_set():
+                return
             self.status.throughput = self.config.throughput or await asyncio.get_running_loop().run_in_executor(
                 None, backend.measure_throughput)
+            if self._stop.is_set():
+                return
             table = self._new_table(backend, start, end)
             service = SessionService(swarm, backend, table, backend.model_id, max_batch=self.config.max_batch,
                                      batch_wait=self.config.batch_wait)
@@ -188,7 +206,7 @@ class ServerNode:
                 on_ready(self.status)
             await self._serve_until_stopped(swarm, backend, table, service)
         finally:
-            await swarm.shutdown()
+            await swarm.shutdown(SHUTDOWN_SECONDS)
 
     async def _load_backend(self, model: str, start: int, end: int) -> SpanBackend:
         backend = await asyncio.get_running_loop().run_in_executor(
@@ -220,9 +238,36 @@ class ServerNode:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM stop the node; a second one, or HARD_EXIT_SECONDS without having
+        exited, ends the process at once (p2pd dies with it, see swarm/daemon.py)."""
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            if self._stop.is_set():
+                logger.warning("second stop signal: exiting now")
+                os._exit(128 + sig)
+            self.stop()
+            timer = threading.Timer(HARD_EXIT_SECONDS, self._hard_exit)
+            timer.daemon = True
+            timer.start()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    @staticmethod
+    def _hard_exit() -> None:
+        logger.error("still running %.0f s after the stop signal: exiting now", HARD_EXIT_SECONDS)
+        os._exit(1)
+
+    async def _unless_stopped(self, coro) -> None:
+        """Run `coro`, but give up on it as soon as the node is asked to stop."""
+        task = asyncio.ensure_future(coro)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (task, stopped):
+                pending.cancel()
 
     async def _choose_blocks(self, swarm: SwarmNode, spec) -> tuple[int, int]:
         model_id, n_blocks = spec.model_id, spec.n_blocks
@@ -294,9 +339,11 @@ class ServerNode:
                          claimed: Optional[tuple[int, int]] = None) -> Optional[tuple[int, int]]:
         """plan_move over the DHT's current records; with `claimed`, None if a lower peer id contests it."""
         try:
-            found = await swarm.get_records([block_key(backend.model_id, b) for b in range(backend.n_blocks)])
-        except Exception as e:
-            logger.warning("reading the DHT for rebalancing failed: %s", e)
+            found = await asyncio.wait_for(
+                swarm.get_records([block_key(backend.model_id, b) for b in range(backend.n_blocks)]),
+                self.config.announce_period)
+        except (Exception, asyncio.TimeoutError) as e:
+            logger.warning("reading the DHT for rebalancing failed: %s", e or type(e).__name__)
             return None
         others = [r for r in parse_records(found, backend.model_id)
                   if r.state == ServerState.ONLINE and r.peer_id != self.status.peer_id]
@@ -321,17 +368,20 @@ class ServerNode:
             ring=backend.source is not None and backend.ends_a_chain)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
-                        ttl: Optional[float] = None, extra_blocks: range = range(0)) -> None:
-        """Store our record under every block we serve (and `extra_blocks`, e.g. a claimed target)."""
+                        ttl: Optional[float] = None, extra_blocks: range = range(0),
+                        timeout: Optional[float] = None) -> None:
+        """Store our record under every block we serve (and `extra_blocks`, e.g. a claimed target),
+        giving up after `timeout` s (default: announce_period)."""
         record = self._record(backend, table, state).model_dump(mode="json")
         blocks = sorted(set(range(self.status.start, self.status.end)) | set(extra_blocks))
         items = [(block_key(backend.model_id, b), self.status.peer_id, record) for b in blocks]
         registry = ModelRecord(model_id=backend.model_id, n_blocks=backend.n_blocks)
         items.append((MODEL_REGISTRY_KEY, backend.model_id, registry.model_dump(mode="json")))
         try:
-            await swarm.store_records(items, dht_time() + (ttl or self.config.record_ttl))
-        except Exception as e:  # the DHT being briefly unreachable must not kill the node
-            logger.warning("announcing to the DHT failed: %s", e)
+            await asyncio.wait_for(swarm.store_records(items, dht_time() + (ttl or self.config.record_ttl)),
+                                   timeout or self.config.announce_period)
+        except (Exception, asyncio.TimeoutError) as e:  # the DHT being briefly unreachable must not kill the node
+            logger.warning("announcing to the DHT failed: %s", e or type(e).__name__)
 
     def _next_rebalance(self) -> float:
         if self.config.blocks is not None or self.config.rebalance_period <= 0:
@@ -352,11 +402,12 @@ class ServerNode:
                 backend, table = await self._maybe_move(swarm, backend, table, service)
                 next_rebalance = self._next_rebalance()
             if time.monotonic() >= next_announce and not self._stop.is_set():
-                await self._announce(swarm, backend, table, ServerState.ONLINE)
+                await self._unless_stopped(self._announce(swarm, backend, table, ServerState.ONLINE))
                 next_announce = time.monotonic() + self.config.announce_period
         # Leaving: tell routers first, then drain in-flight steps.
         service.accepting = False
-        await self._announce(swarm, backend, table, ServerState.LEAVING, ttl=self.config.announce_period)
+        await self._announce(swarm, backend, table, ServerState.LEAVING, ttl=self.config.announce_period,
+                             timeout=LEAVE_ANNOUNCE_SECONDS)
         deadline = time.monotonic() + self.config.drain_seconds
         while any(s.lock.locked() for s in table.sessions.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -6,7 +6,10 @@ What it promises:
   with a sentence saying what to check. A port already in use is reported the same way.
 - `store_records` / `get_records` put and fetch subkeyed, expiring DHT values.
 - `add_stream_handler` / `open_stream` give length-prefixed `FrameStream`s over
-  Noise-encrypted libp2p streams, with a hard cap on frame size.
+  Noise-encrypted libp2p streams, with a hard cap on frame size; a stream that cannot be
+  opened raises `SwarmUnreachableError` with a sentence, never p2pd's raw text (daemon.py).
+- `shutdown()` takes a few seconds at most, even when every DHT peer is gone; p2pd dies with
+  this process, even on SIGKILL (Linux; daemon.py).
 It knows nothing about models, sessions or message schemas.
 """
 
@@ -20,10 +23,13 @@ from typing import Awaitable, Callable, Iterable, Optional, Sequence
 
 os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
 
+from swarmllm.swarm import hivemind_core  # noqa: E402,F401  (first: hivemind without its __init__)
 from hivemind.dht.node import DHTNode  # noqa: E402
 from hivemind.p2p import P2P, PeerID  # noqa: E402
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError  # noqa: E402
 from hivemind.utils import get_dht_time  # noqa: E402
+
+from swarmllm.swarm.daemon import explain_daemon_error, stop_daemon  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +135,12 @@ class SwarmNode:
                 startup_timeout=30,
             )
         except P2PDaemonError as e:
-            raise SwarmUnreachableError(_explain_daemon_error(str(e), initial_peers, port)) from None
+            raise SwarmUnreachableError(explain_daemon_error(str(e), initial_peers=initial_peers, port=port)) from None
         try:
             dht = await DHTNode.create(p2p=p2p, initial_peers=list(initial_peers) or None, client_mode=client_mode,
                                        cache_locally=False, cache_on_store=False, wait_timeout=3)
-        except Exception:
-            await p2p.shutdown()
+        except BaseException:
+            await stop_daemon(p2p, 2.0)
             raise
         node = cls(p2p, dht)
         if initial_peers and not await node._has_dht_neighbours():
@@ -189,21 +195,20 @@ class SwarmNode:
         try:
             _, reader, writer = await asyncio.wait_for(
                 self._p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), name), timeout)
-        except (P2PHandlerError, P2PDaemonError, asyncio.TimeoutError, ConnectionError, OSError, ValueError) as e:
-            raise SwarmUnreachableError(f"could not open a stream to peer {peer_id}: {e or type(e).__name__}") from None
+        except asyncio.TimeoutError:
+            raise SwarmUnreachableError(f"peer {peer_id} did not open a {name} stream within {timeout:.0f} s: "
+                                        "it may be overloaded, frozen or unreachable") from None
+        except (P2PHandlerError, P2PDaemonError, ConnectionError, OSError, ValueError) as e:
+            text = str(e) or type(e).__name__
+            raise SwarmUnreachableError(explain_daemon_error(text, peer=peer_id, handler=name)) from None
         return FrameStream(reader, writer, peer_id)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float = 3.0) -> None:
+        """Leave the DHT and stop p2pd within about `timeout` s (+ a kill), however the peers
+        are doing: a node asked to exit must not wait on a DHT whose peers are gone."""
         try:
-            await self._dht.shutdown()
+            await asyncio.wait_for(self._dht.shutdown(), timeout / 2)
+        except Exception as e:  # the daemon goes down next anyway
+            logger.warning("DHT shutdown did not finish cleanly: %s", e or type(e).__name__)
         finally:
-            await self._p2p.shutdown()
-
-
-def _explain_daemon_error(text: str, initial_peers: Sequence[str], port: int) -> str:
-    if "address already in use" in text.lower():
-        return f"port {port} is already in use; pass another --port"
-    if initial_peers:
-        return (f"could not join the swarm through {', '.join(initial_peers)}: {text.strip()}. "
-                "Check that the bootstrap peer is running and the multiaddr is exactly what it printed.")
-    return f"the p2p daemon failed to start: {text.strip()}"
+            await stop_daemon(self._p2p, timeout / 2)
