@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -169,10 +170,16 @@ def cmd_generate(args) -> int:
         generator = Generator.local(model, args.dtype, args.quant)
         result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options, on_text)
     else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from swarmllm.client.generation import ClientModel
         from swarmllm.client.swarm_client import SwarmClient
 
-        with SwarmClient.connect(args.initial_peers) as client:
-            generator = Generator.swarm(model, client, args.dtype)
+        with ThreadPoolExecutor(1) as pool:  # load the head and tokenizer while joining the swarm
+            loading = pool.submit(ClientModel.load, model, args.dtype)
+            client = SwarmClient.connect(args.initial_peers)
+        with client:
+            generator = Generator.swarm(loading.result(), client)
             result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options,
                                         on_text)
     if args.json:
@@ -527,6 +534,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"swarmllm {args.command}: error: {missing_package_sentence(e.name)}", file=sys.stderr)
         return 2
+    finally:
+        gc.freeze()  # about to exit: a last collection over torch's objects would only cost ~0.4 s
 
 
 if __name__ == "__main__":
