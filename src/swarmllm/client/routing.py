@@ -1,13 +1,16 @@
 """Chain routing: pick servers that cover blocks [0, n) with the least per-token latency.
 
-Pure functions over announced `ServerRecord`s and measured RTTs; no I/O.
+Pure functions over `ServerRecord`s (who serves which blocks) and the client's own
+estimates; no I/O.
 
 Model of one token through a chain of hops h_1..h_k (server s_i running blocks [a_i, b_i)):
-    latency = sum_i ( link(s_i) + (b_i - a_i) / (throughput(s_i) * span_length(s_i)) )
+    latency = sum_i ( link(s_i) + (b_i - a_i) * block_seconds(s_i) )
 where `link(s)` is half the measured client<->s RTT (a stand-in for the server->server link,
 which the client cannot measure; unknown RTTs count `DEFAULT_RTT`) plus `HOP_OVERHEAD`,
-the fixed cost of one more hop (encode, decode, framing). Shortest path over block
-boundaries 0..n, so overlapping spans combine (a server may serve a sub-span).
+the fixed cost of one more hop (encode, decode, framing), and `block_seconds(s)` is what the
+client measured itself, or the announcement capped at the median announced speed for a
+server it never timed (estimates.py). Shortest path over block boundaries 0..n, so
+overlapping spans combine (a server may serve a sub-span).
 """
 
 from __future__ import annotations
@@ -16,11 +19,9 @@ import heapq
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from swarmllm.client.estimates import DEFAULT_RTT, HOP_OVERHEAD, capped_priors
 from swarmllm.protocol import ServerRecord, ServerState, SwarmError
 from swarmllm.protocol.messages import PROTOCOL_VERSION
-
-DEFAULT_RTT = 0.15       # seconds, for servers we have not pinged
-HOP_OVERHEAD = 0.002     # seconds per extra hop
 
 
 class MissingBlocksError(SwarmError):
@@ -86,22 +87,26 @@ def missing_spans(n_blocks: int, records: Iterable[ServerRecord], start: int = 0
     return spans
 
 
-def hop_cost(record: ServerRecord, start: int, end: int, rtts: Mapping[str, float]) -> float:
-    per_block = 1.0 / (max(record.throughput, 1e-6) * max(record.span_length, 1))
-    return rtts.get(record.peer_id, DEFAULT_RTT) / 2 + HOP_OVERHEAD + (end - start) * per_block
+def hop_cost(record: ServerRecord, start: int, end: int, rtts: Mapping[str, float],
+             block_seconds: Mapping[str, float]) -> float:
+    return rtts.get(record.peer_id, DEFAULT_RTT) / 2 + HOP_OVERHEAD + (end - start) * block_seconds[record.peer_id]
 
 
 def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rtts: Mapping[str, float] | None = None,
-               *, max_length: int = 1, exclude: Iterable[str] = (), start: int = 0,
-               end: int | None = None) -> list[ChainLink]:
+               *, block_seconds: Mapping[str, float] | None = None, max_length: int = 1, exclude: Iterable[str] = (),
+               start: int = 0, end: int | None = None) -> list[ChainLink]:
     """Cheapest chain covering blocks [start, end) (default: the whole model).
 
-    Raises MissingBlocksError naming the gaps. A sub-range is what failover asks for: a
-    replacement for exactly the span of the servers that failed.
+    block_seconds: the client's estimate per peer (estimates.SpeedEstimates.block_seconds);
+    peers missing from it are priced by their capped announcement. Raises MissingBlocksError
+    naming the gaps. A sub-range is what failover asks for: a replacement for exactly the
+    span of the servers that failed.
     """
     end = n_blocks if end is None else end
     rtts = rtts or {}
     excluded = set(exclude)
+    records = list(records)
+    block_seconds = {**capped_priors(records), **(block_seconds or {})}
     candidates = [r for r in records if usable(r, max_length) and r.peer_id not in excluded]
     gaps = missing_spans(n_blocks, candidates, start, end)
     if gaps:
@@ -122,7 +127,7 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
             if not (r.start <= i < r.end):
                 continue
             for j in range(i + 1, min(r.end, end) + 1):
-                c = cost + hop_cost(r, i, j, rtts)
+                c = cost + hop_cost(r, i, j, rtts, block_seconds)
                 if c < best.get(j, float("inf")) - 1e-12:
                     best[j], back[j] = c, (i, r)
                     heapq.heappush(heap, (c, j))
@@ -134,5 +139,7 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
     return chain[::-1]
 
 
-def estimated_latency(chain: list[ChainLink], rtts: Mapping[str, float] | None = None) -> float:
-    return sum(hop_cost(link.record, link.start, link.end, rtts or {}) for link in chain)
+def estimated_latency(chain: list[ChainLink], rtts: Mapping[str, float] | None = None,
+                      block_seconds: Mapping[str, float] | None = None) -> float:
+    estimates = {**capped_priors(link.record for link in chain), **(block_seconds or {})}
+    return sum(hop_cost(link.record, link.start, link.end, rtts or {}, estimates) for link in chain)

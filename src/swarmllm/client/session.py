@@ -53,11 +53,13 @@ class InferenceSession:
     def __init__(self, swarm, model_id: str, chain: list[ChainLink], max_length: int, *, wire_dtype: str = "float32",
                  step_timeout: Optional[float] = None, open_timeout: float = 5.0,
                  replanner: Optional[Replanner] = None, on_peer_failure: Callable[[str], None] = lambda peer: None,
-                 max_failovers: int = 8, prefill_chunk: Optional[int] = PREFILL_CHUNK):
+                 max_failovers: int = 8, prefill_chunk: Optional[int] = PREFILL_CHUNK,
+                 on_step_timed: Callable[[list[ChainLink], float], None] = lambda chain, seconds: None):
         self.swarm, self.model_id = swarm, model_id
         self.max_length, self.wire_dtype = max_length, wire_dtype
         self.open_timeout = open_timeout
         self.prefill_chunk = prefill_chunk
+        self.on_step_timed = on_step_timed  # one-position steps' times, for the client's speed estimates
         self.timeouts = StepTimeouts(step_timeout)
         self.failover = Failover(self, replanner, on_peer_failure, max_failovers)
         self.hops = [Hop(link) for link in chain]
@@ -243,6 +245,8 @@ class InferenceSession:
         self.last_step_seconds = seconds
         if failed_at is None:  # a retried step's time includes the recovery
             self.timeouts.observe(seconds, n_new)
+            if n_new == 1:
+                self.on_step_timed(self.chain, seconds)
         self.commit(start_position, n_new)
         if failed_at is not None:
             self.failover.finished(failed_at)

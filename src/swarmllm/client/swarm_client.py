@@ -16,6 +16,7 @@ import torch
 
 from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
 from swarmllm.client.chain import RemoteStepError
+from swarmllm.client.estimates import SpeedEstimates, capped_priors
 from swarmllm.client.ping import ping_peer
 from swarmllm.client.session import InferenceSession
 from swarmllm.engine.generation import PREFILL_CHUNK
@@ -69,6 +70,7 @@ class SwarmClient:
     def __init__(self, loop: BackgroundLoop, swarm: SwarmNode):
         self.loop, self.swarm = loop, swarm
         self.rtts: dict[str, float] = {}
+        self.speeds = SpeedEstimates()  # seconds per block we measured per server (routing trusts these)
         self._bans: dict[str, tuple[float, int]] = {}  # peer -> (banned until, consecutive failures)
         self._seen: dict[str, dict[str, tuple[float, ServerRecord]]] = {}  # model -> peer -> (seen at, record)
         self._watchers: dict[str, asyncio.Task] = {}  # model -> task keeping _seen fresh
@@ -243,19 +245,24 @@ class SwarmClient:
             for peer in set(unknown) - set(measured):
                 self.mark_failed(peer)
         try:
-            return plan_chain(model_id, n_blocks, records, self.rtts, max_length=max_length,
-                              exclude=set(exclude) | self.banned(), start=start, end=end)
+            return plan_chain(model_id, n_blocks, records, self.rtts, block_seconds=self.speeds.block_seconds(records),
+                              max_length=max_length, exclude=set(exclude) | self.banned(), start=start, end=end)
         except MissingBlocksError:
             # Back-off is a preference: if only recently failed peers cover a gap, take back
             # those that answer a ping now.
             banned = [r.peer_id for r in records if r.peer_id in self.banned() and r.peer_id not in set(exclude)]
             for peer in await self._ping(banned, timeout=1.0):
                 self._bans.pop(peer, None)
-            return plan_chain(model_id, n_blocks, records, self.rtts, max_length=max_length,
-                              exclude=set(exclude) | self.banned(), start=start, end=end)
+            return plan_chain(model_id, n_blocks, records, self.rtts, block_seconds=self.speeds.block_seconds(records),
+                              max_length=max_length, exclude=set(exclude) | self.banned(), start=start, end=end)
 
     def plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = ()) -> list[ChainLink]:
         return self.loop.run(self._plan(model_id, n_blocks, max_length, exclude))
+
+    def _timed(self, model_id: str, chain: list[ChainLink], seconds: float) -> None:
+        """A session's one-position step through `chain` took `seconds`: refine our speed estimates."""
+        priors = capped_priors(self._recent(model_id, self.MEMORY) or [link.record for link in chain])
+        self.speeds.observe([(link.peer_id, link.end - link.start) for link in chain], seconds, self.rtts, priors)
 
     # --- sessions ----------------------------------------------------------------------
     async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
@@ -287,8 +294,8 @@ class SwarmClient:
                 dtypes = {link.record.compute_dtype for link in links}
                 dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"bfloat16", "float16"} else "float32"
             session = InferenceSession(self.swarm, model_id, links, max_length, wire_dtype=dtype, replanner=replan,
-                                       prefill_chunk=prefill_chunk,
-                                       on_peer_failure=self.mark_failed)
+                                       prefill_chunk=prefill_chunk, on_peer_failure=self.mark_failed,
+                                       on_step_timed=lambda chain, seconds: self._timed(model_id, chain, seconds))
             try:
                 return await session.open()
             except RemoteStepError as e:

@@ -79,9 +79,12 @@ class LocalSwarm:
         return self
 
     def add_node(self, start: Optional[int], end: Optional[int], name: Optional[str] = None,
-                 extra_args: Sequence[str] = ()) -> ManagedProcess:
-        """Start one more node; with start=end=None it chooses its own blocks from the DHT."""
-        cli = [sys.executable, "-m", "swarmllm.cli"]
+                 extra_args: Sequence[str] = (), program: Sequence[str] = ()) -> ManagedProcess:
+        """Start one more node; with start=end=None it chooses its own blocks from the DHT.
+
+        program: the command that takes `serve`'s arguments (default `python -m swarmllm.cli`);
+        tests run hostile nodes this way (a script that wraps the CLI and misbehaves)."""
+        cli = list(program) or [sys.executable, "-m", "swarmllm.cli"]
         name = name or f"node{len(self.nodes)}"
         blocks = [] if start is None else ["--blocks", f"{start}:{end}"]
         if self.network:
