@@ -101,7 +101,8 @@ def test_the_gateway_command_refuses_a_key_file_others_can_read(tmp_path):
     from swarmllm import cli
 
     path = _write(tmp_path, "keys.json", {"keys": [{"name": "a", "key": "k" * 16}]}, 0o640)
-    args = cli.build_parser().parse_args(["gateway", "--initial-peers", "/ip4/127.0.0.1/tcp/1", "--api-keys", str(path)])
+    args = cli.build_parser().parse_args(["gateway", "--initial-peers", "/ip4/127.0.0.1/tcp/1",
+                                          "--api-keys", str(path)])
     with pytest.raises(SystemExit, match="chmod 600"):
         cli.cmd_gateway(args)  # before any network or HTTP server is started
     args = cli.build_parser().parse_args(["gateway", "--initial-peers", "/ip4/127.0.0.1/tcp/1",

@@ -24,8 +24,8 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _too_large(max_bytes: int) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(message=f"the request body is over {max_bytes} bytes", type="invalid_request_error",
-                                         code="body_too_large"))
+    body = ErrorResponse(error=ErrorBody(message=f"the request body is over {max_bytes} bytes",
+                                         type="invalid_request_error", code="body_too_large"))
     return JSONResponse(body.model_dump(), status_code=413, headers={"Connection": "close"})
 
 
