@@ -17,7 +17,7 @@ A generation request passes, in order (cheapest first, so refusing costs little)
   client's concurrency cap (429) -> tokenizing, then the real token count charged (429) ->
   the global admission queue (503) -> the swarm.
 A client that disconnects stops its generation, streaming or not: the session is closed
-on every server within a token.
+on every server within a token (disconnects.py).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.gateway.api_keys import ApiKeys, bearer_token
 from swarmllm.gateway.body_limit import BodyLimit
 from swarmllm.gateway.clients import IPNetwork, address_key, client_address, forwarded_chain
+from swarmllm.gateway.disconnects import ReleasingStream, disconnected_before, generate_unless_disconnected
 from swarmllm.gateway.limits import (
     Admission, ClientBusyError, ClientSlots, Limits, RateLimiter, SaturatedError, Ticket, declared_tokens,
 )
@@ -57,7 +58,6 @@ from swarmllm.gateway.swarm_status import SwarmStatus
 from swarmllm.protocol import SwarmError
 
 STATIC_DIR = Path(__file__).parent / "static"
-DISCONNECT_POLL_SECONDS = 0.25  # how often a non-streaming request checks that its client is still there
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         """A slot of the global admission queue; given up if the client leaves while waiting."""
         waiting = asyncio.ensure_future(admission.acquire())
         try:
-            if await _disconnected_before(request, waiting):
+            if await disconnected_before(request, waiting):
                 raise ApiError(400, "the client disconnected", "invalid_request_error", "client_disconnected")
             waiting.result()
         except SaturatedError as e:
@@ -263,10 +263,10 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             deltas = service.stream(job, cancel)
             if body.stream:
                 streaming = True  # from here the response gives everything back when it ends, however it ends
-                return _ReleasingStream(_sse(completion_id, body.model, chat, deltas, job, release), release,
+                return ReleasingStream(_sse(completion_id, body.model, chat, deltas, job, release), release,
                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             try:
-                await _generate_unless_disconnected(request, deltas, cancel)
+                await generate_unless_disconnected(request, deltas, cancel)
             except (SwarmError, ConnectionError) as e:
                 raise ApiError(503, f"the swarm failed during generation: {e}", "server_error",
                                "swarm_failed") from None
@@ -323,52 +323,6 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     if (STATIC_DIR / "assets").is_dir():
         app.mount("/assets", StaticFiles(directory=STATIC_DIR / "assets"), name="assets")
     return app
-
-
-class _ReleasingStream(StreamingResponse):
-    """A streamed reply that gives its slots and session back when it ends, even if it never started
-    (a client gone before the first byte: the body's own `finally` would then never run)."""
-
-    def __init__(self, content, release, **kwargs):
-        super().__init__(content, **kwargs)
-        self._release = release
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._release()
-
-
-async def _disconnected_before(request: Request, task: asyncio.Future) -> bool:
-    """Wait for `task`; True if the HTTP client disconnected first (then `task` is still running)."""
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
-        if done:
-            return False
-        if await request.is_disconnected():
-            return True
-
-
-async def _drain(deltas) -> None:
-    async with contextlib.aclosing(deltas):
-        async for _ in deltas:
-            pass
-
-
-async def _generate_unless_disconnected(request: Request, deltas, cancel: threading.Event) -> None:
-    """Run a non-streaming generation to its end, or stop it (and close its session) if the client leaves."""
-    drain = asyncio.ensure_future(_drain(deltas))
-    try:
-        if await _disconnected_before(request, drain):
-            cancel.set()  # the worker stops at the next token and closes the session on every server
-        await asyncio.shield(drain)
-    finally:
-        if not drain.done():  # this handler itself was cancelled (shutdown)
-            cancel.set()
-            drain.cancel()
-            with contextlib.suppress(BaseException):
-                await drain
 
 
 def _swarm_info(result: GenerationResult) -> SwarmInfo:
