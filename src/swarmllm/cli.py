@@ -264,19 +264,36 @@ def _ensure_bundled(model: str) -> None:
 
 
 def cmd_gateway(args) -> int:
+    from swarmllm.gateway.api_keys import ApiKeyFileError, ApiKeys
+    from swarmllm.gateway.clients import parse_networks
+
+    # Settings first (light imports), so a bad key file or network is refused at once.
+    try:
+        trusted = parse_networks(args.trust_forwarded_for or "")
+        api_keys = ApiKeys.load(args.api_keys) if args.api_keys else None
+    except (ValueError, ApiKeyFileError) as e:
+        raise SystemExit(f"swarmllm gateway: {e}") from None
+    if args.allow_anonymous and api_keys is None:
+        raise SystemExit("swarmllm gateway: --allow-anonymous only makes sense with --api-keys FILE")
+
     import uvicorn
 
     from swarmllm.client.swarm_client import SwarmClient
     from swarmllm.gateway.app import GatewaySettings, create_app
 
     settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
-                               max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
-                               max_active=args.max_active, max_queue=args.max_queue,
-                               status_period=args.status_period, ring=args.ring)
+                               max_per_client=args.max_per_client, max_prompt_tokens=args.max_prompt_tokens,
+                               max_new_tokens=args.max_new_tokens, max_active=args.max_active, max_queue=args.max_queue,
+                               status_period=args.status_period, ring=args.ring, trusted_proxies=trusted,
+                               forwarded_header=args.forwarded_header, api_keys=api_keys,
+                               allow_anonymous=args.allow_anonymous)
     client = SwarmClient.connect(args.initial_peers)
     try:
         app = create_app(client, settings)
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+        # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (any local
+        # process); the app reads forwarding headers itself, from --trust-forwarded-for peers only.
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3,
+                                proxy_headers=False)
         server = uvicorn.Server(config)
         if server.config.should_reload:
             raise SystemExit("reload is not supported")
@@ -471,8 +488,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_initial_peers(p, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--requests-per-minute", type=int, default=60, help="per client IP")
-    p.add_argument("--tokens-per-minute", type=int, default=40000, help="per client IP (prompt + max_tokens)")
+    p.add_argument("--requests-per-minute", type=int, default=60, help="per client (IP address, IPv6 by /64)")
+    p.add_argument("--tokens-per-minute", type=int, default=40000, help="per client (prompt + max_tokens)")
+    p.add_argument("--max-per-client", type=_positive_int, default=4,
+                   help="requests of one client in flight at once (tokenizing, queued or generating); beyond: 429")
+    p.add_argument("--api-keys", metavar="FILE",
+                   help="JSON or YAML file of API keys, readable by its owner only (chmod 600): {keys: [{name, key, "
+                        "requests_per_minute?, tokens_per_minute?, concurrency?}]}; requests then need "
+                        "`Authorization: Bearer KEY` (401 otherwise)")
+    p.add_argument("--allow-anonymous", action="store_true",
+                   help="with --api-keys: requests without a key are served too, with the per-IP limits "
+                        "(a wrong key is still refused)")
+    p.add_argument("--trust-forwarded-for", metavar="CIDR[,CIDR]", default="",
+                   help="reverse proxies whose forwarding header names the client (default: none, the header is "
+                        "ignored); the right-most address not in these networks is the client")
+    p.add_argument("--forwarded-header", choices=("x-forwarded-for", "forwarded"), default="x-forwarded-for",
+                   help="the forwarding header your proxy writes (the other one is ignored: it would pass through "
+                        "the proxy as the client wrote it)")
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-active", type=int, default=8, help="generations running at once")

@@ -34,14 +34,14 @@ from swarmllm.engine.sampling import SamplingParams
 from swarmllm.engine.speculative import (
     MAX_DRAFT_TOKENS, DraftLength, NgramDrafter, Speculation, SpeculationStats, early_exit_drafter,
 )
-from swarmllm.models.catalog import UnknownModelError
+from swarmllm.models.catalog import UnknownModelError, list_catalog
 from swarmllm.protocol import WIRE_DTYPES
 from swarmllm.runtime import ClientModel, LocalModel, PromptTooLongError, load_span
 
 __all__ = [
     "ClientModel", "Generation", "GenerationOptions", "GenerationResult", "GenerationStep", "Generator",
     "LocalModel", "PromptTooLongError", "RouteHop", "SamplingParams", "SPECULATIVE_MODES", "Timings",
-    "UnknownModelError", "VerificationReport", "generate_text",
+    "UnknownModelError", "VerificationReport", "generate_text", "list_catalog",
 ]
 
 SPECULATIVE_MODES = ("off", "ngram", "early-exit")

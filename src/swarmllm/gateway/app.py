@@ -4,14 +4,26 @@ Routes:
   POST /v1/chat/completions, POST /v1/completions   (stream or not), GET /v1/models
   GET /api/swarm, GET /api/swarm/stream (SSE)        (dashboard data, usable by scripts)
   GET /, GET /dashboard, /assets/*                   (built React pages)
-Every error is OpenAI's error JSON with the right status: 400 bad request, 404 unknown
-model, 413 body too large, 429 rate limited (Retry-After), 503 swarm unavailable or
-saturated (Retry-After). Nothing a client sends produces a 500.
+Every error is OpenAI's error JSON with the right status: 400 bad request, 401 missing or
+wrong API key, 404 unknown model, 413 body too large, 429 rate limited or too many requests
+of one client at once (Retry-After), 503 swarm unavailable or saturated (Retry-After).
+Nothing a client sends produces a 500.
+
+A generation request passes, in order (cheapest first, so refusing costs little):
+  body size (body_limit.py, on the stream) -> API key (api_keys.py; 401) -> who is asking
+  (clients.py: the peer, or a trusted proxy's forwarded address; IPv6 by /64) -> the
+  declared size against the client's rate limit (characters and max_tokens; 429) -> the
+  model: a catalog name the swarm serves, never a path (404 with the usable list) -> the
+  client's concurrency cap (429) -> tokenizing, then the real token count charged (429) ->
+  the global admission queue (503) -> the swarm.
+A client that disconnects stops its generation, streaming or not: the session is closed
+on every server within a token (disconnects.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -21,15 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError
+from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError, list_catalog
 from swarmllm.client.swarm_client import SwarmClient
-from swarmllm.gateway.limits import Admission, RateLimiter, SaturatedError
+from swarmllm.gateway.api_keys import ApiKeys, bearer_token
+from swarmllm.gateway.body_limit import BodyLimit
+from swarmllm.gateway.clients import IPNetwork, address_key, client_address, forwarded_chain
+from swarmllm.gateway.disconnects import ReleasingStream, disconnected_before, generate_unless_disconnected
+from swarmllm.gateway.limits import (
+    Admission, ClientBusyError, ClientSlots, Limits, RateLimiter, SaturatedError, Ticket, declared_tokens,
+)
 from swarmllm.gateway.schemas import (
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChunkDelta, Completion, CompletionChunk, CompletionRequest, ErrorBody, ErrorResponse, ModelCard, ModelList,
@@ -44,8 +62,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    requests_per_minute: int = 60
+    requests_per_minute: int = 60  # per client (address, or API key without its own limit)
     tokens_per_minute: int = 40_000
+    max_per_client: int = 4        # requests of one client in flight at once (tokenizing, queued or running)
     max_body_bytes: int = 1_000_000
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 512
@@ -53,30 +72,56 @@ class GatewaySettings:
     max_queue: int = 16           # generations waiting for a slot; more -> 503
     status_period: float = 2.0
     ring: bool = True             # ring decoding when the chain offers it (client/ring.py)
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # peers whose forwarding header names the client
+    forwarded_header: str = "x-forwarded-for"    # the one header they write: "x-forwarded-for" or "forwarded"
+    api_keys: Optional[ApiKeys] = None           # None: no keys, everyone is limited per address
+    allow_anonymous: bool = False                # with api_keys: let requests without a key in (per address)
+    limiter_max_keys: int = 50_000               # clients the rate limiter remembers at most
+
+    @property
+    def default_limits(self) -> Limits:
+        return Limits(self.requests_per_minute, self.tokens_per_minute, self.max_per_client)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request is charged to: a limits key ('ip:…' or 'key:…'), for messages a label, and its limits."""
+
+    key: str
+    label: str
+    limits: Limits
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str, code: Optional[str] = None,
-                 retry_after: Optional[str] = None):
+                 retry_after: Optional[str] = None, headers: Optional[dict] = None):
         super().__init__(message)
-        self.status, self.message, self.type, self.code, self.retry_after = status, message, type_, code, retry_after
+        self.status, self.message, self.type, self.code = status, message, type_, code
+        self.headers = {**(headers or {}), **({"Retry-After": retry_after} if retry_after else {})}
 
 
 def _error_response(status: int, message: str, type_: str, code: Optional[str] = None,
-                    retry_after: Optional[str] = None) -> JSONResponse:
-    headers = {"Retry-After": retry_after} if retry_after else None
+                    headers: Optional[dict] = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(message=message, type=type_, code=code))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
 
 
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 404, 413, 429, 503)}
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
+
+
+def _rate_limited(caller: Caller, wait: float) -> ApiError:
+    return ApiError(429, f"rate limit reached for {caller.label}: at most {caller.limits.requests_per_minute} "
+                         f"requests and {caller.limits.tokens_per_minute} tokens per minute",
+                    "rate_limit_exceeded", "rate_limit_exceeded", RateLimiter.retry_after(wait))
 
 
 def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings()) -> FastAPI:
     service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring)
     status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period)
-    limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+    limiter = RateLimiter(max_keys=settings.limiter_max_keys)
+    slots = ClientSlots()
     admission = Admission(settings.max_active, settings.max_queue)
+    catalog = set(list_catalog())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -87,11 +132,13 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     app = FastAPI(title="swarmllm gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API over a swarmllm swarm.")
     app.state.service, app.state.status, app.state.admission = service, status, admission
+    app.state.limiter, app.state.slots = limiter, slots
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     # --- errors -------------------------------------------------------------------------
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
-        return _error_response(e.status, e.message, e.type, e.code, e.retry_after)
+        return _error_response(e.status, e.message, e.type, e.code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
@@ -106,83 +153,143 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     async def _http_error(request: Request, e: StarletteHTTPException):
         return _error_response(e.status_code, str(e.detail), "invalid_request_error")
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return _error_response(413, f"request body over {settings.max_body_bytes} bytes", "invalid_request_error",
-                                   "body_too_large")
-        return await call_next(request)
+    # --- who is asking ------------------------------------------------------------------
+    async def caller(request: Request) -> Caller:
+        """The request's caller (a FastAPI dependency: it runs before the body is validated)."""
+        token = bearer_token(request.headers.get("authorization")) if settings.api_keys is not None else None
+        if token is not None:
+            holder = settings.api_keys.lookup(token, settings.default_limits)
+            if holder is None:
+                raise ApiError(401, "the API key is not valid; check the key you were given", "invalid_request_error",
+                               "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return Caller(holder.client_key, f"API key {holder.name!r}", holder.limits)
+        if settings.api_keys is not None and not settings.allow_anonymous:
+            raise ApiError(401, "this gateway needs an API key: send it as `Authorization: Bearer KEY`",
+                           "invalid_request_error", "missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        chain = forwarded_chain(settings.forwarded_header, request.headers.getlist(settings.forwarded_header)) \
+            if settings.trusted_proxies else []
+        address = client_address(request.client.host if request.client else None, chain, settings.trusted_proxies)
+        return Caller(address_key(address), address, settings.default_limits)
+
+    def usable_models() -> list[str]:
+        return [m for m in status.complete_models() if m in catalog]
+
+    def check_model(model: str) -> None:
+        """404 unless `model` is a catalog name some node serves; the string is only compared, never opened."""
+        if model in catalog and model in status.served_models():
+            return
+        if model in catalog and not status.ready:
+            raise ApiError(503, "the gateway has not read the swarm's models yet; retry in a few seconds",
+                           "server_error", "swarm_unavailable", "2")
+        names = ", ".join(usable_models()) or "none right now"
+        raise ApiError(404, f"the model {model!r} is not served here; models you can use: {names}",
+                       "invalid_request_error", "model_not_found")
 
     # --- OpenAI API ---------------------------------------------------------------------
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=m) for m in status.complete_models()])
+        return ModelList(data=[ModelCard(id=m) for m in usable_models()])
 
-    async def _prepare(request: Request, body, messages, prompt):
+    def _admit(who: Caller, body, characters: int) -> Ticket:
+        """The cheap checks, before any tokenizing: max_tokens, the declared size, the model."""
+        if body.max_tokens is not None and body.max_tokens > settings.max_new_tokens:
+            raise ApiError(400, f"max_tokens is {body.max_tokens}; this gateway allows at most "
+                                f"{settings.max_new_tokens}", "invalid_request_error", "context_length_exceeded")
+        ticket = limiter.admit(who.key, declared_tokens(characters, body.max_tokens, settings.max_new_tokens),
+                               who.limits)
+        if not isinstance(ticket, Ticket):
+            raise _rate_limited(who, ticket)
+        check_model(body.model)
+        return ticket
+
+    async def _prepare(who: Caller, ticket: Ticket, body, messages, prompt) -> PreparedGeneration:
         try:
             job = await asyncio.to_thread(service.prepare, body.model, messages, prompt, max_tokens=body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
                                           stop=body.stop or [])
         except UnknownModelError as e:
-            raise ApiError(404, str(e), "invalid_request_error", "model_not_found") from None
+            raise ApiError(404, f"the gateway cannot load {body.model!r}: {e}", "invalid_request_error",
+                           "model_not_found") from None
         except PromptTooLongError as e:
             raise ApiError(400, str(e), "invalid_request_error", "context_length_exceeded") from None
-        client_key = request.client.host if request.client else "unknown"
-        wait = limiter.check(client_key, job.budget_tokens)
+        wait = limiter.settle(ticket, job.budget_tokens, who.limits)
         if wait:
-            raise ApiError(429, f"rate limit reached for {client_key}: at most {settings.requests_per_minute} "
-                                f"requests and {settings.tokens_per_minute} tokens per minute",
-                           "rate_limit_exceeded", "rate_limit_exceeded", RateLimiter.retry_after(wait))
+            raise _rate_limited(who, wait)
         return job
 
-    async def _run(request: Request, body, messages=None, prompt=None, chat: bool = True):
-        job = await _prepare(request, body, messages, prompt)
+    async def _queue(request: Request) -> None:
+        """A slot of the global admission queue; given up if the client leaves while waiting."""
+        waiting = asyncio.ensure_future(admission.acquire())
         try:
-            await admission.acquire()
+            if await disconnected_before(request, waiting):
+                raise ApiError(400, "the client disconnected", "invalid_request_error", "client_disconnected")
+            waiting.result()
         except SaturatedError as e:
             raise ApiError(503, str(e), "server_error", "saturated", "5") from None
-        try:
-            await asyncio.to_thread(service.open, job)
-        except (SwarmError, ConnectionError) as e:
-            admission.release()
-            raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
-                           "swarm_unavailable", "5") from None
-        except BaseException:
-            admission.release()
-            raise
-        cancel = threading.Event()
-        completion_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        deltas = service.stream(job, cancel)
-
-        async def release():
-            cancel.set()
-            admission.release()
-
-        if body.stream:
-            return StreamingResponse(_sse(completion_id, body.model, chat, deltas, job, release),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            async for _ in deltas:
-                pass
-        except (SwarmError, ConnectionError) as e:
-            raise ApiError(503, f"the swarm failed during generation: {e}", "server_error", "swarm_failed") from None
         finally:
-            await release()
-        return _full_response(completion_id, body.model, chat, job.result)
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SaturatedError):
+                    await waiting
+                    admission.release()  # it got the slot as it was cancelled
+
+    async def _run(request: Request, who: Caller, body, messages=None, prompt=None, chat: bool = True):
+        characters = sum(len(m["content"]) for m in messages) if messages is not None else len(prompt)
+        ticket = _admit(who, body, characters)
+        try:
+            slots.take(who.key, who.limits.concurrency)
+        except ClientBusyError as e:
+            raise ApiError(429, f"{e} ({who.label})", "rate_limit_exceeded", "too_many_concurrent_requests",
+                           "1") from None
+        held = [lambda: slots.release(who.key)]  # what to give back, last taken first; each exactly once
+
+        async def release() -> None:
+            while held:
+                held.pop()()
+
+        streaming = False
+        try:
+            job = await _prepare(who, ticket, body, messages, prompt)
+            await _queue(request)
+            held.append(admission.release)
+            try:
+                await asyncio.to_thread(service.open, job)
+            except (SwarmError, ConnectionError) as e:
+                raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
+                               "swarm_unavailable", "5") from None
+            cancel = threading.Event()
+            held += [lambda: service.abandon(job), cancel.set]
+            completion_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+            deltas = service.stream(job, cancel)
+            if body.stream:
+                streaming = True  # from here the response gives everything back when it ends, however it ends
+                return ReleasingStream(_sse(completion_id, body.model, chat, deltas, job, release), release,
+                                        media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            try:
+                await generate_unless_disconnected(request, deltas, cancel)
+            except (SwarmError, ConnectionError) as e:
+                raise ApiError(503, f"the swarm failed during generation: {e}", "server_error",
+                               "swarm_failed") from None
+            return _full_response(completion_id, body.model, chat, job.result)
+        finally:
+            if not streaming:
+                await release()
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
-    async def chat_completions(request: Request, body: ChatCompletionRequest):
-        return await _run(request, body, messages=[m.model_dump() for m in body.messages], chat=True)
+    async def chat_completions(request: Request, body: ChatCompletionRequest, who: Caller = Depends(caller)):
+        return await _run(request, who, body, messages=[m.model_dump() for m in body.messages], chat=True)
 
     @app.post("/v1/completions", responses=ERROR_RESPONSES)
-    async def completions(request: Request, body: CompletionRequest):
-        return await _run(request, body, prompt=body.prompt, chat=False)
+    async def completions(request: Request, body: CompletionRequest, who: Caller = Depends(caller)):
+        return await _run(request, who, body, prompt=body.prompt, chat=False)
 
     # --- swarm status -----------------------------------------------------------------
     @app.get("/api/swarm")
     async def swarm_status() -> dict:
-        return status.snapshot
+        return {**status.snapshot, "gateway": {"active": admission.active, "waiting": admission.waiting,
+                                               "clients_in_flight": len(slots), "clients_remembered": len(limiter),
+                                               "tokens_generated": service.tokens_generated,
+                                               "cancelled": service.cancelled}}
 
     @app.get("/api/swarm/stream")
     async def swarm_stream(request: Request):

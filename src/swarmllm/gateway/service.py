@@ -7,7 +7,8 @@ token loop runs on a worker thread (sampling and the LM head are CPU work); delt
 the event loop through a queue. A disconnected HTTP client sets `cancel`: the loop stops at
 the next token and the session is closed on every server. With `ring` (the default), chains
 whose ends offer it decode in a ring (the last server samples and feeds the first; same
-tokens, fewer trips over the gateway's own link).
+tokens, fewer trips over the gateway's own link). Only catalog models are loaded (their
+heads and tokenizers); the app decides which of them the swarm serves.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import AsyncIterator, Optional
 
 from swarmllm.client.generation import (
     ClientModel, Generation, GenerationOptions, GenerationResult, Generator, PromptTooLongError, SamplingParams,
+    UnknownModelError, list_catalog,
 )
 from swarmllm.client.swarm_client import SwarmClient
 
@@ -34,6 +36,7 @@ class PreparedGeneration:
     options: GenerationOptions
     generation: Optional[Generation] = None
     result: Optional[GenerationResult] = None
+    streamed: bool = False  # its stream started: the stream closes its session
 
     @property
     def budget_tokens(self) -> int:
@@ -54,9 +57,14 @@ class GenerationService:
         self._generators: dict[str, Generator] = {}
         self._lock = threading.Lock()
         self.tokens_generated = 0  # since start; the dashboard derives tokens/s from it
+        self.cancelled = 0  # generations stopped early because their HTTP client went away
 
     def generator(self, model_id: str) -> Generator:
-        """The model's generator, its head and tokenizer loaded once (UnknownModelError for names we cannot load)."""
+        """The model's generator, its head and tokenizer loaded once (UnknownModelError for names we cannot load).
+
+        Only catalog names are loaded: a user-supplied string is never taken for a path."""
+        if model_id not in list_catalog():
+            raise UnknownModelError(f"{model_id!r} is not a catalog model")
         with self._lock:
             if model_id not in self._generators:
                 self._generators[model_id] = Generator.swarm(ClientModel.load(model_id), self.client)
@@ -85,8 +93,15 @@ class GenerationService:
         job.generation = job.generator.start(job.prompt_ids, job.options)
         return job.generation
 
+    def abandon(self, job: PreparedGeneration) -> None:
+        """Close the session of a job whose stream never started (its client left first), off the event loop."""
+        if job.generation is not None and not job.streamed:
+            job.streamed = True
+            threading.Thread(target=job.generation.close, name="close-abandoned", daemon=True).start()
+
     async def stream(self, job: PreparedGeneration, cancel: threading.Event) -> AsyncIterator[Delta]:
         """Yield text deltas of an opened job; sets `job.result` at the end. Closes the session."""
+        job.streamed = True
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         generation = job.generation
@@ -97,6 +112,7 @@ class GenerationService:
                     self.tokens_generated += 1
                     loop.call_soon_threadsafe(queue.put_nowait, Delta(event.text_delta, event.finish_reason))
                     if cancel.is_set():
+                        self.cancelled += 1
                         break
                 job.result = generation.result()
                 loop.call_soon_threadsafe(queue.put_nowait, None)

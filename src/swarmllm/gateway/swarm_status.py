@@ -34,6 +34,15 @@ class SwarmStatus:
     def complete_models(self) -> list[str]:
         return [m["model_id"] for m in self.snapshot["models"] if m["complete"]]
 
+    def served_models(self) -> list[str]:
+        """Every model some node announces, complete or not."""
+        return [m["model_id"] for m in self.snapshot["models"]]
+
+    @property
+    def ready(self) -> bool:
+        """Whether the swarm has been read at least once."""
+        return self.snapshot["updated_at"] > 0
+
     def refresh(self) -> dict:
         """One synchronous refresh (runs on a worker thread)."""
         registry = self.client.list_models()
