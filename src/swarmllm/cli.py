@@ -28,8 +28,11 @@ from typing import Optional, Sequence
 
 from swarmllm.harness.processes import READY_MARKER
 
-# protocol.WIRE_DTYPES, spelled out: importing the protocol pulls in torch, which would slow `--help`.
+# protocol.WIRE_DTYPES and engine.quant.QUANT_MODES, spelled out: importing either pulls in torch,
+# which would cost every command (and `--help`) seconds before it parses its arguments.
+# tests/unit/test_cli_parser.py checks that they stay equal.
 WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")
+QUANT_MODES = ("none", "int8", "int4")
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -89,8 +92,6 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_quant(parser: argparse.ArgumentParser, what: str) -> None:
-    from swarmllm.engine.quant import QUANT_MODES
-
     parser.add_argument("--quant", choices=QUANT_MODES, default="none",
                         help=f"weights of {what} kept as int8 (per-row) or int4 (groups of 32; a GGUF's Q4 codes "
                              "are kept as they are) and multiplied by quantized kernels; none = the compute dtype")

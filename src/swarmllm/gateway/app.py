@@ -116,7 +116,8 @@ def _rate_limited(caller: Caller, wait: float) -> ApiError:
 
 
 def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings()) -> FastAPI:
-    service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring)
+    service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring,
+                                max_active=settings.max_active)
     status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period)
     limiter = RateLimiter(max_keys=settings.limiter_max_keys)
     slots = ClientSlots()

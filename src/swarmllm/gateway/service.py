@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
@@ -51,12 +52,16 @@ class Delta:
 
 
 class GenerationService:
-    def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = True):
+    def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = True,
+                 max_active: int = 8):
         self.client, self.ring = client, ring
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self._generators: dict[str, Generator] = {}
         self._lock = threading.Lock()
         self.tokens_generated = 0  # since start; the dashboard derives tokens/s from it
+        # Token loops get their own threads, one per admitted generation, so that long generations
+        # never hold up tokenizing and session opening, which run on asyncio's default pool.
+        self.workers = ThreadPoolExecutor(max_workers=max_active, thread_name_prefix="swarmllm-generation")
         self.cancelled = 0  # generations stopped early because their HTTP client went away
 
     def generator(self, model_id: str) -> Generator:
@@ -121,7 +126,7 @@ class GenerationService:
             finally:
                 generation.close()
 
-        worker = loop.run_in_executor(None, work)
+        worker = loop.run_in_executor(self.workers, work)
         try:
             while True:
                 item = await queue.get()
