@@ -184,3 +184,22 @@ def test_a_peer_whose_step_waits_is_contending_however_long_it_waits():
     q.settle_compute("normal", waiting, 0.01, 1)
     clock.now += 2.1
     q.settle_compute("greedy", q.admit_compute("greedy", 100), 1.0, 100)  # nobody else is served now
+
+
+def test_serve_quota_flags_map_onto_the_server_config_and_its_defaults_onto_the_policy():
+    from swarmllm.cli import build_parser
+    from swarmllm.server.node import ServerConfig
+
+    args = build_parser().parse_args([
+        "serve", "--initial-peers", "x", "--max-sessions-per-peer", "4", "--max-memory-share", "0.25",
+        "--compute-share", "0.3", "--compute-burst", "1.5", "--max-streams-per-peer", "9", "--max-in-flight-mb", "8",
+        "--max-step-positions", "300", "--max-rollbacks", "50", "--rollback-window", "10"])
+    config = ServerConfig.from_flags(vars(args))
+    assert config.quota_limits(300) == QuotaLimits(
+        max_sessions=4, max_memory_share=0.25, compute_share=0.3, compute_burst=1.5, max_streams=9,
+        max_bytes_in_flight=8 * 2**20, step_positions=300, max_rollbacks=50, rollback_window=10.0)
+    defaults = ServerConfig.from_flags(vars(build_parser().parse_args(["serve", "--initial-peers", "x"])))
+    assert defaults.quota_limits(2048) == QuotaLimits() == ServerConfig(model="m").quota_limits(2048)
+    with pytest.raises(ValueError, match="max_memory_share"):
+        ServerConfig.from_flags(vars(build_parser().parse_args(["serve", "--initial-peers", "x",
+                                                                "--max-memory-share", "2"])))
