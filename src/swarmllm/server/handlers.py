@@ -316,11 +316,12 @@ class SessionService:
             await self._reply_error(origin.client_stream, e, origin.session_id, token.step_id)
 
     async def _ring_token(self, msg: RingToken, sender: str) -> None:
-        """First server: embed the ring's token (from the ring's last server only) and run it as the session's next step."""
+        """First server: embed the ring's token (from the ring's last server only) and run it as
+        the session's next step."""
         if not self.table.get(msg.session_id).may_ring(sender, msg.step_id):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"peer {sender} may not send ring token {msg.step_id} to session "
-                                                     f"{msg.session_id}: tokens come only from the last server of a ring "
-                                                     "running from here")
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"peer {sender} may not send ring token {msg.step_id} to "
+                                                     f"session {msg.session_id}: tokens come only from the last server "
+                                                     "of a ring running from here")
         try:
             head = self.backend.head()
         except LookupError as e:

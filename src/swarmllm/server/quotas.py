@@ -233,7 +233,8 @@ class PeerQuotas:
         usage.stepping = max(0, usage.stepping - 1)
         usage.asked_at = self.clock()  # it waited until now: others were contending with it all along
         spent = 0.0 if seconds is None else max(0.0, seconds)
-        usage.compute = max(-self.limits.compute_burst, min(self.limits.compute_burst, usage.compute + reserved - spent))
+        burst = self.limits.compute_burst
+        usage.compute = max(-burst, min(burst, usage.compute + reserved - spent))
         if seconds is not None and n_positions > 0:
             sample = spent / n_positions
             self.seconds_per_position = sample if self.seconds_per_position == 0 else \
