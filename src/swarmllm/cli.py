@@ -433,6 +433,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-dtype", choices=("auto", "int8"), default="auto",
                    help="KV-cache storage: auto = the compute dtype; int8 = per-head int8 (about 2x the sessions "
                         "of bf16, 4x of fp32, in the same --cache-memory-mb)")
+    q = p.add_argument_group("per-peer quotas", "what one peer (client or server, by its authenticated id) may "
+                             "hold or use on this node; over them it is told over_quota and others are served")
+    q.add_argument("--max-sessions-per-peer", type=_positive_int, default=32, help="sessions one peer may hold open")
+    q.add_argument("--max-memory-share", type=float, default=0.5,
+                   help="share (0..1] of --cache-memory-mb one peer's sessions may reserve")
+    q.add_argument("--compute-share", type=float, default=0.5,
+                   help="compute seconds per second a peer may use while other peers are being served")
+    q.add_argument("--compute-burst", type=float, default=2.0, help="compute seconds a peer may run ahead of its share")
+    q.add_argument("--max-streams-per-peer", type=_positive_int, default=48, help="open streams per peer")
+    q.add_argument("--max-in-flight-mb", type=float, default=256,
+                   help="MiB of one peer's frames received and not yet handled")
+    q.add_argument("--max-step-positions", type=_positive_int, default=2048,
+                   help="positions one step may carry (also bounded by the model's context length and --max-length)")
+    q.add_argument("--max-rollbacks", type=_positive_int, default=1200,
+                   help="steps that start before the end of their session (speculative rollbacks), per session per "
+                        "--rollback-window")
+    q.add_argument("--rollback-window", type=float, default=60.0, help="seconds over which --max-rollbacks counts")
     p.add_argument("--no-ring", action="store_true",
                    help="do not offer ring decoding (otherwise the model's embedding and LM head are loaded when a "
                         "ring session starts or ends here)")

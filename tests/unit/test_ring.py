@@ -45,7 +45,8 @@ class _Head:
 
 def _spec(max_tokens=5, eos=(), seed=5, draws=0, temperature=0.8):
     return RingSpec(sampling=RingSampling(temperature=temperature, top_k=40, top_p=0.9, seed=seed, draws=draws),
-                    max_tokens=max_tokens, eos_token_ids=eos, first_hop=NextHop(peer_id="A", session_id="s" * 8))
+                    max_tokens=max_tokens, eos_token_ids=eos, first_hop=NextHop(peer_id="A", session_id="s" * 8),
+                    last_peer_id="C")
 
 
 def test_ring_state_samples_like_the_client():

@@ -136,3 +136,17 @@ def test_a_step_waits_briefly_for_the_other_active_sessions(executor):
         await asyncio.wait_for(asyncio.gather(batcher.run(model, torch.zeros(1, 2), first, 1), late()), 4)
     asyncio.run(main())
     assert model.batches == [[0, 10], [1, 11]]  # the second pair waited for its late member, not for max_wait
+
+
+def test_lower_priority_steps_go_first_and_equals_keep_their_order(executor):
+    """The session service passes a peer's compute debt: the steps of peers within their share
+    jump the queue of a peer that used more, and batch with each other as before."""
+    model = FakeModel()
+    batcher = StepBatcher(executor, max_batch=2, max_wait=0)
+    calls = [(model, torch.zeros(1, 2), Cache(), 0, 0.0),   # computing while the others queue
+             (model, torch.zeros(1, 2), Cache(), 1, 5.0),   # a peer in debt
+             (model, torch.zeros(1, 2), Cache(), 2, 5.0),
+             (model, torch.zeros(1, 2), Cache(), 3, 0.0),   # peers within their share
+             (model, torch.zeros(1, 2), Cache(), 4, 0.0)]
+    run_all(batcher, calls, release=[model])
+    assert model.batches == [[0], [3, 4], [1, 2]]

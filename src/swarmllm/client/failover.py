@@ -10,6 +10,12 @@ upstream servers roll their caches back to its start position and recompute it
 deterministically. The caller sees no error and the same outputs: greedy text is identical
 to an unfaulted run and the sampler's RNG is untouched.
 
+Servers take Steps only from the upstream peer named when the session was opened, so the
+replacements are opened naming the server before the gap, and the server after the gap is
+told its new upstream (`SetUpstream`) before anything is pushed to it. A server that refuses
+with `over_quota` is alive but will not serve us now: it is replaced like a failed one and
+marked failed, so the planner routes around it for a while.
+
 It works through the session's public methods (open_hops, close_hop, send_and_wait,
 reserve_step_ids, record of inputs and chunks); every phase is traced on the `FailoverEvent`.
 """
@@ -117,6 +123,8 @@ class Failover:
         self._note(f"pinged {len(session.hops)} hops: replace {failed}, down {[p[-8:] for p in down]}")
         for peer in down:
             self.on_peer_failure(peer)
+        if error.code == ErrorCode.OVER_QUOTA and error.peer_id not in down:
+            self.on_peer_failure(error.peer_id)  # alive but refusing us: route around it while the ban lasts
         cold = [i for i, hop in enumerate(session.hops) if not hop.warm]  # replacements whose replay did not finish
         if error.code == ErrorCode.TIMEOUT and not down:
             session.timeouts.relax()  # slow, not dead: be more patient
@@ -129,13 +137,22 @@ class Failover:
         links = await self.replanner(start, end, down)
         new = [Hop(link, warm=False) for link in links]
         self._note(f"planned [{start}, {end}) on {[link.peer_id[-8:] for link in links]}")
-        after = session.hops[last + 1].next_hop() if last + 1 < len(session.hops) else None
+        following = session.hops[last + 1] if last + 1 < len(session.hops) else None
+        after = following.next_hop() if following is not None else None
+        before = session.hops[first - 1].peer_id if first > 0 else None
         try:
-            await session.open_hops(new, after)
+            await session.open_hops(new, after, before)
         except RemoteStepError as e:  # a replacement that is gone too (its record has not expired yet)
             if e.peer_id in {hop.peer_id for hop in new}:
                 self.on_peer_failure(e.peer_id)
             raise
+        if following is not None:  # before the replay or the retried step can reach it
+            try:
+                await session.set_upstream(following, new[-1].peer_id)
+            except RemoteStepError:
+                for hop in new:
+                    await session.close_hop(hop)
+                raise
         session.hops[first:last + 1] = new
         for hop in old:
             await session.close_hop(hop)

@@ -65,7 +65,8 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                     yield token
                 return
             spec = RingSpec(sampling=_sampling(params, draws), max_tokens=max_tokens - produced,
-                            eos_token_ids=tuple(eos_token_ids), first_hop=session.first_hop())
+                            eos_token_ids=tuple(eos_token_ids), first_hop=session.first_hop(),
+                            last_peer_id=session.chain[-1].peer_id)
             stopper = session.ring_stopper()
             n_new = inputs.shape[1]
             channel = None

@@ -1,7 +1,10 @@
 """One inference session over a chain of servers (async): open, step, close.
 
 Opening sends `OpenSession` to every server of the chain on its own stream, each naming
-the next server as its `next_hop`, and waits until all have reserved KV cache. A step sends
+the next server as its `next_hop` and the previous one as its `upstream` (the only peer it
+will take Steps from; the first server takes them from us), and waits until all have
+reserved KV cache. Servers take CloseSession, Reroute, SetUpstream and RingStop only from
+the peer that opened the session, so only this client can steer it. A step sends
 hidden states to the first server only; the output arrives from the last server.
 
 The session keeps what a replacement server needs to rebuild its cache: the inputs it sent
@@ -30,7 +33,8 @@ from swarmllm.client.timeouts import StepTimeouts
 from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
     SESSION_HANDLER, CloseSession, ErrorCode, ErrorReply, NextHop, OpenSession, ProtocolError, RingSpec, RingStop,
-    SessionOpened, Step, StepResult, SwarmError, TokenResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
+    SessionOpened, SetUpstream, Step, StepResult, SwarmError, TokenResult, decode_frame, decode_tensor, encode_frame,
+    encode_tensor,
 )
 
 __all__ = ["FailoverEvent", "Hop", "InferenceSession", "RemoteStepError", "RingChannel", "PREFILL_CHUNK"]
@@ -88,24 +92,26 @@ class InferenceSession:
     # --- opening ---------------------------------------------------------------------
     async def open(self) -> "InferenceSession":
         try:
-            await self.open_hops(self.hops, None)
+            await self.open_hops(self.hops, None, None)
         except BaseException:
             await self.close()
             raise
         return self
 
-    async def open_hops(self, hops: list[Hop], after: Optional[NextHop]) -> None:
-        """Open sessions on `hops` (pushing to each other, the last one to `after`)."""
+    async def open_hops(self, hops: list[Hop], after: Optional[NextHop], before: Optional[str]) -> None:
+        """Open sessions on `hops` (pushing to each other, the last one to `after`; the first one
+        takes Steps from the server `before`, or from us if None)."""
         async def open_one(index: int, hop: Hop) -> None:
             try:
                 hop.stream = await self.swarm.open_stream(hop.peer_id, SESSION_HANDLER, timeout=self.open_timeout)
             except ConnectionError as e:
                 raise RemoteStepError(hop.peer_id, ErrorCode.UNREACHABLE, str(e)) from None
             next_hop = hops[index + 1].next_hop() if index + 1 < len(hops) else after
+            upstream = hops[index - 1].peer_id if index > 0 else before
             try:
                 await hop.stream.send(encode_frame(OpenSession(
                     session_id=hop.session_id, model_id=self.model_id, start=hop.link.start, end=hop.link.end,
-                    max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop)))
+                    max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop, upstream=upstream)))
                 reply, _ = decode_frame(await asyncio.wait_for(hop.stream.recv(), self.open_timeout))
             except asyncio.TimeoutError:  # per hop, so the error names the server that is frozen
                 raise RemoteStepError(hop.peer_id, ErrorCode.TIMEOUT, f"no answer to OpenSession within "
@@ -323,6 +329,13 @@ class InferenceSession:
             await asyncio.wait_for(hop.stream.send(encode_frame(RingStop(session_id=session_id))), 1.0)
         except (ConnectionError, asyncio.TimeoutError):
             pass
+
+    async def set_upstream(self, hop: Hop, upstream: Optional[str]) -> None:
+        """Tell `hop` to take Steps from `upstream` from now on (its previous server was replaced)."""
+        try:
+            await hop.stream.send(encode_frame(SetUpstream(session_id=hop.session_id, upstream=upstream)))
+        except ConnectionError as e:
+            raise RemoteStepError(hop.peer_id, ErrorCode.CONNECTION_LOST, str(e)) from None
 
     # --- closing ---------------------------------------------------------------------
     async def close_hop(self, hop: Hop) -> None:

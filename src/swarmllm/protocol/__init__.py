@@ -4,7 +4,7 @@ This package holds data definitions and their (de)serialisation only: no network
 compute. Client and server meet here and nowhere else.
 """
 
-from swarmllm.protocol.errors import ErrorCode, ProtocolError, SwarmError
+from swarmllm.protocol.errors import ErrorCode, ProtocolError, QuotaError, SwarmError
 from swarmllm.protocol.messages import (
     PROTOCOL_VERSION,
     FILE_HANDLER,
@@ -26,8 +26,10 @@ from swarmllm.protocol.messages import (
     TokenResult,
     PING_HANDLER,
     PUSH_HANDLER,
+    QuotaInfo,
     SESSION_HANDLER,
     SessionOpened,
+    SetUpstream,
     Step,
     StepResult,
     TensorMeta,
@@ -40,9 +42,10 @@ from swarmllm.protocol.records import (
 )
 
 __all__ = [
-    "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "SwarmError",
+    "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "QuotaError", "SwarmError",
     "FILE_HANDLER", "MAX_RANGE_BYTES", "RangeData", "ReadRange",
-    "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "RingSampling", "RingSpec", "RingStop", "RingToken", "TokenResult", "PING_HANDLER", "PUSH_HANDLER", "SESSION_HANDLER", "SessionOpened", "Step",
+    "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "RingSampling", "RingSpec", "RingStop", "RingToken", "TokenResult", "PING_HANDLER", "PUSH_HANDLER", "QuotaInfo",
+    "SESSION_HANDLER", "SessionOpened", "SetUpstream", "Step",
     "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
     "ModelRecord", "ServerRecord", "parse_model_records", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
 ]

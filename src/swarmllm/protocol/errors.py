@@ -25,6 +25,10 @@ class ErrorCode(str, Enum):
     SHUTTING_DOWN = "shutting_down"            # node is leaving; open the session elsewhere
     NOT_AVAILABLE = "not_available"            # the node does not hold the requested file bytes
     UNSUPPORTED = "unsupported"                # the node cannot do what was asked (e.g. ring decoding without head weights)
+    FORBIDDEN = "forbidden"                    # the sender may not do this to the session (not its opener, not its
+    # upstream server, not the ring's last server): session ids are never enough alone
+    OVER_QUOTA = "over_quota"                  # the peer is over one of the node's per-peer limits (ErrorReply.quota
+    # says which, its value and when to retry); others are still served
     INTERNAL = "internal"                      # bug on the node; the session is still valid
     # Raised by the client about a server, never sent by one:
     UNREACHABLE = "unreachable"                # no stream could be opened to the server
@@ -53,3 +57,13 @@ class ProtocolError(SwarmError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class QuotaError(ProtocolError):
+    """A peer went over one of a node's per-peer quotas: code OVER_QUOTA, plus which limit
+    (`limit`), its value and the seconds after which the same request may pass (None: never
+    at this size); handlers put these in `ErrorReply.quota`."""
+
+    def __init__(self, limit: str, value: float, retry_after: float | None, message: str):
+        super().__init__(ErrorCode.OVER_QUOTA, message)
+        self.limit, self.value, self.retry_after = limit, value, retry_after

@@ -31,6 +31,20 @@ client -> chain -> client.
         |<--------------------------------------- TokenResult(t0)
         |                |<------------------------- RingToken(t0)
         |                | embeds t0 -- Step ->|-- Step ------->| samples t1 ...
+
+Who may send what (v3). A session id is a capability that is never enough alone: a server
+checks every message against the libp2p-authenticated peer id of the stream it came on (the
+Noise handshake proves it), never against what a message says about its sender.
+- CloseSession, Reroute, SetUpstream and RingStop: only the peer that opened the session.
+- Step: only the session's `upstream` (OpenSession.upstream: the previous server of the
+  chain, pushing); for the chain's first server (upstream None), only the opener. After a
+  failover the client names the new previous server with `SetUpstream`.
+- RingToken: only the peer the ring's `RingSpec.last_peer_id` names (the chain's last
+  server), and only while that ring runs on the first server.
+A refusal is an `ErrorReply(forbidden)` to the offender's stream; the session carries on.
+A peer over one of a server's per-peer quotas (sessions, KV memory, compute time, streams,
+bytes in flight, positions per step, rollbacks) gets `ErrorReply(over_quota)` naming the
+limit in `ErrorReply.quota`.
 """
 
 from __future__ import annotations
@@ -39,7 +53,9 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = 2  # 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding
+PROTOCOL_VERSION = 3  # 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding
+# 3: sessions bound to authenticated peers (OpenSession.upstream, SetUpstream, RingSpec.last_peer_id), quotas
+# (ErrorReply.quota)
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
@@ -86,6 +102,8 @@ class OpenSession(_Wire):
     max_length: int = Field(gt=0, le=MAX_SESSION_LENGTH)  # positions to reserve KV cache for
     wire_dtype: WireDtype = "float32"  # format of pushed/returned hidden states (the client's choice)
     next_hop: Optional[NextHop] = None  # None: this server is last and replies to the client
+    upstream: Optional[str] = None      # peer id of the previous server: the only peer whose Steps this session
+    # takes; None: this server is the chain's first and takes Steps only from the peer that opened the session
 
 
 class SessionOpened(_Wire):
@@ -126,6 +144,7 @@ class RingSpec(_Wire):
     max_tokens: int = Field(gt=0, le=MAX_SESSION_LENGTH)
     eos_token_ids: tuple[int, ...] = ()
     first_hop: NextHop                 # the chain's first server: where tokens go to be embedded
+    last_peer_id: str                  # the chain's last server: the only peer the first server takes RingTokens from
 
 
 class Step(_Wire):
@@ -212,11 +231,33 @@ class Reroute(_Wire):
     replay_end: Optional[int] = Field(default=None, gt=0)
 
 
+class SetUpstream(_Wire):
+    """Client (the session's opener) -> server: after a failover, take pushed Steps from this peer from now on.
+
+    Sent to the server after a replaced gap before the retried step can reach it: the server
+    before it is now the replacement, not the one named in OpenSession.upstream.
+    """
+
+    type: Literal["set_upstream"] = "set_upstream"
+    session_id: str
+    upstream: Optional[str]            # peer id of the new previous server; None: Steps from the opener only
+
+
 class CloseSession(_Wire):
     """Client -> server: release the session's KV cache now."""
 
     type: Literal["close_session"] = "close_session"
     session_id: str
+
+
+class QuotaInfo(_Wire):
+    """Which per-peer limit of a server a request went over (ErrorReply.quota, code over_quota)."""
+
+    limit: str                         # "sessions", "memory", "compute", "streams", "bytes_in_flight",
+    # "step_positions" or "rollbacks" (server/quotas.py)
+    value: float                       # the limit: sessions, budget share, compute s/s, streams, bytes, positions,
+    # or rollbacks per window
+    retry_after: Optional[float] = None  # seconds until the same request may pass; None: not at this size
 
 
 class ErrorReply(_Wire):
@@ -228,6 +269,7 @@ class ErrorReply(_Wire):
     session_id: Optional[str] = None  # the session concerned, if known
     step_id: Optional[int] = None     # the step concerned, if known
     peer_id: Optional[str] = None     # the server that raised it (a server may relay a downstream error)
+    quota: Optional[QuotaInfo] = None  # with code over_quota: which limit, its value, when to retry
 
 
 class Ping(_Wire):
@@ -279,7 +321,7 @@ class RangeData(_Wire):
 
 
 Message = Annotated[
-    Union[OpenSession, SessionOpened, Step, StepResult, RingToken, TokenResult, RingStop, Reroute, CloseSession,
-          ErrorReply, Ping, Pong, ReadRange, RangeData],
+    Union[OpenSession, SessionOpened, Step, StepResult, RingToken, TokenResult, RingStop, Reroute, SetUpstream,
+          CloseSession, ErrorReply, Ping, Pong, ReadRange, RangeData],
     Field(discriminator="type"),
 ]

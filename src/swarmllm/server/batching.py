@@ -4,7 +4,10 @@ Sessions hand in validated steps (`StepBatcher.run`); whenever the compute threa
 everything queued for the same span (up to `max_batch` steps and `max_batch_positions`
 positions) runs as one `SpanModel.forward_many`; the steps that arrive while a batch
 computes form the next batch. A lone session's step starts as soon as the thread is free,
-exactly as without batching. When other sessions are active on this node, the batcher first
+exactly as without batching. The next batch starts with the queued step of lowest `priority`
+(arrival order among equals; the session service passes the opener's compute debt, so the
+steps of peers within their share go before those of a peer that used more, see quotas.py).
+When other sessions are active on this node, the batcher first
 waits a moment (at most `max_wait`) for their steps: in a pipeline, sessions drift apart
 into a stagger where each node sees one step at a time, and a short wait lets them travel
 together again (in benchmarks/batching.py on 2 cores, 1 to 8 sessions: 1.6 steps per batch
@@ -43,6 +46,7 @@ class _Queued:
     model: SpanModel  # the (sub-)span the step runs through; only steps of one model share a batch
     step: SequenceStep
     future: asyncio.Future  # -> (output [T, D], seconds the batch computed)
+    priority: float = 0.0   # lower goes first; equal ones in arrival order
 
 
 class StepBatcher:
@@ -61,10 +65,13 @@ class StepBatcher:
         self.steps_run = 0
 
     async def run(self, model: SpanModel, hidden: torch.Tensor, cache: KVCache,
-                  start_position: int) -> tuple[torch.Tensor, float]:
-        """Run hidden [T, D] through `model` at start_position; returns (output [T, D], compute seconds)."""
+                  start_position: int, priority: float = 0.0) -> tuple[torch.Tensor, float]:
+        """Run hidden [T, D] through `model` at start_position; returns (output [T, D], compute seconds).
+
+        The seconds are this step's share of its batch's time, by positions: what the step cost
+        the node (per-peer compute quotas charge it), not what its batch-mates cost."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(model, SequenceStep(hidden, cache, start_position), future))
+        self._queue.append(_Queued(model, SequenceStep(hidden, cache, start_position), future, priority))
         self._last_step[cache] = time.monotonic()
         self._arrived.set()
         if self._drainer is None or self._drainer.done():
@@ -99,23 +106,21 @@ class StepBatcher:
                    if now - at < self.active_seconds and id(cache) not in queued)
 
     def _take(self) -> list[_Queued]:
-        """The oldest step, plus the queued steps of the same model that fit, in arrival order."""
+        """The queued step of lowest priority (the oldest among equals), plus the queued steps of
+        the same model that fit, in that order; the rest stay queued in arrival order."""
+        live = [item for item in self._queue if not item.future.done()]  # done: its session gave up waiting
+        chosen: set[int] = set()
         batch: list[_Queued] = []
-        kept: deque[_Queued] = deque()
         positions = 0
-        while self._queue:
-            item = self._queue.popleft()
-            if item.future.done():  # its session gave up waiting (cancelled): skip the compute
-                continue
+        for index in sorted(range(len(live)), key=lambda i: live[i].priority):  # stable: arrival order among equals
+            item = live[index]
             n = item.step.hidden.shape[0]
-            fits = not batch or (item.model is batch[0].model and len(batch) < self.max_batch
-                                 and positions + n <= self.max_batch_positions)
-            if fits:
+            if not batch or (item.model is batch[0].model and len(batch) < self.max_batch
+                             and positions + n <= self.max_batch_positions):
                 batch.append(item)
+                chosen.add(index)
                 positions += n
-            else:
-                kept.append(item)
-        self._queue = kept
+        self._queue = deque(item for index, item in enumerate(live) if index not in chosen)
         return batch
 
     async def _run_batch(self, batch: list[_Queued]) -> None:
@@ -136,8 +141,9 @@ class StepBatcher:
         seconds = time.perf_counter() - started
         self.batches_run += 1
         self.steps_run += len(batch)
+        positions = sum(item.step.hidden.shape[0] for item in batch)
         for item, output in zip(batch, outputs):
-            _settle(item, result=(output, seconds))
+            _settle(item, result=(output, seconds * item.step.hidden.shape[0] / positions))
 
 
 def _settle(item: _Queued, result=None, error: BaseException | None = None) -> None:

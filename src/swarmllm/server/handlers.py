@@ -1,10 +1,20 @@
 """Request handlers: wire messages in, compute, hidden states out to the next hop.
 
-Flow of one step on a node: validate (sessions.py) -> decode tensor -> run the span on
-the compute thread, batched with the steps of other sessions that are ready at the same
-time (batching.py) -> encode -> push to the next server (or reply to the client if this
-node is last). Every failure becomes an `ErrorReply` on the client's session stream; a
-bad message from one peer never affects another session, and never stops the node.
+Flow of one step on a node: check the sender (below) -> validate (sessions.py) and the
+opener's quotas (quotas.py) -> decode tensor -> run the span on the compute thread, batched
+with the steps of other sessions that are ready at the same time (batching.py) -> encode ->
+push to the next server (or reply to the client if this node is last). Every failure becomes
+an `ErrorReply`; a bad message from one peer never affects another session, and never stops
+the node.
+
+Who may do what is decided from the stream's authenticated peer id alone (`stream.remote_peer_id`,
+proven by libp2p's Noise handshake), never from a message: a session takes CloseSession,
+Reroute, SetUpstream and RingStop only from the peer that opened it, Steps only from its
+upstream server (or, on the chain's first server, from its opener), and RingTokens only from
+the last server of the ring it runs. Anything else is refused with `ErrorReply(forbidden)` on
+the offender's own stream, so the session and its client see nothing. Per-peer quotas
+(quotas.py: streams, bytes in flight, sessions, KV memory, compute, step size, rollbacks)
+refuse with `ErrorReply(over_quota)` naming the limit.
 
 Ring decoding (ring.py): the node at the end of the chain samples after a ring step and sends
 the token to the first node (`RingToken` on a push stream) and to the client (`TokenResult`);
@@ -17,17 +27,19 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
 
 from swarmllm.protocol import (
-    PUSH_HANDLER, CloseSession, ErrorCode, ErrorReply, OpenSession, Ping, Pong, ProtocolError, Reroute, RingStop,
-    RingToken, SessionOpened, Step, StepResult, TensorMeta, TokenResult, decode_frame, decode_tensor, encode_frame,
-    encode_tensor,
+    PUSH_HANDLER, CloseSession, ErrorCode, ErrorReply, OpenSession, Ping, Pong, ProtocolError, QuotaError, QuotaInfo,
+    Reroute, RingStop, RingToken, SessionOpened, SetUpstream, Step, StepResult, TensorMeta, TokenResult, decode_frame,
+    decode_tensor, encode_frame, encode_tensor,
 )
 from swarmllm.protocol.messages import PROTOCOL_VERSION
 from swarmllm.server.batching import StepBatcher
+from swarmllm.server.quotas import PeerQuotas
 from swarmllm.server.ring import RingState
 from swarmllm.server.sessions import ServerSession, SessionTable
 
@@ -38,9 +50,10 @@ class SessionService:
     """Serves the session and push streams of one node."""
 
     def __init__(self, swarm, backend, table: SessionTable, model_id: str, max_batch: int = 16,
-                 batch_wait: float = 0.005):
+                 batch_wait: float = 0.005, quotas: Optional[PeerQuotas] = None):
         self.swarm, self.backend, self.table, self.model_id = swarm, backend, table, model_id
         self.peer_id: str = swarm.peer_id
+        self.quotas = quotas if quotas is not None else PeerQuotas()
         # One compute thread: the steps of all sessions run there, in batches of up to max_batch.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmllm-compute")
         self.batcher = StepBatcher(self.executor, max_batch=max_batch, max_wait=batch_wait)
@@ -49,54 +62,99 @@ class SessionService:
 
     # --- stream entry points ---------------------------------------------------------
     async def serve_session_stream(self, stream) -> None:
-        """A client's stream: OpenSession first, then Steps / CloseSession / Ping."""
+        """A client's stream: OpenSession first, then Steps / Reroute / SetUpstream / RingStop / CloseSession / Ping."""
+        peer = stream.remote_peer_id
+        if not await self._stream_admitted(stream):
+            return
         opened: list[str] = []
         try:
             while True:
                 frame = await stream.recv()
                 msg = None
                 try:
-                    msg, payload = decode_frame(frame)
-                    if isinstance(msg, OpenSession):
-                        await self._open(msg, stream)
-                        opened.append(msg.session_id)
-                    elif isinstance(msg, Step):
-                        await self._step(msg, payload)
-                    elif isinstance(msg, Reroute):
-                        await self._reroute(msg)
-                    elif isinstance(msg, RingStop):
-                        self._ring_stop(msg)
-                    elif isinstance(msg, CloseSession):
-                        self.close_session(msg.session_id)
-                    elif isinstance(msg, Ping):
-                        await stream.send(encode_frame(Pong(
-                            nonce=msg.nonce, peer_id=self.peer_id, model_id=self.model_id, start=self.table.span_start,
-                            end=self.table.span_end, accepting=self.accepting)))
-                    else:
-                        raise ProtocolError(ErrorCode.MALFORMED, f"a server does not accept {msg.type!r} messages")
+                    with self._in_flight(peer, len(frame)):
+                        msg, payload = decode_frame(frame)
+                        await self._on_session_message(msg, payload, stream, opened)
                 except ProtocolError as e:
                     await self._reply_error(stream, e, getattr(msg, "session_id", None), getattr(msg, "step_id", None))
         finally:
             for session_id in opened:  # the client went away: free what it held
                 self.close_session(session_id)
+            self.quotas.close_stream(peer)
+
+    async def _on_session_message(self, msg, payload, stream, opened: list[str]) -> None:
+        sender = stream.remote_peer_id
+        if isinstance(msg, OpenSession):
+            await self._open(msg, stream)
+            opened.append(msg.session_id)
+        elif isinstance(msg, Step):
+            await self._step(msg, payload, sender=sender)
+        elif isinstance(msg, Reroute):
+            await self._reroute(msg, sender)
+        elif isinstance(msg, SetUpstream):
+            self._controlled(msg.session_id, sender, "change the upstream of").upstream = msg.upstream
+        elif isinstance(msg, RingStop):
+            self._ring_stop(msg, sender)
+        elif isinstance(msg, CloseSession):
+            self._controlled(msg.session_id, sender, "close")
+            self.close_session(msg.session_id)
+        elif isinstance(msg, Ping):
+            await stream.send(encode_frame(Pong(
+                nonce=msg.nonce, peer_id=self.peer_id, model_id=self.model_id, start=self.table.span_start,
+                end=self.table.span_end, accepting=self.accepting)))
+        else:
+            raise ProtocolError(ErrorCode.MALFORMED, f"a server does not accept {msg.type!r} messages")
 
     async def serve_push_stream(self, stream) -> None:
         """The previous server's stream: Steps (or RingTokens from the chain's last server).
         Errors go to the session's client."""
-        while True:
-            frame = await stream.recv()
-            msg = None
-            try:
-                msg, payload = decode_frame(frame)
-                if isinstance(msg, Step):
-                    await self._step(msg, payload)
-                elif isinstance(msg, RingToken):
-                    await self._ring_token(msg)
-                else:
-                    raise ProtocolError(ErrorCode.MALFORMED, f"push streams carry steps only, not {msg.type!r}")
-            except ProtocolError as e:
-                # Tell the upstream server too: it relays the failure to its client.
-                await self._reply_error(stream, e, getattr(msg, "session_id", None), getattr(msg, "step_id", None))
+        peer = stream.remote_peer_id
+        if not await self._stream_admitted(stream):
+            return
+        try:
+            while True:
+                frame = await stream.recv()
+                msg = None
+                try:
+                    with self._in_flight(peer, len(frame)):
+                        msg, payload = decode_frame(frame)
+                        if isinstance(msg, Step):
+                            await self._step(msg, payload, sender=peer)
+                        elif isinstance(msg, RingToken):
+                            await self._ring_token(msg, peer)
+                        else:
+                            raise ProtocolError(ErrorCode.MALFORMED, f"push streams carry steps only, not {msg.type!r}")
+                except ProtocolError as e:
+                    # Tell the upstream server too: it relays the failure to its client.
+                    await self._reply_error(stream, e, getattr(msg, "session_id", None), getattr(msg, "step_id", None))
+        finally:
+            self.quotas.close_stream(peer)
+
+    async def _stream_admitted(self, stream) -> bool:
+        """Count a new stream against its peer's quota; refuse it (with a reason) when over."""
+        try:
+            self.quotas.open_stream(stream.remote_peer_id)
+        except QuotaError as e:
+            await self._reply_error(stream, e, None, None)
+            return False
+        return True
+
+    @contextmanager
+    def _in_flight(self, peer: str, size: int):
+        """A frame of `size` bytes from `peer` is held while it is handled (raises QuotaError when over)."""
+        self.quotas.take_bytes(peer, size)
+        try:
+            yield
+        finally:
+            self.quotas.release_bytes(peer, size)
+
+    def _controlled(self, session_id: str, sender: str, action: str) -> ServerSession:
+        """The session, if `sender` opened it (only the opener may close, reroute, re-upstream it or stop its ring)."""
+        session = self.table.get(session_id)
+        if not session.may_control(sender):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"peer {sender} did not open session {session_id}: only the "
+                                                     f"peer that opened a session may {action} it")
+        return session
 
     # --- operations --------------------------------------------------------------------
     async def _open(self, msg: OpenSession, stream) -> None:
@@ -106,38 +164,61 @@ class SessionService:
         if not self.accepting:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "this node is shutting down; open the session elsewhere")
         self.table.check_open(msg, self.model_id)
-        cache = self.backend.new_cache(msg.start, msg.end, msg.max_length)
-        history = torch.empty(msg.max_length, self.backend.hidden_size, dtype=self.backend.dtype)
+        owner, cost = stream.remote_peer_id, self.table.cost(msg.max_length, msg.end - msg.start)
+        self.quotas.admit_session(owner, cost, self.table.budget)
+        try:
+            cache = self.backend.new_cache(msg.start, msg.end, msg.max_length)
+            history = torch.empty(msg.max_length, self.backend.hidden_size, dtype=self.backend.dtype)
+        except BaseException:
+            self.quotas.release_session(owner, cost)
+            raise
         session = ServerSession(
             session_id=msg.session_id, start=msg.start, end=msg.end, max_length=msg.max_length,
             wire_dtype=msg.wire_dtype, next_hop=msg.next_hop, cache=cache, history=history,
-            reserved_tokens=self.table.cost(msg.max_length, msg.end - msg.start), client_stream=stream)
+            reserved_tokens=cost, client_stream=stream, owner=owner, upstream=msg.upstream)
         self.table.add(session)
         await stream.send(encode_frame(SessionOpened(session_id=msg.session_id, peer_id=self.peer_id,
                                                      start=msg.start, end=msg.end, max_length=msg.max_length)))
 
-    async def _step(self, msg: Step, payload=None, hidden: Optional[torch.Tensor] = None) -> None:
-        """Run a step: hidden states from `payload` (as described by msg.tensor), or given."""
+    async def _step(self, msg: Step, payload=None, hidden: Optional[torch.Tensor] = None, sender: str = "",
+                    ring_token: bool = False) -> None:
+        """Run a step from `sender`: hidden states from `payload` (as described by msg.tensor), or
+        given (ring_token: an embedded RingToken, whose sender _ring_token checked)."""
         session = self.table.get(msg.session_id)
+        if not ring_token and not session.may_step(sender):
+            source = "its upstream server" if session.upstream is not None else "the peer that opened it"
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"peer {sender} may not send steps to session {msg.session_id}: "
+                                                     f"it takes them only from {source}")
         async with session.lock:
             if session.closed:
                 raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"session {msg.session_id} was closed")
             session.last_active = time.monotonic()
-            try:
+            rolls_back = msg.start_position < session.cached_positions
+            try:  # everything is checked before the cache is touched; the opener pays for the step
                 n_new = self.table.validate_step(session, msg)
+                self.quotas.check_step_positions(n_new)
+                self.quotas.check_rollback(session.rollbacks, rolls_back)
                 if hidden is None:
                     hidden = decode_tensor(msg.tensor, payload, self.backend.dtype)
+                reserved = self.quotas.admit_compute(session.owner, n_new)
             except ProtocolError as e:
                 await self._reply_error(session.client_stream, e, session.session_id, msg.step_id)
                 return
+            self.quotas.record_rollback(session.rollbacks, rolls_back)
+            if not ring_token and session.upstream is None:
+                self._note_ring(session, msg)
+            compute_seconds = None
             try:
-                output, compute_seconds = await self.batcher.run(self.backend.model(session.start, session.end),
-                                                                 hidden[0], session.cache, msg.start_position)
+                output, compute_seconds = await self.batcher.run(
+                    self.backend.model(session.start, session.end), hidden[0], session.cache, msg.start_position,
+                    priority=self.quotas.priority(session.owner))
             except Exception as e:  # keep the node alive; the session stays consistent (see backend)
                 logger.exception("compute failed for session %s", session.session_id)
                 await self._reply_error(session.client_stream, ProtocolError(ErrorCode.INTERNAL, f"compute failed: {e}"),
                                         session.session_id, msg.step_id)
                 return
+            finally:
+                self.quotas.settle_compute(session.owner, reserved, compute_seconds, n_new)
             if session.closed:  # closed while its step waited or computed (e.g. the node moved): nothing to send
                 return
             output = output.unsqueeze(0)  # [1, T, D]
@@ -161,6 +242,17 @@ class SessionService:
                                                replay_end=msg.replay_end, ring=msg.ring), raw)
 
     # --- ring decoding (ring.py) ----------------------------------------------------------
+    def _note_ring(self, session: ServerSession, msg: Step) -> None:
+        """On the chain's first server, a step from the client starts a ring that runs from here
+        (RingTokens from its last server are taken for its step ids) or ends the one that ran."""
+        ring = msg.ring
+        if (ring is not None and msg.replay_end is None and ring.first_hop.peer_id == self.peer_id
+                and ring.first_hop.session_id == session.session_id):
+            session.ring_source = ring.last_peer_id
+            session.ring_steps = range(msg.step_id + 1, msg.step_id + ring.max_tokens)
+        else:
+            session.ring_source, session.ring_steps = None, range(0)
+
     @staticmethod
     def _ring_for(session: ServerSession, msg: Step) -> Optional[RingState]:
         """The ring this step (at the end of the chain) belongs to, if any; starts or ends rings."""
@@ -185,6 +277,8 @@ class SessionService:
             session.ring = None
             await self._reply_error(session.client_stream, ProtocolError(ErrorCode.UNSUPPORTED, f"no ring decoding "
                                     f"here: {e}"), session.session_id, msg.step_id)
+            return
+        if session.closed or session.ring is not ring:  # closed or restarted while it sampled: nothing to send
             return
         if finished:
             session.ring = None
@@ -217,12 +311,17 @@ class SessionService:
 
     async def _ring_token_quietly(self, token: RingToken, origin: ServerSession) -> None:
         try:
-            await self._ring_token(token)
+            await self._ring_token(token, self.peer_id)
         except ProtocolError as e:
             await self._reply_error(origin.client_stream, e, origin.session_id, token.step_id)
 
-    async def _ring_token(self, msg: RingToken) -> None:
-        """First server: embed the ring's token and run it as the session's next step."""
+    async def _ring_token(self, msg: RingToken, sender: str) -> None:
+        """First server: embed the ring's token (from the ring's last server only) and run it as
+        the session's next step."""
+        if not self.table.get(msg.session_id).may_ring(sender, msg.step_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"peer {sender} may not send ring token {msg.step_id} to "
+                                                     f"session {msg.session_id}: tokens come only from the last server "
+                                                     "of a ring running from here")
         try:
             head = self.backend.head()
         except LookupError as e:
@@ -233,16 +332,17 @@ class SessionService:
         hidden = head.embed([msg.token_id])
         step = Step(session_id=msg.session_id, step_id=msg.step_id, start_position=msg.position,
                     tensor=TensorMeta(dtype="float32", shape=(1, 1, self.backend.hidden_size)))
-        await self._step(step, hidden=hidden)
+        await self._step(step, hidden=hidden, ring_token=True)
 
-    def _ring_stop(self, msg: RingStop) -> None:
-        session = self.table.get(msg.session_id)
+    def _ring_stop(self, msg: RingStop, sender: str) -> None:
+        session = self._controlled(msg.session_id, sender, "stop the ring of")
         if session.ring is not None:
             session.ring.stopped = True
 
-    async def _reroute(self, msg: Reroute) -> None:
-        """Point the session at a new next server; optionally replay our outputs to it."""
-        session = self.table.get(msg.session_id)
+    async def _reroute(self, msg: Reroute, sender: str) -> None:
+        """Point the session at a new next server; optionally replay our outputs to it (its opener only:
+        the outputs are the session's)."""
+        session = self._controlled(msg.session_id, sender, "reroute")
         async with session.lock:
             session.last_active = time.monotonic()
             if msg.replay_positions > session.cached_positions:
@@ -292,6 +392,7 @@ class SessionService:
     def close_session(self, session_id: str) -> None:
         session = self.table.remove(session_id)
         if session is not None:
+            self.quotas.release_session(session.owner, session.reserved_tokens)
             for stream in (session.push_stream, session.ring_stream):
                 if stream is not None:
                     stream.close()
@@ -305,14 +406,17 @@ class SessionService:
             self.close_session(session_id)
             if session is not None and session.client_stream is not None:
                 session.client_stream.close()
+        self.quotas.prune()
         return evicted
 
     async def _reply_error(self, stream, error: ProtocolError, session_id: Optional[str], step_id: Optional[int],
                            peer_id: Optional[str] = None) -> None:
         if stream is None:
             return
+        quota = QuotaInfo(limit=error.limit, value=error.value, retry_after=error.retry_after) \
+            if isinstance(error, QuotaError) else None
         reply = ErrorReply(code=error.code.value, message=error.message, session_id=session_id, step_id=step_id,
-                           peer_id=peer_id or self.peer_id)
+                           peer_id=peer_id or self.peer_id, quota=quota)
         try:
             await stream.send(encode_frame(reply))
         except ConnectionError:

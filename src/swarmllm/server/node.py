@@ -46,6 +46,7 @@ from swarmllm.server.block_selection import choose_span, contested_by, plan_move
 from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
+from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
 from swarmllm.server.sessions import SessionTable
 from swarmllm.swarm import SwarmNode, dht_time
 
@@ -84,6 +85,27 @@ class ServerConfig:
     download_dir: Optional[str] = None          # where a model URL's partial copy lives (default ~/.cache/swarmllm)
     model_manifest: Optional[str] = None        # JSON of tensor sha256s that fetched tensors must match
     ring: bool = True                           # offer ring decoding (loads the model's head when a ring starts here)
+    # Per-peer quotas (server/quotas.py): what one authenticated peer may hold or use here.
+    max_sessions_per_peer: int = 32             # sessions one peer may hold open
+    max_memory_share: float = 0.5               # share of cache_memory_bytes one peer's sessions may reserve
+    compute_share: float = 0.5                  # compute seconds per second a peer earns while other peers are served
+    compute_burst: float = 2.0                  # compute seconds a peer may run ahead of that share
+    max_streams_per_peer: int = 48              # open streams per peer
+    max_bytes_in_flight: int = 256 * 2**20      # bytes of a peer's frames received and not yet handled
+    max_step_positions: int = 2048              # positions per step (also bounded by the model's context length)
+    max_rollbacks: int = 1200                   # steps starting before the end of their session, per session ...
+    rollback_window: float = 60.0               # ... per this many seconds
+
+    def __post_init__(self) -> None:
+        self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
+
+    def quota_limits(self, step_positions: int) -> QuotaLimits:
+        """The per-peer quotas these fields describe, with the node's derived positions per step."""
+        return QuotaLimits(
+            max_sessions=self.max_sessions_per_peer, max_memory_share=self.max_memory_share,
+            compute_share=self.compute_share, compute_burst=self.compute_burst, max_streams=self.max_streams_per_peer,
+            max_bytes_in_flight=self.max_bytes_in_flight, step_positions=step_positions,
+            max_rollbacks=self.max_rollbacks, rollback_window=self.rollback_window)
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any]) -> "ServerConfig":
@@ -92,6 +114,7 @@ class ServerConfig:
         renamed = {"max_length": "max_session_length", "identity": "identity_path", "announce": "announce_addresses"}
         converted = {"cache_memory_mb": ("cache_memory_bytes", lambda mb: int(mb * 2**20)),
                      "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
+                     "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
                      "initial_peers": ("initial_peers", tuple)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
@@ -190,7 +213,7 @@ class ServerNode:
                 return
             table = self._new_table(backend, start, end)
             service = SessionService(swarm, backend, table, backend.model_id, max_batch=self.config.max_batch,
-                                     batch_wait=self.config.batch_wait)
+                                     batch_wait=self.config.batch_wait, quotas=PeerQuotas(self._quota_limits(backend)))
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
@@ -226,6 +249,11 @@ class ServerNode:
             backend.head()
         except LookupError as e:
             logger.warning("no ring decoding on this node: %s", e)
+
+    def _quota_limits(self, backend) -> QuotaLimits:
+        c = self.config
+        return c.quota_limits(step_positions_limit(c.max_step_positions, backend.config.context_length,
+                                                   c.max_session_length))
 
     def _new_table(self, backend, start: int, end: int) -> SessionTable:
         return SessionTable(start, end, backend.hidden_size,

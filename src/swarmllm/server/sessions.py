@@ -6,7 +6,9 @@ Promises:
 - reserved memory is returned exactly once, whether the session is closed by the client,
   by its stream going away, or by idle eviction;
 - `validate_step` checks everything about a step before any compute touches the cache,
-  so a rejected step leaves the session exactly as it was.
+  so a rejected step leaves the session exactly as it was;
+- a session remembers who may act on it (`owner`, `upstream`, `ring_source`: authenticated
+  peer ids) and `may_step` / `may_control` answer from those alone, never from a message.
 No networking and no compute happen here.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -36,6 +39,11 @@ class ServerSession:
     push_stream: Any = None    # FrameStream to next_hop, opened lazily
     ring: Any = None           # RingState while this node ends the chain of a ring-decoding session
     ring_stream: Any = None    # FrameStream to the ring's first server (RingTokens), opened lazily
+    owner: str = ""            # peer id that opened the session: the only one that may close, reroute, re-upstream it
+    upstream: Optional[str] = None  # peer id whose Steps it takes (the previous server); None: the owner's
+    ring_source: Optional[str] = None  # while a ring runs from this (first) node: the peer its RingTokens come from
+    ring_steps: range = range(0)       # ... and the step ids they may carry
+    rollbacks: deque = field(default_factory=deque)  # when recent steps rolled the cache back (quotas.py)
     last_step_id: int = -1
     last_active: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -44,6 +52,19 @@ class ServerSession:
     @property
     def cached_positions(self) -> int:
         return self.cache.length
+
+    def may_step(self, sender: str) -> bool:
+        """Whether Steps from `sender` are this session's: from its upstream server, or, where
+        it has none (the chain's first server), from the peer that opened it."""
+        return sender == (self.upstream if self.upstream is not None else self.owner)
+
+    def may_control(self, sender: str) -> bool:
+        """Whether `sender` may close, reroute or re-upstream the session, or stop its ring."""
+        return sender == self.owner
+
+    def may_ring(self, sender: str, step_id: int) -> bool:
+        """Whether a RingToken from `sender` for `step_id` belongs to the ring running from here."""
+        return self.ring_source is not None and sender == self.ring_source and step_id in self.ring_steps
 
 
 class SessionTable:
