@@ -34,9 +34,10 @@ from swarmllm.protocol.messages import (
     WIRE_DTYPES,
 )
 from swarmllm.protocol.codec import decode_frame, encode_frame, encode_tensor, decode_tensor
+from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, peer_id_from_public_key, seal
 from swarmllm.protocol.records import (
-    MODEL_REGISTRY_KEY, ModelRecord, ServerRecord, ServerState, block_key, model_registry_key, parse_model_records,
-    parse_records,
+    MAX_CLOCK_SKEW, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, ModelRecord, RecordKind, ServerRecord, ServerState, block_key,
+    check_record, kind_of, model_registry_key, parse_model_records, parse_records,
 )
 
 __all__ = [
@@ -45,4 +46,6 @@ __all__ = [
     "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "RingSampling", "RingSpec", "RingStop", "RingToken", "TokenResult", "PING_HANDLER", "PUSH_HANDLER", "SESSION_HANDLER", "SessionOpened", "Step",
     "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
     "ModelRecord", "ServerRecord", "parse_model_records", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
+    "MAX_CLOCK_SKEW", "MAX_RECORD_TTL", "RecordKind", "RecordRejected", "SignedRecord", "check_record", "kind_of",
+    "open_envelope", "peer_id_from_public_key", "seal",
 ]
