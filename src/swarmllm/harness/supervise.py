@@ -15,6 +15,10 @@ What it promises:
   signal while stopping is ignored: the stop is already bounded.
 - If this process is killed outright (SIGKILL), its children still die within seconds: they
   get SIGTERM from the kernel, and their p2p daemons die with them (see lifeline.py).
+- Its bootstrap and nodes keep their identities across runs (`identity_dir`, default the state
+  folder's identities/up/: bootstrap.key, node0.key, ...), so their peer ids stay the same; a
+  second `up` at the same time is refused by the first one's locks on them (pass another
+  identity_dir). The bootstrap listens on a new port each run, so its multiaddr still changes.
 - A process that fails to start is a `StartError` whose sentence is the child's own error
   line when it printed one (e.g. "swarmllm serve: error: ..."), else where its log is.
 It prints nothing itself: `on_stopping` and `on_exit` are the caller's, and errors from them
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Optional, TextIO
 
 from swarmllm.harness.local_swarm import LocalSwarm, LocalSwarmError, even_spans
+from swarmllm.swarm.identity import default_identity_dir
 from swarmllm.harness.processes import ManagedProcess
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -53,6 +58,7 @@ class UpConfig:
     port: int = 8000                 # the gateway's port
     timeout: float = 300.0           # seconds each group of processes may take to be ready
     log_dir: Optional[str] = None
+    identity_dir: Optional[Path] = None  # default: the state folder's identities/up/ (identity.py), kept across runs
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,8 @@ class Supervisor:
     # --- the swarm -----------------------------------------------------------------------
     def start(self) -> SwarmSummary:
         config, plan = self.config, self.plan
-        self.swarm = LocalSwarm(config.model, plan.spans, log_dir=Path(config.log_dir) if config.log_dir else None)
+        self.swarm = LocalSwarm(config.model, plan.spans, log_dir=Path(config.log_dir) if config.log_dir else None,
+                                identity_dir=config.identity_dir or default_identity_dir() / "up")
         began = time.perf_counter()
         try:
             self.swarm.start(timeout=config.timeout)
