@@ -1,4 +1,8 @@
-"""Helpers for tests of signed DHT records: honest envelopes, and forged ones that skip the schemas."""
+"""Helpers for tests of signed DHT records: honest envelopes, and forged ones that skip the schemas.
+
+(In tests/, beside conftest.py, so that unit and integration tests both import it.) Times
+default to a fixed `NOW` for unit tests; integration tests pass real DHT times.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ NOW = 1_000_000.0  # the checker's DHT time in these tests
 MODEL = "m"
 
 
-def server_record(identity: Identity, start: int = 0, end: int = 10, n_blocks: int = 30, **fields) -> ServerRecord:
-    values = dict(peer_id=identity.peer_id, model_id=MODEL, start=start, end=end, n_blocks=n_blocks, throughput=10.0,
-                  free_cache_tokens=1000, max_session_length=64, announced_at=NOW - 1)
+def server_record(identity: Identity, start: int = 0, end: int = 10, n_blocks: int = 30, model_id: str = MODEL,
+                  now: float = NOW, **fields) -> ServerRecord:
+    values = dict(peer_id=identity.peer_id, model_id=model_id, start=start, end=end, n_blocks=n_blocks,
+                  throughput=10.0, free_cache_tokens=1000, max_session_length=64, announced_at=now - 1)
     values.update(fields)
     return ServerRecord(**values)
 
