@@ -102,3 +102,15 @@ def test_the_cache_stores_nothing():
     cache = NoStorage()
     assert not cache.store(DHTID.generate(source="k"), _value(), get_dht_time() + 60, subkey="a")
     assert cache.get(DHTID.generate(source="k")) is None
+
+
+def test_an_announcement_is_signed_once_per_distinct_body_and_verifies_under_every_key():
+    from swarmllm.swarm.node import seal_records
+
+    record, registry = server_record(A, 0, 10), ModelRecord(model_id=MODEL, n_blocks=30)
+    items = [(block_key(MODEL, b), record) for b in range(10)] + [(MODEL_REGISTRY_KEY, registry)]
+    envelopes = seal_records(A, items, NOW + 10)
+    assert [e.key for e in envelopes] == [key for key, _ in items]
+    assert len({e.signature for e in envelopes}) == 2
+    check = validator()
+    assert all(check.validate(dht_record(e.key, A.peer_id, e.to_value(), NOW + 10)) for e in envelopes)

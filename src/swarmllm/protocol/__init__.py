@@ -1,7 +1,8 @@
 """Wire messages, DHT record schemas, errors and the protocol version.
 
-This package holds data definitions and their (de)serialisation only: no networking, no
-compute. Client and server meet here and nowhere else.
+This package holds data definitions, their (de)serialisation and the checks every DHT
+record must pass (signature, schema, bounds: envelope.py, records.py); no networking, no
+compute, no clock. Client and server meet here and nowhere else.
 """
 
 from swarmllm.protocol.errors import ErrorCode, ProtocolError, SwarmError

@@ -79,6 +79,7 @@ class SignedRecord(BaseModel):
         return self.model_dump()
 
 
+@functools.lru_cache(maxsize=4096)  # base58 is pure Python (~0.1 ms); the same writers come back all the time
 def peer_id_from_public_key(public_key: bytes) -> str:
     """libp2p's peer id of a protobuf-encoded public key: the identity multihash of the key
     bytes when they are at most 42 bytes long (Ed25519 keys are 36), base58btc-encoded.

@@ -51,6 +51,20 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 _LEN_BYTES = P2P.HEADER_LEN  # hivemind's 8-byte big-endian length prefix
 
 
+def seal_records(identity: Identity, items: Iterable[tuple[str, BaseModel]],
+                 expiration_time: float) -> list[SignedRecord]:
+    """(key, body) items as envelopes signed by `identity`, one signature per distinct body."""
+    sealed: dict[bytes, SignedRecord] = {}
+    envelopes = []
+    for key, body in items:
+        data = body.model_dump_json().encode()
+        if data not in sealed:
+            sealed[data] = seal(kind_of(body).value, data, key=key, expiration=expiration_time,
+                                public_key=identity.public_key, sign=identity.sign)
+        envelopes.append(with_key(sealed[data], key))
+    return envelopes
+
+
 def catalog_n_blocks() -> dict[str, int]:
     """The block count of every catalog model: records that claim another one are refused."""
     from swarmllm.models.catalog import CATALOG
@@ -199,21 +213,9 @@ class SwarmNode:
         return [str(m) for m in await self._p2p.get_visible_maddrs()]
 
     # --- DHT -------------------------------------------------------------------------
-    def seal_records(self, items: Iterable[tuple[str, BaseModel]], expiration_time: float) -> list[SignedRecord]:
-        """(key, body) items as envelopes signed by this node, one signature per distinct body."""
-        sealed: dict[bytes, SignedRecord] = {}
-        envelopes = []
-        for key, body in items:
-            data = body.model_dump_json().encode()
-            if data not in sealed:
-                sealed[data] = seal(kind_of(body).value, data, key=key, expiration=expiration_time,
-                                    public_key=self.identity.public_key, sign=self.identity.sign)
-            envelopes.append(with_key(sealed[data], key))
-        return envelopes
-
     async def store_records(self, items: Iterable[tuple[str, BaseModel]], expiration_time: float) -> bool:
         """Sign and store (key, body) items under this node's peer id; True if all were stored somewhere."""
-        envelopes = self.seal_records(items, expiration_time)
+        envelopes = seal_records(self.identity, items, expiration_time)
         if not envelopes:
             return True
         results = await self._dht.store_many([e.key for e in envelopes], [e.to_value() for e in envelopes],
