@@ -10,7 +10,9 @@ from hivemind.p2p.p2p_daemon import P2P
 from hivemind.proto import crypto_pb2
 
 from swarmllm.cli import main
-from swarmllm.swarm.identity import Identity, IdentityError, claim_identity, default_identity_path, load_or_create
+from swarmllm.swarm.identity import (
+    Identity, IdentityError, claim_identity, claim_identity_folder, default_identity_path, load_or_create,
+)
 
 
 def test_an_identity_file_is_p2pds_protobuf_key_private_to_its_owner(tmp_path):
@@ -81,3 +83,13 @@ def test_swarmllm_id_prints_the_peer_id(tmp_path, capsys, monkeypatch):
     assert main(["id", "--identity", str(path)]) == 0 and capsys.readouterr().out.strip() == printed
     assert main(["id", "--name", "bootstrap"]) == 0
     assert capsys.readouterr().out.strip() == load_or_create(tmp_path / "identities" / "bootstrap.key").peer_id
+
+
+def test_a_folder_of_identities_is_held_by_one_swarm_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWARMLLM_HOME", str(tmp_path))
+    first, second = claim_identity_folder("up"), claim_identity_folder("up")
+    assert (first.path, second.path) == (tmp_path / "identities" / "up", tmp_path / "identities" / "up-2")
+    assert stat.S_IMODE(first.path.stat().st_mode) == 0o700
+    first.release()
+    assert claim_identity_folder("up").path == first.path
+    second.release()

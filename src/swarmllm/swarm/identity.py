@@ -16,6 +16,9 @@ What it promises:
   old records and connections still linger) is not used. An explicit path in use is an error;
   a default name in use moves on to `name-2`, `name-3`, ... so that several nodes can run
   from one account without flags.
+- `claim_identity_folder(name)`: a folder of the state folder for a group of processes (the
+  harness's `swarmllm up`: one identity per node name in it), locked the same way; `name` in
+  use moves on to `name-2`, ... so that two `up`s at once do not fight over their nodes' keys.
 - `default_identity_dir()`: $SWARMLLM_HOME/identities, else $XDG_STATE_HOME/swarmllm/identities,
   else ~/.local/state/swarmllm/identities.
 Why Ed25519 and not hivemind's RSA-2048: signing takes ~0.06 ms instead of ~1 ms, a key
@@ -107,21 +110,29 @@ class Identity:
     # --- the lock ------------------------------------------------------------------------
     def try_lock(self) -> bool:
         """Lock the identity for this process; False if another process holds it."""
-        if fcntl is None or self.path is None or self._lock_fd is not None:
+        if self.path is None or self._lock_fd is not None:
             return True
-        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
+        self._lock_fd = _lock(str(self.path) + ".lock")
+        return self._lock_fd is not None
 
     def release(self) -> None:
-        if self._lock_fd is not None:
+        if self._lock_fd is not None and self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
+        self._lock_fd = None
+
+
+def _lock(path: str) -> Optional[int]:
+    """An open descriptor holding an exclusive flock on `path` (-1 without fcntl), or None if another
+    process holds it."""
+    if fcntl is None:
+        return -1
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _check_private(path: Path) -> None:
@@ -173,3 +184,27 @@ def claim_identity(path: Optional[os.PathLike | str] = None, name: str = "node")
             return identity
     raise IdentityError(f"the identities {name} .. {name}-{_MAX_SLOTS} in {default_identity_dir()} are all in use; "
                         "pass --name or --identity")
+
+
+class IdentityFolder:
+    """A folder of identities held by this process (claim_identity_folder); `release()` frees it."""
+
+    def __init__(self, path: Path, lock_fd: int):
+        self.path, self._lock_fd = path, lock_fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None and self._lock_fd >= 0:
+            os.close(self._lock_fd)
+        self._lock_fd = None
+
+
+def claim_identity_folder(name: str) -> IdentityFolder:
+    """The first of default_identity_dir()/name, name-2, ... that no running process holds, locked."""
+    for slot in range(1, _MAX_SLOTS + 1):
+        path = default_identity_path(name if slot == 1 else f"{name}-{slot}").with_suffix("")
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = _lock(str(path / ".lock"))
+        if fd is not None:
+            return IdentityFolder(path, fd)
+    raise IdentityError(f"the identity folders {name} .. {name}-{_MAX_SLOTS} in {default_identity_dir()} are all in "
+                        "use")
