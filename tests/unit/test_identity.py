@@ -93,3 +93,15 @@ def test_a_folder_of_identities_is_held_by_one_swarm_at_a_time(tmp_path, monkeyp
     first.release()
     assert claim_identity_folder("up").path == first.path
     second.release()
+
+
+def test_serve_takes_a_node_name_and_refuses_records_its_peers_would_refuse():
+    from swarmllm.cli import build_parser
+    from swarmllm.server.node import ServerConfig
+
+    config = ServerConfig.from_flags(vars(build_parser().parse_args(["serve", "--initial-peers", "x", "--name", "gpu1"])))
+    assert config.node_name == "gpu1" and config.identity_path is None
+    with pytest.raises(ValueError, match="record_ttl must be in"):
+        ServerConfig(model="m", record_ttl=60)
+    with pytest.raises(ValueError, match="--throughput must be between"):
+        ServerConfig(model="m", throughput=1e12)

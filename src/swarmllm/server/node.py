@@ -40,7 +40,7 @@ from swarmllm.protocol import (
     FILE_HANDLER, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, PING_HANDLER, ModelRecord, PUSH_HANDLER, SESSION_HANDLER,
     ServerRecord, ServerState, block_key, parse_records,
 )
-from swarmllm.protocol.records import MAX_ADDRESSES, MODEL_ID_PATTERN
+from swarmllm.protocol.records import MAX_ADDRESSES, MAX_THROUGHPUT, MODEL_ID_PATTERN
 from swarmllm.engine.dtypes import dtype_name, resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.models.catalog import resolve_model
@@ -108,6 +108,8 @@ class ServerConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
+            raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
         if not 0 < self.record_ttl <= MAX_RECORD_TTL:
             raise ValueError(f"record_ttl must be in (0, {MAX_RECORD_TTL:.0f}] s: peers refuse records that expire "
                              "later than that")
@@ -378,7 +380,7 @@ class ServerNode:
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
-            n_blocks=backend.n_blocks, state=state, throughput=self.status.throughput,
+            n_blocks=backend.n_blocks, state=state, throughput=min(self.status.throughput, MAX_THROUGHPUT),
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
             active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype), quant=backend.quant,
             kv_dtype=backend.kv_dtype,
