@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from swarmllm.swarm import hivemind_core  # noqa: F401
@@ -66,8 +66,8 @@ def key_choice(repeats: int) -> dict:
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
     rs = rsa.generate_private_key(65537, 2048)
     rs_signature = rs.sign(message, pss, hashes.SHA256())
-    from cryptography.hazmat.primitives import serialization
-    rsa_public = rs.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    rsa_public = rs.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
     return {
         "ed25519": {"keygen_ms": timed_ms(ed25519.Ed25519PrivateKey.generate, repeats),
                     "sign_ms": timed_ms(lambda: ed.sign(message), repeats),
@@ -142,7 +142,8 @@ def sizes() -> dict:
     identity, now = Identity.generate(), dht_time()
     record = record_for(identity, 0, 10, now)
     before = len(MSGPackSerializer.dumps(record.model_dump(mode="json")))
-    after = len(MSGPackSerializer.dumps(seal_records(identity, [(block_key(MODEL, 0), record)], now + 15)[0].to_value()))
+    sealed = seal_records(identity, [(block_key(MODEL, 0), record)], now + 15)[0]
+    after = len(MSGPackSerializer.dumps(sealed.to_value()))
     registry = ModelRecord(model_id=MODEL, n_blocks=N_BLOCKS)
     registry_before = len(MSGPackSerializer.dumps(registry.model_dump(mode="json")))
     registry_after = len(MSGPackSerializer.dumps(

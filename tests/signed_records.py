@@ -39,8 +39,9 @@ def forged(identity: Identity, key: str, body: Union[dict, bytes], kind: str = "
     a hostile peer makes them. `subkey` is the peer id the signature names (default: the signer's)."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     subkey = subkey or peer_id_from_public_key(identity.public_key)
+    signature = identity.sign(signing_payload(kind, subkey, expiration, data))
     return {"version": ENVELOPE_VERSION, "kind": kind, "key": key, "expiration": expiration, "body": data,
-            "public_key": identity.public_key, "signature": identity.sign(signing_payload(kind, subkey, expiration, data))}
+            "public_key": identity.public_key, "signature": signature}
 
 
 def body_dict(record: ServerRecord, **changes) -> dict:

@@ -99,7 +99,8 @@ def test_serve_takes_a_node_name_and_refuses_records_its_peers_would_refuse():
     from swarmllm.cli import build_parser
     from swarmllm.server.node import ServerConfig
 
-    config = ServerConfig.from_flags(vars(build_parser().parse_args(["serve", "--initial-peers", "x", "--name", "gpu1"])))
+    flags = build_parser().parse_args(["serve", "--initial-peers", "x", "--name", "gpu1"])
+    config = ServerConfig.from_flags(vars(flags))
     assert config.node_name == "gpu1" and config.identity_path is None
     with pytest.raises(ValueError, match="record_ttl must be in"):
         ServerConfig(model="m", record_ttl=60)

@@ -3,7 +3,8 @@
 `ServerNode.run()` is the whole life of a `swarmllm serve` process:
 1. resolve the model and read its config (no weights yet; for a URL, fetch the file's
    header into a local sparse copy, then only the chosen span's tensors, see download/);
-2. join the swarm with the node's identity (kept across restarts: swarm/identity.py); if no span was given, choose one from the DHT records (its length from
+2. join the swarm with the node's identity (kept across restarts: swarm/identity.py); if no span
+   was given, choose one from the DHT records (its length from
    this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
 4. register the session/push/ping handlers (and the file handler: peers fetching the
