@@ -21,9 +21,10 @@ What it promises:
   use moves on to `name-2`, ... so that two `up`s at once do not fight over their nodes' keys.
 - `default_identity_dir()`: $SWARMLLM_HOME/identities, else $XDG_STATE_HOME/swarmllm/identities,
   else ~/.local/state/swarmllm/identities.
-Why Ed25519 and not hivemind's RSA-2048: signing takes ~0.06 ms instead of ~1 ms, a key
-is made in microseconds instead of ~80 ms, and a record carries 36 + 64 bytes of key and
-signature instead of ~550 (benchmarks/records.py measures it).
+Why Ed25519 and not hivemind's RSA-2048: signing takes ~0.04 ms instead of ~0.7 ms, a key is
+made in 0.04 ms instead of ~70 ms, and a record carries 36 + 64 bytes of key and signature
+instead of ~550; verifying is slower (0.12 ms against 0.04 ms), which the signature cache and
+one signature per announced body make up for (benchmarks/records.py measures it).
 """
 
 from __future__ import annotations
