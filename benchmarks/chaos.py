@@ -265,8 +265,9 @@ second fault during the same recovery (another node killed meanwhile) adds to it
   positions in one batch changed greedy output a few tokens after a failover.
 - A node killed together with its p2p daemon is noticed by the client within ~10 ms (the
   stream resets); a frozen one only by the step timeout, which dominates the p95.
-- Restarted nodes come back with new peer ids, so the client's back-off list never blocks
-  them; a banned peer that recovers is retried after 2 s, doubling up to 60 s.
+- Restarted nodes come back with the same peer id (persistent identities), so a client that
+  banned one while it was down keeps avoiding it while others cover its span: a banned peer
+  that recovers is retried after 2 s, doubling up to 60 s, and at once when only it covers a gap.
 - Re-planning from a DHT lookup while peers die is slow (RPCs to dead peers wait for their
   timeout) and can come back incomplete; clients now re-plan from the records they saw in
   the last 15 s (kept fresh by a background refresh) and ping to weed out the dead.

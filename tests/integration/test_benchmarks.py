@@ -81,3 +81,14 @@ def test_speculative_benchmark_quick(tmp_path):
     assert all(mode["same_tokens_as_off"] for kind in summary.values() for mode in kind.values())
     assert summary["code"]["ngram"]["acceptance_rate"] is not None
     assert "| code | ngram |" in (tmp_path / "speculative.md").read_text()
+
+
+def test_records_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "records.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "records.json").read_text())
+    assert [a["signatures"] for a in result["announce"]] == [2, 2]
+    assert result["lookup"]["records"] == 30 and result["lookup"]["validate_one_reply_ms"] > 0
+    assert result["bytes"]["server_record_after"] > result["bytes"]["server_record_before"]
+    assert "| ed25519 |" in (tmp_path / "records.md").read_text()

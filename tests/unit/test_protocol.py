@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from swarmllm.protocol import (
-    ErrorCode, OpenSession, ProtocolError, ServerRecord, Step, decode_frame, decode_tensor, encode_frame, encode_tensor,
-    parse_records,
+    ErrorCode, OpenSession, ProtocolError, Step, decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
 
 
@@ -60,15 +59,6 @@ def test_unknown_fields_and_bad_values_rejected():
     text = good.model_dump_json().replace('"max_length":16', '"max_length":-1').encode()
     with pytest.raises(ProtocolError, match="max_length"):
         decode_frame(_json_frame(text))
-
-
-def test_parse_records_skips_garbage():
-    record = ServerRecord(peer_id="p1", model_id="m", start=0, end=4, n_blocks=8, throughput=10,
-                          free_cache_tokens=100, max_session_length=64)
-    found = {"k0": {"p1": record.model_dump(mode="json"), "p2": {"peer_id": 5}}, "k1": {}}
-    parsed = parse_records(found, "m")
-    assert parsed == [record]
-    assert parse_records(found, "other") == []
 
 
 # --- blockwise int8 on the wire (int8_wire.py) -------------------------------------------

@@ -139,12 +139,3 @@ def test_a_claimed_move_counts_as_covering_its_target_only():
     assert contested_by(me, (0, 10), others) == ["a"]
     assert contested_by(rec("0", 20, 30), (0, 10), others) == []
     assert contested_by(me, (10, 20), [a]) == []  # claims that do not overlap do not contest
-
-
-def test_parse_records_keeps_the_newest_announcement_of_a_peer():
-    from swarmllm.protocol import ServerState, parse_records
-
-    old = rec("p", 0, 10).model_copy(update={"state": ServerState.LEAVING, "announced_at": 5.0})
-    new = rec("p", 10, 20).model_copy(update={"announced_at": 6.0})
-    found = {"k12": {"p": new.model_dump(mode="json")}, "k3": {"p": old.model_dump(mode="json")}}
-    assert parse_records(found, "m") == [new]

@@ -1,7 +1,10 @@
 """Synchronous facade over the swarm for the CLI, the generation loop and the gateway.
 
 `SwarmClient.connect(initial_peers)` joins the DHT as a client (it stores nothing and
-needs no reachable address, so it works from behind NAT). It can list models, find and
+needs no reachable address, so it works from behind NAT; its identity is a throwaway one).
+It reads only records that verify (`protocol.parse_records`: signed by the peer they speak
+for, valid for the model's block count as its own header gives it); what they claim is
+still a claim, which pings and routing check. It can list models, find and
 ping servers, plan a chain and open `RemoteSession`s whose `forward(hidden, position)`
 has the same contract as the local engine's forward function.
 """
@@ -23,7 +26,7 @@ from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, ErrorCode, ModelRecord, Pong, ServerRecord, ServerState, block_key, parse_model_records, parse_records,
 )
-from swarmllm.swarm import BackgroundLoop, SwarmNode
+from swarmllm.swarm import BackgroundLoop, SwarmNode, dht_time
 
 
 class RemoteSession:
@@ -113,7 +116,7 @@ class SwarmClient:
     async def _find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
         """A DHT lookup of the model's servers (also remembered for `_recent`)."""
         found = await self.swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
-        records = parse_records(found, model_id)
+        records = parse_records(found, model_id, n_blocks, now=dht_time())  # verified; n_blocks is our header's
         seen, now = self._seen.setdefault(model_id, {}), time.monotonic()
         for record in records:
             seen[record.peer_id] = (now, record)
@@ -172,7 +175,8 @@ class SwarmClient:
 
     def list_models(self) -> dict[str, ModelRecord]:
         """The model registry: {model id: ModelRecord} of every model some node announces."""
-        return parse_model_records(self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY])
+        found = self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY]
+        return parse_model_records(found, now=dht_time())
 
     def recent_records(self, model_id: str, max_age: float) -> list[ServerRecord]:
         """Every record of the model seen in the last `max_age` s (what failover plans from)."""

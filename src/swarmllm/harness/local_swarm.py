@@ -11,6 +11,10 @@ link (see netem.py). The bootstrap peer stays direct.
 
 Every process it starts dies with the process that started it, however that one ends
 (processes.py); `stop()` stops them all at once and SIGKILLs what is left after a deadline.
+
+Each bootstrap and node runs with the identity `identity_dir/<name>.key` (default: the log
+folder's `identities/`), so a node restarted by `restart()`, or started again under the same
+name, keeps its peer id; `swarmllm up` points it at the state folder to keep them across runs.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class LocalSwarm:
     log_dir: Optional[Path] = None
     env: dict = field(default_factory=dict)
     network: Optional[str] = None  # WAN emulation per node: a netem profile, "mixed" or "name,name,..."
+    identity_dir: Optional[Path] = None  # <name>.key per process (default: log_dir / "identities")
     bootstrap: Optional[ManagedProcess] = None
     nodes: list[ManagedProcess] = field(default_factory=list)
     gateways: list[ManagedProcess] = field(default_factory=list)
@@ -68,8 +73,10 @@ class LocalSwarm:
     def start(self, timeout: float = 120.0) -> "LocalSwarm":
         self.log_dir = Path(self.log_dir or tempfile.mkdtemp(prefix="swarmllm-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.identity_dir = Path(self.identity_dir or self.log_dir / "identities")
         cli = [sys.executable, "-m", "swarmllm.cli"]
-        self.bootstrap = ManagedProcess("bootstrap", cli + ["bootstrap", "--host", self.host, "--port", "0"],
+        self.bootstrap = ManagedProcess("bootstrap", cli + ["bootstrap", "--host", self.host, "--port", "0",
+                                                            *self.identity_args("bootstrap")],
                                         self.log_dir / "bootstrap.log")
         self.bootstrap.start(self._env())
         self._wait([self.bootstrap], timeout)
@@ -94,12 +101,21 @@ class LocalSwarm:
             # adds synchronisation stalls (measured: 1 thread runs 10 blocks as fast as 2 here).
             share = max(1, (os.cpu_count() or 1) // max(1, len(self.spans)))
             blocks += ["--num-threads", str(share)]
+        if "--identity" not in (*self.node_args, *extra_args):
+            blocks += self.identity_args(name)
         node = ManagedProcess(name, cli + ["serve", "--model", self.model, "--initial-peers", ",".join(self.initial_peers),
                                            *blocks, "--host", self.host, *self.node_args, *extra_args],
                               self.log_dir / f"{name}.log")
         node.start(self._env())
         self.nodes.append(node)
         return node
+
+    def identity_path(self, name: str) -> Path:
+        """The identity file of the process called `name` (it exists once that process has started)."""
+        return Path(self.identity_dir or Path(self.log_dir) / "identities") / f"{name}.key"
+
+    def identity_args(self, name: str) -> list[str]:
+        return ["--identity", str(self.identity_path(name))]
 
     def _start_relay(self, name: str, profile: LinkProfile) -> list[str]:
         """Start the node's relay; returns the node arguments that put the node behind it."""
@@ -124,7 +140,8 @@ class LocalSwarm:
         return gateway
 
     def restart(self, proc: ManagedProcess, wait: bool = True, timeout: float = 120.0) -> ManagedProcess:
-        """Start a stopped or killed process again with the same arguments (a new peer id)."""
+        """Start a stopped or killed process again with the same arguments: a node or bootstrap keeps its
+        identity, so its peer id (and the bootstrap's multiaddr)."""
         proc.stop()
         proc.start(self._env())
         if wait:

@@ -1,7 +1,8 @@
 """Wire messages, DHT record schemas, errors and the protocol version.
 
-This package holds data definitions and their (de)serialisation only: no networking, no
-compute. Client and server meet here and nowhere else.
+This package holds data definitions, their (de)serialisation and the checks every DHT
+record must pass (signature, schema, bounds: envelope.py, records.py); no networking, no
+compute, no clock. Client and server meet here and nowhere else.
 """
 
 from swarmllm.protocol.errors import ErrorCode, ProtocolError, QuotaError, SwarmError
@@ -36,9 +37,10 @@ from swarmllm.protocol.messages import (
     WIRE_DTYPES,
 )
 from swarmllm.protocol.codec import decode_frame, encode_frame, encode_tensor, decode_tensor
+from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, peer_id_from_public_key, seal
 from swarmllm.protocol.records import (
-    MODEL_REGISTRY_KEY, ModelRecord, ServerRecord, ServerState, block_key, model_registry_key, parse_model_records,
-    parse_records,
+    MAX_CLOCK_SKEW, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, ModelRecord, RecordKind, ServerRecord, ServerState, block_key,
+    check_record, kind_of, model_registry_key, parse_model_records, parse_records,
 )
 
 __all__ = [
@@ -48,4 +50,6 @@ __all__ = [
     "SESSION_HANDLER", "SessionOpened", "SetUpstream", "Step",
     "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
     "ModelRecord", "ServerRecord", "parse_model_records", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
+    "MAX_CLOCK_SKEW", "MAX_RECORD_TTL", "RecordKind", "RecordRejected", "SignedRecord", "check_record", "kind_of",
+    "open_envelope", "peer_id_from_public_key", "seal",
 ]

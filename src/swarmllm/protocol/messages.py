@@ -53,9 +53,12 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PROTOCOL_VERSION = 3  # 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding
-# 3: sessions bound to authenticated peers (OpenSession.upstream, SetUpstream, RingSpec.last_peer_id), quotas
-# (ErrorReply.quota)
+# 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding.
+# 3: DHT values are signed envelopes (envelope.py: Ed25519, subkey = the signer's peer id), record
+#    bodies refuse unknown fields, registry entries are one per serving peer (subkey = peer id);
+#    sessions bound to authenticated peers (OpenSession.upstream, SetUpstream, RingSpec.last_peer_id),
+#    per-peer quotas (ErrorReply.quota).
+PROTOCOL_VERSION = 3
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain

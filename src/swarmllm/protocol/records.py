@@ -1,32 +1,71 @@
-"""DHT record schemas: what a node announces and under which keys.
+"""DHT record schemas, the rules every record must pass, and the readers' parsers.
 
-A node hosting blocks [start, end) of model M stores, for every block i in its span,
-a `ServerRecord` under key `block_key(M, i)` with subkey = its peer id, and one entry under
-`MODEL_REGISTRY_KEY` with subkey = M so that gateways can list models. Records expire
-`ttl` seconds after each refresh, so a node that stops refreshing drops out of routing.
+A node hosting blocks [start, end) of model M stores, for every block i in its span, a
+`ServerRecord` under key `block_key(M, i)`, and a `ModelRecord` under `MODEL_REGISTRY_KEY`
+so that gateways can list models. Every value travels in a `SignedRecord` (envelope.py)
+whose subkey is the writer's peer id: a node can only speak for itself. Records expire at
+most `MAX_RECORD_TTL` s after each refresh, so a node that stops refreshing drops out.
 
-Records are unsigned today; `peer_id` is explicit so that a later signature check (and
-per-node reputation, trust radius) attaches to the same identity without a redesign.
+`check_record` is the one definition of a valid record, used by the DHT validator every node
+runs when something is stored with it or fetched through it (swarm/validation.py) and again
+by every reader (`parse_records`, `parse_model_records`). A record is refused when:
+- it is not a signed envelope, its subkey is not its signer's peer id, or the signature fails;
+- its body has unknown fields, out-of-range values (non-finite numbers, a model id outside
+  `MODEL_ID_PATTERN`, n_blocks above `MAX_MODEL_BLOCKS`), or names another peer;
+- its span is empty or outside [0, n_blocks), or it is stored under a key its body does not
+  cover (a server record: only its span's block keys and those of a claimed `moving_to` span;
+  a registry entry: only the registry key);
+- its n_blocks differs from the model's, where the checker knows it (`known_n_blocks`: the
+  catalog for DHT validators, the reader's own copy of the model header for readers);
+- it was announced more than `MAX_CLOCK_SKEW` s in the future, or expires more than one TTL
+  (+ the skew) ahead.
+Passing says only that the writer wrote it: throughput, free cache and the rest are the
+writer's claims, which routing weighs against its own measurements.
+
+Storage bounds (`MAX_SUBKEYS_PER_KEY`, `MAX_RECORDS_PER_PEER`, `MAX_STORED_RECORDS`) are
+constants here so that every node enforces the same ones (swarm/validation.py).
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from enum import Enum
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, validation_detail
 from swarmllm.protocol.messages import PROTOCOL_VERSION
 
 MODEL_REGISTRY_KEY = "swarmllm.v1.models"
+_KEY_PREFIX = "swarmllm.v1."
+
+MAX_RECORD_TTL = 15.0       # s a record may be stored ahead (ServerConfig.record_ttl's default and bound)
+MAX_CLOCK_SKEW = 5.0        # s peers' DHT clocks may differ (hivemind asks for 3)
+MAX_MODEL_BLOCKS = 4096     # more transformer blocks than any published model has: a bound on lookups
+MAX_THROUGHPUT = 1e9        # tokens/s a record may claim: finite and bounded, not believed (routing measures)
+MAX_ADDRESSES = 8           # multiaddrs in one record
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"  # catalog names and file stems
+PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,128}$"        # base58
+
+# What a DHT node stores for others (swarm/validation.py); refreshing a held entry is always allowed.
+MAX_SUBKEYS_PER_KEY = 256   # writers under one key (servers of a block; registry entries)
+MAX_RECORDS_PER_PEER = 512  # entries one writer may hold in a node's storage (a span + its registry entry)
+MAX_STORED_RECORDS = 16384  # entries in a node's storage in all (x MAX_RECORD_BYTES: 64 MiB at most)
 
 
 def block_key(model_id: str, block: int) -> str:
-    return f"swarmllm.v1.{model_id}.block{block}"
+    return f"{_KEY_PREFIX}{model_id}.block{block}"
 
 
 def model_registry_key() -> str:
     return MODEL_REGISTRY_KEY
+
+
+class RecordKind(str, Enum):
+    SERVER = "server"   # a ServerRecord, under the block keys of its span
+    MODEL = "model"     # a ModelRecord, under MODEL_REGISTRY_KEY
 
 
 class ServerState(str, Enum):
@@ -35,32 +74,45 @@ class ServerState(str, Enum):
     LEAVING = "leaving"   # draining: finishing in-flight steps, refusing new sessions
 
 
+_BODY = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
 class ServerRecord(BaseModel):
-    """What a node announces about itself for one model."""
+    """What a node announces about itself for one model (a claim, signed by the node)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = _BODY
 
-    peer_id: str                      # base58 libp2p peer id: the node's identity
-    model_id: str                     # catalog id of the hosted model
+    peer_id: str = Field(max_length=128)  # base58 libp2p peer id: must be the record's signer
+    model_id: str = Field(pattern=MODEL_ID_PATTERN)  # catalog id of the hosted model
     start: int = Field(ge=0)          # first hosted block (inclusive)
-    end: int = Field(gt=0)            # last hosted block (exclusive)
-    n_blocks: int = Field(gt=0)       # total blocks of the model (so anyone can spot gaps)
+    end: int = Field(gt=0)            # last hosted block (exclusive); start < end <= n_blocks
+    n_blocks: int = Field(gt=0, le=MAX_MODEL_BLOCKS)  # total blocks of the model (so anyone can spot gaps)
     state: ServerState = ServerState.ONLINE
-    throughput: float = Field(ge=0)   # decode tokens/s through the whole span, measured at start-up
-    free_cache_tokens: int = Field(ge=0)  # KV positions it can still reserve for new sessions
-    max_session_length: int = Field(gt=0)  # longest session it accepts
-    active_sessions: int = Field(default=0, ge=0)
-    compute_dtype: str = "float32"
-    quant: str = "none"               # weights kept as "none" (compute dtype), "int8" or "int4"
-    kv_dtype: str = "auto"            # KV cache: "auto" (compute dtype) or "int8"
+    throughput: float = Field(ge=0, le=MAX_THROUGHPUT)  # decode tokens/s through the span, measured at start-up
+    free_cache_tokens: int = Field(ge=0, le=2**40)  # KV positions it can still reserve for new sessions
+    max_session_length: int = Field(gt=0, le=2**40)  # longest session it accepts
+    active_sessions: int = Field(default=0, ge=0, le=2**32)
+    compute_dtype: str = Field("float32", max_length=16)
+    quant: str = Field("none", max_length=16)     # weights kept as "none" (compute dtype), "int8" or "int4"
+    kv_dtype: str = Field("auto", max_length=16)  # KV cache: "auto" (compute dtype) or "int8"
     protocol_version: int = PROTOCOL_VERSION
-    addresses: tuple[str, ...] = ()   # multiaddrs the node is reachable at
-    software_version: str = ""
+    addresses: tuple[str, ...] = Field((), max_length=MAX_ADDRESSES)  # multiaddrs the node is reachable at
+    software_version: str = Field("", max_length=32)
     announced_at: float = 0.0         # DHT time of this announcement: the newest record of a peer wins
     # Set while the node is about to move to another span (a claim, so that two nodes do not
     # both rush into the same hole); planners count it as covering this span instead.
     moving_to: Optional[tuple[int, int]] = None
     ring: bool = False                # can start or end a ring-decoding chain (holds the model's head)
+
+    @model_validator(mode="after")
+    def _spans_within_the_model(self) -> "ServerRecord":
+        if not self.start < self.end <= self.n_blocks:
+            raise ValueError(f"span [{self.start}, {self.end}) is empty or outside the model's {self.n_blocks} blocks")
+        if self.moving_to is not None and not 0 <= self.moving_to[0] < self.moving_to[1] <= self.n_blocks:
+            raise ValueError(f"moving_to {self.moving_to} is empty or outside the model's {self.n_blocks} blocks")
+        if any(len(address) > 256 for address in self.addresses):
+            raise ValueError("a multiaddr is longer than 256 characters")
+        return self
 
     @property
     def span_length(self) -> int:
@@ -70,48 +122,106 @@ class ServerRecord(BaseModel):
         return self.start <= block < self.end
 
 
-MAX_MODEL_BLOCKS = 4096  # more transformer blocks than any published model has: a bound on lookups
-
-
 class ModelRecord(BaseModel):
-    """A model-registry entry (key MODEL_REGISTRY_KEY, subkey = model id): a model someone serves."""
+    """A model-registry entry (key MODEL_REGISTRY_KEY, subkey = the serving peer): a model it serves."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = _BODY
 
-    model_id: str = Field(min_length=1, max_length=200)
+    model_id: str = Field(pattern=MODEL_ID_PATTERN)
     n_blocks: int = Field(gt=0, le=MAX_MODEL_BLOCKS)
 
 
-def parse_model_records(found: Mapping[str, dict]) -> dict[str, ModelRecord]:
-    """Registry values ({subkey: value}) -> {model id: record}; malformed or mismatched entries are skipped."""
-    models: dict[str, ModelRecord] = {}
-    for subkey, value in found.items():
-        try:
-            record = ModelRecord.model_validate(value)
-        except ValueError:
-            continue
-        if record.model_id == subkey:
-            models[record.model_id] = record
-    return models
+Body = Union[ServerRecord, ModelRecord]
+_BODY_TYPES: dict[RecordKind, type[BaseModel]] = {RecordKind.SERVER: ServerRecord, RecordKind.MODEL: ModelRecord}
 
 
-def parse_records(found: Mapping[str, Mapping[str, dict]], model_id: Optional[str] = None) -> list[ServerRecord]:
-    """Validate raw DHT values ({key: {subkey: value}}) into records, one per peer.
+def kind_of(body: BaseModel) -> RecordKind:
+    for kind, body_type in _BODY_TYPES.items():
+        if isinstance(body, body_type):
+            return kind
+    raise TypeError(f"{type(body).__name__} is not a DHT record body")
 
-    Malformed values are skipped: any peer can write to the DHT, so a bad record must not
-    make a whole lookup fail. A peer that moved leaves older records under its old blocks
-    until they expire; the newest announcement of each peer wins.
+
+def _stored_under_covered_key(record: ServerRecord, key: str) -> bool:
+    prefix = f"{_KEY_PREFIX}{record.model_id}.block"
+    suffix = key[len(prefix):] if key.startswith(prefix) else ""
+    if not suffix.isdigit() or str(int(suffix)) != suffix:
+        return False
+    block = int(suffix)
+    return record.covers(block) or (record.moving_to is not None and record.moving_to[0] <= block < record.moving_to[1])
+
+
+def check_record(value: Any, key: str, subkey: Any, *, now: float,
+                 known_n_blocks: Mapping[str, int] = {}) -> Body:
+    """The body of a DHT value stored under (key, subkey), if it passes every rule (module
+    docstring); RecordRejected saying which it fails otherwise. `now` is the checker's DHT time."""
+    envelope: SignedRecord = open_envelope(value, subkey)
+    if envelope.key != key:
+        raise RecordRejected(f"addressed to key {envelope.key!r}, stored under {key!r}")
+    if envelope.expiration > now + MAX_RECORD_TTL + MAX_CLOCK_SKEW:
+        raise RecordRejected(f"expires {envelope.expiration - now:.0f} s from now; the limit is {MAX_RECORD_TTL:.0f} s")
+    try:
+        kind = RecordKind(envelope.kind)
+        body = _BODY_TYPES[kind].model_validate_json(envelope.body)
+    except ValueError as e:
+        detail = validation_detail(e) if isinstance(e, ValidationError) else f"unknown kind {envelope.kind!r}"
+        raise RecordRejected(f"invalid {envelope.kind} record: {detail}") from None
+    known = known_n_blocks.get(body.model_id)
+    if known is not None and body.n_blocks != known:
+        raise RecordRejected(f"claims {body.n_blocks} blocks for {body.model_id}, which has {known}")
+    if isinstance(body, ModelRecord):
+        if key != MODEL_REGISTRY_KEY:
+            raise RecordRejected(f"a registry entry stored under {key!r}")
+        return body
+    if body.peer_id != subkey:
+        raise RecordRejected(f"a record of peer {body.peer_id} signed by peer {subkey}")
+    if not _stored_under_covered_key(body, key):
+        raise RecordRejected(f"stored under {key!r}, which its span [{body.start}, {body.end}) does not cover")
+    if not math.isfinite(body.announced_at) or body.announced_at > now + MAX_CLOCK_SKEW:
+        raise RecordRejected(f"announced {body.announced_at - now:.0f} s in the future")
+    return body
+
+
+def parse_records(found: Mapping[str, Mapping[str, Any]], model_id: Optional[str] = None,
+                  n_blocks: Optional[int] = None, *, now: float) -> list[ServerRecord]:
+    """Verified server records, one per peer, from raw DHT values ({key: {subkey: value}}).
+
+    Every value is checked again (`check_record`; with `n_blocks`, records of `model_id` that
+    claim another block count are dropped too). Values that fail are skipped: any peer can write
+    to the DHT, so a bad record must not make a lookup fail. A peer that moved leaves older
+    records under its old blocks until they expire; the newest announcement of each peer wins.
     """
+    known = {model_id: n_blocks} if model_id is not None and n_blocks is not None else {}
     records: dict[str, ServerRecord] = {}
-    for subs in found.values():
-        for value in subs.values():
+    for key, subs in found.items():
+        for subkey, value in subs.items():
             try:
-                record = ServerRecord.model_validate(value)
-            except ValueError:
+                record = check_record(value, key, subkey, now=now, known_n_blocks=known)
+            except RecordRejected:
                 continue
-            if model_id is not None and record.model_id != model_id:
+            if not isinstance(record, ServerRecord) or (model_id is not None and record.model_id != model_id):
                 continue
-            known = records.get(record.peer_id)
-            if known is None or record.announced_at >= known.announced_at:
+            previous = records.get(record.peer_id)
+            if previous is None or record.announced_at >= previous.announced_at:
                 records[record.peer_id] = record
     return list(records.values())
+
+
+def parse_model_records(found: Mapping[str, Any], *, now: float,
+                        known_n_blocks: Mapping[str, int] = {}) -> dict[str, ModelRecord]:
+    """Verified registry entries ({subkey: value} under MODEL_REGISTRY_KEY) -> {model id: record}.
+
+    Each serving peer writes its own entry. Where entries of one model disagree on n_blocks
+    (and the reader does not know the model), the count most peers announce wins, the smaller
+    one on a tie: a lone writer cannot make readers look up more blocks than the others announce.
+    """
+    votes: dict[str, Counter] = {}
+    for subkey, value in found.items():
+        try:
+            record = check_record(value, MODEL_REGISTRY_KEY, subkey, now=now, known_n_blocks=known_n_blocks)
+        except RecordRejected:
+            continue
+        if isinstance(record, ModelRecord):
+            votes.setdefault(record.model_id, Counter())[record.n_blocks] += 1
+    return {model_id: ModelRecord(model_id=model_id, n_blocks=min(counts, key=lambda n: (-counts[n], n)))
+            for model_id, counts in votes.items()}

@@ -3,12 +3,13 @@
 `ServerNode.run()` is the whole life of a `swarmllm serve` process:
 1. resolve the model and read its config (no weights yet; for a URL, fetch the file's
    header into a local sparse copy, then only the chosen span's tensors, see download/);
-2. join the swarm; if no span was given, choose one from the DHT records (its length from
+2. join the swarm with the node's identity (kept across restarts: swarm/identity.py); if no span
+   was given, choose one from the DHT records (its length from
    this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
 4. register the session/push/ping handlers (and the file handler: peers fetching the
    model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
-   block key, refreshed every `announce_period` s and expiring after `record_ttl` s;
+   block key, signed with the node's key, refreshed every `announce_period` s and expiring after `record_ttl` s;
 5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
    steps finish (bounded by `drain_seconds`), and exit.
 
@@ -25,6 +26,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -36,9 +38,10 @@ import psutil
 from swarmllm import __version__
 from swarmllm.download import RemoteModel, is_url
 from swarmllm.protocol import (
-    FILE_HANDLER, MODEL_REGISTRY_KEY, PING_HANDLER, ModelRecord, PUSH_HANDLER, SESSION_HANDLER, ServerRecord, ServerState, block_key,
-    parse_records,
+    FILE_HANDLER, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, PING_HANDLER, ModelRecord, PUSH_HANDLER, SESSION_HANDLER,
+    ServerRecord, ServerState, block_key, parse_records,
 )
+from swarmllm.protocol.records import MAX_ADDRESSES, MAX_THROUGHPUT, MODEL_ID_PATTERN
 from swarmllm.engine.dtypes import dtype_name, resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.models.catalog import resolve_model
@@ -48,7 +51,7 @@ from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
 from swarmllm.server.sessions import SessionTable
-from swarmllm.swarm import SwarmNode, dht_time
+from swarmllm.swarm import SwarmNode, claim_identity, dht_time
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +72,12 @@ class ServerConfig:
     max_session_length: int = 4096
     cache_memory_bytes: int = 512 * 2**20       # KV-cache budget for all sessions
     announce_period: float = 5.0
-    record_ttl: float = 15.0
+    record_ttl: float = MAX_RECORD_TTL          # peers refuse records that expire later than MAX_RECORD_TTL ahead
     session_timeout: float = 300.0              # idle sessions are evicted after this
     drain_seconds: float = 4.0                  # in-flight steps may finish this long after a stop (a step takes < 1 s)
     num_threads: Optional[int] = None
-    identity_path: Optional[str] = None
+    identity_path: Optional[str] = None         # the node's key (default: the state folder's, by node_name)
+    node_name: str = "node"                     # which identity of the state folder (identity.py); kept across restarts
     throughput: Optional[float] = None          # announce this instead of measuring
     rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
@@ -111,7 +115,8 @@ class ServerConfig:
     def from_flags(cls, flags: Mapping[str, Any]) -> "ServerConfig":
         """From `swarmllm serve`'s options by their flag names (--cache-memory-mb -> cache_memory_mb, ...):
         the one place where flag names and units map onto the config. Absent flags keep the defaults."""
-        renamed = {"max_length": "max_session_length", "identity": "identity_path", "announce": "announce_addresses"}
+        renamed = {"max_length": "max_session_length", "identity": "identity_path", "announce": "announce_addresses",
+                   "name": "node_name"}
         converted = {"cache_memory_mb": ("cache_memory_bytes", lambda mb: int(mb * 2**20)),
                      "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
@@ -125,6 +130,13 @@ class ServerConfig:
             elif renamed.get(flag, flag) in known and value is not None:
                 values[renamed.get(flag, flag)] = tuple(value) if flag == "announce" else value
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
+            raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
+        if not 0 < self.record_ttl <= MAX_RECORD_TTL:
+            raise ValueError(f"record_ttl must be in (0, {MAX_RECORD_TTL:.0f}] s: peers refuse records that expire "
+                             "later than that")
 
 
 @dataclass
@@ -173,7 +185,7 @@ class ServerNode:
         except Exception as e:
             logger.warning("looking up peers to fetch from failed: %s", e)
             return None
-        peers = [r.peer_id for r in parse_records(found, self._model_id)
+        peers = [r.peer_id for r in parse_records(found, self._model_id, now=dht_time())
                  if r.state == ServerState.ONLINE and r.peer_id != self._swarm.peer_id]
         if not peers:
             return None
@@ -192,9 +204,16 @@ class ServerNode:
         began = time.perf_counter()
         backend_spec = SpanBackend.describe(await self._model_for())  # raises UnknownModelError early
         self._model_id = backend_spec.model_id
-        swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
-                                       announce_addresses=self.config.announce_addresses,
-                                       identity_path=self.config.identity_path)
+        if not re.match(MODEL_ID_PATTERN, self._model_id):
+            raise ValueError(f"the model id {self._model_id!r} (the file's name) may hold only letters, digits and "
+                             "'.', '_', '+', '-' (at most 128, starting with a letter or digit); rename the file")
+        identity = claim_identity(self.config.identity_path, self.config.node_name)
+        try:
+            swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
+                                           announce_addresses=self.config.announce_addresses, identity=identity)
+        except BaseException:
+            identity.release()
+            raise
         self._swarm = swarm
         try:
             # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
@@ -230,6 +249,7 @@ class ServerNode:
             await self._serve_until_stopped(swarm, backend, table, service)
         finally:
             await swarm.shutdown(SHUTDOWN_SECONDS)
+            identity.release()
 
     async def _load_backend(self, model: str, start: int, end: int) -> SpanBackend:
         backend = await asyncio.get_running_loop().run_in_executor(
@@ -306,7 +326,9 @@ class ServerNode:
                                  f"use START:END with 0 <= START < END <= {n_blocks}")
             return start, end
         found = await swarm.get_records([block_key(model_id, b) for b in range(n_blocks)])
-        records = planning_view(parse_records(found, model_id))
+        # Our own records from before a restart (same peer id) are not another server's.
+        records = planning_view([r for r in parse_records(found, model_id, n_blocks, now=dht_time())
+                                 if r.peer_id != swarm.peer_id])
         num_blocks = self.config.num_blocks or await self._auto_span_length(spec, records)
         return choose_span(n_blocks, num_blocks, records)
 
@@ -354,8 +376,8 @@ class ServerNode:
             service.close_session(session_id)
         service.backend, service.table = new_backend, new_table
         # Withdraw from the blocks we leave, then announce the new span.
-        leaving = self._record(backend, table, ServerState.LEAVING).model_dump(mode="json")
-        await swarm.store_records([(block_key(backend.model_id, b), self.status.peer_id, leaving)
+        leaving = self._record(backend, table, ServerState.LEAVING)
+        await swarm.store_records([(block_key(backend.model_id, b), leaving)
                                    for b in range(old_start, old_end) if not target[0] <= b < target[1]],
                                   dht_time() + self.config.record_ttl)
         self.status.start, self.status.end = target
@@ -373,7 +395,7 @@ class ServerNode:
         except (Exception, asyncio.TimeoutError) as e:
             logger.warning("reading the DHT for rebalancing failed: %s", e or type(e).__name__)
             return None
-        others = [r for r in parse_records(found, backend.model_id)
+        others = [r for r in parse_records(found, backend.model_id, backend.n_blocks, now=dht_time())
                   if r.state == ServerState.ONLINE and r.peer_id != self.status.peer_id]
         me = self._record(backend, table, ServerState.ONLINE)
         if claimed is not None:
@@ -387,26 +409,27 @@ class ServerNode:
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
-            n_blocks=backend.n_blocks, state=state, throughput=self.status.throughput,
+            n_blocks=backend.n_blocks, state=state, throughput=min(self.status.throughput, MAX_THROUGHPUT),
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
             active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype), quant=backend.quant,
             kv_dtype=backend.kv_dtype,
-            addresses=tuple(self.status.addresses), software_version=__version__,
+            addresses=tuple(self.status.addresses[:MAX_ADDRESSES]), software_version=__version__[:32],
             announced_at=dht_time(), moving_to=self.status.moving_to,
             ring=backend.source is not None and backend.ends_a_chain)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
-                        ttl: Optional[float] = None, extra_blocks: range = range(0),
-                        timeout: Optional[float] = None) -> None:
-        """Store our record under every block we serve (and `extra_blocks`, e.g. a claimed target),
-        giving up after `timeout` s (default: announce_period)."""
-        record = self._record(backend, table, state).model_dump(mode="json")
+                        extra_blocks: range = range(0), timeout: Optional[float] = None) -> None:
+        """Store our record (signed by the swarm node) under every block we serve (and `extra_blocks`,
+        e.g. a claimed target) and our registry entry, giving up after `timeout` s (default:
+        announce_period). Every announcement, LEAVING included, expires record_ttl s from now: a
+        DHT node keeps the later-expiring of two entries, so a shorter-lived LEAVING record would
+        be refused while the last ONLINE one lingers."""
+        record = self._record(backend, table, state)
         blocks = sorted(set(range(self.status.start, self.status.end)) | set(extra_blocks))
-        items = [(block_key(backend.model_id, b), self.status.peer_id, record) for b in blocks]
-        registry = ModelRecord(model_id=backend.model_id, n_blocks=backend.n_blocks)
-        items.append((MODEL_REGISTRY_KEY, backend.model_id, registry.model_dump(mode="json")))
+        items = [(block_key(backend.model_id, b), record) for b in blocks]
+        items.append((MODEL_REGISTRY_KEY, ModelRecord(model_id=backend.model_id, n_blocks=backend.n_blocks)))
         try:
-            await asyncio.wait_for(swarm.store_records(items, dht_time() + (ttl or self.config.record_ttl)),
+            await asyncio.wait_for(swarm.store_records(items, dht_time() + self.config.record_ttl),
                                    timeout or self.config.announce_period)
         except (Exception, asyncio.TimeoutError) as e:  # the DHT being briefly unreachable must not kill the node
             logger.warning("announcing to the DHT failed: %s", e or type(e).__name__)
@@ -434,8 +457,7 @@ class ServerNode:
                 next_announce = time.monotonic() + self.config.announce_period
         # Leaving: tell routers first, then drain in-flight steps.
         service.accepting = False
-        await self._announce(swarm, backend, table, ServerState.LEAVING, ttl=self.config.announce_period,
-                             timeout=LEAVE_ANNOUNCE_SECONDS)
+        await self._announce(swarm, backend, table, ServerState.LEAVING, timeout=LEAVE_ANNOUNCE_SECONDS)
         deadline = time.monotonic() + self.config.drain_seconds
         while any(s.lock.locked() for s in table.sessions.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

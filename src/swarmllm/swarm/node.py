@@ -4,13 +4,20 @@ What it promises:
 - `create()` starts a p2pd daemon and a DHT node in the caller's event loop and joins the
   swarm through `initial_peers`; if none of them answers it raises `SwarmUnreachableError`
   with a sentence saying what to check. A port already in use is reported the same way.
-- `store_records` / `get_records` put and fetch subkeyed, expiring DHT values.
+- The node runs with one `Identity` (identity.py): p2pd's key is the key that signs its
+  records, so its records' subkey is the peer id its streams are authenticated as (checked
+  at start). Without one it makes a throwaway identity (clients, gateways).
+- `store_records` signs (key, body) items into envelopes (protocol/envelope.py, one
+  signature per distinct body) stored under this node's peer id; `get_records` fetches the
+  raw values, for `protocol.parse_records` / `parse_model_records` to verify again.
+- Every value another peer stores here or returns to a lookup passes the record validator,
+  and what this node stores for others is bounded (validation.py).
 - `add_stream_handler` / `open_stream` give length-prefixed `FrameStream`s over
   Noise-encrypted libp2p streams, with a hard cap on frame size; a stream that cannot be
   opened raises `SwarmUnreachableError` with a sentence, never p2pd's raw text (daemon.py).
 - `shutdown()` takes a few seconds at most, even when every DHT peer is gone; p2pd dies with
   this process, even on SIGKILL (Linux; daemon.py).
-It knows nothing about models, sessions or message schemas.
+It knows nothing about models or sessions; of the schemas, only that values are signed records.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Awaitable, Callable, Iterable, Optional, Sequence
+import tempfile
+from typing import Awaitable, Callable, Iterable, Mapping, Optional, Sequence
 
 os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")
 
@@ -29,12 +37,39 @@ from hivemind.p2p import P2P, PeerID  # noqa: E402
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError  # noqa: E402
 from hivemind.utils import get_dht_time  # noqa: E402
 
+from pydantic import BaseModel  # noqa: E402
+
+from swarmllm.protocol.envelope import SignedRecord, seal, with_key  # noqa: E402
+from swarmllm.protocol.records import kind_of  # noqa: E402
+from swarmllm.swarm import validation  # noqa: E402
 from swarmllm.swarm.daemon import explain_daemon_error, stop_daemon  # noqa: E402
+from swarmllm.swarm.identity import Identity  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _LEN_BYTES = P2P.HEADER_LEN  # hivemind's 8-byte big-endian length prefix
+
+
+def seal_records(identity: Identity, items: Iterable[tuple[str, BaseModel]],
+                 expiration_time: float) -> list[SignedRecord]:
+    """(key, body) items as envelopes signed by `identity`, one signature per distinct body."""
+    sealed: dict[bytes, SignedRecord] = {}
+    envelopes = []
+    for key, body in items:
+        data = body.model_dump_json().encode()
+        if data not in sealed:
+            sealed[data] = seal(kind_of(body).value, data, key=key, expiration=expiration_time,
+                                public_key=identity.public_key, sign=identity.sign)
+        envelopes.append(with_key(sealed[data], key))
+    return envelopes
+
+
+def catalog_n_blocks() -> dict[str, int]:
+    """The block count of every catalog model: records that claim another one are refused."""
+    from swarmllm.models.catalog import CATALOG
+
+    return {name: entry.n_blocks for name, entry in CATALOG.items()}
 
 
 def dht_time() -> float:
@@ -109,8 +144,10 @@ def _check_port_free(host: str, port: int) -> None:
 class SwarmNode:
     """A peer of the swarm. Create with `await SwarmNode.create(...)`; one per process."""
 
-    def __init__(self, p2p: P2P, dht: DHTNode):
-        self._p2p, self._dht = p2p, dht
+    def __init__(self, p2p: P2P, dht: DHTNode, identity: Identity, validator: validation.RecordValidator,
+                 storage: validation.BoundedStorage):
+        self._p2p, self._dht, self.identity = p2p, dht, identity
+        self.validator, self.storage = validator, storage  # what this node refused, held (tests, logs)
         self.peer_id: str = p2p.peer_id.to_base58()
 
     @classmethod
@@ -122,33 +159,52 @@ class SwarmNode:
         port: int = 0,
         announce_addresses: Sequence[str] = (),
         client_mode: bool = False,
-        identity_path: Optional[str] = None,
+        identity: Optional[Identity] = None,
+        known_n_blocks: Optional[Mapping[str, int]] = None,
     ) -> "SwarmNode":
+        """`identity`: the key to run with (default: a new one, forgotten at exit). `known_n_blocks`:
+        models whose block count this node's validator enforces (default: the catalog's)."""
         _check_port_free(host, port)
+        identity = identity or Identity.generate()
         host_maddrs = [] if client_mode else [f"/ip4/{host}/tcp/{port}"]
         try:
-            p2p = await P2P.create(
-                initial_peers=list(initial_peers) or None,
-                host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
-                announce_maddrs=list(announce_addresses) or None,
-                identity_path=identity_path,
-                startup_timeout=30,
-            )
+            p2p = await cls._start_daemon(identity, initial_peers=list(initial_peers) or None,
+                                          host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
+                                          announce_maddrs=list(announce_addresses) or None)
         except P2PDaemonError as e:
             raise SwarmUnreachableError(explain_daemon_error(str(e), initial_peers=initial_peers, port=port)) from None
+        if p2p.peer_id.to_base58() != identity.peer_id:  # would make every record we sign unroutable
+            await stop_daemon(p2p, 2.0)
+            raise RuntimeError(f"p2pd runs as {p2p.peer_id.to_base58()}, not as its identity {identity.peer_id}")
+        validator = validation.RecordValidator(catalog_n_blocks() if known_n_blocks is None else known_n_blocks)
         try:
             dht = await DHTNode.create(p2p=p2p, initial_peers=list(initial_peers) or None, client_mode=client_mode,
-                                       cache_locally=False, cache_on_store=False, wait_timeout=3)
+                                       cache_locally=False, cache_on_store=False, wait_timeout=3,
+                                       record_validator=validator)
         except BaseException:
             await stop_daemon(p2p, 2.0)
             raise
-        node = cls(p2p, dht)
+        node = cls(p2p, dht, identity, validator, validation.install(dht))
         if initial_peers and not await node._has_dht_neighbours():
             await node.shutdown()
             raise SwarmUnreachableError(
                 f"none of the initial peers answered: {', '.join(initial_peers)}. Check that the bootstrap "
                 "peer is running and that the multiaddr (including /p2p/<peer id>) is exactly what it printed.")
         return node
+
+    @staticmethod
+    async def _start_daemon(identity: Identity, **options) -> P2P:
+        """p2pd with `identity`'s key: its own file if it has one, else a private temporary copy
+        that is removed once p2pd has read it. (No "identity taken" probe: see identity.py.)"""
+        if identity.path is not None:
+            return await P2P.create(identity_path=str(identity.path), check_if_identity_free=False,
+                                    startup_timeout=30, **options)
+        with tempfile.TemporaryDirectory(prefix="swarmllm-id-") as folder:  # 0700, as mkdtemp makes it
+            path = os.path.join(folder, "identity.key")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(identity.to_bytes())
+            return await P2P.create(identity_path=path, check_if_identity_free=False, startup_timeout=30, **options)
 
     async def _has_dht_neighbours(self) -> bool:
         return any(len(bucket.nodes_to_peer_id) > 0 for bucket in self._dht.protocol.routing_table.buckets)
@@ -157,17 +213,18 @@ class SwarmNode:
         return [str(m) for m in await self._p2p.get_visible_maddrs()]
 
     # --- DHT -------------------------------------------------------------------------
-    async def store_records(self, items: Iterable[tuple[str, str, dict]], expiration_time: float) -> bool:
-        """Store (key, subkey, value) items; True if all were stored somewhere."""
-        items = list(items)
-        if not items:
+    async def store_records(self, items: Iterable[tuple[str, BaseModel]], expiration_time: float) -> bool:
+        """Sign and store (key, body) items under this node's peer id; True if all were stored somewhere."""
+        envelopes = seal_records(self.identity, items, expiration_time)
+        if not envelopes:
             return True
-        keys, subkeys, values = zip(*items)
-        results = await self._dht.store_many(list(keys), list(values), expiration_time, subkeys=list(subkeys))
+        results = await self._dht.store_many([e.key for e in envelopes], [e.to_value() for e in envelopes],
+                                             expiration_time, subkeys=[self.peer_id] * len(envelopes))
         return all(results.values())
 
     async def get_records(self, keys: Sequence[str]) -> dict[str, dict[str, dict]]:
-        """For each key, {subkey: value} of unexpired entries (empty if none)."""
+        """For each key, {subkey: value} of unexpired entries (empty if none). The values passed this
+        node's validator; readers still verify them (protocol.parse_records) with what they know."""
         found = await self._dht.get_many(list(keys), sufficient_expiration_time=float("inf"))
         out: dict[str, dict[str, dict]] = {}
         for key in keys:
