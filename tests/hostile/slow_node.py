@@ -2,7 +2,7 @@
 
 Run as `python tests/hostile/slow_node.py SECONDS serve ...`: every batch of steps it computes
 takes SECONDS longer (a sleep before the real computation, so outputs stay correct), while the
-node announces whatever `--throughput` it is given (e.g. 1e12). Pings are answered at full
+node announces whatever `--throughput` it is given (e.g. 1e9, the most a record may claim). Pings are answered at full
 speed, so only a client that times real steps can tell.
 """
 

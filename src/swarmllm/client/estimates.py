@@ -1,7 +1,8 @@
 """What the client believes about servers' speed: its own measurements first, claims only as capped priors.
 
 A server announces its decode throughput, but a record is only a claim: a hostile peer can
-announce 1e12 tokens/s to attract every session. So routing (routing.py) prices a hop with
+announce 1e9 tokens/s (the most a valid record may claim) to attract every session. So
+routing (routing.py) prices a hop with
 `block_seconds(peer)`, the seconds one decode position takes per block on that server:
 - measured, once the client has timed steps through a chain holding that server: after each
   decode step the time the chain spent computing (the step's time minus the hops' measured
