@@ -6,7 +6,8 @@ whether the environment breaks the padding scheme used before issue 10. Prints o
     python tests/unit/row_exact_child.py gemma3-270m 5
 
 Uses only APIs that predate engine/row_tiles.py, so it can be run against the old engine too
-(PYTHONPATH=old/src) to confirm that the environment makes the old scheme fail.
+(PYTHONPATH=old/src) to confirm that the environment makes the old scheme fail. With the new
+engine it also checks the span with tiles of 4 forced as the first candidate ("tile4").
 """
 
 from __future__ import annotations
@@ -37,14 +38,10 @@ def padding_scheme_breaks(config, activation: str) -> bool:
     return not (torch.equal(*elementwise) and torch.equal(*linear))
 
 
-def main() -> None:
-    model, threads = sys.argv[1], int(sys.argv[2])
-    torch.set_num_threads(threads)
-    source = resolve_model(model)
-    config = read_config(source)
-    span = SpanModel(config, load_blocks(source, config, 0, 2, torch.float32), 0, 2, torch.float32)
+def properties(span: SpanModel) -> dict:
+    """Batched rows == each step alone; a 6-row step == 6 single steps (after a 5-row prompt)."""
     g = torch.Generator().manual_seed(0)
-    D = config.hidden_size
+    D = span.config.hidden_size
     prompt = torch.randn(5, D, generator=g)
     rows = [torch.randn(n, D, generator=g) for n in ROWS]
 
@@ -57,14 +54,29 @@ def main() -> None:
     together = span.forward_many([SequenceStep(r, fresh(), 5) for r in rows])
     cache = fresh()
     singles = torch.cat([span.forward_many([SequenceStep(rows[3][t:t + 1], cache, 5 + t)])[0] for t in range(6)])
-    batched_diff = [float((a - b).abs().max()) for a, b in zip(alone, together)]
-    print(json.dumps({
-        "threads": torch.get_num_threads(),
-        "batched_equals_alone": all(torch.equal(a, b) for a, b in zip(alone, together)),
-        "batched_max_diff": max(batched_diff),
-        "short_step_equals_single_steps": torch.equal(alone[3], singles),
-        "padding_scheme_breaks": padding_scheme_breaks(config, config.activation),
-    }))
+    return {"batched_equals_alone": all(torch.equal(a, b) for a, b in zip(alone, together)),
+            "batched_max_diff": max(float((a - b).abs().max()) for a, b in zip(alone, together)),
+            "short_step_equals_single_steps": torch.equal(alone[3], singles)}
+
+
+def main() -> None:
+    model, threads = sys.argv[1], int(sys.argv[2])
+    torch.set_num_threads(threads)
+    source = resolve_model(model)
+    config = read_config(source)
+    blocks = load_blocks(source, config, 0, 2, torch.float32)
+    result = {"threads": torch.get_num_threads(), "padding_scheme_breaks": padding_scheme_breaks(config, config.activation),
+              **properties(SpanModel(config, blocks, 0, 2, torch.float32))}
+    try:
+        from swarmllm.engine import blocks as engine_blocks
+    except ImportError:
+        engine_blocks = None
+    if engine_blocks is not None and hasattr(engine_blocks, "tile_candidates"):
+        # The tiles of 4 that bfloat16 uses on CPUs with native bf16, here in float32 (same code path).
+        engine_blocks.tile_candidates = lambda dtype: (4, 1)
+        span = SpanModel(config, blocks, 0, 2, torch.float32)
+        result["tile4"] = {"tile": span.row_tile, **properties(span)}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

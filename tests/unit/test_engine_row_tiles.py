@@ -21,8 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from swarmllm.engine import row_tiles
-from swarmllm.engine.blocks import SpanModel
+from swarmllm.engine import blocks, row_tiles
+from swarmllm.engine.blocks import SequenceStep, SpanModel
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.row_tiles import ANY_ROWS, gated_activation, plan_rows, select_tile, tile_is_exact
 from swarmllm.models.catalog import resolve_model
@@ -95,12 +95,33 @@ def test_activation_calls_stay_below_the_threading_threshold():
     assert shapes == [torch.Size([40, 2048])]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_tiles_of_four_keep_rows_exact(monkeypatch, dtype):
+    """The tiled path (padding, several tiles, a long step beside them) that bfloat16 takes on CPUs
+    with native bf16, forced here: where the self-check accepts 4, batched rows equal rows alone."""
+    monkeypatch.setattr(row_tiles, "_selected", {})
+    monkeypatch.setattr(blocks, "tile_candidates", lambda dtype: (4, 1))
+    source = resolve_model("smollm2-135m")
+    config = read_config(source)
+    span = SpanModel(config, load_blocks(source, config, 0, 2, dtype), 0, 2, dtype)
+    assert span.row_tile == 4, "the self-check rejects tiles of 4 on this host: the tiled path goes unchecked"
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(n, 576, generator=g) for n in (1, 3, 20, 6, 1, 2)]  # 20: a long step
+    alone = [span.forward_many([SequenceStep(r, span.new_cache(32), 0)])[0] for r in rows]
+    together = span.forward_many([SequenceStep(r, span.new_cache(32), 0) for r in rows])
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
+    cache = span.new_cache(32)
+    singles = torch.cat([span.forward_many([SequenceStep(rows[3][t:t + 1], cache, t)])[0] for t in range(6)])
+    assert torch.equal(singles, alone[3])
+
+
 def test_the_selected_tiles_are_exact_for_the_real_model():
     source = resolve_model("smollm2-135m")
     config = read_config(source)
     for dtype in (torch.float32, torch.bfloat16):
         span = SpanModel(config, load_blocks(source, config, 0, 1, dtype), 0, 1, dtype)
-        assert span.row_tile in row_tiles.TILE_CANDIDATES and span._tile_is_exact(span.row_tile)
+        assert span.row_tile in row_tiles.tile_candidates(dtype) and span._tile_is_exact(span.row_tile)
+        assert span._tile_is_exact(4)  # on this host; what the tiled test above relies on
     head = ModelHead(config, load_head(source, config, torch.float32), torch.float32)
     assert head.row_tile == 1
     rows = torch.randn(3, 1, 576, generator=torch.Generator().manual_seed(0))
@@ -129,5 +150,7 @@ def test_rows_are_exact_where_the_old_padding_scheme_fails(model, threads, env):
         pytest.fail(f"{env or threads} no longer breaks the old padding scheme here; pick another environment "
                     f"so this test keeps checking something ({result})")
     assert result["threads"] == threads
-    assert result["batched_equals_alone"], result
-    assert result["short_step_equals_single_steps"], result
+    for checked in (result, result["tile4"]):  # the engine's own tile, then tiles of 4 (the bf16 path)
+        assert checked["batched_equals_alone"], result
+        assert checked["short_step_equals_single_steps"], result
+    assert result["tile4"]["tile"] in (4, 1)

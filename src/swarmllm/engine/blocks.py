@@ -14,8 +14,9 @@ a row on its step's size: the short steps' rows (at most EXACT_STEP_POSITIONS ea
 into fixed-shape tiles of `row_tile` rows (zero-padded), and every row-wise op runs once per
 tile, so every row meets the same kernel paths; a longer step (a prefill: never cut short,
 replayed in its own chunks) runs as one call of its own rows, never stacked with another
-step's. The tile (4 on the hosts measured, else 1) is chosen at start-up by a self-check of
-the block's row-wise work; quantized CPU kernels need no tiles (see engine/row_tiles.py).
+step's. The tile is 1 (float32, and bfloat16 without native bf16) or 4 if a start-up self-check
+of the block's row-wise work finds it exact (bfloat16 on CPUs that multiply it natively);
+quantized CPU kernels need no tiles (see engine/row_tiles.py).
 Verified bit for bit on an AMD EPYC (AVX2, MKL 2024.2) with 1, 2 and 5 threads and with MKL's
 CNR mode COMPATIBLE, where the old padding-to-4 scheme fails (tests/unit/test_engine_row_tiles.py);
 the Intel Xeon (AVX512-BF16) of issue 10 was not available to check.
@@ -50,7 +51,7 @@ from swarmllm.engine.norm import RMSNorm
 from swarmllm.engine.quant import Linear, check_quant_mode, make_linear
 from swarmllm.engine.rope import RopeTable, apply_rope
 from swarmllm.engine.row_tiles import (
-    ANY_ROWS, TILE_CANDIDATES, RowLayout, counts_are_exact, gated_activation, per_segment, plan_rows, select_tile,
+    ANY_ROWS, RowLayout, counts_are_exact, gated_activation, per_segment, plan_rows, select_tile, tile_candidates,
     tile_is_exact,
 )
 from swarmllm.models.config import ModelConfig
@@ -173,9 +174,9 @@ class SpanModel:
     @property
     def row_tile(self) -> int:
         """Rows per call for short steps' rows (see engine/row_tiles.py): `ANY_ROWS` with quantized
-        CPU kernels if they pass the row-count check, else the first of `TILE_CANDIDATES` the
+        CPU kernels if they pass the row-count check, else the first of `tile_candidates(dtype)` the
         start-up self-check finds exact (else 1); measured once per shapes, dtype and thread count."""
-        candidates = (ANY_ROWS, 1) if self._count_independent else TILE_CANDIDATES
+        candidates = (ANY_ROWS, 1) if self._count_independent else tile_candidates(self.dtype)
         return select_tile(self._tile_key, self._tile_is_exact, candidates)
 
     def _tile_is_exact(self, tile: int) -> bool:
@@ -289,11 +290,11 @@ class SpanModel:
         """x [rows, D] -> the same after one block: row-wise work per segment, attention per sequence."""
         cfg = self.config
         qk, v = per_segment(lambda short, x, cos, sin: self._rows_in(layer, x, cos, sin), layout, x, *rope)
-        if len(steps) == 1 and not layout.padding:  # one sequence, no padding: the usual quantized decode step
+        if len(steps) == 1 and not layout.padding:  # one sequence, no padding (quantized decode, a prefill)
             a = self._attend(qk, v, steps[0].cache, block, steps[0].start_position, plans[0])
         else:
-            a = layout.stack([self._attend(qk[a:b], v[a:b], step.cache, block, step.start_position, plan)
-                              for step, (a, b), plan in zip(steps, layout.offsets, plans)])  # [rows, H*hd]
+            a = layout.stack([self._attend(qk[lo:hi], v[lo:hi], step.cache, block, step.start_position, plan)
+                              for step, (lo, hi), plan in zip(steps, layout.offsets, plans)])  # [rows, H*hd]
         activation = F.silu if cfg.activation == "silu" else _gelu_tanh
         return per_segment(lambda short, x, a: self._rows_out(layer, x, a, activation, short), layout, x, a)
 

@@ -30,13 +30,22 @@ So a step's rows never meet a kernel in a call whose shape depends on what else 
   every elementwise kernel's multi-threading threshold, so no thread boundary cuts a row.
 
 What remains is a row's index inside a tile, which no shape rule settles: `select_tile` picks
-the first candidate tile whose rows a start-up self-check (`tile_is_exact`) finds identical at
-every index and whatever the other rows, per (shapes, dtype, device, thread count), and falls
-back to 1 -- one row per call, identical by construction. The tile is chosen by measurement,
-never by CPU name, and deterministically (not by speed), so two servers with the same kernels
-pick the same tile. `ANY_ROWS` (a tile of 0) means no tiling: kernels that compute each row
-by the same per-row loop whatever the row count (the int8/int4 weight-only kernels on CPU),
-checked at start-up at several row counts by `counts_are_exact`.
+the first candidate tile (`tile_candidates`) whose rows a start-up self-check (`tile_is_exact`)
+finds identical at every index and whatever the other rows, per (shapes, dtype, thread count),
+and falls back to 1 -- one row per call, identical by construction. Whether a tile is exact is
+measured, never assumed from the CPU's name; the candidates are a choice of speed, fixed per
+dtype and kernel library, and the check is deterministic, so two servers with the same kernels
+pick the same tile (a choice by timing could differ between them). Float32 uses tiles of 1
+(MKL's matrix-vector kernel is the fastest for a lone decode step), bfloat16 on CPUs that
+multiply it natively tries 4 (oneDNN computes 4 rows for the price of one). `ANY_ROWS` (a tile
+of 0) means no tiling: kernels that compute each row by the same per-row loop whatever the row
+count (the int8/int4 weight-only kernels on CPU), checked at start-up by `counts_are_exact`.
+
+MKL's Conditional Numerical Reproducibility does not replace this: CNR promises the same result
+for the same call (same shapes, and with `,STRICT` any thread count), not the same row from
+calls of different row counts. Measured here: `MKL_CBWR=AUTO,STRICT` removes the thread-split
+differences but rows of 1-3-row calls still differ from larger calls; `MKL_CBWR=COMPATIBLE`
+makes more counts differ (4 vs 8+). With fixed-shape tiles CNR is not needed.
 
 Pure compute: no I/O.
 """
@@ -48,10 +57,7 @@ from typing import Callable, Sequence
 
 import torch
 
-TILE_CANDIDATES = (4, 1)
-"""Tiles tried for dense layers, first choice first. 4: a lone decode step pays 4 rows (as the old
-padding did) and a batch of up to 4 sessions is one call; a tile of 1 would make a lone float32
-decode step cheaper (MKL's matrix-vector kernel) but a batch of 8 pay 8 weight reads."""
+from swarmllm.engine.dtypes import cpu_has_native_bf16
 
 ANY_ROWS = 0
 """A tile of 0: one call for all the short rows, any count (kernels checked row-count independent)."""
@@ -61,6 +67,22 @@ ACTIVATION_CALL_ELEMENTS = 16384
 (`GELU_MIN_ELEMENTS_FOR_MULTI_THREADING`) and other elementwise ops above 32768 (`GRAIN_SIZE`)."""
 
 _selected: dict[tuple, int] = {}
+
+
+def tile_candidates(dtype: torch.dtype) -> tuple[int, ...]:
+    """Tiles tried for dense layers on CPU, first choice first: a choice of speed, made by the
+    kernel's cost (exactness is measured by `tile_is_exact`), fixed so that hosts agree.
+
+    float32 (MKL): 1. MKL's matrix-vector kernel makes a lone decode step ~2x cheaper than any
+    multi-row call (benchmarks/results/engine_rows.md: 16.4 vs 8.8 tokens/s on this AMD EPYC;
+    1.5x on an AVX-512 EPYC before), while batches lose little: a block's weights stay in cache
+    across its rows' calls (8 sessions: 29.6 vs 32.1 tokens/s with tiles of 4).
+    bfloat16 where the CPU multiplies it natively (oneDNN): 4, else 1. There a 4-row call
+    costs what a 1-row one does (7.2 vs 7.3 ms per decode step through 10 blocks, AVX-512
+    EPYC), so a batch of 4 is one call for free; elsewhere torch's fallback bf16 kernel costs
+    in proportion to the rows, and a lone step with tiles of 4 is 2.3x slower (7.2 vs 16.6
+    tokens/s here)."""
+    return (4, 1) if dtype == torch.bfloat16 and cpu_has_native_bf16() else (1,)
 Rows = tuple[torch.Tensor, ...]
 
 
@@ -169,10 +191,11 @@ def counts_are_exact(fn: Callable[..., torch.Tensor | Rows], samples: Rows,
     return True
 
 
-def select_tile(key: tuple, is_exact: Callable[[int], bool], candidates: Sequence[int] = TILE_CANDIDATES) -> int:
-    """The first candidate that `is_exact` confirms (1 needs no check), measured once per key and
-    torch thread count: the kernels split work between threads, so the count is part of the shape."""
-    full_key = key + (torch.get_num_threads(),)
+def select_tile(key: tuple, is_exact: Callable[[int], bool], candidates: Sequence[int]) -> int:
+    """The first candidate that `is_exact` confirms (1 needs no check), measured once per key,
+    candidates and torch thread count (the kernels split work between threads, so the count is
+    part of the shape)."""
+    full_key = key + (tuple(candidates), torch.get_num_threads())
     tile = _selected.get(full_key)
     if tile is None:
         with torch.inference_mode():
