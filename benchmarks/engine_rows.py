@@ -6,6 +6,7 @@ Measures smollm2-135m through all 30 blocks in one process (no swarm, no network
   blocks (blocks only: on a server the head runs on the clients); aggregate tokens/s = B / step;
 - verify 8: one session's 8-position step (a speculative verify of 7 drafts), blocks only, ms;
 - prefill 256: one 256-position step through the 30 blocks, ms.
+Dense weights by default; `--dtypes bfloat16:int4` runs quantized blocks (and the int8 head).
 Each figure is the median over its steps. Several source trees can be compared (`--trees
 name=path/to/src,...`, e.g. the code before and after a change): their processes alternate
 within every round, so both see the same background load, and the table gives each tree's
@@ -48,11 +49,15 @@ def child(dtype_name: str, steps: int, threads: int, tiles: str | None) -> dict:
     from swarmllm.models.catalog import resolve_model
     from swarmllm.weights import load_blocks, load_head, read_config
 
+    dtype_name, _, quant = dtype_name.partition(":")
+    quant = quant or "none"
     dtype = getattr(torch, dtype_name)
     source = resolve_model(MODEL)
     config = read_config(source)
-    span = SpanModel(config, load_blocks(source, config, 0, config.n_blocks, dtype), 0, config.n_blocks, dtype)
-    head = ModelHead(config, load_head(source, config, dtype), dtype)
+    load_dtype = dtype if quant == "none" else torch.float32  # quantized from full-precision values
+    blocks_ = load_blocks(source, config, 0, config.n_blocks, load_dtype, keep_int4=quant == "int4")
+    span = SpanModel(config, blocks_, 0, config.n_blocks, dtype, quant)
+    head = ModelHead(config, load_head(source, config, load_dtype), dtype, quant)
     prompt = [1, 504, 3287, 282, 9, 8, 7, 42]
 
     cpu = []
@@ -126,7 +131,9 @@ def main() -> None:
     parser.add_argument("--trees", default=f"this={ROOT / 'src'}",
                         help="name=src_path[@tiles],... compared alternately (@4/1: dense tile candidates (4, 1))")
     parser.add_argument("--tiles", help=argparse.SUPPRESS)
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default=None,
+                        help="compute dtypes, each optionally :int8 or :int4 (quantized blocks, int8 head); "
+                             "default float32,bfloat16,bfloat16:int4 (--quick: float32)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=24, help="decode tokens per measurement")
     parser.add_argument("--threads", type=int, default=2)
@@ -137,7 +144,8 @@ def main() -> None:
         print(json.dumps(child(args.child, args.steps, args.threads, args.tiles)))
         return
     if args.quick:
-        args.rounds, args.steps, args.dtypes = 1, 4, "float32"
+        args.rounds, args.steps = 1, 4
+    args.dtypes = args.dtypes or ("float32" if args.quick else "float32,bfloat16,bfloat16:int4")
     trees = dict(item.split("=", 1) for item in args.trees.split(","))
     dtypes = args.dtypes.split(",")
     results: dict = {d: {t: [] for t in trees} for d in dtypes}

@@ -42,6 +42,8 @@ LINEARS = {  # name: (out, in) of the fused projections and the LM head
     "gemma3 qkv": (1536, 640), "gemma3 o": (640, 1024), "gemma3 gate_up": (4096, 640), "gemma3 down": (640, 2048),
 }
 COUNTS = list(range(1, 33)) + [48, 64]
+QUICK_COUNTS = [1, 2, 3, 4, 5, 8, 16]
+QUICK_LINEARS = ("smollm2 qkv", "smollm2 down")
 TILES = (1, 2, 3, 4, 5, 8)
 
 
@@ -68,12 +70,12 @@ def _row_ops(dtype):
     }
 
 
-def _differing_counts(fn, x) -> list[int]:
+def _differing_counts(fn, x, counts) -> list[int]:
     import torch
 
     full = fn(x)
     n = len(x)
-    return [m for m in COUNTS if not all(torch.equal(fn(x[a:a + m].contiguous()), full[a:a + m]) for a in (0, n - m))]
+    return [m for m in counts if not all(torch.equal(fn(x[a:a + m].contiguous()), full[a:a + m]) for a in (0, n - m))]
 
 
 def _tile_exact(fn, x, tile: int) -> bool:
@@ -88,6 +90,14 @@ def _tile_exact(fn, x, tile: int) -> bool:
         if not torch.equal(fn(alone)[i], ref[0]):
             return False
     return torch.equal(fn(sample.roll(1, 0).contiguous()), ref.roll(1, 0))
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
 
 
 def _engine_check(dtype) -> dict | None:
@@ -122,22 +132,25 @@ def probe(quick: bool) -> dict:
     import torch
     import torch.nn.functional as F
 
-    out = {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    out = {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "cpu": _cpu_name(), "blas": next((line.strip(" -") for line in torch.__config__.show().splitlines()
+                                              if "Math Kernel Library" in line), "unknown")}
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
         entry = {}
-        linears = {k: v for k, v in LINEARS.items() if not quick or k.startswith("smollm2")}
+        linears = {k: v for k, v in LINEARS.items() if not quick or k in QUICK_LINEARS}
+        counts = QUICK_COUNTS if quick else COUNTS
         for name, (n_out, n_in) in linears.items():
             weight = (torch.randn(n_out, n_in, generator=g) * 0.05).to(dtype)
             x = torch.randn(64, n_in, generator=g).to(dtype)
             fn = lambda t, w=weight: F.linear(t, w)  # noqa: E731
-            counts = _differing_counts(fn, x)
-            entry[name] = {"counts": counts, "padded to 4": not any(m % 4 == 0 for m in counts),
+            differing = _differing_counts(fn, x, counts)
+            entry[name] = {"counts": differing, "padded to 4": not any(m % 4 == 0 for m in differing),
                            "tiles": [q for q in TILES if _tile_exact(fn, x, q)]}
         for name, (fn, width) in _row_ops(dtype).items():
             x = torch.randn(64, width, generator=g).to(dtype)
-            counts = _differing_counts(fn, x)
-            entry[name] = {"counts": counts, "padded to 4": not any(m % 4 == 0 for m in counts)}
+            differing = _differing_counts(fn, x, counts)
+            entry[name] = {"counts": differing, "padded to 4": not any(m % 4 == 0 for m in differing)}
         entry["engine"] = _engine_check(dtype)
         out[str(dtype).replace("torch.", "")] = entry
     return out
@@ -150,7 +163,9 @@ def _summary(counts: list[int]) -> str:
 
 
 def table(results: dict) -> str:
+    first = next(iter(results.values()))
     lines = ["# Row exactness per op and kernel environment (`benchmarks/row_exact.py`)", "",
+             f"Host: {first.get('cpu', 'unknown')}; {first.get('blas', 'unknown')}.", "",
              "Cells: row counts (of 1..32, 48, 64) at which some row differs from the same row in a "
              "64-row call; `pad4 ✗` where a multiple of 4 differs too (the old padding scheme fails); "
              "`tiles` for linears: tile sizes Q at which every index of a Q-row call computes a row alike.", ""]
@@ -180,7 +195,8 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="smollm2 shapes and two environments only")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI: two smollm2 linears, a few row counts, two environments")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     if args.child is not None:

@@ -81,3 +81,23 @@ def test_speculative_benchmark_quick(tmp_path):
     assert all(mode["same_tokens_as_off"] for kind in summary.values() for mode in kind.values())
     assert summary["code"]["ngram"]["acceptance_rate"] is not None
     assert "| code | ngram |" in (tmp_path / "speculative.md").read_text()
+
+
+def test_engine_rows_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_rows.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    runs = json.loads((tmp_path / "engine_rows_quick.json").read_text())["results"]["float32"]["this"]
+    assert len(runs) == 1 and all(value > 0 for value in runs[0].values())
+    assert "| float32 | this |" in (tmp_path / "engine_rows_quick.md").read_text()
+
+
+def test_row_exact_probe_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "row_exact.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    results = json.loads((tmp_path / "row_exact_quick.json").read_text())
+    for env in results.values():  # the engine's rows are exact in every environment probed
+        assert env["float32"]["engine"]["batched == alone == single steps"]
+        assert env["bfloat16"]["engine"]["batched == alone == single steps"]
+    assert "| smollm2 qkv |" in (tmp_path / "row_exact_quick.md").read_text()

@@ -66,7 +66,8 @@ ACTIVATION_CALL_ELEMENTS = 16384
 """Most elements per activation call. torch 2.13 splits GELU between threads above 16384 elements
 (`GELU_MIN_ELEMENTS_FOR_MULTI_THREADING`) and other elementwise ops above 32768 (`GRAIN_SIZE`)."""
 
-_selected: dict[tuple, int] = {}
+_selected: dict[tuple, int] = {}  # (key, candidates, threads) -> tile, see select_tile
+Rows = tuple[torch.Tensor, ...]
 
 
 def tile_candidates(dtype: torch.dtype) -> tuple[int, ...]:
@@ -74,16 +75,15 @@ def tile_candidates(dtype: torch.dtype) -> tuple[int, ...]:
     kernel's cost (exactness is measured by `tile_is_exact`), fixed so that hosts agree.
 
     float32 (MKL): 1. MKL's matrix-vector kernel makes a lone decode step ~2x cheaper than any
-    multi-row call (benchmarks/results/engine_rows.md: 16.4 vs 8.8 tokens/s on this AMD EPYC;
-    1.5x on an AVX-512 EPYC before), while batches lose little: a block's weights stay in cache
-    across its rows' calls (8 sessions: 29.6 vs 32.1 tokens/s with tiles of 4).
+    multi-row call (benchmarks/results/engine_rows.md: 15.1 vs 8.2 tokens/s on this AMD EPYC;
+    1.5x in CPU time on an AVX-512 EPYC before), while batches lose less: a block's weights stay
+    in cache across its rows' calls (8 sessions: 26.3 vs 29.2 tokens/s with tiles of 4).
     bfloat16 where the CPU multiplies it natively (oneDNN): 4, else 1. There a 4-row call
     costs what a 1-row one does (7.2 vs 7.3 ms per decode step through 10 blocks, AVX-512
     EPYC), so a batch of 4 is one call for free; elsewhere torch's fallback bf16 kernel costs
-    in proportion to the rows, and a lone step with tiles of 4 is 2.3x slower (7.2 vs 16.6
+    in proportion to the rows, and a lone step with tiles of 4 is 2.4x slower (7.6 vs 18.1
     tokens/s here)."""
     return (4, 1) if dtype == torch.bfloat16 and cpu_has_native_bf16() else (1,)
-Rows = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
