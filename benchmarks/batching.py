@@ -36,7 +36,6 @@ import torch
 
 from swarmllm.client.generation import ClientModel
 from swarmllm.client.swarm_client import SwarmClient
-from swarmllm.engine.quant import ROW_QUANTUM
 from swarmllm.harness.local_swarm import LocalSwarm, even_spans
 
 MODEL = "smollm2-135m"
@@ -66,14 +65,12 @@ class BatchedHead:
     async def _work(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            rows = [h for h, _ in batch]
-            # Padded like the engine's rows, so a session's token does not depend on its batch-mates.
-            rows += [rows[0].new_zeros(rows[0].shape)] * (-len(rows) % ROW_QUANTUM)
-            rows = torch.stack(rows)[None]  # [1, N + padding, D]
+            # One sequence of one row per session: the head computes each alike whatever its batch-mates.
+            rows = torch.stack([h for h, _ in batch])[:, None]  # [N, 1, D]
             started = time.perf_counter()
-            tokens = await asyncio.to_thread(lambda: self.model.head.logits(rows)[0].argmax(-1).tolist())
+            tokens = await asyncio.to_thread(lambda: self.model.head.logits(rows)[:, 0].argmax(-1).tolist())
             self.seconds += time.perf_counter() - started
-            for (_, future), token in zip(batch, tokens):  # zip drops the padding rows
+            for (_, future), token in zip(batch, tokens):
                 future.set_result(token)
 
 

@@ -92,3 +92,23 @@ def test_records_benchmark_quick(tmp_path):
     assert result["lookup"]["records"] == 30 and result["lookup"]["validate_one_reply_ms"] > 0
     assert result["bytes"]["server_record_after"] > result["bytes"]["server_record_before"]
     assert "| ed25519 |" in (tmp_path / "records.md").read_text()
+
+
+def test_engine_rows_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_rows.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    runs = json.loads((tmp_path / "engine_rows_quick.json").read_text())["results"]["float32"]["this"]
+    assert len(runs) == 1 and all(value > 0 for value in runs[0].values())
+    assert "| float32 | this |" in (tmp_path / "engine_rows_quick.md").read_text()
+
+
+def test_row_exact_probe_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "row_exact.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    results = json.loads((tmp_path / "row_exact_quick.json").read_text())
+    for env in results.values():  # the engine's rows are exact in every environment probed
+        assert env["float32"]["engine"]["batched == alone == single steps"]
+        assert env["bfloat16"]["engine"]["batched == alone == single steps"]
+    assert "| smollm2 qkv |" in (tmp_path / "row_exact_quick.md").read_text()

@@ -4,7 +4,8 @@ Servers batch the decode steps of concurrent sessions; failover replays and the 
 of one step on two servers rely on a session's output not depending on which other sessions
 shared its batch. These tests pin that down on the real SmolLM2 block shapes (the property
 depends on the GEMM kernels, so tiny random shapes would not show it). If the equality ever
-fails on another CPU or BLAS, see `ROW_QUANTUM` in engine/quant.py.
+fails on another CPU or BLAS, see engine/row_tiles.py (and tests/unit/test_engine_row_tiles.py,
+which checks it under kernel environments where the old padding scheme failed).
 """
 
 from __future__ import annotations

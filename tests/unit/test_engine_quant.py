@@ -11,6 +11,7 @@ from swarmllm.cli import build_parser
 from swarmllm.engine.blocks import SequenceStep, SpanModel
 from swarmllm.runtime import LocalModel
 from swarmllm.engine.quant import Int4Linear, Int8Linear, make_linear, quantize_int4, quantize_int8
+from swarmllm.engine.row_tiles import ANY_ROWS
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.models.catalog import resolve_model
 from swarmllm.weights import Int4Codes, load_blocks, read_config
@@ -98,13 +99,13 @@ def smollm_blocks():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_rows_do_not_depend_on_the_batch(smollm_blocks, mode, dtype):
-    """The continuous-batching invariant (see ROW_QUANTUM) holds for the quantized kernels at any
-    row count, so quantized spans skip the padding."""
+    """The continuous-batching invariant (see engine/row_tiles.py) holds for the quantized kernels
+    at any row count, so quantized spans run all short rows in one call, unpadded."""
     config, blocks = smollm_blocks
     linear = make_linear([blocks[0].gate, blocks[0].up], mode, dtype)
     x = torch.randn(64, 576, generator=torch.Generator().manual_seed(0)).to(dtype)
     full = linear(x)
-    assert linear.row_quantum == 1
+    assert linear.count_independent
     for rows in range(1, 64):
         for first in (0, 64 - rows):
             part = linear(x[first:first + rows])
@@ -112,7 +113,7 @@ def test_rows_do_not_depend_on_the_batch(smollm_blocks, mode, dtype):
     assert torch.equal(linear(x.flip(0)), full.flip(0))
 
     span = SpanModel(config, blocks, 0, 2, dtype, mode)
-    assert span.row_quantum == 1
+    assert span.row_tile == ANY_ROWS
     seqs = [torch.randn(n, 576, generator=torch.Generator().manual_seed(n)) for n in (1, 3, 6)]
     alone = [span.forward_many([SequenceStep(s, span.new_cache(16), 0)])[0] for s in seqs]
     together = span.forward_many([SequenceStep(s, span.new_cache(16), 0) for s in seqs])

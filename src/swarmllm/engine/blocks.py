@@ -8,12 +8,18 @@ no tokenizer, no network; the same object serves local generation and a swarm se
 
 `forward_many(steps)` runs several sequences at once, each with its own cache, start
 position and number of new positions (continuous batching on a server): the norms,
-projections and MLP run once over all their rows stacked as one [sum T, D] matrix (the
-weights are read once per batch), attention runs per sequence over its own cache. A
-sequence's output does not depend on which others share its batch: dense linear layers run
-on a row count padded to a multiple of `ROW_QUANTUM` (quantized ones need no padding), which
-makes each output row depend on its own input row only (see quant.ROW_QUANTUM), and attention
-never mixes sequences.
+projections and MLP run over their rows stacked in one matrix, attention runs per sequence
+over its own cache. A sequence's output does not depend on which others share its batch, nor
+a row on its step's size: the short steps' rows (at most EXACT_STEP_POSITIONS each) are cut
+into fixed-shape tiles of `row_tile` rows (zero-padded), and every row-wise op runs once per
+tile, so every row meets the same kernel paths; a longer step (a prefill: never cut short,
+replayed in its own chunks) runs as one call of its own rows, never stacked with another
+step's. The tile is 1 (float32, and bfloat16 without native bf16) or 4 if a start-up self-check
+of the block's row-wise work finds it exact (bfloat16 on CPUs that multiply it natively);
+quantized CPU kernels need no tiles (see engine/row_tiles.py).
+Verified bit for bit on an AMD EPYC (AVX2, MKL 2024.2) with 1, 2 and 5 threads and with MKL's
+CNR mode COMPATIBLE, where the old padding-to-4 scheme fails (tests/unit/test_engine_row_tiles.py);
+the Intel Xeon (AVX512-BF16) of issue 10 was not available to check.
 
 Weights: the four projections of a block (q|k|v, o, gate|up, down) are `engine.quant`
 linear layers: dense in the compute dtype (quant="none"), or kept as int8 / int4 and
@@ -21,9 +27,9 @@ multiplied by weight-only kernels (quant="int8" / "int4"); see quant.py.
 
 Steps of 2..EXACT_STEP_POSITIONS positions (a speculative verify step, a short prompt) attend
 one query row at a time, exactly as that many single-position steps would: each of their rows
-is bit-identical to the same position decoded alone (the linear layers already are, see
-ROW_QUANTUM). So verifying k drafted tokens in one pass yields the logits plain decoding
-gives, and a step cut short after rejected drafts replays exactly as its accepted rows.
+is bit-identical to the same position decoded alone (their row-wise work already is, through
+the tiles). So verifying k drafted tokens in one pass yields the logits plain decoding gives,
+and a step cut short after rejected drafts replays exactly as its accepted rows.
 
 Speed: single-token decode is dominated by per-op overhead on CPU, so weights are fused at
 load (q|k|v and gate|up are one matmul each), RoPE is one addcmul over q and k together, GQA
@@ -44,6 +50,10 @@ from swarmllm.engine.kv_cache import KVCache, new_kv_cache
 from swarmllm.engine.norm import RMSNorm
 from swarmllm.engine.quant import Linear, check_quant_mode, make_linear
 from swarmllm.engine.rope import RopeTable, apply_rope
+from swarmllm.engine.row_tiles import (
+    ANY_ROWS, RowLayout, counts_are_exact, gated_activation, per_segment, plan_rows, select_tile, tile_candidates,
+    tile_is_exact,
+)
 from swarmllm.models.config import ModelConfig
 from swarmllm.weights.types import BlockWeights
 
@@ -55,8 +65,13 @@ Measured with torch 2.13 on CPU: one masked attention call over T query rows rou
 differently from the unmasked single-row call plain decoding makes (float32: up to 3e-4 in
 the block output; bfloat16: 6e-2), enough to flip a near-tied greedy token. Row by row costs T
 attention calls per block instead of one, small next to the linear layers at these sizes.
-Prefills longer than this keep the single masked call: they are never cut short.
+Prefills longer than this keep the single masked call: they are never cut short. The same bound
+separates tiled rows from a long step's one call per row-wise op (see engine/row_tiles.py).
 """
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
 
 
 @dataclass(frozen=True)
@@ -145,12 +160,44 @@ class SpanModel:
         self.quant = check_quant_mode(quant)
         self.layers = [_fuse(config, w, dtype, quant) for w in blocks]
         self.head_norm = RMSNorm(None, config.head_dim, config.rms_norm_eps, dtype)  # per-head q/k norm (weight apart)
-        # Rows the linear layers' input is padded to a multiple of (see quant.ROW_QUANTUM).
-        self.row_quantum = max(linear.row_quantum for layer in self.layers
-                               for linear in (layer.qkv, layer.o, layer.gate_up, layer.down))
+        # Quantized CPU kernels compute each row alike at any row count; dense ones need tiles.
+        self._count_independent = all(linear.count_independent for layer in self.layers
+                                      for linear in (layer.qkv, layer.o, layer.gate_up, layer.down))
         self.rope_global = RopeTable(config.rope_dim, config.rope_theta, config.rope_scaling, dtype)
         local_theta = config.rope_local_theta or config.rope_theta
         self.rope_local = RopeTable(config.rope_dim, local_theta, None, dtype)
+        c = config  # what a block's kernels see of the model: the tile is measured once per such key
+        self._tile_key = ("span", c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.intermediate_size, c.activation,
+                          c.qkv_bias, c.qk_norm, c.sandwich_norms, c.rope_dim, dtype, quant, self._count_independent)
+        self.row_tile  # noqa: B018 -- measured at load, not in the first request (cached per key)
+
+    @property
+    def row_tile(self) -> int:
+        """Rows per call for short steps' rows (see engine/row_tiles.py): `ANY_ROWS` with quantized
+        CPU kernels if they pass the row-count check, else the first of `tile_candidates(dtype)` the
+        start-up self-check finds exact (else 1); measured once per shapes, dtype and thread count."""
+        candidates = (ANY_ROWS, 1) if self._count_independent else tile_candidates(self.dtype)
+        return select_tile(self._tile_key, self._tile_is_exact, candidates)
+
+    def _tile_is_exact(self, tile: int) -> bool:
+        """The self-check of `tile` on the first block's row-wise work (every block has its shapes)."""
+        cfg, layer = self.config, self.layers[0]
+        g = torch.Generator().manual_seed(0)
+        n = EXACT_STEP_POSITIONS + 1  # samples for counts_are_exact, whose counts go up to 13
+        x = torch.randn(n, cfg.hidden_size, generator=g).to(self.dtype)
+        a = torch.randn(n, cfg.n_heads * cfg.head_dim, generator=g).to(self.dtype)
+        cos, sin = self.rope_global.slice(0, n)
+        activation = F.silu if cfg.activation == "silu" else _gelu_tanh
+
+        def rows_in(x, cos, sin):
+            return self._rows_in(layer, x, cos, sin)
+
+        def rows_out(x, a):
+            return self._rows_out(layer, x, a, activation, True)
+
+        if tile == ANY_ROWS:
+            return counts_are_exact(rows_in, (x, cos, sin)) and counts_are_exact(rows_out, (x, a))
+        return tile_is_exact(rows_in, (x, cos, sin), tile) and tile_is_exact(rows_out, (x, a), tile)
 
     @property
     def n_blocks(self) -> int:
@@ -224,67 +271,60 @@ class SpanModel:
     def forward_many(self, steps: Sequence[SequenceStep]) -> list[torch.Tensor]:
         """Run several sequences through blocks [start, end) at once; returns each one's [T, D]."""
         self._check(steps)
-        offsets = [0]
-        for step in steps:
-            offsets.append(offsets[-1] + step.hidden.shape[0])
-        M = offsets[-1]
+        layout = plan_rows([s.hidden.shape[0] for s in steps], self.row_tile, EXACT_STEP_POSITIONS)
         kinds = {layer.sliding for layer in self.layers}
         plans = [{k: self._attention_plan(s.start_position, s.hidden.shape[0], k) for k in kinds} for s in steps]
-        rope = {k: (torch.cat([p[k][0] for p in plans]), torch.cat([p[k][1] for p in plans])) if len(steps) > 1
-                else plans[0][k][:2] for k in kinds}  # cos, sin: [M, 1, hd]
-        padding = -M % self.row_quantum
-        rows = [s.hidden for s in steps] + ([steps[0].hidden.new_zeros(padding, self.config.hidden_size)]
-                                            if padding else [])
-        x = torch.cat(rows) if len(rows) > 1 else rows[0]  # [M + padding, D]
+        rope = {k: (layout.stack([p[k][0] for p in plans]), layout.stack([p[k][1] for p in plans]))
+                for k in kinds}  # cos, sin: [rows, 1, hd] (zero rows for the padding)
+        x = layout.stack([s.hidden for s in steps])  # [rows, D]
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
         for i, layer in enumerate(self.layers):
-            x = self._block(layer, x, M, steps, offsets, i, [p[layer.sliding] for p in plans], rope[layer.sliding])
+            x = self._block(layer, x, layout, steps, i, [p[layer.sliding] for p in plans], rope[layer.sliding])
         for step in steps:
             step.cache.length = step.start_position + step.hidden.shape[0]
-        return [x[a:b] for a, b in zip(offsets, offsets[1:])]
+        return [x[a:b] for a, b in layout.offsets]
 
-    def _block(self, layer: _Layer, x: torch.Tensor, M: int, steps: Sequence[SequenceStep], offsets: list[int],
+    def _block(self, layer: _Layer, x: torch.Tensor, layout: RowLayout, steps: Sequence[SequenceStep],
                block: int, plans: list[tuple], rope: tuple) -> torch.Tensor:
-        """x [M + padding, D] -> the same after one block; rows [0, M) are the steps' positions."""
+        """x [rows, D] -> the same after one block: row-wise work per segment, attention per sequence."""
+        cfg = self.config
+        qk, v = per_segment(lambda short, x, cos, sin: self._rows_in(layer, x, cos, sin), layout, x, *rope)
+        if len(steps) == 1 and not layout.padding:  # one sequence, no padding (quantized decode, a prefill)
+            a = self._attend(qk, v, steps[0].cache, block, steps[0].start_position, plans[0])
+        else:
+            a = layout.stack([self._attend(qk[lo:hi], v[lo:hi], step.cache, block, step.start_position, plan)
+                              for step, (lo, hi), plan in zip(steps, layout.offsets, plans)])  # [rows, H*hd]
+        activation = F.silu if cfg.activation == "silu" else _gelu_tanh
+        return per_segment(lambda short, x, a: self._rows_out(layer, x, a, activation, short), layout, x, a)
+
+    def _rows_in(self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One segment: x [n, D] -> (q|k after norm and RoPE [n, H+KV, hd], v [n, KV, hd])."""
         cfg = self.config
         H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-
-        h = layer.attn_norm(x)
-        qkv = layer.qkv(h)
-        if qkv.shape[0] != M:
-            qkv = qkv[:M]
-        if layer.qkv_bias is not None:  # added after the matmul: stays row-independent (see ROW_QUANTUM)
+        qkv = layer.qkv(layer.attn_norm(x))
+        if layer.qkv_bias is not None:  # added after the matmul: stays row-independent
             qkv = qkv + layer.qkv_bias
-        qkv = qkv.view(M, H + 2 * KV, hd)  # [M, H+2KV, hd]
+        qkv = qkv.view(x.shape[0], H + 2 * KV, hd)
         qk = qkv[:, : H + KV]
         if layer.qk_norm is not None:
             qk = self.head_norm(qk) * layer.qk_norm
         rd = cfg.rope_dim
         if rd == hd:
-            qk = apply_rope(qk, *rope)  # [M, H+KV, hd]
+            qk = apply_rope(qk, cos, sin)
         else:  # partial rotary (Phi-3 variants): only the first rd dims of each head rotate
-            qk = torch.cat([apply_rope(qk[..., :rd], *rope), qk[..., rd:]], dim=-1)
-        if len(steps) == 1 and x.shape[0] == M:  # one sequence, no padding: the usual decode step
-            a = self._attend(qk, qkv[:, H + KV:], steps[0].cache, block, steps[0].start_position, plans[0])
-        else:
-            parts = [self._attend(qk[a:b], qkv[a:b, H + KV:], step.cache, block, step.start_position, plan)
-                     for step, a, b, plan in zip(steps, offsets, offsets[1:], plans)]
-            if x.shape[0] > M:
-                parts.append(x.new_zeros(x.shape[0] - M, H * hd))
-            a = torch.cat(parts) if len(parts) > 1 else parts[0]  # [M + padding, H*hd]
-        a = layer.o(a)  # [M + padding, D]
+            qk = torch.cat([apply_rope(qk[..., :rd], cos, sin), qk[..., rd:]], dim=-1)
+        return qk, qkv[:, H + KV:]
+
+    def _rows_out(self, layer: _Layer, x: torch.Tensor, a: torch.Tensor, activation, short: bool) -> torch.Tensor:
+        """One segment: x [n, D] and its attention output a [n, H*hd] -> x after the block."""
+        a = layer.o(a)
         if layer.post_attn_norm is not None:
             a = layer.post_attn_norm(a)
         x = x + a
-
-        h = layer.ffn_norm(x)
-        gate, up = layer.gate_up(h).chunk(2, dim=-1)  # [M + padding, I] each
-        if cfg.activation == "silu":
-            m = F.silu(gate) * up
-        else:
-            m = F.gelu(gate, approximate="tanh") * up
-        m = layer.down(m)  # [M + padding, D]
+        gate, up = layer.gate_up(layer.ffn_norm(x)).chunk(2, dim=-1)  # [n, I] each
+        m = layer.down(gated_activation(activation, gate, up, short))
         if layer.post_ffn_norm is not None:
             m = layer.post_ffn_norm(m)
         return x + m

@@ -18,7 +18,8 @@ DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16): then oneDNN runs bf16 GEMMs."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
@@ -32,7 +33,7 @@ def resolve_dtype(name: str = "auto") -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
     if name != "auto":
         return getattr(torch, name)
-    if torch.cuda.is_available() or _cpu_has_native_bf16():
+    if torch.cuda.is_available() or cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 

@@ -14,8 +14,9 @@ ulp in ~0.5% of rows (the float32 statistics round differently). In float32 the 
 change nearly every row at the 1e-7 level (the family tests compare float32 with transformers)
 and is slower past one row, so float32 keeps `F.rms_norm`.
 
-Every row is normalized on its own, with the same code whatever the row count, so batched and
-single steps stay bit-identical (see quant.ROW_QUANTUM). Pure compute: no I/O.
+Every row is normalized on its own; the engine calls the norms on fixed-shape row tiles like
+every row-wise op, so batched and single steps stay bit-identical (see engine/row_tiles.py).
+Pure compute: no I/O.
 """
 
 from __future__ import annotations

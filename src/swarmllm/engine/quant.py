@@ -14,11 +14,16 @@ Modes (`QUANT_MODES`):
   `Int4Codes` and are re-packed code for code (no float round trip); float sources are
   quantized here by rounding to nearest, with an optional clip search (`quantize_int4`).
 
-Row independence: a row of the output depends only on its own input row, not on the row
-count or the other rows, so continuous batching keeps each session's output exact. Dense
-layers need their row count padded to a multiple of `ROW_QUANTUM` for that; the int8 and int4
-kernels compute every row alike whatever the row count on CPU, so they need no padding
-there (`row_quantum` = 1; tests/unit/test_engine_quant.py checks every count from 1 to 63).
+Row independence: a row of the output must depend only on its own input row, not on the row
+count or the other rows (continuous batching, replays, verify steps; see engine/row_tiles.py).
+Dense layers run on MKL / oneDNN GEMMs, which pick their kernel from the row count, so the
+engine calls them on fixed-shape row tiles (`count_independent = False`). The int8 and int4
+weight-only CPU kernels accumulate every row by the same per-row loop over K whatever the row
+count (torch's `tinygemm_kernel` blocks of 1-4 rows differ only in how many rows share a weight
+load), so they are called on all the rows at once (`count_independent = True`; measured
+bit-identical for 1..63 rows in tests/unit/test_engine_quant.py, and re-checked at start-up by
+`row_tiles.counts_are_exact`). Tiling them would cost: a 4-row int4 matmul takes ~1.7x the time
+of a 1-row one. On CUDA their behaviour is unmeasured, so they are tiled like dense layers.
 
 Kernel dtype: torch 2.13's CPU kernels for these ops are vectorized for bfloat16 activations
 only; with float32 or float16 activations they run a scalar loop 40-100x slower (measured on
@@ -51,26 +56,6 @@ INT4_GROUP = 32
 _CUDA_INNER_K_TILES = 8
 KERNEL_DTYPE = torch.bfloat16
 
-ROW_QUANTUM = 4
-"""Dense linear layers see a row count padded (with zero rows) to a multiple of this.
-
-CPU GEMM kernels round a row differently depending on the call's row count: a single row
-takes a matrix-vector kernel, and rows that fall into a partial register tile take another
-path than full tiles (measured with torch 2.13 on x86 AVX-512: float32 (MKL) differs from
-M=1 to M=2 and again for tail rows; bfloat16 (oneDNN) differs for rows past 9 in the
-1536-wide down projection). With the row count a multiple of 4 every row is computed by
-the same full-tile kernel, and each output row was measured bit-identical whatever the
-other rows, their number (1..128) or their order, in float32 and bfloat16, with 1 and 2
-threads (tests/unit/test_engine_batching.py checks it). So a session's output is the same
-alone or in any batch, and a replay on another server reproduces it exactly. Other BLAS
-libraries may tile differently: the test says so if this stops holding. Cost: nothing in
-bfloat16; in float32 a lone decode step costs ~1.5x the CPU time of the matrix-vector path.
-
-The weight-only int8 / int4 CPU kernels need no padding (their `row_quantum` is 1): each row runs
-the same per-row loop whatever the row count (measured bit-identical for 1..64 rows), and
-padding would cost them: a 4-row int4 matmul takes ~1.7x the time of a 1-row one.
-"""
-
 
 def check_quant_mode(mode: str) -> str:
     if mode not in QUANT_MODES:
@@ -81,7 +66,7 @@ def check_quant_mode(mode: str) -> str:
 class DenseLinear:
     """y = x @ W.T with W [N, K] in the compute dtype."""
 
-    row_quantum = ROW_QUANTUM  # rows are exact only in full tiles of this many
+    count_independent = False  # BLAS kernels pick their path from the row count (see row_tiles.py)
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight = weight.contiguous()
@@ -100,8 +85,8 @@ class Int8Linear:
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, kernel_dtype: torch.dtype = KERNEL_DTYPE) -> None:
         self.codes, self.scales = codes.contiguous(), scales.to(kernel_dtype).contiguous()
-        # The CPU kernel is row-exact at any row count (see ROW_QUANTUM); others are unmeasured.
-        self.row_quantum = 1 if codes.device.type == "cpu" else ROW_QUANTUM
+        # The CPU kernel computes each row alike at any row count (see above); others are unmeasured.
+        self.count_independent = codes.device.type == "cpu"
         self.out_features, self.in_features = codes.shape
         self.kernel_dtype = kernel_dtype
 
@@ -127,8 +112,8 @@ class Int4Linear:
         self.out_features, self.in_features, self.group_size = N, K, codes.group_size
         self.kernel_dtype = kernel_dtype
         self.device = torch.device(device)
-        # The CPU kernel is row-exact at any row count (see ROW_QUANTUM); others are unmeasured.
-        self.row_quantum = 1 if self.device.type == "cpu" else ROW_QUANTUM
+        # The CPU kernel computes each row alike at any row count (see above); others are unmeasured.
+        self.count_independent = self.device.type == "cpu"
         self._op = torch._weight_int4pack_mm_for_cpu if self.device.type == "cpu" else torch._weight_int4pack_mm
         # Kernel form: w = (q - 8) * scale + zero, so zero = min + 8 * scale (exact in float32).
         zeros = codes.mins + 8 * codes.scales

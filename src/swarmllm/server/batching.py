@@ -14,8 +14,8 @@ together again (in benchmarks/batching.py on 2 cores, 1 to 8 sessions: 1.6 steps
 on average without the wait, 2.1 with 5 ms).
 
 Promises:
-- a session's output is the same whichever steps share its batch (see `ROW_QUANTUM` in
-  engine/quant.py), so batching changes no token and replays stay exact;
+- a session's output is the same whichever steps share its batch (see
+  engine/row_tiles.py), so batching changes no token and replays stay exact;
 - errors are per step: if a batch raises, its steps are re-run one at a time, so only the
   step at fault fails and the others get their (identical) outputs;
 - one batch at a time, on the given single-thread executor.
