@@ -187,6 +187,7 @@ def main() -> None:
             memory = {swarm.nodes[i].name: {"start_mb": baseline_rss[i], "end_mb": rss_mb(swarm.nodes[i].process.pid)}
                       for i in surviving if swarm.nodes[i].alive}
             open_sessions = sum(r.active_sessions for r in records.values() if usable(r))
+            open_by = {r.peer_id[-8:]: r.active_sessions for r in records.values() if usable(r) and r.active_sessions}
     finally:
         swarm.stop()
 
@@ -212,6 +213,7 @@ def main() -> None:
         "tokens_lost": sum(new_tokens - r.get("tokens", 0) for r in results if not r["ok"]),
         "slow_failovers": [f for f in failovers if f["seconds"] >= 3.0],  # for whoever works on the tail
         "nodes_crashed_by_others": crashed, "node_memory": memory, "sessions_left_open": open_sessions,
+        "sessions_left_open_by_node": open_by,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

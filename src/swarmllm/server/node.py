@@ -100,9 +100,6 @@ class ServerConfig:
     max_rollbacks: int = 1200                   # steps starting before the end of their session, per session ...
     rollback_window: float = 60.0               # ... per this many seconds
 
-    def __post_init__(self) -> None:
-        self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
-
     def quota_limits(self, step_positions: int) -> QuotaLimits:
         """The per-peer quotas these fields describe, with the node's derived positions per step."""
         return QuotaLimits(
@@ -132,6 +129,7 @@ class ServerConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
         if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
             raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
         if not 0 < self.record_ttl <= MAX_RECORD_TTL:
