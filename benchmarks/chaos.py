@@ -116,7 +116,7 @@ class FaultDriver:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small setting for CI (20 shorter generations)")
+    parser.add_argument("--quick", action="store_true", help="small setting for CI (12 shorter generations)")
     parser.add_argument("--generations", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--report", default=str(Path(__file__).parents[1] / "docs" / "reliability.md"))
     parser.add_argument("--ring", action="store_true", help="generate with ring decoding (client/ring.py)")
     args = parser.parse_args()
-    generations = args.generations or (20 if args.quick else 40)
+    generations = args.generations or (12 if args.quick else 40)
     new_tokens = 16 if args.quick else 32
     params = SamplingParams(max_new_tokens=new_tokens)
     rng = random.Random(args.seed)

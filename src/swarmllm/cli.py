@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Optional, Sequence
 
 from swarmllm.harness.processes import READY_MARKER
@@ -333,6 +334,10 @@ def cmd_gateway(args) -> int:
                 if task.done():
                     await task
                     raise SystemExit(f"the gateway could not listen on {args.host}:{args.port} (port in use?)")
+                await asyncio.sleep(0.05)
+            # Ready once the swarm has been read (so /v1/models is not empty for a moment), or after 30 s.
+            deadline = time.monotonic() + 30
+            while not app.state.status.ready and time.monotonic() < deadline and not task.done():
                 await asyncio.sleep(0.05)
             print(f"swarmllm gateway: chat {url}/  dashboard {url}/dashboard  API {url}/v1", flush=True)
             _print_ready({"role": "gateway", "url": url})

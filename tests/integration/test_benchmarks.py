@@ -26,6 +26,7 @@ def test_pipeline_benchmark_quick(tmp_path):
     assert "| swarm, 3 nodes |" in (tmp_path / "pipeline.md").read_text()
 
 
+@pytest.mark.extended  # the default run keeps pipeline, records and row_exact
 def test_load_benchmark_quick(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load.py"), "--quick", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
@@ -35,6 +36,7 @@ def test_load_benchmark_quick(tmp_path):
     assert all(x["aggregate_tokens_per_second"] > 0 for x in result["levels"])
 
 
+@pytest.mark.extended  # the default run keeps pipeline, records and row_exact
 def test_compression_benchmark_quick(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compression.py"), "--quick", "--out",
                           str(tmp_path)], capture_output=True, text=True, timeout=600)
@@ -49,6 +51,7 @@ def test_compression_benchmark_quick(tmp_path):
     assert "| wire int8 |" in (tmp_path / "compression.md").read_text()
 
 
+@pytest.mark.extended  # the default run keeps pipeline, records and row_exact
 def test_batching_benchmark_quick(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "batching.py"), "--quick", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
@@ -60,6 +63,7 @@ def test_batching_benchmark_quick(tmp_path):
     assert "| sessions |" in (tmp_path / "batching.md").read_text()
 
 
+@pytest.mark.extended
 def test_quant_benchmark_tiny(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quant.py"), "--tiny", "--out",
                           str(tmp_path / "quant.json")], capture_output=True, text=True, timeout=600)
@@ -71,6 +75,7 @@ def test_quant_benchmark_tiny(tmp_path):
     assert "| smollm2-135m | swarmllm | bfloat16 | int4 |" in (tmp_path / "quant.md").read_text()
 
 
+@pytest.mark.extended  # the default run keeps pipeline, records and row_exact
 def test_speculative_benchmark_quick(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speculative.py"), "--quick", "--out",
                           str(tmp_path)], capture_output=True, text=True, timeout=600)
@@ -94,6 +99,7 @@ def test_records_benchmark_quick(tmp_path):
     assert "| ed25519 |" in (tmp_path / "records.md").read_text()
 
 
+@pytest.mark.extended  # the default run keeps pipeline, records and row_exact
 def test_engine_rows_benchmark_quick(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_rows.py"), "--quick", "--out",
                           str(tmp_path)], capture_output=True, text=True, timeout=600)

@@ -143,6 +143,7 @@ def gemma():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~100 s, most of it transformers parsing the GGUF; `pytest -m extended`
 def test_gemma3_gguf_matches_transformers(gemma):
     ids = gemma.chat_ids([{"role": "user", "content": "Name three colors of the rainbow."}])
     reference = transformers_from_gguf(resolve_model("gemma3-270m").path)
