@@ -10,7 +10,8 @@ import pytest
 
 from swarmllm.client.receipt_check import ReceiptBook, ReceiptError, Signer
 from swarmllm.client.receipts import ReceiptStore, list_sessions, session_receipts
-from swarmllm.protocol import ErrorCode, ProtocolError, decode_frame, encode_frame
+from swarmllm.client.session import RingChannel
+from swarmllm.protocol import ErrorCode, ProtocolError, TokenResult, decode_frame, encode_frame
 from swarmllm.protocol.envelope import seal
 from swarmllm.protocol.receipts import (
     DOMAIN, LAYOUT_RECEIPT, ReceiptRejected, digest, payload_of, public_key_from_peer_id, sign_receipt,
@@ -239,3 +240,15 @@ def test_the_work_log_is_pruned_by_age_and_by_rows(tmp_path):
     assert [row.step_id for row in read_work_log(tmp_path / "work.sqlite")] == [3, 4]  # steps 0, 1 too old; 2 the third newest
     log.close()
 
+
+
+def test_a_ring_hands_out_verified_tokens_in_step_order_and_tracks_only_steps_just_ahead():
+    ring = RingChannel(base=10, end=1000, start_position=5, first_positions=4)
+    assert ring.positions_of(10) == (5, 4) and ring.positions_of(12) == (10, 1)
+    token = lambda step: TokenResult(session_id="s", step_id=step, position=step, token_id=1, draws=0)  # noqa: E731
+    ring.put_token(token(11))  # its receipts checked out before step 10's did
+    assert ring.queue.empty()
+    ring.put_token(token(10))
+    assert [ring.queue.get_nowait().step_id for _ in range(2)] == [10, 11]
+    assert not ring.may_track(11) and ring.may_track(12) and ring.may_track(75) and not ring.may_track(76)
+    assert not ring.may_track(5) and not ring.may_track(1000)

@@ -124,35 +124,31 @@ class ReceiptStore:
         self._writer.close()
 
 
-def list_sessions(path: Optional[os.PathLike | str] = None, limit: int = 100) -> list[SessionSummary]:
-    """The newest `limit` sessions of a receipt store, newest first ([] if it does not exist)."""
+def _query(path: Optional[os.PathLike | str], sql: str, args: tuple) -> list:
+    """Rows of a read-only query on a receipt store ([] if it does not exist)."""
     path = Path(path) if path is not None else default_receipts_path()
     if not path.exists():
         return []
     connection = open_database(path, read_only=True)
     try:
-        rows = connection.execute(
-            "SELECT s.session_id, s.model_id, s.started_at, COUNT(DISTINCT r.step_id), COUNT(r.id), "
-            "COUNT(DISTINCT r.peer_id), COALESCE(SUM(r.verified = 1), 0) FROM sessions s "
-            "LEFT JOIN receipts r ON r.session_id = s.session_id GROUP BY s.session_id "
-            "ORDER BY s.started_at DESC LIMIT ?", (limit,)).fetchall()
-        return [SessionSummary(*row) for row in rows]
+        return connection.execute(sql, args).fetchall()
     finally:
         connection.close()
+
+
+def list_sessions(path: Optional[os.PathLike | str] = None, limit: int = 100) -> list[SessionSummary]:
+    """The newest `limit` sessions of a receipt store, newest first."""
+    rows = _query(path, "SELECT s.session_id, s.model_id, s.started_at, COUNT(DISTINCT r.step_id), COUNT(r.id), "
+                        "COUNT(DISTINCT r.peer_id), COALESCE(SUM(r.verified = 1), 0) FROM sessions s "
+                        "LEFT JOIN receipts r ON r.session_id = s.session_id GROUP BY s.session_id "
+                        "ORDER BY s.started_at DESC LIMIT ?", (limit,))
+    return [SessionSummary(*row) for row in rows]
 
 
 def session_receipts(session_id: str, path: Optional[os.PathLike | str] = None) -> list[StoredReceipt]:
     """One session's receipts in step order, the chain's order within a step (by span)."""
-    path = Path(path) if path is not None else default_receipts_path()
-    if not path.exists():
-        return []
-    connection = open_database(path, read_only=True)
-    try:
-        rows = connection.execute(
-            "SELECT session_id, step_id, peer_id, span_start, span_end, start_position, positions, input_hash, "
-            "output_hash, compute_class, server_time, received_at, verified, frame FROM receipts "
-            "WHERE session_id = ? ORDER BY step_id, span_start", (session_id,)).fetchall()
-        return [StoredReceipt(r[0], r[1], r[2], (r[3], r[4]), r[5], r[6], bytes(r[7]).hex(), bytes(r[8]).hex(), r[9],
-                              r[10], r[11], r[12], bytes(r[13])) for r in rows]
-    finally:
-        connection.close()
+    rows = _query(path, "SELECT session_id, step_id, peer_id, span_start, span_end, start_position, positions, "
+                        "input_hash, output_hash, compute_class, server_time, received_at, verified, frame "
+                        "FROM receipts WHERE session_id = ? ORDER BY step_id, span_start", (session_id,))
+    return [StoredReceipt(r[0], r[1], r[2], (r[3], r[4]), r[5], r[6], bytes(r[7]).hex(), bytes(r[8]).hex(), r[9],
+                          r[10], r[11], r[12], bytes(r[13])) for r in rows]

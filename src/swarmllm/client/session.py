@@ -68,6 +68,12 @@ class RingChannel:
     def covers(self, step_id: int) -> bool:
         return self.base <= step_id < self.end
 
+    def may_track(self, step_id: int, window: int = 64) -> bool:
+        """Whether a receipt or token of `step_id` may open a record in the receipt book: a step of this
+        ring not handed out yet, at most `window` ahead (so junk step ids cannot fill the book)."""
+        first = self.base + self._queued
+        return first <= step_id < min(self.end, first + window) and step_id not in self._verified
+
     def put_token(self, token: TokenResult) -> None:
         """A verified token: queued in step order (receipts of different servers arrive in any order)."""
         self._verified[token.step_id] = token
@@ -198,7 +204,7 @@ class InferenceSession:
         """Whether the receipt book tracks `step_id`; a step of the running ring is tracked from its
         first receipt or token on (its tokens reach the ring's queue once verified)."""
         ring = self._ring
-        if self.receipts.expects(step_id) or ring is None or not ring.covers(step_id):
+        if self.receipts.expects(step_id) or ring is None or not ring.may_track(step_id):
             return self.receipts.expects(step_id)
         start, positions = ring.positions_of(step_id)
         return self.receipts.expect(step_id, start, positions, ring.signers, None, ring.put_token)
