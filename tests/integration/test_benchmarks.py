@@ -118,3 +118,24 @@ def test_row_exact_probe_quick(tmp_path):
         assert env["float32"]["engine"]["batched == alone == single steps"]
         assert env["bfloat16"]["engine"]["batched == alone == single steps"]
     assert "| smollm2 qkv |" in (tmp_path / "row_exact_quick.md").read_text()
+
+
+def test_compute_classes_benchmark_tiny(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compute_classes.py"), "--tiny", "--out",
+                          str(tmp_path / "cc.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (model,) = json.loads((tmp_path / "cc.json").read_text())["models"]
+    reference, int8_kv = model["classes"]
+    assert reference["hidden_max_rel_error"] == 0 and reference["top1_agreement"] == 1
+    assert 0 < int8_kv["hidden_max_rel_error"] < 0.5 and int8_kv["positions_compared"] == 4
+    assert "| smollm2-135m | int8 KV |" in (tmp_path / "cc.md").read_text()
+
+
+def test_receipts_benchmark_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "receipts.py"), "--quick", "--out",
+                          str(tmp_path / "receipts.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one, long = json.loads((tmp_path / "receipts.json").read_text())["rows"]
+    assert one["frame_bytes"] < 320 and one["server_issue_us"] > 0 and one["client_check_us"] > 0
+    assert long["payload_bytes"] == 128 * 2304
+    assert "| 1 position(s) |" in (tmp_path / "receipts.md").read_text()

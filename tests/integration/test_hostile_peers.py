@@ -251,6 +251,7 @@ async def hammer(stream, session_id: str, max_length: int, positions: int, stop:
         if isinstance(reply, StepResult):
             counts["computed"] = counts.get("computed", 0) + 1
             position += positions
+            await stream.recv()  # its receipt
         else:
             key = reply.quota.limit if reply.quota is not None else reply.code
             counts[key] = counts.get(key, 0) + 1

@@ -16,9 +16,10 @@ from swarmllm.client.session import PREFILL_CHUNK
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.protocol import (
-    PUSH_HANDLER, SESSION_HANDLER, ErrorReply, OpenSession, RingStop, RingToken, SessionOpened, Step, StepResult,
-    decode_frame, decode_tensor, encode_frame, encode_tensor,
+    PUSH_HANDLER, SESSION_HANDLER, ErrorReply, OpenSession, RingStop, RingToken, SessionOpened, Step, StepReceipt,
+    StepResult, decode_frame, decode_tensor, encode_frame, encode_tensor,
 )
+from swarmllm.protocol.receipts import digest, verify_receipt
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +117,11 @@ def test_malformed_messages_get_error_replies_and_node_keeps_serving(swarm3, cli
     reply, payload = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=1, start_position=0,
                                                                   tensor=meta), raw))
     assert isinstance(reply, StepResult) and decode_tensor(reply.tensor, payload).shape == (1, 3, 576)
+    # ... and signs a receipt for it (protocol v4): the bytes it got and sent, its own key.
+    receipt, _ = decode_frame(client.loop.run(stream.recv()))
+    assert isinstance(receipt, StepReceipt) and (receipt.step_id, receipt.positions, receipt.start) == (1, 3, 10)
+    assert receipt.input_hash == digest(raw) and receipt.output_hash == digest(payload)
+    verify_receipt(receipt, peer_id)
     # The same step again (a duplicate or a retry that arrives late) is never applied twice.
     reply, _ = _send_recv(client, stream, encode_frame(Step(session_id="m" * 16, step_id=1, start_position=3,
                                                             tensor=meta), raw))

@@ -15,12 +15,16 @@ NOT_RETRYABLE = frozenset({ErrorCode.BAD_SHAPE, ErrorCode.TOO_LONG, ErrorCode.MA
 
 
 class RemoteStepError(SwarmError):
-    """A server of the chain failed a request; `peer_id` says which, `code` (an ErrorCode) why."""
+    """A server of the chain failed a request; `peer_id` says which, `code` (an ErrorCode) why.
 
-    def __init__(self, peer_id: str, code: ErrorCode | str, message: str):
+    `suspects` is `peer_id` plus `also`: the servers to replace (two when two neighbours' receipts
+    disagree and the evidence cannot tell which of them lies)."""
+
+    def __init__(self, peer_id: str, code: ErrorCode | str, message: str, also: tuple[str, ...] = ()):
         super().__init__(f"server {peer_id} failed: {message}")
         self.peer_id = peer_id
         self.code = code if isinstance(code, ErrorCode) else ErrorCode.parse(code)
+        self.suspects: tuple[str, ...] = (peer_id, *also)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from swarmllm.client.chain import NOT_RETRYABLE, Hop, RemoteStepError
 from swarmllm.client.ping import ping_peer
 from swarmllm.client.routing import ChainLink
 from swarmllm.protocol import ErrorCode, Reroute, Step, SwarmError, encode_frame, encode_tensor
+from swarmllm.protocol.receipts import digest
 
 if TYPE_CHECKING:
     from swarmllm.client.session import InferenceSession
@@ -94,7 +95,8 @@ class Failover:
         alive = await asyncio.gather(*(self._alive(hop) for hop in hops))
         down = {i for i, ok in enumerate(alive) if not ok}
         # A timeout names the last hop only because that is where the result should have come from.
-        named = set() if error.code == ErrorCode.TIMEOUT else {i for i, h in enumerate(hops) if h.peer_id == error.peer_id}
+        named = set() if error.code == ErrorCode.TIMEOUT else \
+            {i for i, h in enumerate(hops) if h.peer_id in error.suspects}
         return sorted(down | named), {hops[i].peer_id for i in down}
 
     async def _recover_until_done(self, error: RemoteStepError, wait_for_capacity: float = 30.0) -> None:
@@ -125,6 +127,9 @@ class Failover:
             self.on_peer_failure(peer)
         if error.code == ErrorCode.OVER_QUOTA and error.peer_id not in down:
             self.on_peer_failure(error.peer_id)  # alive but refusing us: route around it while the ban lasts
+        if error.code == ErrorCode.BAD_RECEIPT:  # alive but breaking the receipt rules: route around the suspects
+            for peer in set(error.suspects) - down:
+                self.on_peer_failure(peer)
         cold = [i for i, hop in enumerate(session.hops) if not hop.warm]  # replacements whose replay did not finish
         if error.code == ErrorCode.TIMEOUT and not down:
             session.timeouts.relax()  # slow, not dead: be more patient
@@ -165,7 +170,8 @@ class Failover:
             hop.warm = True
 
     async def _replay(self, first: int, new: list[Hop], replay_end: int) -> None:
-        """Rebuild the new hops' caches for the committed positions, in the original chunks."""
+        """Rebuild the new hops' caches for the committed positions, in the original chunks. Every
+        replayed chunk is a step the new hops compute and sign receipts for."""
         session = self.session
         p, chunks = session.position, tuple(session.chunks)
         first_id = session.reserve_step_ids(len(chunks))
@@ -180,14 +186,32 @@ class Failover:
                 except ConnectionError as e:
                     raise RemoteStepError(before.peer_id, ErrorCode.CONNECTION_LOST, str(e)) from None
                 return
-            await session.send_and_wait(before, frame, last_id, session.timeouts.replay(p))
+            sender, frames, hashes = before, [frame], [None] * len(chunks)  # `before` re-sends its stored outputs
         elif p > 0:
-            frames, position = [], 0
+            frames, hashes, position = [], [], 0
             for index, length in enumerate(chunks):
                 meta, raw = encode_tensor(session.inputs[position:position + length].unsqueeze(0), session.wire_dtype)
                 frames.append(encode_frame(Step(session_id=new[0].session_id, step_id=first_id + index,
                                                 start_position=position, tensor=meta, replay_end=replay_end), raw))
+                hashes.append(digest(raw))
                 position += length
+            sender = new[0]
+        else:
+            return
+        futures, position = [], 0
+        for index, length in enumerate(chunks):
+            futures.append(session.expect(first_id + index, position, length, hashes[index], hops=new))
+            position += length
+        try:
             for frame in frames[:-1]:
-                await new[0].stream.send(frame)
-            await session.send_and_wait(new[0], frames[-1], last_id, session.timeouts.replay(p))
+                await sender.stream.send(frame)
+            await session.send_and_wait(sender, frames[-1], last_id, session.timeouts.replay(p))
+            # The earlier chunks' results came first; their receipts are in by now or very soon.
+            for index, future in enumerate(futures[:-1]):
+                try:
+                    await asyncio.wait_for(future, 1.0)
+                except asyncio.TimeoutError:
+                    raise session.timeout_error(first_id + index, 1.0) from None
+        finally:
+            for index in range(len(chunks)):
+                session.forget(first_id + index)

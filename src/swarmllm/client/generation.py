@@ -60,6 +60,7 @@ class GenerationOptions:
     draft_blocks: int = DEFAULT_DRAFT_BLOCKS  # blocks the early-exit drafter runs
     ring: Optional[bool] = None               # None: when the chain offers it and speculation is off
     prefill_chunk: Optional[int] = PREFILL_CHUNK  # prompts longer than this are prefilled in chunks; None = one piece
+    routing_seed: Optional[int] = None        # choice among equally good chains (routing.py); None = random
 
     def __post_init__(self) -> None:
         if self.speculative not in SPECULATIVE_MODES:
@@ -262,7 +263,8 @@ class Generator:
         speculation = self._speculation(options, length)
         opened = time.perf_counter()
         session = self.client.open_session(self.model.model_id, self.model.config.n_blocks, length,
-                                           wire_dtype=options.wire_dtype, prefill_chunk=options.prefill_chunk)
+                                           wire_dtype=options.wire_dtype, prefill_chunk=options.prefill_chunk,
+                                           routing_seed=options.routing_seed)
         open_seconds = time.perf_counter() - opened
         decoder: Optional[Decoder] = speculation
         decoding = "speculative" if speculation else "plain"

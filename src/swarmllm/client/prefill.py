@@ -14,7 +14,6 @@ import asyncio
 import torch
 
 from swarmllm.client.chain import RemoteStepError
-from swarmllm.protocol import ErrorCode
 
 
 async def pipelined_step(session, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
@@ -26,14 +25,15 @@ async def pipelined_step(session, hidden: torch.Tensor, start_position: int) -> 
     try:
         for offset, piece in pieces:
             step_id = session.new_step_id()
-            futures[step_id] = session.expect(step_id)
-            await session.hops[0].stream.send(session.step_frame(piece, start_position + offset, step_id))
+            frame, sent = session.step_frame(piece, start_position + offset, step_id)
+            futures[step_id] = session.expect(step_id, start_position + offset, piece.shape[1], sent)
+            await session.hops[0].stream.send(frame)
         for (offset, piece), (step_id, future) in zip(pieces, futures.items()):
+            timeout = session.timeout_for(piece.shape[1])
             try:
-                outputs.append(await asyncio.wait_for(future, session.timeout_for(piece.shape[1])))
+                outputs.append(await asyncio.wait_for(future, timeout))
             except asyncio.TimeoutError:
-                raise RemoteStepError(session.hops[-1].peer_id, ErrorCode.TIMEOUT,
-                                      f"prefill chunk {step_id} timed out") from None
+                raise session.timeout_error(step_id, timeout) from None
             session.commit(start_position + offset, piece.shape[1])
     except (RemoteStepError, ConnectionError):
         # Whatever was not committed goes the ordinary way, one chunk at a time, with failover.

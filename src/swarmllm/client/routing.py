@@ -11,13 +11,23 @@ the fixed cost of one more hop (encode, decode, framing), and `block_seconds(s)`
 client measured itself, or the announcement capped at the median announced speed for a
 server it never timed (estimates.py). Shortest path over block boundaries 0..n, so
 overlapping spans combine (a server may serve a sub-span).
+
+Reputation and load spreading (hooks for client/reputation.py and verification):
+- `exclude`: peers never used (failed, or banned for lying);
+- `penalties`: {peer: p >= 0}, the peer's hop costs count (1 + p) times (low-score peers);
+- `seed`: per-session randomness among equally good chains. Each peer's hop costs are scaled by
+  a factor in [1, 1 + TIE_TOLERANCE) drawn from (seed, peer id), so chains whose costs differ by
+  less than that (servers of one speed, RTTs within measurement noise) are chosen at random per
+  session: load spreads, and every peer gets traffic and so gets checked. A chain more than
+  TIE_TOLERANCE worse than the best is never chosen. seed None: deterministic, as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 from swarmllm.client.estimates import DEFAULT_RTT, HOP_OVERHEAD, capped_priors
 from swarmllm.protocol import ServerRecord, ServerState, SwarmError
@@ -92,15 +102,27 @@ def hop_cost(record: ServerRecord, start: int, end: int, rtts: Mapping[str, floa
     return rtts.get(record.peer_id, DEFAULT_RTT) / 2 + HOP_OVERHEAD + (end - start) * block_seconds[record.peer_id]
 
 
+TIE_TOLERANCE = 0.05  # chains within 5% of the best cost count as equally good (module docstring)
+
+
+def tie_factor(seed: Optional[int], peer_id: str, tolerance: float = TIE_TOLERANCE) -> float:
+    """The per-session cost factor of a peer, in [1, 1 + tolerance); 1 without a seed."""
+    if seed is None:
+        return 1.0
+    draw = int.from_bytes(hashlib.sha256(f"{seed}:{peer_id}".encode()).digest()[:8], "big") / 2**64
+    return 1.0 + tolerance * draw
+
+
 def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rtts: Mapping[str, float] | None = None,
                *, block_seconds: Mapping[str, float] | None = None, max_length: int = 1, exclude: Iterable[str] = (),
-               start: int = 0, end: int | None = None) -> list[ChainLink]:
+               start: int = 0, end: int | None = None, penalties: Mapping[str, float] | None = None,
+               seed: Optional[int] = None) -> list[ChainLink]:
     """Cheapest chain covering blocks [start, end) (default: the whole model).
 
     block_seconds: the client's estimate per peer (estimates.SpeedEstimates.block_seconds);
-    peers missing from it are priced by their capped announcement. Raises MissingBlocksError
-    naming the gaps. A sub-range is what failover asks for: a replacement for exactly the
-    span of the servers that failed.
+    peers missing from it are priced by their capped announcement. penalties and seed: see the
+    module docstring. Raises MissingBlocksError naming the gaps. A sub-range is what failover asks
+    for: a replacement for exactly the span of the servers that failed.
     """
     end = n_blocks if end is None else end
     rtts = rtts or {}
@@ -108,6 +130,8 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
     records = list(records)
     block_seconds = {**capped_priors(records), **(block_seconds or {})}
     candidates = [r for r in records if usable(r, max_length) and r.peer_id not in excluded]
+    scale = {r.peer_id: (1.0 + max(0.0, (penalties or {}).get(r.peer_id, 0.0))) * tie_factor(seed, r.peer_id)
+             for r in candidates}
     gaps = missing_spans(n_blocks, candidates, start, end)
     if gaps:
         raise MissingBlocksError(model_id, n_blocks, gaps, {
@@ -127,7 +151,7 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
             if not (r.start <= i < r.end):
                 continue
             for j in range(i + 1, min(r.end, end) + 1):
-                c = cost + hop_cost(r, i, j, rtts, block_seconds)
+                c = cost + hop_cost(r, i, j, rtts, block_seconds) * scale[r.peer_id]
                 if c < best.get(j, float("inf")) - 1e-12:
                     best[j], back[j] = c, (i, r)
                     heapq.heappush(heap, (c, j))

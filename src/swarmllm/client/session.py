@@ -15,12 +15,20 @@ history, then sends the step again with a new step id; the caller sees no error 
 outputs. Steps longer than `prefill_chunk` positions go through prefill.py (pipelined chunks).
 Ring decoding (ring.py) uses the public methods below (`start_ring_step`, `next_ring_item`,
 `stop_ring`), never the session's internals.
+
+Receipts (receipt_check.py): every server signs a receipt for every step it computes. A step's
+output is handed out only once its result and every receipt of it are in and check out (signed by
+the authenticated peer of the stream, hashes matching what was sent and received and each
+other); a receipt that breaks the rules fails the step with `RemoteStepError(bad_receipt)` naming
+the suspects, which failover replaces like a failed server. Verified receipts go to `on_receipts`
+(the client's store, receipts.py) under this session's own id, `session_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -28,14 +36,16 @@ import torch
 
 from swarmllm.client.chain import Hop, RemoteStepError
 from swarmllm.client.failover import Failover, FailoverEvent, Replanner
+from swarmllm.client.receipt_check import ReceiptBook, ReceiptError, Signer
 from swarmllm.client.routing import ChainLink
 from swarmllm.client.timeouts import StepTimeouts
 from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
     SESSION_HANDLER, CloseSession, ErrorCode, ErrorReply, NextHop, OpenSession, ProtocolError, RingSpec, RingStop,
-    SessionOpened, SetUpstream, Step, StepResult, SwarmError, TokenResult, decode_frame, decode_tensor, encode_frame,
-    encode_tensor,
+    SessionOpened, SetUpstream, Step, StepReceipt, StepResult, SwarmError, TokenResult, decode_frame, decode_tensor,
+    encode_frame, encode_tensor,
 )
+from swarmllm.protocol.receipts import digest
 
 __all__ = ["FailoverEvent", "Hop", "InferenceSession", "RemoteStepError", "RingChannel", "PREFILL_CHUNK"]
 
@@ -43,14 +53,40 @@ __all__ = ["FailoverEvent", "Hop", "InferenceSession", "RemoteStepError", "RingC
 @dataclass
 class RingChannel:
     """Step ids [base, end) of one ring (token k comes from step base + k) and where its
-    TokenResults and errors are delivered."""
+    TokenResults (once the step's receipts are verified) and errors are delivered."""
 
     base: int
     end: int
+    start_position: int = 0          # position of the ring's first step
+    first_positions: int = 1         # positions of that step (later ones have 1)
+    signers: tuple[Signer, ...] = ()  # the chain when the ring started: who signs each ring step
+    delivered: int = 0               # tokens handed out so far (the next is from step base + delivered)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    _verified: dict = field(default_factory=dict)  # tokens verified ahead of an earlier one, by step id
+    _queued: int = 0                 # tokens put in the queue so far
 
     def covers(self, step_id: int) -> bool:
         return self.base <= step_id < self.end
+
+    def may_track(self, step_id: int, window: int = 64) -> bool:
+        """Whether a receipt or token of `step_id` may open a record in the receipt book: a step of this
+        ring not handed out yet, at most `window` ahead (so junk step ids cannot fill the book)."""
+        first = self.base + self._queued
+        return first <= step_id < min(self.end, first + window) and step_id not in self._verified
+
+    def put_token(self, token: TokenResult) -> None:
+        """A verified token: queued in step order (receipts of different servers arrive in any order)."""
+        self._verified[token.step_id] = token
+        while self.base + self._queued in self._verified:
+            self.queue.put_nowait(self._verified.pop(self.base + self._queued))
+            self._queued += 1
+
+    def positions_of(self, step_id: int) -> tuple[int, int]:
+        """(start position, positions) of ring step `step_id`."""
+        k = step_id - self.base
+        if k == 0:
+            return self.start_position, self.first_positions
+        return self.start_position + self.first_positions + k - 1, 1
 
 
 class InferenceSession:
@@ -58,8 +94,13 @@ class InferenceSession:
                  step_timeout: Optional[float] = None, open_timeout: float = 5.0,
                  replanner: Optional[Replanner] = None, on_peer_failure: Callable[[str], None] = lambda peer: None,
                  max_failovers: int = 8, prefill_chunk: Optional[int] = PREFILL_CHUNK,
-                 on_step_timed: Callable[[list[ChainLink], float], None] = lambda chain, seconds: None):
+                 on_step_timed: Callable[[list[ChainLink], float], None] = lambda chain, seconds: None,
+                 on_receipts: Callable[[str, list[StepReceipt]], None] = lambda session_id, receipts: None,
+                 on_bad_receipt: Callable[[RemoteStepError], None] = lambda error: None):
         self.swarm, self.model_id = swarm, model_id
+        self.session_id = uuid.uuid4().hex  # this client's name for the session (receipts are stored under it)
+        self.on_bad_receipt = on_bad_receipt  # a server broke the receipt rules (failover also routes around it)
+        self.receipts = ReceiptBook(model_id, lambda receipts: on_receipts(self.session_id, receipts))
         self.max_length, self.wire_dtype = max_length, wire_dtype
         self.open_timeout = open_timeout
         self.prefill_chunk = prefill_chunk
@@ -132,22 +173,41 @@ class InferenceSession:
             raise errors[0]
 
     async def _read(self, hop: Hop) -> None:
-        """Route frames from one server: results resolve steps, errors fail them."""
+        """Route frames from one server: results and receipts go to the receipt book (which delivers
+        a step once both are in and verified), errors fail steps."""
+        sender = hop.stream.remote_peer_id  # authenticated by libp2p: what receipts are checked against
         try:
             while True:
                 msg, payload = decode_frame(await hop.stream.recv())
-                if isinstance(msg, StepResult):
-                    future = self._pending.pop(msg.step_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(decode_tensor(msg.tensor, payload))
-                elif isinstance(msg, TokenResult):
-                    if self._ring is not None and self._ring.covers(msg.step_id):
-                        self._ring.queue.put_nowait(msg)
-                elif isinstance(msg, ErrorReply):
-                    self._fail(RemoteStepError(msg.peer_id or hop.peer_id, msg.code, msg.message), msg.step_id)
+                try:
+                    if isinstance(msg, StepReceipt):
+                        self._ring_step_known(msg.step_id)
+                        self.receipts.add_receipt(sender, msg)
+                    elif isinstance(msg, StepResult):
+                        if self.receipts.expects(msg.step_id):
+                            self.receipts.add_result(msg.step_id, sender, decode_tensor(msg.tensor, payload),
+                                                     digest(payload))
+                    elif isinstance(msg, TokenResult):
+                        if self._ring_step_known(msg.step_id):
+                            self.receipts.add_result(msg.step_id, sender, msg, None)
+                    elif isinstance(msg, ErrorReply):
+                        self._fail(RemoteStepError(msg.peer_id or hop.peer_id, msg.code, msg.message), msg.step_id)
+                except ReceiptError as e:
+                    error = RemoteStepError(e.peer_ids[0], ErrorCode.BAD_RECEIPT, e.message, also=e.peer_ids[1:])
+                    self.on_bad_receipt(error)
+                    self._fail(error, e.step_id)
         except (ConnectionError, ProtocolError) as e:
             if not self._closed:
                 self._fail(RemoteStepError(hop.peer_id, ErrorCode.CONNECTION_LOST, f"connection lost: {e}"), None)
+
+    def _ring_step_known(self, step_id: int) -> bool:
+        """Whether the receipt book tracks `step_id`; a step of the running ring is tracked from its
+        first receipt or token on (its tokens reach the ring's queue once verified)."""
+        ring = self._ring
+        if self.receipts.expects(step_id) or ring is None or not ring.may_track(step_id):
+            return self.receipts.expects(step_id)
+        start, positions = ring.positions_of(step_id)
+        return self.receipts.expect(step_id, start, positions, ring.signers, None, ring.put_token)
 
     def _fail(self, error: RemoteStepError, step_id: Optional[int]) -> None:
         if self._ring is not None and (step_id is None or self._ring.covers(step_id)):
@@ -171,23 +231,47 @@ class InferenceSession:
         self._next_step_id += max(1, n)
         return first
 
-    def expect(self, step_id: int) -> asyncio.Future:
-        """A future resolved by the StepResult of `step_id` (or failed by an error about it)."""
+    @staticmethod
+    def signers(hops: list[Hop]) -> tuple[Signer, ...]:
+        """Who signs a step computed by `hops` (in chain order), as the receipt book checks them."""
+        return tuple(Signer(hop.peer_id, hop.session_id, hop.link.start, hop.link.end,
+                            hop.link.record.compute_class.key) for hop in hops)
+
+    def expect(self, step_id: int, start_position: int, positions: int, input_hash: Optional[bytes],
+               hops: Optional[list[Hop]] = None) -> asyncio.Future:
+        """A future resolved by the result of `step_id` once every receipt of it is in and verified (or
+        failed by an error about it). hops: who computes it (default the chain); input_hash: sha256 of the
+        tensor bytes sent to the first of them, if known."""
         future = self._pending[step_id] = asyncio.get_running_loop().create_future()
+        self.receipts.expect(step_id, start_position, positions, self.signers(hops or self.hops), input_hash,
+                             lambda result: future.done() or future.set_result(result))
         return future
 
     def forget(self, step_id: int) -> None:
         self._pending.pop(step_id, None)
+        self.receipts.forget(step_id)
+
+    def timeout_error(self, step_id: int, timeout: float) -> RemoteStepError:
+        """Why `step_id` is not done after `timeout` s: receipts that never came (a protocol violation of
+        the servers that owe them, reported to on_bad_receipt), or no result (the last server's timeout:
+        failover pings them all)."""
+        arrived, missing = self.receipts.missing(step_id)
+        if arrived and missing:
+            error = RemoteStepError(missing[0], ErrorCode.BAD_RECEIPT, f"sent no receipt for step {step_id} within "
+                                                                       f"{timeout:.1f} s", also=tuple(missing[1:]))
+            self.on_bad_receipt(error)
+            return error
+        return RemoteStepError(self.hops[-1].peer_id, ErrorCode.TIMEOUT,
+                               f"step {step_id} got no result within {timeout:.1f} s")
 
     async def send_and_wait(self, hop: Hop, frame: bytes, step_id: int, timeout: float) -> torch.Tensor:
-        """Send a frame to `hop` and wait for the StepResult of `step_id`."""
-        future = self.expect(step_id)
+        """Send a frame to `hop` and wait for the result of `step_id` (registered with `expect`)."""
+        future = self._pending[step_id]
         try:
             await hop.stream.send(frame)
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
-            raise RemoteStepError(self.hops[-1].peer_id, ErrorCode.TIMEOUT,
-                                  f"step {step_id} got no result within {timeout:.1f} s") from None
+            raise self.timeout_error(step_id, timeout) from None
         except ConnectionError as e:
             raise RemoteStepError(hop.peer_id, ErrorCode.CONNECTION_LOST, str(e)) from None
         finally:
@@ -200,10 +284,11 @@ class InferenceSession:
         self.inputs[start_position:start_position + hidden.shape[1]] = hidden[0]
 
     def step_frame(self, hidden: torch.Tensor, start_position: int, step_id: int,
-                   ring: Optional[RingSpec] = None) -> bytes:
+                   ring: Optional[RingSpec] = None) -> tuple[bytes, bytes]:
+        """(the Step frame for the chain's first server, sha256 of its tensor bytes: the receipts' input hash)."""
         meta, raw = encode_tensor(hidden, self.wire_dtype)
         return encode_frame(Step(session_id=self.hops[0].session_id, step_id=step_id, start_position=start_position,
-                                 tensor=meta, ring=ring), raw)
+                                 tensor=meta, ring=ring), raw), digest(raw)
 
     # --- steps -----------------------------------------------------------------------
     def timeout_for(self, n_positions: int) -> float:
@@ -230,7 +315,8 @@ class InferenceSession:
         failed_at: Optional[float] = None
         for attempt in range(self.failover.max_failovers + 1):
             step_id = self.new_step_id()
-            frame = self.step_frame(hidden, start_position, step_id)
+            frame, sent = self.step_frame(hidden, start_position, step_id)
+            self.expect(step_id, start_position, n_new, sent)
             started = time.perf_counter()
             try:
                 output = await self.send_and_wait(self.hops[0], frame, step_id, self.timeout_for(n_new))
@@ -290,14 +376,16 @@ class InferenceSession:
                               spec: RingSpec) -> RingChannel:
         """Send the step that starts a ring of up to n_steps tokens; its tokens come to the channel."""
         base = self.reserve_step_ids(n_steps)
-        self._ring = RingChannel(base, base + n_steps)
+        ring = self._ring = RingChannel(base, base + n_steps, start_position, hidden.shape[1], self.signers(self.hops))
         self.record_inputs(hidden, start_position)
+        frame, sent = self.step_frame(hidden, start_position, base, ring=spec)
+        self.receipts.expect(base, start_position, hidden.shape[1], ring.signers, sent, ring.put_token)
         try:
-            await self.hops[0].stream.send(self.step_frame(hidden, start_position, base, ring=spec))
+            await self.hops[0].stream.send(frame)
         except ConnectionError as e:
-            self._ring = None
+            self.close_ring(ring)
             raise RemoteStepError(self.hops[0].peer_id, ErrorCode.CONNECTION_LOST, str(e)) from None
-        return self._ring
+        return ring
 
     async def next_ring_item(self, channel: RingChannel, n_new: int) -> TokenResult:
         """The ring's next token, or raises the RemoteStepError that broke it (a timeout included)."""
@@ -305,15 +393,16 @@ class InferenceSession:
         try:
             item = await asyncio.wait_for(channel.queue.get(), timeout)
         except asyncio.TimeoutError:
-            raise RemoteStepError(self.hops[-1].peer_id, ErrorCode.TIMEOUT,
-                                  f"ring step got no token within {timeout:.1f} s") from None
+            raise self.timeout_error(channel.base + channel.delivered, timeout) from None
         if isinstance(item, RemoteStepError):
             raise item
+        channel.delivered += 1
         return item
 
     def close_ring(self, channel: RingChannel) -> None:
         if self._ring is channel:
             self._ring = None
+        self.receipts.forget_where(channel.covers)
 
     def ring_stopper(self) -> tuple[Hop, str]:
         """Who to tell when the running ring must stop early: its last server and its session id

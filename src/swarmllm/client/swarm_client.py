@@ -7,11 +7,18 @@ for, valid for the model's block count as its own header gives it); what they cl
 still a claim, which pings and routing check. It can list models, find and
 ping servers, plan a chain and open `RemoteSession`s whose `forward(hidden, position)`
 has the same contract as the local engine's forward function.
+
+What it keeps (state.py's folder, unless `connect(keep_state=False)`): the receipts its sessions
+verified (`receipts`: receipts.py, read by `swarmllm audit`) and each server's reputation
+(`reputation`: reputation.py over reputation_store.py). Routing never uses a peer reputation
+bans (a ping does not lift that ban, unlike the back-off after a failure), penalises low scores,
+and breaks ties at random per session (`routing_seed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Iterable, Optional, Sequence
 
@@ -21,6 +28,9 @@ from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
 from swarmllm.client.chain import RemoteStepError
 from swarmllm.client.estimates import SpeedEstimates, capped_priors
 from swarmllm.client.ping import ping_peer
+from swarmllm.client.receipts import ReceiptStore
+from swarmllm.client.reputation import Reputation, load_trusted_gateways
+from swarmllm.client.reputation_store import SqliteReputationStore
 from swarmllm.client.session import InferenceSession
 from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
@@ -70,8 +80,11 @@ class SwarmClient:
 
     MEMORY = 120.0  # s: servers seen this recently may be re-validated by a ping when the DHT misses them
 
-    def __init__(self, loop: BackgroundLoop, swarm: SwarmNode):
+    def __init__(self, loop: BackgroundLoop, swarm: SwarmNode, *, receipts: Optional[ReceiptStore] = None,
+                 reputation: Optional[Reputation] = None):
         self.loop, self.swarm = loop, swarm
+        self.receipts = receipts            # where sessions keep the receipts they verified (None: nowhere)
+        self.reputation = reputation if reputation is not None else Reputation()  # bans and penalties routing uses
         self.rtts: dict[str, float] = {}
         self.speeds = SpeedEstimates()  # seconds per block we measured per server (routing trusts these)
         self._bans: dict[str, tuple[float, int]] = {}  # peer -> (banned until, consecutive failures)
@@ -80,20 +93,31 @@ class SwarmClient:
         self._kicks: dict[str, asyncio.Event] = {}    # model -> set to refresh at once
 
     @classmethod
-    def connect(cls, initial_peers: Sequence[str]) -> "SwarmClient":
+    def connect(cls, initial_peers: Sequence[str], *, keep_state: bool = True) -> "SwarmClient":
+        """Join the swarm as a client. keep_state: keep verified receipts and reputation in the state
+        folder (state.py: receipts.sqlite, reputation.sqlite; trusted gateways from trusted-gateways),
+        else in memory only."""
         loop = BackgroundLoop()
         try:
             swarm = loop.run(SwarmNode.create(initial_peers, client_mode=True))
         except BaseException:
             loop.close()
             raise
-        return cls(loop, swarm)
+        if not keep_state:
+            return cls(loop, swarm)
+        reputation = Reputation(SqliteReputationStore(), trusted=load_trusted_gateways())
+        return cls(loop, swarm, receipts=ReceiptStore(), reputation=reputation)
 
     def close(self) -> None:
         try:
             self.loop.run(self.swarm.shutdown(), timeout=10)
         finally:
             self.loop.close()
+            if self.receipts is not None:
+                self.receipts.close()
+            closing = getattr(self.reputation.store, "close", None)
+            if closing is not None:
+                closing()
 
     def __enter__(self) -> "SwarmClient":
         return self
@@ -109,8 +133,17 @@ class SwarmClient:
         self.rtts.pop(peer_id, None)
 
     def banned(self) -> set[str]:
+        """Peers skipped for now: recently failed (back-off), or banned by reputation (lied to us)."""
         now = time.monotonic()
-        return {peer for peer, (until, _) in self._bans.items() if until > now}
+        return {peer for peer, (until, _) in self._bans.items() if until > now} | self.reputation.banned_peers()
+
+    def _bad_receipt(self, error: RemoteStepError) -> None:
+        """A server broke the receipt rules. With one suspect the evidence is its own signed word (or its
+        silence): a mismatch on its record and a ban. Two neighbours whose receipts disagree are only
+        routed around (failover's back-off): one of them may be honest."""
+        if len(error.suspects) == 1:
+            self.reputation.record_mismatch(error.peer_id)
+            self.reputation.ban(error.peer_id)
 
     # --- discovery ---------------------------------------------------------------------
     async def _find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
@@ -218,14 +251,15 @@ class SwarmClient:
 
     # --- routing -----------------------------------------------------------------------
     async def _plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = (),
-                    start: int = 0, end: Optional[int] = None, max_age: float = 0.0) -> list[ChainLink]:
+                    start: int = 0, end: Optional[int] = None, max_age: float = 0.0,
+                    seed: Optional[int] = None) -> list[ChainLink]:
         """Best chain now. With max_age, plan from the records seen in the last max_age s.
 
         Failover and session opening use max_age: they must not wait on a DHT lookup while
         peers are dying, and once the model is watched a lookup adds nothing the background
         refresh will not bring within seconds (callers retry).
         """
-        args = (model_id, n_blocks, max_length, exclude, start, end)
+        args = (model_id, n_blocks, max_length, exclude, start, end, seed)
         if max_age > 0 and self._recent(model_id, max_age):
             try:
                 return await self._plan_from(self._recent(model_id, max_age), *args, ping_timeout=1.0)
@@ -240,7 +274,7 @@ class SwarmClient:
         return await self._plan_from(self._recent(model_id, max_age) if max_age > 0 else records, *args)
 
     async def _plan_from(self, records: list[ServerRecord], model_id: str, n_blocks: int, max_length: int,
-                         exclude: Iterable[str], start: int, end: Optional[int],
+                         exclude: Iterable[str], start: int, end: Optional[int], seed: Optional[int] = None,
                          ping_timeout: float = 3.0) -> list[ChainLink]:
         skip = set(exclude) | self.banned()
         unknown = [r.peer_id for r in records if r.peer_id not in self.rtts and r.peer_id not in skip]
@@ -248,17 +282,20 @@ class SwarmClient:
             measured = await self._ping(unknown, ping_timeout)
             for peer in set(unknown) - set(measured):
                 self.mark_failed(peer)
-        try:
+
+        def plan() -> list[ChainLink]:
             return plan_chain(model_id, n_blocks, records, self.rtts, block_seconds=self.speeds.block_seconds(records),
-                              max_length=max_length, exclude=set(exclude) | self.banned(), start=start, end=end)
+                              max_length=max_length, exclude=set(exclude) | self.banned(), start=start, end=end,
+                              penalties=self.reputation.penalties(r.peer_id for r in records), seed=seed)
+        try:
+            return plan()
         except MissingBlocksError:
             # Back-off is a preference: if only recently failed peers cover a gap, take back
-            # those that answer a ping now.
-            banned = [r.peer_id for r in records if r.peer_id in self.banned() and r.peer_id not in set(exclude)]
+            # those that answer a ping now (never those banned for lying: reputation's bans hold).
+            banned = [r.peer_id for r in records if r.peer_id in self._bans and r.peer_id not in set(exclude)]
             for peer in await self._ping(banned, timeout=1.0):
                 self._bans.pop(peer, None)
-            return plan_chain(model_id, n_blocks, records, self.rtts, block_seconds=self.speeds.block_seconds(records),
-                              max_length=max_length, exclude=set(exclude) | self.banned(), start=start, end=end)
+            return plan()
 
     def plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = ()) -> list[ChainLink]:
         return self.loop.run(self._plan(model_id, n_blocks, max_length, exclude))
@@ -271,18 +308,20 @@ class SwarmClient:
     # --- sessions ----------------------------------------------------------------------
     async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
                             chain: Optional[list[ChainLink]], prefill_chunk: Optional[int] = PREFILL_CHUNK,
-                            attempts: int = 8,
-                            wait_for_capacity: float = 6.0) -> InferenceSession:
+                            attempts: int = 8, wait_for_capacity: float = 6.0,
+                            routing_seed: Optional[int] = None) -> InferenceSession:
+        seed = routing_seed if routing_seed is not None else random.getrandbits(63)  # this session's tie-breaks
+
         async def replan(start: int, end: int, down: set) -> list[ChainLink]:
             # `down` were just marked failed: avoided, but re-pinged if nobody else covers the span
-            return await self._plan(model_id, n_blocks, max_length, (), start, end, max_age=15.0)
+            return await self._plan(model_id, n_blocks, max_length, (), start, end, max_age=15.0, seed=seed)
 
         self._watch(model_id, n_blocks)
         last_error: Optional[RemoteStepError] = None
         deadline = time.monotonic() + wait_for_capacity
         for attempt in range(attempts):
             try:
-                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0)
+                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0, seed=seed)
             except MissingBlocksError:
                 if last_error is not None and last_error.code not in (ErrorCode.UNREACHABLE, ErrorCode.CONNECTION_LOST,
                                                                 ErrorCode.TIMEOUT):
@@ -299,7 +338,8 @@ class SwarmClient:
                 dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {"bfloat16", "float16"} else "float32"
             session = InferenceSession(self.swarm, model_id, links, max_length, wire_dtype=dtype, replanner=replan,
                                        prefill_chunk=prefill_chunk, on_peer_failure=self.mark_failed,
-                                       on_step_timed=lambda chain, seconds: self._timed(model_id, chain, seconds))
+                                       on_step_timed=lambda chain, seconds: self._timed(model_id, chain, seconds),
+                                       on_receipts=self._receipt_sink(model_id), on_bad_receipt=self._bad_receipt)
             try:
                 return await session.open()
             except RemoteStepError as e:
@@ -309,13 +349,19 @@ class SwarmClient:
                 last_error = e
         raise AssertionError("unreachable")
 
+    def _receipt_sink(self, model_id: str):
+        if self.receipts is None:
+            return lambda session_id, receipts: None
+        return lambda session_id, receipts: self.receipts.add(session_id, model_id, receipts)
+
     def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
-                     prefill_chunk: Optional[int] = PREFILL_CHUNK,
-                     chain: Optional[list[ChainLink]] = None) -> RemoteSession:
+                     prefill_chunk: Optional[int] = PREFILL_CHUNK, chain: Optional[list[ChainLink]] = None,
+                     routing_seed: Optional[int] = None) -> RemoteSession:
         """Open a session over `chain` (default: the best chain now, re-planned around failures).
 
         wire_dtype None = lossless for this chain: 16-bit when every server computes in that
-        16-bit dtype (its outputs carry no more precision), else float32.
+        16-bit dtype (its outputs carry no more precision), else float32. routing_seed: this
+        session's choice among equally good chains (routing.py; default random).
         """
-        return RemoteSession(self, self.loop.run(self._open_session(model_id, n_blocks, max_length, wire_dtype, chain,
-                                                                    prefill_chunk)))
+        return RemoteSession(self, self.loop.run(self._open_session(
+            model_id, n_blocks, max_length, wire_dtype, chain, prefill_chunk, routing_seed=routing_seed)))

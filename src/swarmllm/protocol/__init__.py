@@ -32,6 +32,7 @@ from swarmllm.protocol.messages import (
     SessionOpened,
     SetUpstream,
     Step,
+    StepReceipt,
     StepResult,
     TensorMeta,
     WIRE_DTYPES,
@@ -39,7 +40,8 @@ from swarmllm.protocol.messages import (
 from swarmllm.protocol.codec import decode_frame, encode_frame, encode_tensor, decode_tensor
 from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, peer_id_from_public_key, seal
 from swarmllm.protocol.records import (
-    MAX_CLOCK_SKEW, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, ModelRecord, RecordKind, ServerRecord, ServerState, block_key,
+    MAX_CLOCK_SKEW, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, ComputeClass, ModelRecord, RecordKind, ServerRecord, ServerState,
+    block_key,
     check_record, kind_of, model_registry_key, parse_model_records, parse_records,
 )
 
@@ -47,9 +49,9 @@ __all__ = [
     "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "QuotaError", "SwarmError",
     "FILE_HANDLER", "MAX_RANGE_BYTES", "RangeData", "ReadRange",
     "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "RingSampling", "RingSpec", "RingStop", "RingToken", "TokenResult", "PING_HANDLER", "PUSH_HANDLER", "QuotaInfo",
-    "SESSION_HANDLER", "SessionOpened", "SetUpstream", "Step",
+    "SESSION_HANDLER", "SessionOpened", "SetUpstream", "Step", "StepReceipt",
     "StepResult", "TensorMeta", "decode_frame", "encode_frame", "encode_tensor", "decode_tensor",
     "ModelRecord", "ServerRecord", "parse_model_records", "parse_records", "ServerState", "block_key", "model_registry_key", "MODEL_REGISTRY_KEY",
     "MAX_CLOCK_SKEW", "MAX_RECORD_TTL", "RecordKind", "RecordRejected", "SignedRecord", "check_record", "kind_of",
-    "open_envelope", "peer_id_from_public_key", "seal",
+    "open_envelope", "peer_id_from_public_key", "seal", "ComputeClass",
 ]

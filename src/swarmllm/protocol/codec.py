@@ -6,6 +6,7 @@ it. The layout byte says how the header is written:
     LAYOUT_JSON         b"J"  [u32 header length, little endian][header JSON]   any message
     LAYOUT_STEP         b"S"  binary Step header (compact_header.py)
     LAYOUT_STEP_RESULT  b"R"  binary StepResult header
+    LAYOUT_RECEIPT      b"V"  a whole StepReceipt: signed fields + signature (receipts.py), no payload
 
 The binary layouts exist because a one-token step is sent once per token per hop and its
 JSON header (~170 bytes) costs more than a quarter of an int8 payload; they are used
@@ -30,9 +31,9 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from swarmllm.protocol import compact_header, int8_wire
+from swarmllm.protocol import compact_header, int8_wire, receipts
 from swarmllm.protocol.errors import ErrorCode, ProtocolError
-from swarmllm.protocol.messages import Message, RangeData, Step, StepResult, TensorMeta
+from swarmllm.protocol.messages import Message, RangeData, Step, StepReceipt, StepResult, TensorMeta
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
@@ -49,6 +50,8 @@ _BINARY_CLASSES = {layout[0]: cls for cls, layout in _BINARY_LAYOUTS.items()}
 
 
 def encode_frame(message, payload: bytes | memoryview = b"") -> bytes:
+    if isinstance(message, StepReceipt):
+        return receipts.encode_receipt(message)
     header = compact_header.encode(message)
     if header is not None:
         return b"".join((_BINARY_LAYOUTS[type(message)], header, payload))
@@ -61,6 +64,8 @@ def decode_frame(frame: bytes) -> tuple[object, memoryview]:
     if not frame:
         raise ProtocolError(ErrorCode.MALFORMED, "empty frame")
     layout = frame[0]
+    if layout == receipts.LAYOUT_RECEIPT[0]:
+        return receipts.decode_receipt(frame), memoryview(b"")
     if layout in _BINARY_CLASSES:
         message_class = _BINARY_CLASSES[layout]
         fields, header_end = compact_header.decode(message_class, frame, 1)
@@ -76,7 +81,7 @@ def decode_frame(frame: bytes) -> tuple[object, memoryview]:
                                                      f"{len(frame)} bytes")
         message = _validated(lambda: _MESSAGE_ADAPTER.validate_json(frame[start:header_end]))
     else:
-        known = ", ".join(repr(chr(b)) for b in (LAYOUT_JSON[0], *_BINARY_CLASSES))
+        known = ", ".join(repr(chr(b)) for b in (LAYOUT_JSON[0], *_BINARY_CLASSES, receipts.LAYOUT_RECEIPT[0]))
         raise ProtocolError(ErrorCode.MALFORMED, f"unknown frame layout byte 0x{layout:02x} (this node reads {known}); "
                                                  f"is the peer running another version of swarmllm?")
     payload = memoryview(frame)[header_end:]

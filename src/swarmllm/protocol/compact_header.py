@@ -56,10 +56,10 @@ def encode(message) -> bytes | None:
         return None
     out = bytearray(session)
     for value in positions:
-        out += _uleb128(value)
+        out += uleb128(value)
     out += bytes((DTYPES.index(meta.dtype), len(meta.shape)))
     for value in meta.shape:
-        out += _uleb128(value)
+        out += uleb128(value)
     if isinstance(message, StepResult):
         out += _F64.pack(message.compute_seconds)
     return bytes(out)
@@ -67,7 +67,7 @@ def encode(message) -> bytes | None:
 
 def decode(message_class, frame: bytes | memoryview, offset: int) -> tuple[dict, int]:
     """(the message's fields, the offset where the header ends) from a header at `offset`."""
-    reader = _Reader(frame, offset, message_class.__name__)
+    reader = Reader(frame, offset, message_class.__name__)
     fields = {"session_id": reader.session_id(), "step_id": reader.integer(), "start_position": reader.integer()}
     if message_class is Step:
         replay_end = reader.integer()
@@ -91,7 +91,7 @@ def _session_bytes(session_id: str) -> bytes | None:
     return bytes((len(raw),)) + raw if len(raw) < _HEX_FLAG else None
 
 
-def _uleb128(value: int) -> bytes:
+def uleb128(value: int) -> bytes:
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -100,7 +100,7 @@ def _uleb128(value: int) -> bytes:
             return bytes(out)
 
 
-class _Reader:
+class Reader:
     """Bounds-checked reads; every defect is a MALFORMED error naming the message."""
 
     def __init__(self, frame: bytes | memoryview, offset: int, name: str):

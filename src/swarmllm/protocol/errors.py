@@ -35,6 +35,8 @@ class ErrorCode(str, Enum):
     TIMEOUT = "timeout"                        # no answer within the step's timeout
     CONNECTION_LOST = "connection_lost"        # the stream to the server broke
     CLOSED = "closed"                          # the session was closed by this client meanwhile
+    BAD_RECEIPT = "bad_receipt"                # a step's receipt is missing, forged, or does not match the bytes
+    # sent and received or the neighbouring servers' receipts: a protocol violation, the server is routed around
     UNKNOWN = "unknown"                        # an error code this version does not know (a newer or odd peer)
 
     @classmethod

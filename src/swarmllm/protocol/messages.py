@@ -42,6 +42,20 @@ Noise handshake proves it), never against what a message says about its sender.
 - RingToken: only the peer the ring's `RingSpec.last_peer_id` names (the chain's last
   server), and only while that ring runs on the first server.
 A refusal is an `ErrorReply(forbidden)` to the offender's stream; the session carries on.
+
+Receipts (v4). After every step it computes (sent on, answered or sampled), a server sends the
+session's client a `StepReceipt` on its own session stream: which step, positions and span, the
+sha256 of the input and output tensor bytes, its compute class, signed with its identity key
+(receipts.py). The client checks each against the stream's authenticated peer id, the bytes it
+sent and received, and the neighbouring servers' receipts (input hash = the previous server's
+output hash); a step counts as done only when its result and every receipt of the chain are in.
+
+      client            A [0,10)          B [10,20)         C [20,30)
+        |-- Step ------->|-- Step --------->|-- Step --------->|
+        |<- StepReceipt -|<- (push stream) -|                  |
+        |<- StepReceipt ------------------ -|                  |
+        |<------------------------------------ StepResult -----|
+        |<------------------------------------ StepReceipt ----|
 A peer over one of a server's per-peer quotas (sessions, KV memory, compute time, streams,
 bytes in flight, positions per step, rollbacks) gets `ErrorReply(over_quota)` naming the
 limit in `ErrorReply.quota`.
@@ -58,7 +72,10 @@ from pydantic import BaseModel, ConfigDict, Field
 #    bodies refuse unknown fields, registry entries are one per serving peer (subkey = peer id);
 #    sessions bound to authenticated peers (OpenSession.upstream, SetUpstream, RingSpec.last_peer_id),
 #    per-peer quotas (ErrorReply.quota).
-PROTOCOL_VERSION = 3
+# 4: every server signs a `StepReceipt` for every step it computes and sends it to the session's client
+#    (frame layout b"V", receipts.py); server records carry a `ComputeClass` (records.py) instead of the loose
+#    compute_dtype / quant / kv_dtype / software_version fields.
+PROTOCOL_VERSION = 4
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
@@ -178,6 +195,35 @@ class StepResult(_Wire):
     start_position: int
     tensor: TensorMeta
     compute_seconds: float = 0.0  # time this server spent computing (for diagnostics)
+
+
+class StepReceipt(_Wire):
+    """Server -> client (its session stream): "I computed this step", signed with the server's identity key.
+
+    Sent after every step a server computes, once its output is on its way. Hashes cover the
+    tensor bytes only (TensorMeta + payload as they travelled), not the headers, which differ per
+    hop. On the wire it is a binary frame (receipts.py: layout b"V", the signed bytes + the
+    signature); the client keeps the receipts it verified (client/receipts.py), and credits will be
+    paid on them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    type: Literal["step_receipt"] = "step_receipt"
+    session_id: str = Field(min_length=1, max_length=64)  # the session id this server knows the session by
+    step_id: int = Field(ge=0, lt=2**63)          # the step's id
+    start_position: int = Field(ge=0, lt=2**63)   # first position computed
+    positions: int = Field(ge=1, le=MAX_POSITIONS_PER_STEP)  # positions computed (the step's T)
+    start: int = Field(ge=0, lt=2**32)            # blocks [start, end) run for this session
+    end: int = Field(gt=0, lt=2**32)
+    model_id: str = Field(min_length=1, max_length=128)
+    input_hash: bytes = Field(min_length=32, max_length=32)   # sha256 of the input tensor's wire bytes (payload);
+    # a ring token's embedding is hashed as float32 bytes
+    output_hash: bytes = Field(min_length=32, max_length=32)  # sha256 of the output tensor's wire bytes as sent
+    compute_class: str = Field(max_length=255)    # ComputeClass.key of the server that computed it
+    peer_id: str = Field(min_length=1, max_length=128)  # the signer: must be the stream's authenticated peer id
+    time: float = Field(allow_inf_nan=False)      # server's wall clock (unix seconds) when it signed
+    signature: bytes = Field(min_length=64, max_length=64)  # Ed25519 over receipts.signing_payload(...)
 
 
 class RingToken(_Wire):
@@ -324,7 +370,7 @@ class RangeData(_Wire):
 
 
 Message = Annotated[
-    Union[OpenSession, SessionOpened, Step, StepResult, RingToken, TokenResult, RingStop, Reroute, SetUpstream,
-          CloseSession, ErrorReply, Ping, Pong, ReadRange, RangeData],
+    Union[OpenSession, SessionOpened, Step, StepResult, StepReceipt, RingToken, TokenResult, RingStop, Reroute,
+          SetUpstream, CloseSession, ErrorReply, Ping, Pong, ReadRange, RangeData],
     Field(discriminator="type"),
 ]

@@ -28,6 +28,7 @@ constants here so that every node enforces the same ones (swarm/validation.py).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from enum import Enum
@@ -77,6 +78,42 @@ class ServerState(str, Enum):
 _BODY = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+_NAME = r"^[A-Za-z0-9._+-]{0,48}$"  # a version, dtype or ISA name: no spaces or separators of the key
+
+
+class ComputeClass(BaseModel):
+    """What decides a span's exact output, announced in its ServerRecord (a claim, like the rest).
+
+    Two servers of one class compute bit-identical outputs for the same step (same inputs,
+    positions and cache), whatever else they batch with; only outputs of one class are compared
+    bit for bit, and outputs of different classes within the cross-class tolerance of
+    docs/verification.md. The server detects its own class at start-up (runtime/compute_class.py).
+    """
+
+    model_config = _BODY
+
+    compute_dtype: str = Field("float32", pattern=_NAME)  # "float32", "bfloat16" or "float16"
+    weight_quant: str = Field("none", pattern=_NAME)      # weights kept as "none" (compute dtype), "int8" or "int4"
+    kv_dtype: str = Field("auto", pattern=_NAME)          # KV cache: "auto" (compute dtype) or "int8"
+    software_version: str = Field("", pattern=_NAME)      # swarmllm's version
+    torch_version: str = Field("", pattern=_NAME)         # torch.__version__, build suffix included ("2.13.0+cpu")
+    torch_build: str = Field("", pattern=_NAME)           # torch's git commit, first 12 hex digits
+    isa: str = Field("", pattern=_NAME)                   # kernel path: "avx512-bf16", "avx512", "avx2", "cuda-sm90"...
+    row_tile: int = Field(1, ge=0, le=64)                 # rows per call of short steps (engine/row_tiles.py;
+    # 0 = ANY_ROWS: one call for any row count, the quantized kernels)
+    threads: int = Field(1, ge=1, le=4096)                # torch intra-op threads: float32 matrix-vector
+    # kernels split their sums between threads, so 1 and 2 threads round a decode step differently
+
+    @property
+    def key(self) -> str:
+        """A stable short name of the class: readable parts, then a hash of every field.
+
+        e.g. "float32.none.auto.avx2.r1.t2.3f9a2c41d0e5"; equal keys <=> equal classes."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return f"{self.compute_dtype}.{self.weight_quant}.{self.kv_dtype}.{self.isa or 'cpu'}.r{self.row_tile}." \
+               f"t{self.threads}.{digest}"
+
+
 class ServerRecord(BaseModel):
     """What a node announces about itself for one model (a claim, signed by the node)."""
 
@@ -92,12 +129,9 @@ class ServerRecord(BaseModel):
     free_cache_tokens: int = Field(ge=0, le=2**40)  # KV positions it can still reserve for new sessions
     max_session_length: int = Field(gt=0, le=2**40)  # longest session it accepts
     active_sessions: int = Field(default=0, ge=0, le=2**32)
-    compute_dtype: str = Field("float32", max_length=16)
-    quant: str = Field("none", max_length=16)     # weights kept as "none" (compute dtype), "int8" or "int4"
-    kv_dtype: str = Field("auto", max_length=16)  # KV cache: "auto" (compute dtype) or "int8"
+    compute_class: ComputeClass = ComputeClass()  # what decides its outputs bit for bit (dtype, quant, kernels)
     protocol_version: int = PROTOCOL_VERSION
     addresses: tuple[str, ...] = Field((), max_length=MAX_ADDRESSES)  # multiaddrs the node is reachable at
-    software_version: str = Field("", max_length=32)
     announced_at: float = 0.0         # DHT time of this announcement: the newest record of a peer wins
     # Set while the node is about to move to another span (a claim, so that two nodes do not
     # both rush into the same hole); planners count it as covering this span instead.
@@ -117,6 +151,23 @@ class ServerRecord(BaseModel):
     @property
     def span_length(self) -> int:
         return self.end - self.start
+
+    # The compute class's parts under the names readers used before v4 (routing, the dashboard).
+    @property
+    def compute_dtype(self) -> str:
+        return self.compute_class.compute_dtype
+
+    @property
+    def quant(self) -> str:
+        return self.compute_class.weight_quant
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.compute_class.kv_dtype
+
+    @property
+    def software_version(self) -> str:
+        return self.compute_class.software_version
 
     def covers(self, block: int) -> bool:
         return self.start <= block < self.end

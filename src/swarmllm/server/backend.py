@@ -25,7 +25,9 @@ from swarmllm.engine.blocks import SpanModel
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.kv_cache import KVCache, kv_bytes_per_token
 from swarmllm.models.catalog import resolve_model
+from swarmllm.protocol import ComputeClass
 from swarmllm.runtime import load_model_head, load_span
+from swarmllm.runtime.compute_class import compute_class_of
 from swarmllm.weights import block_parameter_counts, read_config
 
 
@@ -51,6 +53,7 @@ class SpanBackend:
         self.kv_bytes_per_block_position = kv_bytes_per_token(config, 1, dtype, kv_dtype)
         self.history_bytes_per_position = config.hidden_size * torch.empty(0, dtype=dtype).element_size()
         self._sub_spans: dict[tuple[int, int], SpanModel] = {(self.start, self.end): span}
+        self._compute_class: ComputeClass | None = None
 
     @staticmethod
     def describe(model: str) -> ModelDescription:
@@ -83,6 +86,13 @@ class SpanBackend:
                 except (KeyError, ValueError, OSError) as e:
                     raise LookupError(f"the model's head could not be loaded: {e}") from None
             return self._head
+
+    @property
+    def compute_class(self) -> ComputeClass:
+        """What decides this span's outputs bit for bit (announced; receipts name its key)."""
+        if self._compute_class is None:
+            self._compute_class = compute_class_of(self.span, self.kv_dtype)
+        return self._compute_class
 
     @property
     def ends_a_chain(self) -> bool:

@@ -16,6 +16,10 @@ the offender's own stream, so the session and its client see nothing. Per-peer q
 (quotas.py: streams, bytes in flight, sessions, KV memory, compute, step size, rollbacks)
 refuse with `ErrorReply(over_quota)` naming the limit.
 
+Receipts (v4, receipts.py): after every step it computes, once the output is on its way, the node
+sends the session's client a signed `StepReceipt` on the client's stream and logs the step in its
+work log (work_log.py).
+
 Ring decoding (ring.py): the node at the end of the chain samples after a ring step and sends
 the token to the first node (`RingToken` on a push stream) and to the client (`TokenResult`);
 the first node embeds it and runs it like a step from the client.
@@ -38,8 +42,10 @@ from swarmllm.protocol import (
     decode_tensor, encode_frame, encode_tensor,
 )
 from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.protocol.receipts import digest
 from swarmllm.server.batching import StepBatcher
 from swarmllm.server.quotas import PeerQuotas
+from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.ring import RingState
 from swarmllm.server.sessions import ServerSession, SessionTable
 
@@ -50,10 +56,12 @@ class SessionService:
     """Serves the session and push streams of one node."""
 
     def __init__(self, swarm, backend, table: SessionTable, model_id: str, max_batch: int = 16,
-                 batch_wait: float = 0.005, quotas: Optional[PeerQuotas] = None):
+                 batch_wait: float = 0.005, quotas: Optional[PeerQuotas] = None,
+                 receipts: Optional[ReceiptIssuer] = None):
         self.swarm, self.backend, self.table, self.model_id = swarm, backend, table, model_id
         self.peer_id: str = swarm.peer_id
         self.quotas = quotas if quotas is not None else PeerQuotas()
+        self.receipts = receipts if receipts is not None else ReceiptIssuer(swarm.identity.sign, swarm.peer_id)
         # One compute thread: the steps of all sessions run there, in batches of up to max_batch.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmllm-compute")
         self.batcher = StepBatcher(self.executor, max_batch=max_batch, max_wait=batch_wait)
@@ -200,6 +208,9 @@ class SessionService:
                 self.quotas.check_rollback(session.rollbacks, rolls_back)
                 if hidden is None:
                     hidden = decode_tensor(msg.tensor, payload, self.backend.dtype)
+                    received = payload
+                else:  # a ring token's embedding: receipts hash it as float32 bytes
+                    received = encode_tensor(hidden, "float32")[1]
                 reserved = self.quotas.admit_compute(session.owner, n_new)
             except ProtocolError as e:
                 await self._reply_error(session.client_stream, e, session.session_id, msg.step_id)
@@ -232,14 +243,29 @@ class SessionService:
                 ring = self._ring_for(session, msg)
                 if ring is not None:
                     await self._ring_next(session, ring, msg, output[0, -1], n_new, compute_seconds)
-                    return
-                result = StepResult(session_id=session.session_id, step_id=msg.step_id,
-                                    start_position=msg.start_position, tensor=meta, compute_seconds=compute_seconds)
-                await session.client_stream.send(encode_frame(result, raw))
+                else:
+                    result = StepResult(session_id=session.session_id, step_id=msg.step_id,
+                                        start_position=msg.start_position, tensor=meta, compute_seconds=compute_seconds)
+                    await session.client_stream.send(encode_frame(result, raw))
             else:
                 await self._push(session, Step(session_id=session.next_hop.session_id, step_id=msg.step_id,
                                                start_position=msg.start_position, tensor=meta,
                                                replay_end=msg.replay_end, ring=msg.ring), raw)
+            await self._send_receipt(session, msg, n_new, received, raw)
+
+    async def _send_receipt(self, session: ServerSession, msg: Step, n_new: int, received, sent: bytes) -> None:
+        """The signed receipt of a computed step, to the session's client (and the step into the work log)."""
+        if session.closed:
+            return
+        frame = self.receipts.issue(
+            session_id=session.session_id, requester=session.owner, step_id=msg.step_id,
+            start_position=msg.start_position, positions=n_new, span=(session.start, session.end),
+            model_id=self.model_id, input_hash=digest(received), input_bytes=len(received), output=sent,
+            compute_class=self.backend.compute_class.key)
+        try:
+            await session.client_stream.send(frame)
+        except ConnectionError:
+            pass  # the client went away: its stream's end closes the session
 
     # --- ring decoding (ring.py) ----------------------------------------------------------
     def _note_ring(self, session: ServerSession, msg: Step) -> None:

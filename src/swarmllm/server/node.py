@@ -7,7 +7,8 @@
    was given, choose one from the DHT records (its length from
    this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
-4. register the session/push/ping handlers (and the file handler: peers fetching the
+4. open its work log (work_log.py: the steps it computes for whom, hashes and sizes only), register
+   the session/push/ping handlers (and the file handler: peers fetching the
    model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
    block key, signed with the node's key, refreshed every `announce_period` s and expiring after `record_ttl` s;
 5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
@@ -35,14 +36,13 @@ from typing import Any, Mapping, Optional
 
 import psutil
 
-from swarmllm import __version__
 from swarmllm.download import RemoteModel, is_url
 from swarmllm.protocol import (
     FILE_HANDLER, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, PING_HANDLER, ModelRecord, PUSH_HANDLER, SESSION_HANDLER,
     ServerRecord, ServerState, block_key, parse_records,
 )
 from swarmllm.protocol.records import MAX_ADDRESSES, MAX_THROUGHPUT, MODEL_ID_PATTERN
-from swarmllm.engine.dtypes import dtype_name, resolve_dtype
+from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.models.catalog import resolve_model
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
@@ -50,7 +50,9 @@ from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_mo
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
+from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.sessions import SessionTable
+from swarmllm.server.work_log import WorkLog, default_work_log_path
 from swarmllm.swarm import SwarmNode, claim_identity, dht_time
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class ServerConfig:
     download_dir: Optional[str] = None          # where a model URL's partial copy lives (default ~/.cache/swarmllm)
     model_manifest: Optional[str] = None        # JSON of tensor sha256s that fetched tensors must match
     ring: bool = True                           # offer ring decoding (loads the model's head when a ring starts here)
+    work_log: Optional[str] = None              # SQLite work log (work_log.py); None: the state folder's; "off": none
     # Per-peer quotas (server/quotas.py): what one authenticated peer may hold or use here.
     max_sessions_per_peer: int = 32             # sessions one peer may hold open
     max_memory_share: float = 0.5               # share of cache_memory_bytes one peer's sessions may reserve
@@ -213,6 +216,7 @@ class ServerNode:
             identity.release()
             raise
         self._swarm = swarm
+        work_log = None
         try:
             # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
             start, end = await self._choose_blocks(swarm, backend_spec)
@@ -229,8 +233,10 @@ class ServerNode:
             if self._stop.is_set():
                 return
             table = self._new_table(backend, start, end)
+            work_log = self._open_work_log(swarm.peer_id)
             service = SessionService(swarm, backend, table, backend.model_id, max_batch=self.config.max_batch,
-                                     batch_wait=self.config.batch_wait, quotas=PeerQuotas(self._quota_limits(backend)))
+                                     batch_wait=self.config.batch_wait, quotas=PeerQuotas(self._quota_limits(backend)),
+                                     receipts=ReceiptIssuer(identity.sign, swarm.peer_id, work_log))
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
@@ -248,6 +254,13 @@ class ServerNode:
         finally:
             await swarm.shutdown(SHUTDOWN_SECONDS)
             identity.release()
+            if work_log is not None:
+                work_log.close()
+
+    def _open_work_log(self, peer_id: str) -> Optional[WorkLog]:
+        if self.config.work_log == "off":
+            return None
+        return WorkLog(self.config.work_log or default_work_log_path(peer_id))
 
     async def _load_backend(self, model: str, start: int, end: int) -> SpanBackend:
         backend = await asyncio.get_running_loop().run_in_executor(
@@ -409,9 +422,8 @@ class ServerNode:
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
             n_blocks=backend.n_blocks, state=state, throughput=min(self.status.throughput, MAX_THROUGHPUT),
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
-            active_sessions=len(table.sessions), compute_dtype=dtype_name(backend.dtype), quant=backend.quant,
-            kv_dtype=backend.kv_dtype,
-            addresses=tuple(self.status.addresses[:MAX_ADDRESSES]), software_version=__version__[:32],
+            active_sessions=len(table.sessions), compute_class=backend.compute_class,
+            addresses=tuple(self.status.addresses[:MAX_ADDRESSES]),
             announced_at=dht_time(), moving_to=self.status.moving_to,
             ring=backend.source is not None and backend.ends_a_chain)
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from swarmllm.protocol.envelope import ED25519_PUBLIC_KEY_PREFIX, peer_id_from_public_key
+from swarmllm.state import state_dir
 
 try:
     import fcntl
@@ -144,11 +145,7 @@ def _check_private(path: Path) -> None:
 
 
 def default_identity_dir() -> Path:
-    home = os.environ.get("SWARMLLM_HOME")
-    if home:
-        return Path(home).expanduser() / "identities"
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "swarmllm" / "identities"
+    return state_dir() / "identities"
 
 
 def default_identity_path(name: str) -> Path:
