@@ -120,6 +120,7 @@ def test_row_exact_probe_quick(tmp_path):
     assert "| smollm2 qkv |" in (tmp_path / "row_exact_quick.md").read_text()
 
 
+@pytest.mark.extended
 def test_compute_classes_benchmark_tiny(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compute_classes.py"), "--tiny", "--out",
                           str(tmp_path / "cc.json")], capture_output=True, text=True, timeout=600)
