@@ -50,6 +50,7 @@ def test_speculative_local_equals_swarm(plain):
     assert local.token_ids == plain.token_ids and local.route_text() == "local"
 
 
+@pytest.mark.extended  # the CLI path of what the tests above check through the API
 def test_cli_generate_speculative(swarm3, plain):
     out = subprocess.run([sys.executable, "-m", "swarmllm.cli", "generate", "--model", MODEL, "--initial-peers",
                           ",".join(swarm3.initial_peers), "--max-new-tokens", "40", "--speculative", "ngram",

@@ -173,7 +173,7 @@ def test_a_short_step_equals_single_steps_bit_for_bit(source, config, dtype, kv_
     assert torch.equal(after_cut, after_replay)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.extended)], ids=str)
 def test_real_model_greedy_speculation_equals_plain(source, config, dtype):
     from swarmllm.weights.tokenizer import load_tokenizer
 
