@@ -4,7 +4,7 @@ which would slow every command before it parses its arguments): they must stay e
 import subprocess
 import sys
 
-from swarmllm import cli
+from swarmllm import cli_parser as cli
 from swarmllm.engine.quant import QUANT_MODES
 from swarmllm.protocol import WIRE_DTYPES
 

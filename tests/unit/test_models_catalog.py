@@ -117,7 +117,7 @@ def test_any_missing_package_is_one_sentence(monkeypatch, capsys):
         import yaml  # noqa: F401 (hidden below)
 
     monkeypatch.setitem(sys.modules, "yaml", None)
-    monkeypatch.setattr(cli, "cmd_models", needs_yaml)
+    monkeypatch.setitem(cli.COMMANDS, "models", needs_yaml)
     assert main(["models"]) == 2
     assert capsys.readouterr().err == ("swarmllm models: error: this needs the Python package 'pyyaml', which is not "
                                        "installed; install it with `pip install pyyaml`.\n")

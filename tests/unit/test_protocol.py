@@ -166,7 +166,7 @@ def test_unknown_wire_dtype_rejected():
 
 
 def test_cli_offers_every_wire_dtype():
-    from swarmllm.cli import WIRE_DTYPES as CLI_WIRE_DTYPES
+    from swarmllm.cli_parser import WIRE_DTYPES as CLI_WIRE_DTYPES
     from swarmllm.protocol import WIRE_DTYPES
 
     assert CLI_WIRE_DTYPES == WIRE_DTYPES

