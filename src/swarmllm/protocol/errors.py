@@ -37,6 +37,8 @@ class ErrorCode(str, Enum):
     CLOSED = "closed"                          # the session was closed by this client meanwhile
     BAD_RECEIPT = "bad_receipt"                # a step's receipt is missing, forged, or does not match the bytes
     # sent and received or the neighbouring servers' receipts: a protocol violation, the server is routed around
+    MISMATCH = "mismatch"                      # the server's output disagrees with two independent servers' for the
+    # same inputs (client/verification.py): it is banned and replaced
     UNKNOWN = "unknown"                        # an error code this version does not know (a newer or odd peer)
 
     @classmethod

@@ -75,7 +75,10 @@ from pydantic import BaseModel, ConfigDict, Field
 # 4: every server signs a `StepReceipt` for every step it computes and sends it to the session's client
 #    (frame layout b"V", receipts.py); server records carry a `ComputeClass` (records.py) instead of the loose
 #    compute_dtype / quant / kv_dtype / software_version fields.
-PROTOCOL_VERSION = 4
+# 5: OpenSession.report_outputs: a session opened with it sends the client every step's output (a StepResult
+#    from every server of the chain, not only the last; beside the ring's TokenResult too), so a verifying client
+#    can re-run each span from its own inputs on an independent server (client/verification.py).
+PROTOCOL_VERSION = 5
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
@@ -124,6 +127,8 @@ class OpenSession(_Wire):
     next_hop: Optional[NextHop] = None  # None: this server is last and replies to the client
     upstream: Optional[str] = None      # peer id of the previous server: the only peer whose Steps this session
     # takes; None: this server is the chain's first and takes Steps only from the peer that opened the session
+    report_outputs: bool = False        # also send the client every step's output as a StepResult (a chain's middle
+    # servers and a ring's last one too): what a verifying client checks this server's span against (v5)
 
 
 class SessionOpened(_Wire):

@@ -183,7 +183,8 @@ class SessionService:
         session = ServerSession(
             session_id=msg.session_id, start=msg.start, end=msg.end, max_length=msg.max_length,
             wire_dtype=msg.wire_dtype, next_hop=msg.next_hop, cache=cache, history=history,
-            reserved_tokens=cost, client_stream=stream, owner=owner, upstream=msg.upstream)
+            reserved_tokens=cost, client_stream=stream, owner=owner, upstream=msg.upstream,
+            report_outputs=msg.report_outputs)
         self.table.add(session)
         await stream.send(encode_frame(SessionOpened(session_id=msg.session_id, peer_id=self.peer_id,
                                                      start=msg.start, end=msg.end, max_length=msg.max_length)))
@@ -239,19 +240,31 @@ class SessionService:
             meta, raw = encode_tensor(output, session.wire_dtype)
             # A failover replay stops where the old chain resumes: those servers hold these positions.
             replay_stops_here = msg.replay_end is not None and session.end >= msg.replay_end
+            result = StepResult(session_id=session.session_id, step_id=msg.step_id,
+                                start_position=msg.start_position, tensor=meta, compute_seconds=compute_seconds)
             if session.next_hop is None or replay_stops_here:
                 ring = self._ring_for(session, msg)
                 if ring is not None:
+                    if session.report_outputs:  # before the token: the client checks the token against it
+                        await self._send_quietly(session, encode_frame(result, raw))
                     await self._ring_next(session, ring, msg, output[0, -1], n_new, compute_seconds)
                 else:
-                    result = StepResult(session_id=session.session_id, step_id=msg.step_id,
-                                        start_position=msg.start_position, tensor=meta, compute_seconds=compute_seconds)
                     await session.client_stream.send(encode_frame(result, raw))
             else:
                 await self._push(session, Step(session_id=session.next_hop.session_id, step_id=msg.step_id,
                                                start_position=msg.start_position, tensor=meta,
                                                replay_end=msg.replay_end, ring=msg.ring), raw)
+                if session.report_outputs:
+                    await self._send_quietly(session, encode_frame(result, raw))
             await self._send_receipt(session, msg, n_new, received, raw)
+
+    @staticmethod
+    async def _send_quietly(session: ServerSession, frame: bytes) -> None:
+        """A frame to the session's client; a client gone away closes the session through its stream's end."""
+        try:
+            await session.client_stream.send(frame)
+        except ConnectionError:
+            pass
 
     async def _send_receipt(self, session: ServerSession, msg: Step, n_new: int, received, sent: bytes) -> None:
         """The signed receipt of a computed step, to the session's client (and the step into the work log)."""

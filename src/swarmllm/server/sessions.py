@@ -41,6 +41,7 @@ class ServerSession:
     ring_stream: Any = None    # FrameStream to the ring's first server (RingTokens), opened lazily
     owner: str = ""            # peer id that opened the session: the only one that may close, reroute, re-upstream it
     upstream: Optional[str] = None  # peer id whose Steps it takes (the previous server); None: the owner's
+    report_outputs: bool = False  # every step's output also goes to the client (OpenSession.report_outputs)
     ring_source: Optional[str] = None  # while a ring runs from this (first) node: the peer its RingTokens come from
     ring_steps: range = range(0)       # ... and the step ids they may carry
     rollbacks: deque = field(default_factory=deque)  # when recent steps rolled the cache back (quotas.py)
