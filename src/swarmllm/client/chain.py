@@ -20,11 +20,14 @@ class RemoteStepError(SwarmError):
     `suspects` is `peer_id` plus `also`: the servers to replace (two when two neighbours' receipts
     disagree and the evidence cannot tell which of them lies)."""
 
-    def __init__(self, peer_id: str, code: ErrorCode | str, message: str, also: tuple[str, ...] = ()):
+    def __init__(self, peer_id: str, code: ErrorCode | str, message: str, also: tuple[str, ...] = (),
+                 reporter: str = "", stalled: bool = False):
         super().__init__(f"server {peer_id} failed: {message}")
         self.peer_id = peer_id
         self.code = code if isinstance(code, ErrorCode) else ErrorCode.parse(code)
         self.suspects: tuple[str, ...] = (peer_id, *also)
+        self.reporter = reporter or peer_id  # who said so: an ErrorReply may blame another server (a claim)
+        self.stalled = stalled  # a timeout that the receipts pin on `peer_id`: it got the step, never finished it
 
 
 @dataclass

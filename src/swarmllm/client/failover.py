@@ -54,9 +54,13 @@ class Failover:
     """Recovery of one session's chain (see the module docstring)."""
 
     def __init__(self, session: "InferenceSession", replanner: Optional[Replanner],
-                 on_peer_failure: Callable[[str], None], max_failovers: int = 8):
+                 on_peer_failure: Callable[[str], None], max_failovers: int = 8,
+                 on_stall: Callable[[str], None] = lambda peer: None,
+                 on_liar: Callable[[RemoteStepError], None] = lambda error: None):
         self.session, self.replanner = session, replanner
         self.on_peer_failure, self.max_failovers = on_peer_failure, max_failovers
+        self.on_stall, self.on_liar = on_stall, on_liar  # reputation's: a stalled step, a server caught lying
+        self._blamers: set[str] = set()  # servers whose ErrorReply blamed another server once already
         self.events: list[FailoverEvent] = []
         self._trace: list[tuple[float, str]] = []  # of the failover in progress
         self._failed_at, self._first_error = 0.0, ""
@@ -94,10 +98,27 @@ class Failover:
         hops = self.session.hops
         alive = await asyncio.gather(*(self._alive(hop) for hop in hops))
         down = {i for i, ok in enumerate(alive) if not ok}
-        # A timeout names the last hop only because that is where the result should have come from.
-        named = set() if error.code == ErrorCode.TIMEOUT else \
-            {i for i, h in enumerate(hops) if h.peer_id in error.suspects}
+        suspects = self._suspects(error, {hop.peer_id for hop in hops})
+        named = {i for i, h in enumerate(hops) if h.peer_id in suspects}
         return sorted(down | named), {hops[i].peer_id for i in down}
+
+    def _suspects(self, error: RemoteStepError, chain: set[str]) -> tuple[str, ...]:
+        """Whom an error names, as far as the evidence goes. A plain timeout names the last hop only
+        because that is where the result should have come from: nobody. A stall pinned by the receipts
+        names the staller (on_stall: a second one bans it). An ErrorReply blaming another server is a
+        claim: believed once per reporter; a reporter that blames again is the suspect itself."""
+        if error.code == ErrorCode.TIMEOUT:
+            if error.stalled:
+                self.on_stall(error.peer_id)
+                return error.suspects
+            return ()
+        if error.reporter != error.peer_id and error.reporter in chain:
+            if error.reporter in self._blamers:
+                self.on_liar(RemoteStepError(error.reporter, ErrorCode.MISMATCH, f"blamed a second server "
+                                                                                 f"({error.peer_id}) for its failure"))
+                return (error.reporter,)
+            self._blamers.add(error.reporter)
+        return error.suspects
 
     async def _recover_until_done(self, error: RemoteStepError, wait_for_capacity: float = 30.0) -> None:
         """Recover; if recovery itself fails (another server dies meanwhile), recover again."""
@@ -127,7 +148,7 @@ class Failover:
             self.on_peer_failure(peer)
         if error.code == ErrorCode.OVER_QUOTA and error.peer_id not in down:
             self.on_peer_failure(error.peer_id)  # alive but refusing us: route around it while the ban lasts
-        if error.code == ErrorCode.BAD_RECEIPT:  # alive but breaking the receipt rules: route around the suspects
+        if error.code in (ErrorCode.BAD_RECEIPT, ErrorCode.MISMATCH):  # alive but lying: route around the suspects
             for peer in set(error.suspects) - down:
                 self.on_peer_failure(peer)
         cold = [i for i, hop in enumerate(session.hops) if not hop.warm]  # replacements whose replay did not finish
@@ -161,6 +182,8 @@ class Failover:
         session.hops[first:last + 1] = new
         for hop in old:
             await session.close_hop(hop)
+        if session.verifier is not None:  # their outputs and witnesses go with them
+            await session.verifier.hops_replaced(old)
         self.events.append(FailoverEvent([h.peer_id for h in old], self._first_error, (start, end), session.position,
                                          [h.peer_id for h in new]))
         self._note("opened")

@@ -29,6 +29,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from swarmllm.client.ring import RingDecoder, RingStats
 from swarmllm.client.swarm_client import RemoteSession, SwarmClient
+from swarmllm.client.verification import VERIFY_MODES
+from swarmllm.client.verified_decoding import RewindingDecoder
 from swarmllm.engine.generation import PREFILL_CHUNK, Decoder, GenerationStep, iter_generate
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.engine.speculative import (
@@ -61,6 +63,7 @@ class GenerationOptions:
     ring: Optional[bool] = None               # None: when the chain offers it and speculation is off
     prefill_chunk: Optional[int] = PREFILL_CHUNK  # prompts longer than this are prefilled in chunks; None = one piece
     routing_seed: Optional[int] = None        # choice among equally good chains (routing.py); None = random
+    verify: str = "off"                       # "off", "sample" or "strict": re-compute spans on independent servers
 
     def __post_init__(self) -> None:
         if self.speculative not in SPECULATIVE_MODES:
@@ -69,6 +72,11 @@ class GenerationOptions:
             raise ValueError(f"draft_k must be 1..{MAX_DRAFT_TOKENS}, got {self.draft_k}")
         if self.ring and self.speculative != "off":
             raise ValueError("ring decoding and speculative decoding do not combine; choose one")
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"unknown verification mode {self.verify!r}; use one of {', '.join(VERIFY_MODES)}")
+        if self.verify == "sample" and self.speculative != "off":
+            raise ValueError("speculative decoding cannot be replayed after a late conviction yet; use --verify "
+                             "strict (every step checked before it is used) or --verify off with speculation")
         if self.wire_dtype is not None and self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"unknown wire dtype {self.wire_dtype!r}; use one of {', '.join(WIRE_DTYPES)}")
 
@@ -92,12 +100,17 @@ class Timings:
 
 @dataclass(frozen=True)
 class VerificationReport:
-    """What was checked of the servers' work (filled by verification; "off" checks nothing)."""
+    """What was checked of the servers' work (client/verification.py; "off" checks nothing)."""
 
     mode: str = "off"
-    steps_checked: int = 0
-    mismatches: int = 0
-    banned: tuple[str, ...] = ()
+    steps_checked: int = 0                 # server-positions compared with an independent server's
+    exact_checks: int = 0                  # ... of them bit for bit (same compute class, same chunks)
+    mismatches: int = 0                    # disagreements found (each decided by a third server)
+    banned: tuple[str, ...] = ()           # peers convicted of a wrong output during this request
+    banned_at: tuple[int, ...] = ()        # ... the position of the wrong output that convicted each
+    rewinds: int = 0                       # times generation went back to the last verified position
+    retracted_tokens: int = 0              # tokens streamed, then taken back as computed from wrong outputs
+    unverifiable: tuple[str, ...] = ()     # spans no independent server could check (sample mode goes on)
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,7 @@ class Generation:
         self._forward_fn, self._decoder, self.decoding = forward_fn, decoder, decoding
         self._session, self._open_seconds = session, open_seconds
         self.token_ids: list[int] = []
+        self.retracted_tokens = 0  # taken back after a late conviction (verified_decoding.py)
         self.text = ""
         self.finish_reason = "length"
         self._started = self._first_at = self._ended = None
@@ -177,6 +191,11 @@ class Generation:
                                        self.options.sampling, self.length, self._decoder):
                 if self._first_at is None:
                     self._first_at = time.perf_counter()
+                if event.retracted_tokens:
+                    self.retracted_tokens += event.retracted_tokens
+                    del self.token_ids[-event.retracted_tokens:]
+                if event.retracted_chars:
+                    self.text = self.text[:len(self.text) - event.retracted_chars]
                 self.token_ids.append(event.token_id)
                 self.text += event.text_delta
                 self.finish_reason = event.finish_reason or self.finish_reason
@@ -212,7 +231,16 @@ class Generation:
             prompt_tokens=len(self.prompt_ids), route=self.route,
             timings=Timings(self._open_seconds, first - started, ended - started, decode),
             decoding=self.decoding, local=self._session is None, ring=ring, speculation=speculation,
-            failovers=failovers)
+            failovers=failovers, verification=self._verification())
+
+    def _verification(self) -> VerificationReport:
+        verifier = None if self._session is None else self._session.session.verifier
+        if verifier is None:
+            return VerificationReport()
+        stats = verifier.stats
+        return VerificationReport(stats.mode, stats.steps_checked, stats.exact_checks, stats.mismatches,
+                                  tuple(stats.banned), tuple(stats.banned_at), stats.rewinds, self.retracted_tokens,
+                                  tuple(stats.unverifiable))
 
 
 class Generator:
@@ -231,20 +259,27 @@ class Generator:
         """Through the swarm `client` is connected to; only the head and tokenizer are loaded here."""
         return cls(model if isinstance(model, ClientModel) else ClientModel.load(model, dtype), client)
 
-    def start(self, prompt_ids: Sequence[int], options: GenerationOptions = GenerationOptions()) -> Generation:
-        """Open what the generation needs (the swarm session) and return it, ready to iterate."""
+    def start(self, prompt_ids: Sequence[int], options: GenerationOptions = GenerationOptions(),
+              chain: Optional[list] = None) -> Generation:
+        """Open what the generation needs (the swarm session) and return it, ready to iterate.
+        chain: the servers to start on (ChainLinks, e.g. from SwarmClient.plan); default the best now."""
         if not prompt_ids:
             raise PromptTooLongError("the prompt is empty; send at least one token")
         length = self.model.session_length(len(prompt_ids), options.sampling.max_new_tokens, options.max_length)
         if self.client is None:
             return self._start_local(prompt_ids, options, length)
-        return self._start_swarm(prompt_ids, options, length)
+        return self._start_swarm(prompt_ids, options, length, chain)
 
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions = GenerationOptions(),
-                 on_text: Optional[Callable[[str], None]] = None) -> GenerationResult:
-        """Run a generation to its end; `on_text` receives each text delta as it becomes final."""
+                 on_text: Optional[Callable[[str], None]] = None,
+                 on_retract: Optional[Callable[[int], None]] = None) -> GenerationResult:
+        """Run a generation to its end; `on_text` receives each text delta as it becomes final, `on_retract`
+        how many characters of what it received were wrong (verification caught a liar late) before the
+        text that replaces them."""
         with self.start(prompt_ids, options) as run:
             for event in run:
+                if on_retract is not None and event.retracted_chars:
+                    on_retract(event.retracted_chars)
                 if on_text is not None and event.text_delta:
                     on_text(event.text_delta)
         return run.result()
@@ -259,18 +294,22 @@ class Generator:
         return Generation(local, prompt_ids, options, length, local.new_forward_fn(length, options.prefill_chunk),
                           speculation, "speculative" if speculation else "plain")
 
-    def _start_swarm(self, prompt_ids, options: GenerationOptions, length: int) -> Generation:
+    def _start_swarm(self, prompt_ids, options: GenerationOptions, length: int, chain=None) -> Generation:
         speculation = self._speculation(options, length)
         opened = time.perf_counter()
         session = self.client.open_session(self.model.model_id, self.model.config.n_blocks, length,
                                            wire_dtype=options.wire_dtype, prefill_chunk=options.prefill_chunk,
-                                           routing_seed=options.routing_seed)
+                                           routing_seed=options.routing_seed, verify=options.verify, chain=chain)
         open_seconds = time.perf_counter() - opened
         decoder: Optional[Decoder] = speculation
         decoding = "speculative" if speculation else "plain"
+        if options.verify != "off" and speculation is None:
+            # regenerates from the last verified position after a late conviction; checks all before the end
+            decoder = RewindingDecoder(session.verify_all, self.model.tokenizer)
         wants_ring = options.ring if options.ring is not None else speculation is None
         if wants_ring and session.session.ring_supported:
-            decoder = RingDecoder(self.client.loop.run, session.session, self.model.tokenizer.eos_token_ids)
+            decoder = RingDecoder(self.client.loop.run, session.session, self.model.tokenizer.eos_token_ids,
+                                  self.model.tokenizer)
             decoding = "ring"
         return Generation(self.model, prompt_ids, options, length, session.forward, decoder, decoding, session,
                           open_seconds)

@@ -78,6 +78,8 @@ class ReceiptBook:
     def __init__(self, model_id: str, on_verified: Callable[[list[StepReceipt]], None] = lambda receipts: None,
                  max_open: int = MAX_OPEN_STEPS):
         self.model_id, self.on_verified, self.max_open = model_id, on_verified, max_open
+        # called with (receipts, result) once a step is done, before its result is delivered; may raise ReceiptError
+        self.on_done: Optional[Callable[[list[StepReceipt], object], None]] = None
         self._open: dict[int, _Step] = {}
         self.verified_steps = 0
 
@@ -91,6 +93,15 @@ class ReceiptBook:
 
     def expects(self, step_id: int) -> bool:
         return step_id in self._open
+
+    def signers(self, step_id: int) -> list[str]:
+        step = self._open.get(step_id)
+        return [s.peer_id for s in step.signers] if step is not None else []
+
+    def last_signer(self, step_id: int) -> Optional[str]:
+        """Who sends the result of a step the book tracks (its last signer)."""
+        step = self._open.get(step_id)
+        return step.signers[-1].peer_id if step is not None else None
 
     def forget(self, step_id: int) -> None:
         self._open.pop(step_id, None)
@@ -171,4 +182,6 @@ class ReceiptBook:
         del self._open[step.step_id]
         self.verified_steps += 1
         self.on_verified(chain)
+        if self.on_done is not None:
+            self.on_done(chain, step.result)
         step.deliver(step.result)

@@ -57,6 +57,12 @@ _INSERT = ("INSERT INTO receipts (session_id, step_id, peer_id, span_start, span
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
+_CONFIRM = ("UPDATE receipts SET verified = ? WHERE session_id = ? AND peer_id = ? AND start_position >= ? "
+            "AND start_position + positions <= ? AND verified = 0")   # steps inside [first, end)
+_REFUTE = ("UPDATE receipts SET verified = ? WHERE session_id = ? AND peer_id = ? AND start_position < ? "
+           "AND start_position + positions > ? AND verified = 0")     # steps touching [first, end)
+
+
 def default_receipts_path() -> Path:
     return state_dir() / "receipts.sqlite"
 
@@ -116,6 +122,14 @@ class ReceiptStore:
                  r.output_hash, r.compute_class, r.time, now, encode_receipt(r)) for r in receipts]
         self._writer.submit(_INSERT_SESSION, [(session_id, model_id, now)])
         self._writer.submit(_INSERT, rows)
+
+    def mark(self, session_id: str, peer_id: str, first: int, end: int, verdict: int) -> None:
+        """Verification's verdict on a server's receipts of positions [first, end) of a session: 1 confirmed by an
+        independent server, -1 found wrong (only rows not judged yet change)."""
+        if verdict > 0:
+            self._writer.submit(_CONFIRM, [(verdict, session_id, peer_id, first, end)])
+        else:
+            self._writer.submit(_REFUTE, [(verdict, session_id, peer_id, end, first)])
 
     def flush(self, timeout: float = 10.0) -> bool:
         return self._writer.flush(timeout)

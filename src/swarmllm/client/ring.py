@@ -14,6 +14,15 @@ model head), the rest is decoded the plain way with the client's own sampler, fr
 RNG state: the tokens do not change either.
 
 Closing the iterator early (a stop string) sends `RingStop` to the last server.
+
+Verified sessions (`--verify sample|strict`, verification.py): the last server also reports its
+hidden states, so each token is checked on arrival: the client samples from those hidden states
+with the same counter-based RNG, and a different token convicts the last server on its own signed
+word (failover replaces it, the ring restarts from the last good token); the hidden states
+themselves are checked by the witnesses like any step (strict: before the token is handed out).
+A liar caught late rewinds the ring: the tokens from wrong outputs are taken back (`Retract`) and
+the ring restarts from the last verified position. Before the token that ends the generation,
+sample mode checks every server up to the end, as plain decoding does.
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator, Optional, Seque
 
 import torch
 
-from swarmllm.client.session import InferenceSession, RemoteStepError
+from swarmllm.client.compare import token_agrees
+from swarmllm.client.session import InferenceSession, RemoteStepError, committed_chunks
+from swarmllm.client.verification import Rewind
+from swarmllm.engine.generation import Retract
 from swarmllm.engine.head import ModelHead
 from swarmllm.engine.sampling import Sampler, SamplingParams
 from swarmllm.protocol import ErrorCode, RingSampling, RingSpec
@@ -45,13 +57,19 @@ def _sampling(params: SamplingParams, draws: int) -> RingSampling:
 
 async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.Tensor, position: int,
                       params: SamplingParams, max_tokens: int, eos_token_ids: Sequence[int] = (),
-                      draws: int = 0, stats: Optional["RingStats"] = None) -> AsyncIterator[int]:
+                      draws: int = 0, stats: Optional["RingStats"] = None,
+                      is_last: Callable[[int, int], bool] = lambda token, produced: False) -> AsyncIterator[int]:
     """Up to max_tokens tokens after running `inputs` [1, T, D] at positions position.. .
 
     draws: the sampler's RNG state before the first token (see engine/sampling.py).
-    stats: counts ring starts and whether the rest fell back to plain decoding."""
+    stats: counts ring starts and whether the rest fell back to plain decoding.
+    is_last(token, produced): whether the consumer stops after this token (a stop string; under
+    verification the end is checked before it). Verified sessions may also yield `Retract(keep)`."""
     stats = stats if stats is not None else RingStats()
     produced = 0
+    first_output = position + inputs.shape[1] - 1  # token k is sampled from the output at first_output + k
+    draws_before: list[int] = []  # the RNG state before each token produced
+    verifier = session.verifier
     inputs, position = await _prefill_all_but_last_chunk(session, inputs, position)
     failed_at: Optional[float] = None
     attempt = 0
@@ -76,8 +94,13 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                 channel = await session.start_ring_step(inputs, position, max_tokens - produced, spec)
                 while True:
                     token = await session.next_ring_item(channel, n_new)
+                    if verifier is not None:
+                        await _verify_ring_step(session, head, params, draws, token, position, n_new,
+                                                token.finished or produced + 1 >= max_tokens or
+                                                is_last(token.token_id, produced + 1))
                     session.complete_step(position, n_new, time.perf_counter() - started, failed_at)
                     failed_at, attempt = None, 0
+                    draws_before.append(draws)
                     produced, draws, position = produced + 1, token.draws, position + n_new
                     if token.finished:
                         stopper = None
@@ -87,6 +110,15 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                     inputs, n_new = head.embed([token.token_id]), 1
                     session.record_inputs(inputs, position)
                     started = time.perf_counter()
+            except Rewind as rewind:  # a liar caught late: back to the last verified position
+                keep = max(0, min(produced, rewind.position - first_output))
+                if keep < produced:
+                    draws = draws_before[keep]
+                    del draws_before[keep:]
+                    produced = keep
+                    yield Retract(keep)
+                position = rewind.position
+                inputs = session.inputs[position:first_output + keep + 1].unsqueeze(0)
             except RemoteStepError as error:
                 if channel is not None:
                     session.close_ring(channel)
@@ -107,6 +139,24 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
             await session.stop_ring(stopper)
 
 
+async def _verify_ring_step(session: InferenceSession, head: ModelHead, params: SamplingParams, draws: int,
+                            token, position: int, n_new: int, last: bool) -> None:
+    """Check a ring step under verification: its token against the last server's reported hidden states
+    (sampled here with the same RNG state), then its hidden states against the witnesses (every server,
+    or sampled ones; all of them up to the end before the last token). Raises RemoteStepError(mismatch)
+    to retry, Rewind, or VerificationError."""
+    verifier = session.verifier
+    last_hop = session.hops[-1]
+    hidden = verifier.logs[last_hop.session_id][position + n_new - 1]
+    logits = head.logits(hidden.reshape(1, 1, -1))[0, -1]
+    expected = Sampler(params, draws=draws).sample(logits)
+    if not token_agrees(logits, expected, token.token_id, last_hop.link.record.compute_class.key):
+        verifier.convict_ring_token(last_hop, position + n_new - 1)
+        raise RemoteStepError(last_hop.peer_id, ErrorCode.MISMATCH, f"its ring token at position {position + n_new} "
+                                                                    "is not what its own hidden states give")
+    await verifier.check_step(position, n_new, committed_chunks(session.chunks, position, n_new), force=last)
+
+
 async def _prefill_all_but_last_chunk(session: InferenceSession, inputs: torch.Tensor,
                                      position: int) -> tuple[torch.Tensor, int]:
     """Run the prompt's leading full chunks as ordinary (pipelined) steps; return the last chunk,
@@ -117,7 +167,13 @@ async def _prefill_all_but_last_chunk(session: InferenceSession, inputs: torch.T
     if not size or n <= size:
         return inputs, position
     head_len = size * ((n - 1) // size)
-    await session.step(inputs[:, :head_len], position)
+    done = 0  # positions of inputs the session holds
+    while done < head_len:
+        try:
+            await session.step(inputs[:, done:head_len], position + done)
+            done = head_len
+        except Rewind as rewind:  # a liar caught late inside the prompt: from the last verified position again
+            done = rewind.position - position
     return inputs[:, head_len:], position + head_len
 
 
@@ -144,20 +200,35 @@ class RingDecoder:
     """
 
     def __init__(self, run: Callable[[Awaitable], object], session: InferenceSession,
-                 eos_token_ids: Sequence[int] = ()):
+                 eos_token_ids: Sequence[int] = (), tokenizer=None):
         self.run, self.session, self.eos_token_ids = run, session, tuple(eos_token_ids)
+        self.tokenizer = tokenizer  # to tell when a stop string ends the generation (verified sessions)
         self.stats = RingStats()
+        self._generated: list[int] = []
 
     def tokens(self, head: ModelHead, forward_fn, prompt_ids: Sequence[int], sampler: Sampler, limit: int,
                max_new_tokens: int) -> Iterator[int]:
         max_tokens = min(max_new_tokens, limit - len(prompt_ids) + 1)
+        stops = sampler.params.stop
+
+        def is_last(token: int, produced: int) -> bool:
+            if token in self.eos_token_ids:
+                return True
+            return bool(stops) and self.tokenizer is not None and \
+                any(stop in self.tokenizer.decode(self._generated + [token]) for stop in stops)
+
         stream = ring_tokens(self.session, head, head.embed([list(prompt_ids)]), 0, sampler.params, max_tokens,
-                             self.eos_token_ids, sampler.draws, self.stats)
+                             self.eos_token_ids, sampler.draws, self.stats, is_last)
         try:
             while True:
                 try:
-                    yield self.run(stream.__anext__())
+                    item = self.run(stream.__anext__())
                 except StopAsyncIteration:
                     return
+                if isinstance(item, Retract):
+                    del self._generated[item.keep:]
+                else:
+                    self._generated.append(item)
+                yield item
         finally:
             self.run(stream.aclose())

@@ -89,6 +89,17 @@ class RingChannel:
         return self.start_position + self.first_positions + k - 1, 1
 
 
+def committed_chunks(chunks: list[int], start_position: int, n_new: int) -> list[int]:
+    """The chunk lengths after a step of n_new positions at start_position: the chunks it replaces are
+    dropped, one it starts inside is cut (a rollback), a gap before it would be one chunk."""
+    chunks, total = list(chunks), sum(chunks)
+    while chunks and total > start_position:
+        total -= chunks.pop()
+    if total < start_position:
+        chunks.append(start_position - total)
+    return chunks + [n_new]
+
+
 class InferenceSession:
     def __init__(self, swarm, model_id: str, chain: list[ChainLink], max_length: int, *, wire_dtype: str = "float32",
                  step_timeout: Optional[float] = None, open_timeout: float = 5.0,
@@ -96,17 +107,19 @@ class InferenceSession:
                  max_failovers: int = 8, prefill_chunk: Optional[int] = PREFILL_CHUNK,
                  on_step_timed: Callable[[list[ChainLink], float], None] = lambda chain, seconds: None,
                  on_receipts: Callable[[str, list[StepReceipt]], None] = lambda session_id, receipts: None,
-                 on_bad_receipt: Callable[[RemoteStepError], None] = lambda error: None):
+                 on_bad_receipt: Callable[[RemoteStepError], None] = lambda error: None,
+                 on_stall: Callable[[str], None] = lambda peer: None):
         self.swarm, self.model_id = swarm, model_id
         self.session_id = uuid.uuid4().hex  # this client's name for the session (receipts are stored under it)
         self.on_bad_receipt = on_bad_receipt  # a server broke the receipt rules (failover also routes around it)
         self.receipts = ReceiptBook(model_id, lambda receipts: on_receipts(self.session_id, receipts))
+        self.verifier = None  # a Verifier (verification.py) when opened with --verify sample|strict: set before open()
         self.max_length, self.wire_dtype = max_length, wire_dtype
         self.open_timeout = open_timeout
         self.prefill_chunk = prefill_chunk
         self.on_step_timed = on_step_timed  # one-position steps' times, for the client's speed estimates
         self.timeouts = StepTimeouts(step_timeout)
-        self.failover = Failover(self, replanner, on_peer_failure, max_failovers)
+        self.failover = Failover(self, replanner, on_peer_failure, max_failovers, on_stall, on_bad_receipt)
         self.hops = [Hop(link) for link in chain]
         self.position = 0               # positions the whole chain has committed
         self.inputs: Optional[torch.Tensor] = None  # [max_length, D]: what we sent to block 0, for replays
@@ -117,6 +130,11 @@ class InferenceSession:
         self._pending: dict[int, asyncio.Future] = {}
         self._ring: Optional[RingChannel] = None  # the ring in progress (client/ring.py)
         self._closed = False
+
+    def verify_with(self, verifier) -> None:
+        """Verify this session's servers (verification.py); before open(): servers must report their outputs."""
+        self.verifier = verifier
+        self.receipts.on_done = verifier.on_step_done
 
     @property
     def chain(self) -> list[ChainLink]:
@@ -134,6 +152,8 @@ class InferenceSession:
     async def open(self) -> "InferenceSession":
         try:
             await self.open_hops(self.hops, None, None)
+            if self.verifier is not None:  # strict: a witness for every span before the first step, or a clear error
+                await self.verifier.prepare()
         except BaseException:
             await self.close()
             raise
@@ -152,7 +172,8 @@ class InferenceSession:
             try:
                 await hop.stream.send(encode_frame(OpenSession(
                     session_id=hop.session_id, model_id=self.model_id, start=hop.link.start, end=hop.link.end,
-                    max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop, upstream=upstream)))
+                    max_length=self.max_length, wire_dtype=self.wire_dtype, next_hop=next_hop, upstream=upstream,
+                    report_outputs=self.verifier is not None)))
                 reply, _ = decode_frame(await asyncio.wait_for(hop.stream.recv(), self.open_timeout))
             except asyncio.TimeoutError:  # per hop, so the error names the server that is frozen
                 raise RemoteStepError(hop.peer_id, ErrorCode.TIMEOUT, f"no answer to OpenSession within "
@@ -184,14 +205,22 @@ class InferenceSession:
                         self._ring_step_known(msg.step_id)
                         self.receipts.add_receipt(sender, msg)
                     elif isinstance(msg, StepResult):
+                        in_ring = self.verifier is not None and self._ring is not None and \
+                            self._ring.covers(msg.step_id) and self._ring_step_known(msg.step_id)
                         if self.receipts.expects(msg.step_id):
-                            self.receipts.add_result(msg.step_id, sender, decode_tensor(msg.tensor, payload),
-                                                     digest(payload))
+                            tensor = decode_tensor(msg.tensor, payload)
+                            if self.verifier is not None and (in_ring or
+                                                              self.receipts.last_signer(msg.step_id) != sender):
+                                # a reported output (a ring's last server reports its hidden states too)
+                                self.verifier.tap(msg.step_id, sender, tensor, digest(payload))
+                            else:
+                                self.receipts.add_result(msg.step_id, sender, tensor, digest(payload))
                     elif isinstance(msg, TokenResult):
                         if self._ring_step_known(msg.step_id):
                             self.receipts.add_result(msg.step_id, sender, msg, None)
                     elif isinstance(msg, ErrorReply):
-                        self._fail(RemoteStepError(msg.peer_id or hop.peer_id, msg.code, msg.message), msg.step_id)
+                        self._fail(RemoteStepError(msg.peer_id or hop.peer_id, msg.code, msg.message,
+                                                   reporter=hop.peer_id), msg.step_id)
                 except ReceiptError as e:
                     error = RemoteStepError(e.peer_ids[0], ErrorCode.BAD_RECEIPT, e.message, also=e.peer_ids[1:])
                     self.on_bad_receipt(error)
@@ -261,6 +290,13 @@ class InferenceSession:
                                                                        f"{timeout:.1f} s", also=tuple(missing[1:]))
             self.on_bad_receipt(error)
             return error
+        signers = self.receipts.signers(step_id)
+        if missing and len(missing) < len(signers):
+            # The servers before it signed that they computed the step and sent it on: it took the step and
+            # never finished it (or its upstream lies about sending it; failover sees if it happens again).
+            return RemoteStepError(missing[0], ErrorCode.TIMEOUT, f"took step {step_id} from its upstream server "
+                                                                  f"and did not finish it within {timeout:.1f} s",
+                                   stalled=True)
         return RemoteStepError(self.hops[-1].peer_id, ErrorCode.TIMEOUT,
                                f"step {step_id} got no result within {timeout:.1f} s")
 
@@ -303,7 +339,11 @@ class InferenceSession:
         """
         if self._closed:
             raise SwarmError("the session is closed")
-        if self.prefill_chunk and hidden.shape[1] > self.prefill_chunk:
+        size = self.prefill_chunk
+        if size and hidden.shape[1] > size:
+            if self.verifier is not None:  # each chunk verified before the next (pipelining them: not yet)
+                return torch.cat([await self.step_with_failover(hidden[:, o:o + size], start_position + o)
+                                  for o in range(0, hidden.shape[1], size)], dim=1)
             from swarmllm.client.prefill import pipelined_step
             return await pipelined_step(self, hidden, start_position)
         return await self.step_with_failover(hidden, start_position)
@@ -320,6 +360,9 @@ class InferenceSession:
             started = time.perf_counter()
             try:
                 output = await self.send_and_wait(self.hops[0], frame, step_id, self.timeout_for(n_new))
+                if self.verifier is not None:  # RemoteStepError(mismatch): the liar is banned; retried on others
+                    await self.verifier.check_step(start_position, n_new, committed_chunks(self.chunks, start_position,
+                                                                                          n_new))
             except RemoteStepError as error:
                 failed_at = await self.recover(error, attempt, failed_at)
                 continue
@@ -352,15 +395,15 @@ class InferenceSession:
         EXACT_STEP_POSITIONS positions, whose rows the engine computes exactly as single steps
         (a verify step is one; tests/integration/test_failover.py fails over mid-speculation).
         """
-        total = self.position  # invariant: position == sum(chunks)
-        if start_position < total:
+        if start_position < self.position:  # invariant: position == sum(chunks)
             self.rollbacks += 1
-        while self.chunks and total > start_position:
-            total -= self.chunks.pop()
-        if total < start_position:
-            self.chunks.append(start_position - total)
-        self.chunks.append(n_new)
+        self.chunks = committed_chunks(self.chunks, start_position, n_new)
         self.position = start_position + n_new
+
+    def truncate(self, position: int) -> None:
+        """Forget the committed positions from `position` (a chunk boundary) on: the next step starts there."""
+        self.chunks = committed_chunks(self.chunks, position, 0)[:-1]
+        self.position = sum(self.chunks)
 
     # --- ring decoding (ring.py) -------------------------------------------------------------
     @property
@@ -439,6 +482,8 @@ class InferenceSession:
         if self._closed:
             return
         self._closed = True
+        if self.verifier is not None:
+            await self.verifier.close()
         for hop in self.hops:
             await self.close_hop(hop)
         self._fail(RemoteStepError("", ErrorCode.CLOSED, "session closed"), None)

@@ -32,6 +32,7 @@ from swarmllm.client.receipts import ReceiptStore
 from swarmllm.client.reputation import Reputation, load_trusted_gateways
 from swarmllm.client.reputation_store import SqliteReputationStore
 from swarmllm.client.session import InferenceSession
+from swarmllm.client.verification import Verifier
 from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, ErrorCode, ModelRecord, Pong, ServerRecord, ServerState, block_key, parse_model_records, parse_records,
@@ -65,6 +66,11 @@ class RemoteSession:
     def forward(self, hidden: torch.Tensor, start_position: int) -> torch.Tensor:
         return self._client.loop.run(self._session.step(hidden, start_position))
 
+    def verify_all(self) -> None:
+        """Under --verify sample: check every server up to the session's end now (Rewind if a liar is caught)."""
+        if self._session.verifier is not None:
+            self._client.loop.run(self._session.verifier.check_all())
+
     def close(self) -> None:
         self._client.loop.run(self._session.close())
 
@@ -73,6 +79,10 @@ class RemoteSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+WITNESS_FAILOVERS = 2  # a witness that needs more is dropped for another (verification.py)
+ESTABLISHED_SCORE = 0.9  # reputation score of a peer preferred as a witness (8 clean verified positions, no mismatch)
 
 
 class SwarmClient:
@@ -144,6 +154,15 @@ class SwarmClient:
         if len(error.suspects) == 1:
             self.reputation.record_mismatch(error.peer_id)
             self.reputation.ban(error.peer_id)
+
+    def _stalled(self, peer_id: str) -> None:
+        """A server took a step (its upstream signed that it sent it) and never finished it, while answering
+        pings. Once may be an overloaded machine: a timeout on its record and a back-off; twice is a ban."""
+        before = self.reputation.record(peer_id)
+        self.reputation.record_timeout(peer_id)
+        self.mark_failed(peer_id)
+        if before is not None and before.timeouts >= 1:
+            self.reputation.ban(peer_id)
 
     # --- discovery ---------------------------------------------------------------------
     async def _find_servers(self, model_id: str, n_blocks: int) -> list[ServerRecord]:
@@ -309,7 +328,7 @@ class SwarmClient:
     async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
                             chain: Optional[list[ChainLink]], prefill_chunk: Optional[int] = PREFILL_CHUNK,
                             attempts: int = 8, wait_for_capacity: float = 6.0,
-                            routing_seed: Optional[int] = None) -> InferenceSession:
+                            routing_seed: Optional[int] = None, verify: str = "off") -> InferenceSession:
         seed = routing_seed if routing_seed is not None else random.getrandbits(63)  # this session's tie-breaks
 
         async def replan(start: int, end: int, down: set) -> list[ChainLink]:
@@ -339,7 +358,11 @@ class SwarmClient:
             session = InferenceSession(self.swarm, model_id, links, max_length, wire_dtype=dtype, replanner=replan,
                                        prefill_chunk=prefill_chunk, on_peer_failure=self.mark_failed,
                                        on_step_timed=lambda chain, seconds: self._timed(model_id, chain, seconds),
-                                       on_receipts=self._receipt_sink(model_id), on_bad_receipt=self._bad_receipt)
+                                       on_receipts=self._receipt_sink(model_id), on_bad_receipt=self._bad_receipt, on_stall=self._stalled)
+            if verify != "off":
+                session.verify_with(Verifier(session, verify, self._witness_opener(
+                    model_id, n_blocks, max_length, dtype, seed), self.reputation,
+                    on_verdict=self._verdict_sink(session.session_id)))
             try:
                 return await session.open()
             except RemoteStepError as e:
@@ -349,6 +372,48 @@ class SwarmClient:
                 last_error = e
         raise AssertionError("unreachable")
 
+    def _witness_opener(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: str, seed: int):
+        """What a Verifier opens its witnesses (and judges) with: sessions over [start, end) on peers outside
+        `exclude`, each with its own failover. Chosen first among established peers (a clean record here:
+        colluders must earn one before they are asked to vouch for each other) of the compute class
+        `prefer` (bit-exact comparison), then any of that class, then established ones of any class, then any."""
+        async def plan(start: int, end: int, exclude: set, prefer: str) -> list[ChainLink]:
+            records = self._recent(model_id, 15.0) or await self._find_servers(model_id, n_blocks)
+            same = [r for r in records if r.compute_class.key == prefer]
+            established = {r.peer_id for r in records if self.reputation.score(r.peer_id) >= ESTABLISHED_SCORE}
+            tiers = [[r for r in same if r.peer_id in established], same,
+                     [r for r in records if r.peer_id in established], records]
+            args = (model_id, n_blocks, max_length, exclude, start, end, seed)
+            for tier in tiers[:-1]:
+                try:
+                    return await self._plan_from(tier, *args, ping_timeout=1.0)
+                except MissingBlocksError:
+                    continue
+            return await self._plan_from(records, *args, ping_timeout=1.0)
+
+        async def open_witness(start: int, end: int, exclude: set, prefer: str) -> InferenceSession:
+            async def replan(s: int, e: int, down: set) -> list[ChainLink]:
+                return await plan(s, e, exclude, prefer)
+            for attempt in range(3):
+                session = InferenceSession(self.swarm, model_id, await plan(start, end, exclude, prefer), max_length,
+                                           wire_dtype=wire_dtype, replanner=replan, prefill_chunk=None,
+                                           max_failovers=WITNESS_FAILOVERS,
+                                           on_peer_failure=self.mark_failed, on_receipts=self._receipt_sink(model_id),
+                                           on_bad_receipt=self._bad_receipt, on_stall=self._stalled)
+                try:
+                    return await session.open()
+                except RemoteStepError as e:
+                    if attempt == 2:
+                        raise
+                    self.mark_failed(e.peer_id)
+            raise AssertionError("unreachable")
+        return open_witness
+
+    def _verdict_sink(self, session_id: str):
+        if self.receipts is None:
+            return lambda peer, first, end, verdict: None
+        return lambda peer, first, end, verdict: self.receipts.mark(session_id, peer, first, end, verdict)
+
     def _receipt_sink(self, model_id: str):
         if self.receipts is None:
             return lambda session_id, receipts: None
@@ -356,12 +421,14 @@ class SwarmClient:
 
     def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
                      prefill_chunk: Optional[int] = PREFILL_CHUNK, chain: Optional[list[ChainLink]] = None,
-                     routing_seed: Optional[int] = None) -> RemoteSession:
+                     routing_seed: Optional[int] = None, verify: str = "off") -> RemoteSession:
         """Open a session over `chain` (default: the best chain now, re-planned around failures).
 
         wire_dtype None = lossless for this chain: 16-bit when every server computes in that
         16-bit dtype (its outputs carry no more precision), else float32. routing_seed: this
-        session's choice among equally good chains (routing.py; default random).
+        session's choice among equally good chains (routing.py; default random). verify: "sample" or
+        "strict" re-computes the servers' spans on independent servers (verification.py).
         """
         return RemoteSession(self, self.loop.run(self._open_session(
-            model_id, n_blocks, max_length, wire_dtype, chain, prefill_chunk, routing_seed=routing_seed)))
+            model_id, n_blocks, max_length, wire_dtype, chain, prefill_chunk, routing_seed=routing_seed,
+            verify=verify)))

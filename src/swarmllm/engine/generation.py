@@ -9,6 +9,11 @@ is prefilled in one call, then one token per call. A `Decoder` replaces that pla
 previous call's end (a rollback), which forward_fn must allow; ring decoding (client/ring.py)
 has the swarm sample and only reports the tokens.
 
+Taking back: a decoder that finds tokens it yielded wrong (the swarm's verification caught a
+liar late, client/verified_decoding.py) yields `Retract(keep)`, then the right tokens; the next
+GenerationStep says how many tokens and characters of what was yielded are withdrawn
+(`retracted_tokens`, `retracted_chars`: drop them, then append `text_delta`).
+
 Stopping: an EOS id (finish "stop", the EOS id is the last of `token_ids` but adds no text), a
 stop string (finish "stop"; the text is cut before it, text after it is never emitted), or
 `max_new_tokens` / the context limit (finish "length"). Text deltas are emitted only once they
@@ -61,6 +66,15 @@ class GenerationStep:
     token_id: int
     text_delta: str  # new text that became final with this token ("" when held back)
     finish_reason: str | None = None  # set on the last step: "stop" or "length"
+    retracted_tokens: int = 0  # tokens yielded before that were wrong: drop them before this one
+    retracted_chars: int = 0   # characters of text yielded before that were wrong: drop them before text_delta
+
+
+@dataclass(frozen=True)
+class Retract:
+    """From a decoder: of the tokens yielded so far only the first `keep` stand; new ones follow."""
+
+    keep: int
 
 
 @dataclass(frozen=True)
@@ -126,26 +140,47 @@ def _steps(tokens: Iterator[int], tokenizer: TextCodec, prompt_ids: Sequence[int
     eos = set(tokenizer.eos_token_ids)
     generated: list[int] = []
     emitted = 0  # characters of decoded text already yielded
+    emitted_text = ""
+    retracted_tokens = retracted_chars = 0  # to announce on the next step
     for token in tokens:
+        if isinstance(token, Retract):
+            retracted_tokens += len(generated) - token.keep
+            generated = generated[:token.keep]
+            kept = _common_prefix(emitted_text, tokenizer.decode(generated))
+            retracted_chars += emitted - kept
+            emitted, emitted_text = kept, emitted_text[:kept]
+            continue
         generated.append(token)
         position = len(prompt_ids) + len(generated) - 1  # positions fed to the model before this token
+        retract = {"retracted_tokens": retracted_tokens, "retracted_chars": retracted_chars}
+        retracted_tokens = retracted_chars = 0
         if token in eos:
-            yield GenerationStep(token, _final_delta(tokenizer, generated[:-1], emitted, params.stop), "stop")
+            yield GenerationStep(token, _final_delta(tokenizer, generated[:-1], emitted, params.stop), "stop", **retract)
             return
         text = tokenizer.decode(generated)
         cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
         if cut >= 0:
-            yield GenerationStep(token, text[emitted:cut], "stop")
+            yield GenerationStep(token, text[emitted:cut], "stop", **retract)
             return
         if len(generated) >= params.max_new_tokens or position >= limit:
-            yield GenerationStep(token, text[emitted:], "length")
+            yield GenerationStep(token, text[emitted:], "length", **retract)
             return
         safe = len(text) - _held_back(text, params.stop)
         if text.endswith("\ufffd"):  # partial multi-byte character: wait for the next token
             safe = min(safe, len(text) - 1)
         delta = text[emitted:safe] if safe > emitted else ""
         emitted = max(emitted, safe)
-        yield GenerationStep(token, delta)
+        emitted_text = text[:emitted]
+        yield GenerationStep(token, delta, **retract)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _plain_tokens(head: ModelHead, forward_fn: ForwardFn, prompt_ids: Sequence[int], sampler: Sampler) -> Iterator[int]:
