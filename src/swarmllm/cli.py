@@ -119,7 +119,7 @@ def cmd_generate(args) -> int:
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ())),
         max_length=args.max_length, wire_dtype=args.wire_dtype, speculative=args.speculative, draft_k=args.draft_k,
-        draft_blocks=args.draft_blocks, ring=args.ring)
+        draft_blocks=args.draft_blocks, ring=args.ring, verify=args.verify)
     on_text = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     if args.local:
         generator = Generator.local(model, args.dtype, args.quant)
@@ -136,11 +136,16 @@ def cmd_generate(args) -> int:
         with client:
             generator = Generator.swarm(loading.result(), client)
             result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options,
-                                        on_text)
+                                        on_text, None if args.json else _retracted)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
     print()
+    v = result.verification
+    if v.mode != "off":
+        print(f"[verify {v.mode}: {v.steps_checked} server-positions checked ({v.exact_checks} bit for bit), "
+              f"{v.mismatches} mismatches{', banned ' + ', '.join(p[-8:] for p in v.banned) if v.banned else ''}"
+              f"{', unverifiable ' + '; '.join(v.unverifiable) if v.unverifiable else ''}]", file=sys.stderr)
     spec = result.speculation
     drafts = (f", {args.speculative} drafts: {spec.acceptance_rate:.0%} accepted, "
               f"{spec.tokens_per_step:.2f} tokens per step") if spec else ""
@@ -148,6 +153,12 @@ def cmd_generate(args) -> int:
           f"ttft {result.timings.ttft_s * 1000:.0f} ms, via {result.route_text()}{drafts}"
           f"{', ring' if result.decoding == 'ring' else ''}]", file=sys.stderr)
     return 0
+
+
+def _retracted(chars: int) -> None:
+    sys.stdout.flush()
+    print(f"\n[verification caught a server lying: the last {chars} characters above were computed from its wrong "
+          "outputs; the corrected text follows]", file=sys.stderr)
 
 
 def _local_model_path(args) -> str:
@@ -239,7 +250,8 @@ def cmd_gateway(args) -> int:
     settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
                                max_per_client=args.max_per_client, max_prompt_tokens=args.max_prompt_tokens,
                                max_new_tokens=args.max_new_tokens, max_active=args.max_active, max_queue=args.max_queue,
-                               status_period=args.status_period, ring=args.ring, trusted_proxies=trusted,
+                               status_period=args.status_period, ring=args.ring, verify=args.verify,
+                               trusted_proxies=trusted,
                                forwarded_header=args.forwarded_header, api_keys=api_keys,
                                allow_anonymous=args.allow_anonymous)
     client = SwarmClient.connect(args.initial_peers)

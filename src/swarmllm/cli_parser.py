@@ -14,6 +14,7 @@ import os
 # tests/unit/test_cli_parser.py checks that they stay equal.
 WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 QUANT_MODES = ("none", "int8", "int4")
+VERIFY_CHOICES = ("off", "sample", "strict")  # client.verification.VERIFY_MODES
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -168,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ring decoding: the chain's last server samples and sends each token straight to the first "
                         "(a token costs the ring of servers, not client -> chain -> client); same tokens. Default: "
                         "on when the chain offers it and --speculative is off")
+    p.add_argument("--verify", choices=VERIFY_CHOICES, default="off",
+                   help="re-compute the servers' spans on independent servers: strict = every step, no token before "
+                        "two agree; sample = a share of steps, more for new or suspect servers, all checked before "
+                        "the end (text found wrong is taken back); off = trust the servers (docs/verification.md)")
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -219,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ring", action=argparse.BooleanOptionalAction, default=True,
                    help="ring decoding where the chain offers it (default on): the last server samples and feeds "
                         "the first, so a token does not cross the gateway's own link twice (same tokens)")
+    p.add_argument("--verify", choices=VERIFY_CHOICES, default="sample",
+                   help="how requests check the servers unless they ask otherwise (the `verify` field of a request): "
+                        "sample (default), strict or off; see swarmllm generate --verify")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
 
     p = sub.add_parser("plan", help="print which blocks each of a list of machines should serve, and the expected tokens/s")

@@ -149,3 +149,24 @@ def test_ring_gateway_streams_the_same_reply(api, plain_api, reference):
     again = ring_api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                              max_tokens=24, temperature=0)
     assert again.choices[0].message.content == reference.text
+
+
+def test_the_verify_extension_field(gateway_swarm, reference):
+    """`verify` rides in the request (our extension); the reply says what was checked. This swarm has one
+    server per span: sample (the gateway's default) goes on and names the spans it could not check, strict
+    is refused before any token with a 400 naming the span."""
+    _, url = gateway_swarm
+    body = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 24, "temperature": 0}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
+    assert reply["choices"][0]["message"]["content"] == reference.text
+    verification = reply["swarmllm"]["verification"]
+    assert verification["mode"] == "sample" and verification["mismatches"] == 0 and verification["banned"] == []
+    assert len(verification["unverifiable"]) == 3
+    strict = httpx.post(f"{url}/v1/chat/completions", json={**body, "verify": "strict"}, timeout=120)
+    assert strict.status_code == 400, strict.text
+    error = strict.json()["error"]
+    assert error["code"] == "verification_unavailable" and "second server for blocks [" in error["message"]
+    off = httpx.post(f"{url}/v1/chat/completions", json={**body, "verify": "off"}, timeout=120).json()
+    assert off["swarmllm"]["verification"]["mode"] == "off"
+    bad = httpx.post(f"{url}/v1/chat/completions", json={**body, "verify": "sometimes"}, timeout=30)
+    assert bad.status_code in (400, 422)

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError, list_catalog
 from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.client.verification import VerificationError
 from swarmllm.gateway.api_keys import ApiKeys, bearer_token
 from swarmllm.gateway.body_limit import BodyLimit
 from swarmllm.gateway.clients import IPNetwork, address_key, client_address, forwarded_chain
@@ -51,7 +52,7 @@ from swarmllm.gateway.limits import (
 from swarmllm.gateway.schemas import (
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChunkDelta, Completion, CompletionChunk, CompletionRequest, ErrorBody, ErrorResponse, ModelCard, ModelList,
-    RouteHop, SwarmInfo, TextChoice, Usage,
+    RouteHop, SwarmInfo, TextChoice, Usage, VerificationInfo,
 )
 from swarmllm.gateway.service import GenerationService, PreparedGeneration
 from swarmllm.gateway.swarm_status import SwarmStatus
@@ -72,6 +73,7 @@ class GatewaySettings:
     max_queue: int = 16           # generations waiting for a slot; more -> 503
     status_period: float = 2.0
     ring: bool = True             # ring decoding when the chain offers it (client/ring.py)
+    verify: str = "sample"        # requests' verification mode unless they ask (client/verification.py)
     trusted_proxies: tuple[IPNetwork, ...] = ()  # peers whose forwarding header names the client
     forwarded_header: str = "x-forwarded-for"    # the one header they write: "x-forwarded-for" or "forwarded"
     api_keys: Optional[ApiKeys] = None           # None: no keys, everyone is limited per address
@@ -117,7 +119,7 @@ def _rate_limited(caller: Caller, wait: float) -> ApiError:
 
 def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings()) -> FastAPI:
     service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring,
-                                max_active=settings.max_active)
+                                max_active=settings.max_active, verify=settings.verify)
     status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period)
     limiter = RateLimiter(max_keys=settings.limiter_max_keys)
     slots = ClientSlots()
@@ -207,7 +209,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         try:
             job = await asyncio.to_thread(service.prepare, body.model, messages, prompt, max_tokens=body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                                          stop=body.stop or [])
+                                          stop=body.stop or [], verify=body.verify)
         except UnknownModelError as e:
             raise ApiError(404, f"the gateway cannot load {body.model!r}: {e}", "invalid_request_error",
                            "model_not_found") from None
@@ -255,6 +257,9 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             held.append(admission.release)
             try:
                 await asyncio.to_thread(service.open, job)
+            except VerificationError as e:  # the request's verify mode cannot be met by this swarm
+                raise ApiError(400, f"{e}; ask for \"verify\": \"sample\" or \"off\"", "invalid_request_error",
+                               "verification_unavailable") from None
             except (SwarmError, ConnectionError) as e:
                 raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
                                "swarm_unavailable", "5") from None
@@ -327,10 +332,13 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
 
 
 def _swarm_info(result: GenerationResult) -> SwarmInfo:
+    v = result.verification
     return SwarmInfo(route=[RouteHop(peer_id=h.peer_id, start=h.start, end=h.end) for h in result.route],
                      tokens_per_second=result.timings.decode_tokens_per_s, time_to_first_token=result.timings.ttft_s,
                      completion_tokens=result.generated_tokens, ring=result.decoding == "ring",
-                     decoding=result.decoding)
+                     decoding=result.decoding, verification=VerificationInfo(
+                         mode=v.mode, steps_checked=v.steps_checked, mismatches=v.mismatches, banned=list(v.banned),
+                         retracted_tokens=v.retracted_tokens, unverifiable=list(v.unverifiable)))
 
 
 def _usage(result: GenerationResult) -> Usage:
@@ -356,6 +364,9 @@ async def _sse(completion_id, model, chat, deltas, job: PreparedGeneration, rele
         if chat:
             yield _event(_text_chunk(completion_id, model, chat, None, role=True))
         async for delta in deltas:
+            if delta.retracted_chars:  # a stream cannot take text back: end it, saying why
+                raise SwarmError("text already sent was computed from wrong outputs of a server that verification "
+                                 "has now caught and banned; the text above is not reliable, retry the request")
             if delta.text:
                 yield _event(_text_chunk(completion_id, model, chat, delta.text))
         final = _text_chunk(completion_id, model, chat, None, job.result.finish_reason)

@@ -31,6 +31,8 @@ class _SamplingRequest(BaseModel):
     stop: Optional[Union[str, list[str]]] = None
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
+    # Our extension: how the servers' work is checked (docs/verification.md); None = the gateway's default.
+    verify: Optional[Literal["off", "sample", "strict"]] = None
 
     @field_validator("stop")
     @classmethod
@@ -67,6 +69,17 @@ class RouteHop(BaseModel):
     end: int
 
 
+class VerificationInfo(BaseModel):
+    """What was checked of the servers' work for this reply (client/verification.py)."""
+
+    mode: str                           # "off", "sample" or "strict"
+    steps_checked: int                  # server-positions compared with an independent server's
+    mismatches: int                     # disagreements found, each decided by a third server
+    banned: list[str]                   # peers convicted of wrong outputs during this request
+    retracted_tokens: int = 0           # tokens computed from wrong outputs, replaced before the reply
+    unverifiable: list[str] = []        # spans ("[start, end) peer") no independent server could check
+
+
 class SwarmInfo(BaseModel):
     """Our extension: which nodes served the reply and how fast."""
 
@@ -76,6 +89,7 @@ class SwarmInfo(BaseModel):
     completion_tokens: int
     ring: bool = False                 # decoded in a ring (the chain's last server sampled)
     decoding: str = "plain"            # "ring", "speculative" or "plain"
+    verification: Optional[VerificationInfo] = None
 
 
 class AssistantMessage(BaseModel):

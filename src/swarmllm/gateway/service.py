@@ -49,12 +49,13 @@ class PreparedGeneration:
 class Delta:
     text: str
     finish_reason: Optional[str] = None
+    retracted_chars: int = 0  # characters of text sent before that were wrong (verification caught a liar late)
 
 
 class GenerationService:
     def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = True,
-                 max_active: int = 8):
-        self.client, self.ring = client, ring
+                 max_active: int = 8, verify: str = "sample"):
+        self.client, self.ring, self.verify = client, ring, verify
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self._generators: dict[str, Generator] = {}
         self._lock = threading.Lock()
@@ -76,7 +77,8 @@ class GenerationService:
             return self._generators[model_id]
 
     def prepare(self, model_id: str, messages: Optional[list[dict]], prompt: Optional[str], *, max_tokens: Optional[int],
-                temperature: float, top_p: float, seed: Optional[int], stop: list[str]) -> PreparedGeneration:
+                temperature: float, top_p: float, seed: Optional[int], stop: list[str],
+                verify: Optional[str] = None) -> PreparedGeneration:
         generator = self.generator(model_id)
         model = generator.model
         prompt_ids = model.chat_ids(messages) if messages is not None else model.tokenizer.encode(prompt or "")
@@ -89,7 +91,7 @@ class GenerationService:
             raise PromptTooLongError(f"max_tokens is {max_tokens}; this gateway allows at most {self.max_new_tokens}")
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens or self.max_new_tokens,
                                 stop=tuple(stop), seed=seed if seed is not None else random.getrandbits(31))
-        options = GenerationOptions(sampling=params, ring=None if self.ring else False)
+        options = GenerationOptions(sampling=params, ring=None if self.ring else False, verify=verify or self.verify)
         model.session_length(len(prompt_ids), params.max_new_tokens)  # PromptTooLongError before any session
         return PreparedGeneration(model_id, generator, prompt_ids, options)
 
@@ -115,7 +117,8 @@ class GenerationService:
             try:
                 for event in generation:
                     self.tokens_generated += 1
-                    loop.call_soon_threadsafe(queue.put_nowait, Delta(event.text_delta, event.finish_reason))
+                    loop.call_soon_threadsafe(queue.put_nowait, Delta(event.text_delta, event.finish_reason,
+                                                                      event.retracted_chars))
                     if cancel.is_set():
                         self.cancelled += 1
                         break
