@@ -14,6 +14,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.extended  # the default run keeps records and row_exact (and chaos, in tests/chaos)
 def test_pipeline_benchmark_quick(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--quick", "--no-transformers",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)

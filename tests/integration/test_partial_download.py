@@ -42,6 +42,7 @@ def test_nodes_serve_spans_fetched_from_a_url(tmp_path):
         assert all(a[1] <= b[0] for a, b in zip(tensor_ranges, tensor_ranges[1:])), "a range was fetched twice"
 
 
+@pytest.mark.extended  # the default run keeps test_nodes_serve_spans_fetched_from_a_url
 def test_a_node_fetches_its_span_from_a_peer_that_holds_the_file(tmp_path):
     from swarmllm.download import tensor_manifest
 

@@ -111,7 +111,8 @@ def assert_same_tokenization(ours, theirs) -> int:
     return len(texts)
 
 
-@pytest.mark.parametrize("name", ["smollm2-135m", pytest.param("gemma3-270m", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["smollm2-135m",
+                                  pytest.param("gemma3-270m", marks=[pytest.mark.slow, pytest.mark.extended])])
 def test_ids_and_decode_match_transformers(name):
     ours, theirs = pair(name)
     assert assert_same_tokenization(ours, theirs) == len(TEXTS) + 2 * len(CHATS)
