@@ -252,3 +252,17 @@ def test_a_ring_hands_out_verified_tokens_in_step_order_and_tracks_only_steps_ju
     assert [ring.queue.get_nowait().step_id for _ in range(2)] == [10, 11]
     assert not ring.may_track(11) and ring.may_track(12) and ring.may_track(75) and not ring.may_track(76)
     assert not ring.may_track(5) and not ring.may_track(1000)
+
+
+def test_verification_marks_receipts_confirmed_or_refuted_by_position(tmp_path):
+    path = tmp_path / "receipts.sqlite"
+    store = ReceiptStore(path)
+    store.add("s", MODEL, [signed(A, step_id=1, start_position=0, positions=40), signed(A, step_id=2),
+                           signed(A, step_id=3, start_position=41), signed(B, step_id=2, span=(10, 20), session_id="s-b")])
+    store.mark("s", A.peer_id, 0, 41, 1)       # positions 0..40 of A confirmed: steps 1 and 2
+    store.mark("s", A.peer_id, 41, 42, -1)     # position 41 found wrong: step 3
+    store.mark("s", A.peer_id, 0, 42, 1)       # a verdict never overwrites an earlier one
+    assert store.flush()
+    verdicts = {(r.peer_id, r.step_id): r.verified for r in session_receipts("s", path)}
+    assert verdicts == {(A.peer_id, 1): 1, (A.peer_id, 2): 1, (A.peer_id, 3): -1, (B.peer_id, 2): 0}
+    store.close()
