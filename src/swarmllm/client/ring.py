@@ -92,6 +92,8 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                 started = time.perf_counter()
                 stats.starts += 1
                 channel = await session.start_ring_step(inputs, position, max_tokens - produced, spec)
+                if verifier is not None:  # strict: the witnesses run beside the ring's servers
+                    verifier.begin_step(channel.base, position, n_new, committed_chunks(session.chunks, position, n_new))
                 while True:
                     token = await session.next_ring_item(channel, n_new)
                     if verifier is not None:
@@ -109,6 +111,9 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                         return
                     inputs, n_new = head.embed([token.token_id]), 1
                     session.record_inputs(inputs, position)
+                    if verifier is not None:
+                        verifier.begin_step(channel.base + channel.delivered, position, 1,
+                                            committed_chunks(session.chunks, position, 1))
                     started = time.perf_counter()
             except Rewind as rewind:  # a liar caught late: back to the last verified position
                 keep = max(0, min(produced, rewind.position - first_output))

@@ -357,6 +357,9 @@ class InferenceSession:
             step_id = self.new_step_id()
             frame, sent = self.step_frame(hidden, start_position, step_id)
             self.expect(step_id, start_position, n_new, sent)
+            if self.verifier is not None:  # strict: witnesses start beside the servers they check
+                self.verifier.begin_step(step_id, start_position, n_new,
+                                         committed_chunks(self.chunks, start_position, n_new))
             started = time.perf_counter()
             try:
                 output = await self.send_and_wait(self.hops[0], frame, step_id, self.timeout_for(n_new))

@@ -108,6 +108,8 @@ class Verifier:
         self._taps: dict[tuple[int, str], tuple[torch.Tensor, bytes]] = {}
         self._no_witness_until: dict[str, float] = {}  # hop session id -> when to look for a witness again
         self._unhelpful: set[str] = set()  # peers whose witness sessions failed: not asked again in this session
+        self._in_flight: Optional[tuple[int, int, int, list[int]]] = None  # strict: (step id, start, end, chunks)
+        self._early: dict[int, asyncio.Future] = {}  # strict: hop index -> its witness's run of the step in flight
 
     @property
     def strict(self) -> bool:
@@ -119,6 +121,13 @@ class Verifier:
         if len(self._taps) >= MAX_PENDING_TAPS:
             self._taps.pop(next(iter(self._taps)))
         self._taps[(step_id, sender)] = (tensor, digest)
+        if self._in_flight is not None and self._in_flight[0] == step_id:  # strict: the next witness can start
+            hops = self.session.hops
+            index = next((i for i, hop in enumerate(hops) if hop.peer_id == sender), None)
+            if index is not None and index + 1 < len(hops):
+                _, start, end, _ = self._in_flight
+                self._log(hops[index].session_id)[start:end] = tensor[0]  # provisional: on_step_done checks it
+                self._start_early(index + 1)
 
     def on_step_done(self, receipts: list[StepReceipt], result: object) -> None:
         """Every receipt of a step is in and verified: file each server's output under its hop. The last
@@ -170,9 +179,11 @@ class Verifier:
         """Check the step just run (positions [start, start + n_new); `chunks`: the session's chunks with
         it committed). Returns if every checked hop agrees; raises RemoteStepError(mismatch) naming a
         liar in this step, Rewind for a liar caught late, VerificationError when it cannot decide."""
-        for witness in self.witnesses.values():
-            witness.rewind(start)  # a step that starts before a witness's end (a rollback) replaces its positions
         end = start + n_new
+        if self._in_flight is None or self._in_flight[1:3] != (start, end):  # (begin_step rewound them already)
+            for witness in self.witnesses.values():
+                witness.rewind(start)  # a step that starts before a witness's end (a rollback) replaces its positions
+        self._in_flight = None
         hops = list(self.session.hops)
         checked = [i for i, hop in enumerate(hops)
                    if force or self.strict or self.rng() < self.reputation.sample_probability(hop.peer_id)]
@@ -186,25 +197,60 @@ class Verifier:
             raise errors[0]
         await self._act_on(conviction, start, hops)
 
+    # strict: each witness starts as soon as its input is known, in parallel with the server it checks
+    def begin_step(self, step_id: int, start: int, n_new: int, chunks: list[int]) -> None:
+        """strict, as a step is sent: the first server's witness starts on the same input at once; the
+        others start when the previous server's report arrives (`tap`), so a witness runs beside the
+        server it checks and the step costs the slower of the two, not their sum."""
+        if not self.strict:
+            return
+        for task in self._early.values():
+            task.cancel()
+        self._early = {}
+        for witness in self.witnesses.values():
+            witness.rewind(start)
+        self._in_flight = (step_id, start, start + n_new, chunks)
+        self._start_early(0)
+
+    def _start_early(self, index: int) -> None:
+        hops = self.session.hops
+        if self._in_flight is None or index >= len(hops) or index in self._early:
+            return
+        _, _, end, chunks = self._in_flight
+        task = self._early[index] = asyncio.ensure_future(self._sync_once(index, hops[index], end, chunks))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a step that failed never awaits it
+
+    async def _sync_once(self, index: int, hop: Hop, end: int, chunks: list[int]):
+        """(witness, first position it ran, its outputs) for hop up to `end`, or None (no witness: sample)."""
+        witness = await self._witness_for(hop)
+        if witness is None:
+            return None
+        try:
+            first, outputs = await witness.sync(self._inputs_of(index), end, chunks, self.strict)
+        except RemoteStepError:  # the witness's own chain failed beyond its failover: not asked again
+            self._unhelpful |= set(witness.peer_ids)
+            await self.drop_witness(hop.session_id)
+            raise
+        return witness, first, outputs
+
     async def _check_hop(self, index: int, hop: Hop, end: int, chunks: list[int]) -> None:
         exact_chunks = self.strict
+        early = self._early.pop(index, None)
+        synced = None
         for attempt in range(WITNESS_ATTEMPTS):
-            witness = await self._witness_for(hop)
-            if witness is None:
-                return
             try:
-                first, outputs = await witness.sync(self._inputs_of(index), end, chunks, exact_chunks)
+                synced = await early if early is not None and attempt == 0 else \
+                    await self._sync_once(index, hop, end, chunks)
                 break
-            except RemoteStepError as e:  # the witness's own chain failed beyond its failover: another one
-                self._unhelpful |= set(witness.peer_ids)
-                await self.drop_witness(hop.session_id)
+            except RemoteStepError as e:  # another witness
                 if attempt == WITNESS_ATTEMPTS - 1:
                     if self.strict:
                         raise VerificationError(f"no independent server re-computed blocks [{hop.link.start}, "
                                                 f"{hop.link.end}) of {hop.peer_id}: {e}") from None
                     return  # sample: checked another time
-        else:
+        if synced is None:
             return
+        witness, first, outputs = synced
         if first >= end:
             return
         claimed = self._log(hop.session_id)[first:end]
@@ -336,6 +382,8 @@ class Verifier:
             await self.drop_witness(hop.session_id)
 
     async def close(self) -> None:
+        for task in self._early.values():
+            task.cancel()
         for key in list(self.witnesses):
             await self.drop_witness(key)
 
