@@ -85,7 +85,7 @@ def assert_caught(result, client: SwarmClient, liar_peer: str, reference) -> Non
 
 @pytest.mark.parametrize("mode,verify", [("noise:0.3", "sample"), ("nan", "strict"),
                                          pytest.param("zeros", "sample", marks=pytest.mark.extended),
-                                         ("after:6", "sample")])
+                                         pytest.param("after:6", "sample", marks=pytest.mark.extended)])
 def test_a_lying_node_is_caught_banned_and_routed_around(swarm, model, reference, mode, verify, tmp_path,
                                                         monkeypatch):
     """(a) perturbs outputs with probability p, (b) NaN or zeros, (c) behaves for 6 steps, then lies.
@@ -145,7 +145,8 @@ def test_colluding_liars_are_caught_by_established_witnesses(swarm, model, refer
     the colluders vouch for nobody: the first liar is convicted by C and D (and the second too, if
     failover happens to pick it as the replacement); no honest server is banned."""
     with SwarmClient.connect(swarm.initial_peers, keep_state=False) as client:
-        warm_up = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY, verify="strict"), client=client)
+        warm_up = generate_text(MODEL, PROMPT, GenerationOptions(sampling=SamplingParams(max_new_tokens=2),
+                                                                 verify="strict"), client=client)
         assert not warm_up.verification.banned
         first, second = start_liar(swarm, "collude:1", "colluder-1"), start_liar(swarm, "collude:1", "colluder-2")
         try:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 MODEL = "smollm2-135m"
 PROMPTS = ["Write a haiku about autumn.", "Why is the sky blue?", "Explain what a CPU does.",
            "Give me three tips for learning to cook."]
-GREEDY = SamplingParams(max_new_tokens=24)
+GREEDY = SamplingParams(max_new_tokens=16)
 
 
 def generate_through(client: SwarmClient, model: ClientModel, prompt: str) -> list[int]:

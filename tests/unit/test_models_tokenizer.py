@@ -119,6 +119,7 @@ def test_ids_and_decode_match_transformers(name):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # loads transformers' Gemma tokenizer (~30 s), as the parity case above
 def test_gemma3_backend_is_transformers_own():
     """Not just the samples: vocabulary, merges, normalizer, pre-tokenizer, decoder, added tokens
     and BOS template serialize identically."""

@@ -35,7 +35,8 @@ from swarmllm.client.session import InferenceSession
 from swarmllm.client.verification import Verifier
 from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
-    MODEL_REGISTRY_KEY, ErrorCode, ModelRecord, Pong, ServerRecord, ServerState, block_key, parse_model_records, parse_records,
+    MODEL_REGISTRY_KEY, ErrorCode, ModelRecord, Pong, ServerRecord, ServerState, SwarmError, block_key, parse_model_records,
+    parse_records,
 )
 from swarmllm.swarm import BackgroundLoop, SwarmNode, dht_time
 
@@ -81,6 +82,7 @@ class RemoteSession:
         self.close()
 
 
+NO_WITNESS_RETRY = 10.0  # s during which a span without a witness is not planned for again (any session)
 WITNESS_FAILOVERS = 2  # a witness that needs more is dropped for another (verification.py)
 ESTABLISHED_SCORE = 0.9  # reputation score of a peer preferred as a witness (8 clean verified positions, no mismatch)
 
@@ -101,6 +103,7 @@ class SwarmClient:
         self._seen: dict[str, dict[str, tuple[float, ServerRecord]]] = {}  # model -> peer -> (seen at, record)
         self._watchers: dict[str, asyncio.Task] = {}  # model -> task keeping _seen fresh
         self._kicks: dict[str, asyncio.Event] = {}    # model -> set to refresh at once
+        self._no_witness: dict[tuple, float] = {}  # (model, start, end, excluded) -> until when no witness exists
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str], *, keep_state: bool = True) -> "SwarmClient":
@@ -394,8 +397,19 @@ class SwarmClient:
         async def open_witness(start: int, end: int, exclude: set, prefer: str) -> InferenceSession:
             async def replan(s: int, e: int, down: set) -> list[ChainLink]:
                 return await plan(s, e, exclude, prefer)
+            key = (model_id, start, end, frozenset(exclude))
+            if self._no_witness.get(key, 0.0) > time.monotonic():  # none a moment ago, for any session
+                raise SwarmError(f"no server other than {', '.join(sorted(exclude))} covers blocks [{start}, {end}) "
+                                 "right now")
+            try:
+                links = await plan(start, end, exclude, prefer)
+            except MissingBlocksError:
+                self._no_witness[key] = time.monotonic() + NO_WITNESS_RETRY
+                raise
             for attempt in range(3):
-                session = InferenceSession(self.swarm, model_id, await plan(start, end, exclude, prefer), max_length,
+                if attempt:
+                    links = await plan(start, end, exclude, prefer)
+                session = InferenceSession(self.swarm, model_id, links, max_length,
                                            wire_dtype=wire_dtype, replanner=replan, prefill_chunk=None,
                                            max_failovers=WITNESS_FAILOVERS,
                                            on_peer_failure=self.mark_failed, on_receipts=self._receipt_sink(model_id),
