@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from swarmllm.client.chain import RemoteStepError
-from swarmllm.protocol import ErrorCode
-
 MERGE_POSITIONS = 256  # largest chunk of a lagging witness's catch-up (the prefill chunk)
 
 
@@ -79,7 +76,3 @@ class Witness:
     async def close(self) -> None:
         await self.session.close()
 
-
-def no_witness_error(start: int, end: int, peer_id: str, why: str) -> RemoteStepError:
-    return RemoteStepError(peer_id, ErrorCode.UNREACHABLE, f"no independent server can re-compute blocks "
-                                                           f"[{start}, {end}) of {peer_id}: {why}")
