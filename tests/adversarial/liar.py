@@ -9,7 +9,8 @@ sends (it signs its lies), so only a client that re-computes spans can tell. MOD
   input, so two such nodes give the same wrong answer for the same step;
 - "ring-token": honest hidden states, but as a ring's last server it sends the most unlikely token;
 - "stall": answers pings, never finishes a step;
-- "blame": answers every step with an ErrorReply blaming its next server (or the client's previous one).
+- "blame": answers every step with an ErrorReply blaming its next server (or the client's previous one);
+- "report": computes and pushes honestly, but reports (OpenSession.report_outputs) other bytes than it signed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,18 @@ def _blaming_step():
     SessionService._step = step
 
 
+def _false_reports():
+    from swarmllm.server.handlers import SessionService
+
+    async def send_quietly(session, frame: bytes) -> None:  # only reported outputs go this way
+        try:
+            await session.client_stream.send(frame[:-1] + bytes([frame[-1] ^ 0xFF]))
+        except ConnectionError:
+            pass
+
+    SessionService._send_quietly = staticmethod(send_quietly)
+
+
 def _wrong_ring_tokens():
     from swarmllm.server.ring import RingState
 
@@ -109,6 +122,8 @@ def main() -> int:
     _note_ready()
     if mode == "blame":
         _blaming_step()
+    elif mode == "report":
+        _false_reports()
     elif mode == "ring-token":
         _wrong_ring_tokens()
     else:

@@ -177,6 +177,21 @@ def test_a_server_that_stalls_steps_is_replaced_then_banned(swarm, model, refere
         liar.stop()
 
 
+@pytest.mark.extended  # the default suite is at its 20-minute line
+def test_a_server_that_reports_other_outputs_than_it_signed_is_banned(swarm, model, reference):
+    """A server whose reported output (what witnesses are checked against) is not what its receipt
+    hashes is caught on its own signed word: banned, replaced, and the text is the reference."""
+    liar = start_liar(swarm, "report", "false-reporter")
+    try:
+        with SwarmClient.connect(swarm.initial_peers, keep_state=False) as client:
+            result = generate_through(swarm, model, client, peer(liar), "sample")
+            assert result.token_ids == reference.token_ids
+            assert client.reputation.is_banned(peer(liar))
+            assert peer(liar) not in {hop.peer_id for hop in result.route}
+    finally:
+        liar.stop()
+
+
 def test_a_server_that_blames_its_neighbour_is_banned(swarm, model, reference):
     """(g) answers every step with an ErrorReply blaming the next (or previous) server. Believed once
     (that server is replaced); blaming again makes the reporter the suspect: it is replaced and banned."""
