@@ -54,6 +54,16 @@ MAX_PENDING_TAPS = 4096  # reported outputs waiting for their step's receipts; m
 WitnessOpener = Callable[[int, int, set, str], Awaitable[object]]
 
 
+def _chunk_end(chunks: list[int], end: int) -> int:
+    """The first chunk boundary at or after `end` (`end` itself if the chunks stop before it)."""
+    boundary = 0
+    for length in chunks:
+        boundary += length
+        if boundary >= end:
+            return boundary
+    return end
+
+
 class VerificationError(SwarmError):
     """Verification cannot vouch for an output (no independent server, or no majority): the request
     fails rather than hand out an unverified output."""
@@ -226,15 +236,22 @@ class Verifier:
         if witness is None:
             return None
         try:
-            first, outputs = await witness.sync(self._inputs_of(index), end, chunks, self.strict)
+            first, outputs = await witness.sync(self._inputs_of(index), end, chunks, self._exact_chunks(hop, witness))
         except RemoteStepError:  # the witness's own chain failed beyond its failover: not asked again
             self._unhelpful |= set(witness.peer_ids)
             await self.drop_witness(hop.session_id)
             raise
         return witness, first, outputs
 
+    def _exact_chunks(self, hop: Hop, witness: Witness) -> bool:
+        """Whether the witness runs the session's own chunks: in strict mode, and whenever it is of the hop's
+        class, so that the two are compared bit for bit (merged chunks round differently: in bfloat16 by
+        more than the cross-class tolerance lets a small lie pass)."""
+        if witness.exact is None:  # fixed at its first sync: a chunk plan cannot change halfway
+            witness.exact = self.strict or tuple(witness.classes) == (hop.link.record.compute_class.key,)
+        return witness.exact
+
     async def _check_hop(self, index: int, hop: Hop, end: int, chunks: list[int]) -> None:
-        exact_chunks = self.strict
         early = self._early.pop(index, None)
         synced = None
         for attempt in range(WITNESS_ATTEMPTS):
@@ -251,6 +268,7 @@ class Verifier:
         if synced is None:
             return
         witness, first, outputs = synced
+        exact_chunks = self._exact_chunks(hop, witness)
         if first >= end:
             return
         claimed = self._log(hop.session_id)[first:end]
@@ -266,7 +284,7 @@ class Verifier:
                 self.reputation.record_verified(peer, end - first)
             return
         self.stats.mismatches += 1
-        await self._decide(index, hop, witness, first + bad, claimed[bad], outputs[bad])
+        await self._decide(index, hop, witness, first + bad, claimed[bad], outputs[bad], chunks, exact_chunks)
 
     def _count(self, positions: int, exact: bool) -> None:
         self.stats.steps_checked += positions
@@ -296,9 +314,10 @@ class Verifier:
         return witness
 
     async def _decide(self, index: int, hop: Hop, witness: Witness, position: int, claimed: torch.Tensor,
-                      witnessed: torch.Tensor) -> None:
-        """The hop and its witness disagree at `position`: a third computation (from position 0, merged
-        chunks) decides; if it agrees with neither, one more (a second liar may be among them). Raises
+                      witnessed: torch.Tensor, chunks: list[int], exact_chunks: bool) -> None:
+        """The hop and its witness disagree at `position`: a third computation (from position 0, in the chunks the
+        check ran: the session's own when `exact_chunks`, then bit for bit within one class) decides; if it agrees
+        with neither, one more (a second liar may be among them). Raises
         _Convicted for the hop, drops a convicted witness, VerificationError if nobody can decide."""
         start, end = hop.link.start, hop.link.end
         hop_classes = (hop.link.record.compute_class.key,)
@@ -313,7 +332,8 @@ class Verifier:
                                         f"server can decide{' but ' + ', '.join(judges) if judges else ''}: {e}"
                                         ) from None
             try:
-                _, outputs = await judge.sync(self._inputs_of(index), position + 1, self.session.chunks, exact=False)
+                _, outputs = await judge.sync(self._inputs_of(index), _chunk_end(chunks, position + 1), chunks,
+                                              exact=exact_chunks)
             except RemoteStepError:  # the judge's chain failed: another judge
                 exclude |= set(judge.peer_ids)
                 continue
@@ -321,9 +341,11 @@ class Verifier:
                 await judge.close()
             verdict = outputs[position][None]
             wire = self.session.wire_dtype
-            hop_right = first_disagreement(claimed[None], verdict, False,
+            hop_right = first_disagreement(claimed[None], verdict,
+                                           exact_comparison(hop_classes, judge.classes, exact_chunks),
                                            tolerance(hop_classes, judge.classes, wire)) is None
-            witness_right = first_disagreement(witnessed[None], verdict, False,
+            witness_right = first_disagreement(witnessed[None], verdict,
+                                               exact_comparison(witness.classes, judge.classes, exact_chunks),
                                                tolerance(witness.classes, judge.classes, wire)) is None
             if witness_right and not hop_right:
                 self._convict(hop.peer_id, position)

@@ -16,6 +16,8 @@ the decode steps (one row-parallel pass instead of one pass per position) but ro
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 MERGE_POSITIONS = 256  # largest chunk of a lagging witness's catch-up (the prefill chunk)
@@ -46,6 +48,7 @@ class Witness:
     def __init__(self, session, start: int, end: int):
         self.session, self.start, self.end = session, start, end  # an opened InferenceSession over [start, end)
         self.position = 0      # positions its cache holds (as the checked session ran them)
+        self.exact: Optional[bool] = None  # runs the session's own chunks (set by the verifier at its first sync)
 
     @property
     def peer_ids(self) -> tuple[str, ...]:
