@@ -44,12 +44,14 @@ def _print_ready(payload: dict) -> None:
 
 # --- bootstrap -----------------------------------------------------------------------
 def cmd_bootstrap(args) -> int:
-    from swarmllm.swarm import SwarmNode, claim_identity
+    from swarmllm.swarm import Reach, SwarmNode, claim_identity
 
     identity = claim_identity(args.identity, args.name)
 
     async def main() -> None:
-        node = await SwarmNode.create(args.initial_peers or (), host=args.host, port=args.port, identity=identity)
+        reach = Reach(relay_service=args.relay_service, use_relays=False, reachability="public")
+        node = await SwarmNode.create(args.initial_peers or (), host=args.host, port=args.port, identity=identity,
+                                      reach=reach)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -57,7 +59,8 @@ def cmd_bootstrap(args) -> int:
         print("swarmllm bootstrap peer is up. Other peers join with:", flush=True)
         for address in addresses:
             print(f"  --initial-peers {address}", flush=True)
-        _print_ready({"role": "bootstrap", "peer_id": node.peer_id, "addresses": addresses})
+        _print_ready({"role": "bootstrap", "peer_id": node.peer_id, "addresses": addresses,
+                      "relay_service": args.relay_service})
         await stop.wait()
         await node.shutdown()
 
@@ -89,7 +92,8 @@ def cmd_serve(args) -> int:
               f"ready {status.startup_seconds:.2f} s after start", flush=True)
         _print_ready({"role": "server", "peer_id": status.peer_id, "start": status.start, "end": status.end,
                       "addresses": status.addresses, "load_seconds": status.load_seconds,
-                      "startup_seconds": status.startup_seconds, "throughput": status.throughput})
+                      "startup_seconds": status.startup_seconds, "throughput": status.throughput,
+                      "reachability": status.reachability, "relayed": status.relayed})
 
     async def main() -> None:
         node = ServerNode(config)
@@ -137,8 +141,12 @@ def cmd_generate(args) -> int:
             generator = Generator.swarm(loading.result(), client)
             result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options,
                                         on_text, None if args.json else _retracted)
+            paths = client.connection_paths(hop.peer_id for hop in result.route)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        payload = result.to_json()
+        if not args.local:
+            payload["paths"] = paths  # per server of the final route: direct, relayed (or none)
+        print(json.dumps(payload, indent=2))
         return 0
     print()
     v = result.verification

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bootstrap", help="run a DHT entry peer and print the multiaddr others join with")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
     p.add_argument("--port", type=int, default=31337, help="TCP port (0 = any free port)")
+    p.add_argument("--relay-service", action=argparse.BooleanOptionalAction, default=True,
+                   help="relay circuits for nodes that nobody can dial (libp2p circuit relay v2; default on: a "
+                        "bootstrap peer is public)")
     _add_initial_peers(p)
     _add_identity(p, "bootstrap")
 
@@ -109,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
     p.add_argument("--announce", nargs="*", help="multiaddrs to announce instead of the listening ones (NAT, relays)")
+    p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=True,
+                   help="when no peer can dial this node (behind a home router), reserve a slot at a relay and be "
+                        "reached through it (default on; the relays: --relays, else the initial peers)")
+    p.add_argument("--relays", type=_peer_list, action="extend", default=[], metavar="MADDR[,MADDR...]",
+                   help="relay-capable public peers to reserve at (default: the initial peers)")
+    p.add_argument("--reachability", choices=("auto", "public", "private"), default="auto",
+                   help="auto: ask peers to dial this node back at start; public/private: skip the question")
     p.add_argument("--max-length", type=int, default=4096, help="longest session (positions) to accept")
     p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory budget for all sessions")
     p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")

@@ -175,6 +175,7 @@ class SwarmClient:
         seen, now = self._seen.setdefault(model_id, {}), time.monotonic()
         for record in records:
             seen[record.peer_id] = (now, record)
+            self.swarm.remember_addresses(record.peer_id, record.addresses)  # how to dial it (relay circuits)
         for peer in [p for p, (at, _) in seen.items() if now - at > self.MEMORY]:  # long gone: forget
             del seen[peer]
         return records
@@ -266,6 +267,17 @@ class SwarmClient:
         stale = [peer for peer, (at, _) in self._seen.get(model_id, {}).items() if fresh < now - at <= self.MEMORY]
         if stale:
             await self._ping(stale, timeout=1.0)
+
+    def connection_paths(self, peer_ids: Iterable[str]) -> dict[str, str]:
+        """How this client is connected to each peer now: "relayed" (through a relay's circuit), "direct", or
+        "none" (no open connection)."""
+        paths = self.loop.run(self.swarm.connection_paths())
+        out = {}
+        for peer in peer_ids:
+            addresses = paths.get(peer, [])
+            out[peer] = "none" if not addresses else \
+                "direct" if any("/p2p-circuit" not in a for a in addresses) else "relayed"
+        return out
 
     def ping(self, peer_ids: Iterable[str], timeout: float = 3.0) -> dict[str, float]:
         """RTT in seconds per reachable peer (unreachable peers are absent)."""

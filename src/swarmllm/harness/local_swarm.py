@@ -159,18 +159,7 @@ class LocalSwarm:
         self._wait(processes, timeout)
 
     def _wait(self, processes: Sequence[ManagedProcess], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        pending = list(processes)
-        while pending:
-            for proc in list(pending):
-                if proc.poll_ready() is not None:
-                    pending.remove(proc)
-                elif not proc.alive:
-                    raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}", proc)
-            if pending and time.monotonic() > deadline:
-                late = pending[0]
-                raise LocalSwarmError(f"{late.name} was not ready after {timeout:.0f} s:\n{late.log_tail()}", late)
-            time.sleep(0.1)
+        wait_ready(processes, timeout)
 
     def stop(self, timeout: float = 12.0) -> None:
         """Stop every process at once (each shuts down in a bounded time: a node announces
@@ -189,6 +178,23 @@ class LocalSwarm:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def wait_ready(processes: Sequence[ManagedProcess], timeout: float = 120.0) -> None:
+    """Until every process has printed its ready line; LocalSwarmError (with its log's tail) if one exits
+    first or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    pending = list(processes)
+    while pending:
+        for proc in list(pending):
+            if proc.poll_ready() is not None:
+                pending.remove(proc)
+            elif not proc.alive:
+                raise LocalSwarmError(f"{proc.name} exited before it was ready:\n{proc.log_tail()}", proc)
+        if pending and time.monotonic() > deadline:
+            late = pending[0]
+            raise LocalSwarmError(f"{late.name} was not ready after {timeout:.0f} s:\n{late.log_tail()}", late)
+        time.sleep(0.1)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -137,6 +137,9 @@ class ServerRecord(BaseModel):
     # both rush into the same hole); planners count it as covering this span instead.
     moving_to: Optional[tuple[int, int]] = None
     ring: bool = False                # can start or end a ring-decoding chain (holds the model's head)
+    # v6: nobody could dial the node (its reachability probe), so it is reached through a relay: its
+    # addresses lead with <relay>/p2p-circuit ones. A claim; clients measure the round trip through it.
+    relayed: bool = False
 
     @model_validator(mode="after")
     def _spans_within_the_model(self) -> "ServerRecord":

@@ -42,12 +42,14 @@ from swarmllm.protocol import (
     decode_tensor, encode_frame, encode_tensor,
 )
 from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.protocol.records import block_key, parse_records
 from swarmllm.protocol.receipts import digest
 from swarmllm.server.batching import StepBatcher
 from swarmllm.server.quotas import PeerQuotas
 from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.ring import RingState
 from swarmllm.server.sessions import ServerSession, SessionTable
+from swarmllm.swarm import dht_time
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +341,7 @@ class SessionService:
             return
         try:
             if session.ring_stream is None or session.ring_stream.closed:
-                session.ring_stream = await self.swarm.open_stream(first.peer_id, PUSH_HANDLER)
+                session.ring_stream = await self._open_push(first.peer_id, 0)
                 asyncio.create_task(self._relay_downstream_errors(session, session.ring_stream, first.peer_id))
             await session.ring_stream.send(encode_frame(token))
         except ConnectionError as e:
@@ -408,13 +410,38 @@ class SessionService:
         next_peer = session.next_hop.peer_id
         try:
             if session.push_stream is None or session.push_stream.closed:
-                session.push_stream = await self.swarm.open_stream(next_peer, PUSH_HANDLER)
+                session.push_stream = await self._open_push(next_peer, self.table.span_end)
                 asyncio.create_task(self._relay_downstream_errors(session, session.push_stream, next_peer))
             await session.push_stream.send(encode_frame(step, raw))
         except ConnectionError as e:
             error = ProtocolError(ErrorCode.DOWNSTREAM, f"could not push step {step.step_id} to the next server "
                                                         f"{next_peer}: {e}")
             await self._reply_error(session.client_stream, error, session.session_id, step.step_id, peer_id=next_peer)
+
+    async def _open_push(self, peer_id: str, block: int):
+        """A push stream to `peer_id`, a server of `block`. A server this node has no address of (one behind
+        a relay is not in the transport's own peer routing) is looked up in the DHT first: its verified
+        record's addresses; and once more after a failed open, in case they changed."""
+        if not self.swarm.knows_addresses(peer_id):
+            await self._learn_addresses(peer_id, block)
+        try:
+            return await self.swarm.open_stream(peer_id, PUSH_HANDLER)
+        except ConnectionError:
+            if not await self._learn_addresses(peer_id, block):
+                raise
+            return await self.swarm.open_stream(peer_id, PUSH_HANDLER)
+
+    async def _learn_addresses(self, peer_id: str, block: int) -> bool:
+        """Remember the addresses `peer_id`'s record for `block` gives; whether it had a changed set."""
+        try:
+            found = await asyncio.wait_for(self.swarm.get_records([block_key(self.model_id, block)]), 5.0)
+        except (Exception, asyncio.TimeoutError) as e:
+            logger.debug("looking up %s's record failed: %s", peer_id, e or type(e).__name__)
+            return False
+        for record in parse_records(found, self.model_id, now=dht_time()):
+            if record.peer_id == peer_id and record.addresses:
+                return self.swarm.remember_addresses(peer_id, record.addresses)
+        return False
 
     async def _relay_downstream_errors(self, session: ServerSession, push_stream, peer_id: str) -> None:
         """Errors the server we push to sends back on the push stream are relayed to our client."""

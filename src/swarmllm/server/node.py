@@ -53,7 +53,7 @@ from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
 from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.sessions import SessionTable
 from swarmllm.server.work_log import WorkLog, default_work_log_path
-from swarmllm.swarm import SwarmNode, claim_identity, dht_time
+from swarmllm.swarm import Reach, SwarmNode, claim_identity, dht_time
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class ServerConfig:
     download_dir: Optional[str] = None          # where a model URL's partial copy lives (default ~/.cache/swarmllm)
     model_manifest: Optional[str] = None        # JSON of tensor sha256s that fetched tensors must match
     ring: bool = True                           # offer ring decoding (loads the model's head when a ring starts here)
+    relay: bool = True                          # when nobody can dial this node, be reached through a relay
+    relays: tuple[str, ...] = ()                # relays to reserve at (default: the initial peers)
+    reachability: str = "auto"                  # "auto" (ask peers to dial back), "public" or "private"
     work_log: Optional[str] = None              # SQLite work log (work_log.py); None: the state folder's; "off": none
     # Per-peer quotas (server/quotas.py): what one authenticated peer may hold or use here.
     max_sessions_per_peer: int = 32             # sessions one peer may hold open
@@ -120,7 +123,7 @@ class ServerConfig:
         converted = {"cache_memory_mb": ("cache_memory_bytes", lambda mb: int(mb * 2**20)),
                      "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
-                     "initial_peers": ("initial_peers", tuple)}
+                     "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for flag, value in flags.items():
@@ -149,6 +152,8 @@ class NodeStatus:
     startup_seconds: float = 0.0
     throughput: float = 0.0
     addresses: list[str] = field(default_factory=list)
+    reachability: str = "unknown"   # the reachability probe's verdict: public, private or unknown
+    relayed: bool = False           # reached through a relay (its addresses lead with /p2p-circuit ones)
     moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
 
 
@@ -210,8 +215,11 @@ class ServerNode:
                              "'.', '_', '+', '-' (at most 128, starting with a letter or digit); rename the file")
         identity = claim_identity(self.config.identity_path, self.config.node_name)
         try:
+            reach = Reach(use_relays=self.config.relay, relays=self.config.relays,
+                          reachability=self.config.reachability)
             swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
-                                           announce_addresses=self.config.announce_addresses, identity=identity)
+                                           announce_addresses=self.config.announce_addresses, identity=identity,
+                                           reach=reach)
         except BaseException:
             identity.release()
             raise
@@ -245,6 +253,7 @@ class ServerNode:
                 await swarm.add_stream_handler(FILE_HANDLER, files.serve_file_stream)
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
+            self.status.reachability, self.status.relayed = swarm.reachability, swarm.relayed
             await self._announce(swarm, backend, table, ServerState.ONLINE)
             asyncio.get_running_loop().run_in_executor(None, self._preload_head, backend)
             self.status.startup_seconds = time.perf_counter() - began
@@ -425,7 +434,8 @@ class ServerNode:
             active_sessions=len(table.sessions), compute_class=backend.compute_class,
             addresses=tuple(self.status.addresses[:MAX_ADDRESSES]),
             announced_at=dht_time(), moving_to=self.status.moving_to,
-            ring=backend.source is not None and backend.ends_a_chain)
+            ring=backend.source is not None and backend.ends_a_chain,
+            relayed=self._swarm is not None and self._swarm.relayed)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
                         extra_blocks: range = range(0), timeout: Optional[float] = None) -> None:

@@ -7,7 +7,8 @@ be swapped without touching the server or the client.
 
 from swarmllm.swarm.identity import Identity, IdentityError, claim_identity, default_identity_path, load_or_create
 from swarmllm.swarm.loop import BackgroundLoop
+from swarmllm.swarm.reach import Reach
 from swarmllm.swarm.node import FrameStream, StreamClosed, SwarmNode, SwarmUnreachableError, dht_time
 
-__all__ = ["BackgroundLoop", "FrameStream", "Identity", "IdentityError", "StreamClosed", "SwarmNode",
+__all__ = ["BackgroundLoop", "FrameStream", "Identity", "IdentityError", "Reach", "StreamClosed", "SwarmNode",
            "SwarmUnreachableError", "claim_identity", "default_identity_path", "dht_time", "load_or_create"]

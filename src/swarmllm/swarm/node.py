@@ -15,6 +15,12 @@ What it promises:
 - `add_stream_handler` / `open_stream` give length-prefixed `FrameStream`s over
   Noise-encrypted libp2p streams, with a hard cap on frame size; a stream that cannot be
   opened raises `SwarmUnreachableError` with a sentence, never p2pd's raw text (daemon.py).
+- Reach (reach.py): a node nobody can dial (the probe asks its initial peers to dial back) and
+  allowed relays restarts its daemon with a reservation at its relays (default: the initial
+  peers) and announces `<relay>/p2p-circuit` addresses (`visible_addresses`, `relayed`); a
+  relay-capable node (`Reach.relay_service`: the bootstrap) relays circuits with limits fit for
+  inference. `remember_addresses(peer, addrs)` keeps the addresses a verified record gave for a
+  peer, and `open_stream` dials them first: that is how a client reaches a relayed server.
 - `shutdown()` takes a few seconds at most, even when every DHT peer is gone; p2pd dies with
   this process, even on SIGKILL (Linux; daemon.py).
 It knows nothing about models or sessions; of the schemas, only that values are signed records.
@@ -44,10 +50,14 @@ from swarmllm.protocol.records import kind_of  # noqa: E402
 from swarmllm.swarm import validation  # noqa: E402
 from swarmllm.swarm.daemon import explain_daemon_error, stop_daemon  # noqa: E402
 from swarmllm.swarm.identity import Identity  # noqa: E402
+from swarmllm.swarm import reach as reach_mod  # noqa: E402
+from swarmllm.swarm.reach import Reach  # noqa: E402
+from hivemind.utils.multiaddr import Multiaddr  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_REMEMBERED_PEERS = 4096  # address-book entries (records' addresses), oldest forgotten first
 _LEN_BYTES = P2P.HEADER_LEN  # hivemind's 8-byte big-endian length prefix
 
 
@@ -149,6 +159,14 @@ class SwarmNode:
         self._p2p, self._dht, self.identity = p2p, dht, identity
         self.validator, self.storage = validator, storage  # what this node refused, held (tests, logs)
         self.peer_id: str = p2p.peer_id.to_base58()
+        self.reachability = "unknown"     # "public", "private" or "unknown" (the probe's verdict)
+        self.relays: list[str] = []       # relays this node holds a reservation at (when private)
+        self._addresses: dict[str, tuple[str, ...]] = {}  # peer id -> addresses from verified records
+
+    @property
+    def relayed(self) -> bool:
+        """Reached through a relay: nobody could dial it, and it holds a reservation."""
+        return bool(self.relays)
 
     @classmethod
     async def create(
@@ -161,30 +179,43 @@ class SwarmNode:
         client_mode: bool = False,
         identity: Optional[Identity] = None,
         known_n_blocks: Optional[Mapping[str, int]] = None,
+        reach: Optional[Reach] = None,
     ) -> "SwarmNode":
         """`identity`: the key to run with (default: a new one, forgotten at exit). `known_n_blocks`:
-        models whose block count this node's validator enforces (default: the catalog's)."""
+        models whose block count this node's validator enforces (default: the catalog's). `reach`: relaying
+        and reachability (reach.py; default: use relays when nobody can dial us, relay for nobody)."""
         _check_port_free(host, port)
         identity = identity or Identity.generate()
-        host_maddrs = [] if client_mode else [f"/ip4/{host}/tcp/{port}"]
-        try:
-            p2p = await cls._start_daemon(identity, initial_peers=list(initial_peers) or None,
-                                          host_maddrs=host_maddrs or ["/ip4/127.0.0.1/tcp/0"],
-                                          announce_maddrs=list(announce_addresses) or None)
-        except P2PDaemonError as e:
-            raise SwarmUnreachableError(explain_daemon_error(str(e), initial_peers=initial_peers, port=port)) from None
-        if p2p.peer_id.to_base58() != identity.peer_id:  # would make every record we sign unroutable
-            await stop_daemon(p2p, 2.0)
-            raise RuntimeError(f"p2pd runs as {p2p.peer_id.to_base58()}, not as its identity {identity.peer_id}")
+        reach = reach or Reach()
+        relays = list(reach.relays) or [peer for peer in initial_peers if "/p2p/" in peer]
+        options = dict(initial_peers=list(initial_peers) or None,
+                       host_maddrs=[f"/ip4/{host}/tcp/{port}"] if not client_mode else ["/ip4/127.0.0.1/tcp/0"],
+                       announce_maddrs=list(announce_addresses) or None)
+        private = reach.reachability == "private"
+        p2p = await cls._start(identity, reach, private and not client_mode, relays, initial_peers, port, options)
+        reachability = reach.reachability if reach.reachability != "auto" else "unknown"
+        if not client_mode and reach.reachability == "auto" and initial_peers:
+            reachability = await _probe(p2p, initial_peers)
+            if reachability == "private" and reach.use_relays and relays:
+                # Reserve at the relays: p2pd takes static relays only at start, so it starts again (same key).
+                await stop_daemon(p2p, 2.0)
+                p2p = await cls._start(identity, reach, True, relays, initial_peers, port, options)
         validator = validation.RecordValidator(catalog_n_blocks() if known_n_blocks is None else known_n_blocks)
         try:
-            dht = await DHTNode.create(p2p=p2p, initial_peers=list(initial_peers) or None, client_mode=client_mode,
+            # A node nobody can dial takes no part in serving the DHT (peers would time out dialling it).
+            dht = await DHTNode.create(p2p=p2p, initial_peers=list(initial_peers) or None,
+                                       client_mode=client_mode or reachability == "private",
                                        cache_locally=False, cache_on_store=False, wait_timeout=3,
                                        record_validator=validator)
         except BaseException:
             await stop_daemon(p2p, 2.0)
             raise
         node = cls(p2p, dht, identity, validator, validation.install(dht))
+        node.reachability = reachability
+        if reachability == "private" and reach.use_relays:
+            node.relays = relays
+        if not client_mode:
+            await node._serve_probes()
         if initial_peers and not await node._has_dht_neighbours():
             await node.shutdown()
             raise SwarmUnreachableError(
@@ -192,25 +223,117 @@ class SwarmNode:
                 "peer is running and that the multiaddr (including /p2p/<peer id>) is exactly what it printed.")
         return node
 
+    @classmethod
+    async def _start(cls, identity: Identity, reach: Reach, private: bool, relays: Sequence[str],
+                     initial_peers: Sequence[str], port: int, options: dict) -> P2P:
+        flags = reach_mod.daemon_flags(reach, private, relays)
+        try:
+            p2p = await cls._start_daemon(identity, flags, **options)
+        except P2PDaemonError as e:
+            raise SwarmUnreachableError(explain_daemon_error(str(e), initial_peers=initial_peers, port=port)) from None
+        if p2p.peer_id.to_base58() != identity.peer_id:  # would make every record we sign unroutable
+            await stop_daemon(p2p, 2.0)
+            raise RuntimeError(f"p2pd runs as {p2p.peer_id.to_base58()}, not as its identity {identity.peer_id}")
+        return p2p
+
     @staticmethod
-    async def _start_daemon(identity: Identity, **options) -> P2P:
-        """p2pd with `identity`'s key: its own file if it has one, else a private temporary copy
-        that is removed once p2pd has read it. (No "identity taken" probe: see identity.py.)"""
+    async def _start_daemon(identity: Identity, flags: dict, **options) -> P2P:
+        """p2pd with `identity`'s key (its own file if it has one, else a private temporary copy removed
+        once p2pd has read it; no "identity taken" probe: see identity.py) and the extra p2pd `flags`."""
+        daemon = _with_flags(flags)
         if identity.path is not None:
-            return await P2P.create(identity_path=str(identity.path), check_if_identity_free=False,
-                                    startup_timeout=30, **options)
+            return await daemon.create(identity_path=str(identity.path), check_if_identity_free=False,
+                                       startup_timeout=30, **options)
         with tempfile.TemporaryDirectory(prefix="swarmllm-id-") as folder:  # 0700, as mkdtemp makes it
             path = os.path.join(folder, "identity.key")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(identity.to_bytes())
-            return await P2P.create(identity_path=path, check_if_identity_free=False, startup_timeout=30, **options)
+            return await daemon.create(identity_path=path, check_if_identity_free=False, startup_timeout=30,
+                                       **options)
 
     async def _has_dht_neighbours(self) -> bool:
         return any(len(bucket.nodes_to_peer_id) > 0 for bucket in self._dht.protocol.routing_table.buckets)
 
     async def visible_addresses(self) -> list[str]:
-        return [str(m) for m in await self._p2p.get_visible_maddrs()]
+        """Where others dial this node: its listening addresses, then (relayed) its relay circuits."""
+        direct = [str(m) for m in await self._p2p.get_visible_maddrs()]
+        circuits = [f"{address}/p2p/{self.peer_id}" for address in reach_mod.circuit_addresses(self.relays)]
+        return circuits + direct if self.relayed else direct
+
+    # --- reachability ----------------------------------------------------------------
+    async def _serve_probes(self) -> None:
+        limiter = reach_mod.ProbeLimiter()
+
+        async def on_probe(stream: "FrameStream") -> None:
+            try:
+                port = reach_mod.parse_probe_request(await stream.recv())
+            except (ValueError, UnicodeDecodeError) as e:
+                await stream.send(reach_mod.probe_reply(False, "", f"bad request: {e}"))
+                return
+            if not limiter.allow(stream.remote_peer_id):
+                await stream.send(reach_mod.probe_reply(False, "", "too many probes; try again in a minute"))
+                return
+            observed = await self._observed_address(stream.remote_peer_id)
+            ip = reach_mod.observed_host(observed or "")
+            if ip is None:
+                await stream.send(reach_mod.probe_reply(False, observed or "", "no direct connection to dial back"))
+                return
+            reachable = await reach_mod.dial_back(ip, port)
+            logger.info("reachability probe from %s: dialled %s:%d back (seen at %s): %s", stream.remote_peer_id, ip,
+                        port, observed, "reached" if reachable else "unreachable")
+            await stream.send(reach_mod.probe_reply(reachable, observed))
+
+        await self.add_stream_handler(reach_mod.REACH_HANDLER, on_probe)
+
+    async def _observed_address(self, peer_id: str) -> Optional[str]:
+        """The remote address of our direct connection to `peer_id`, as this node sees it."""
+        for info in await self._p2p._client.list_peers():
+            if info.peer_id.to_base58() == peer_id:
+                direct = [str(a) for a in info.addrs if not reach_mod.is_relayed(str(a))]
+                if direct:
+                    return direct[0]
+        return None
+
+    async def connection_paths(self) -> dict[str, list[str]]:
+        """peer id -> the remote addresses of this node's open connections to it (/p2p-circuit: relayed)."""
+        return {info.peer_id.to_base58(): [str(a) for a in info.addrs] for info in await self._p2p._client.list_peers()}
+
+    # --- addresses of other peers ----------------------------------------------------
+    def remember_addresses(self, peer_id: str, addresses: Iterable[str]) -> bool:
+        """Addresses a verified record gave for `peer_id` (hints: the stream authenticates the peer);
+        whether they differ from those remembered."""
+        addresses = tuple(a for a in addresses if isinstance(a, str) and a.startswith("/"))[:8]
+        if not addresses or self._addresses.get(peer_id) == addresses:
+            return False
+        self._addresses.pop(peer_id, None)
+        self._addresses[peer_id] = addresses
+        while len(self._addresses) > MAX_REMEMBERED_PEERS:
+            del self._addresses[next(iter(self._addresses))]
+        return True
+
+    def knows_addresses(self, peer_id: str) -> bool:
+        return peer_id in self._addresses
+
+    async def _dial_known(self, peer_id: str) -> None:
+        """Give p2pd the remembered addresses of `peer_id` (relay circuits included) before a stream opens."""
+        addresses = self._addresses.get(peer_id)
+        if not addresses:
+            return
+        encoded = []
+        for address in addresses:
+            if address.endswith(f"/p2p/{peer_id}"):
+                address = address[:-len(f"/p2p/{peer_id}")]
+            try:
+                encoded.append(_Encoded(reach_mod.encode_multiaddr(
+                    address, lambda part: Multiaddr(part).to_bytes(), lambda p: PeerID.from_base58(p).to_bytes())))
+            except (ValueError, TypeError, KeyError) as e:
+                logger.debug("skipping address %s of %s: %s", address, peer_id, e)
+        if encoded:
+            try:
+                await self._p2p._client.connect(PeerID.from_base58(peer_id), encoded)
+            except (P2PDaemonError, P2PHandlerError, ConnectionError, OSError, ValueError, Exception) as e:
+                logger.debug("could not dial %s at its known addresses: %s", peer_id, e)
 
     # --- DHT -------------------------------------------------------------------------
     async def store_records(self, items: Iterable[tuple[str, BaseModel]], expiration_time: float) -> bool:
@@ -250,6 +373,10 @@ class SwarmNode:
 
     async def open_stream(self, peer_id: str, name: str, timeout: float = 10.0) -> FrameStream:
         try:
+            await asyncio.wait_for(self._dial_known(peer_id), timeout)
+        except asyncio.TimeoutError:
+            pass  # the stream's own dial says what failed
+        try:
             _, reader, writer = await asyncio.wait_for(
                 self._p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), name), timeout)
         except asyncio.TimeoutError:
@@ -269,3 +396,57 @@ class SwarmNode:
             logger.warning("DHT shutdown did not finish cleanly: %s", e or type(e).__name__)
         finally:
             await stop_daemon(self._p2p, timeout / 2)
+
+
+class _Encoded:
+    """A multiaddr already in p2pd's binary form (reach.encode_multiaddr), for the control client."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def to_bytes(self) -> bytes:
+        return self._data
+
+
+def _with_flags(flags: dict) -> type[P2P]:
+    """hivemind's P2P with extra p2pd command-line flags (it exposes no way to pass them)."""
+    if not flags:
+        return P2P
+
+    class _P2P(P2P):
+        @staticmethod
+        def _make_process_args(*args, **kwargs):
+            return P2P._make_process_args(*args, **{**kwargs, **flags})
+
+    return _P2P
+
+
+async def _probe(p2p: P2P, initial_peers: Sequence[str]) -> str:
+    """Ask up to PROBE_PEERS initial peers to dial this node back (reach.py): public, private or unknown."""
+    port = reach_mod.listen_port([str(m) for m in await p2p.get_visible_maddrs()])
+    if port is None:
+        return "unknown"
+    peers = list(dict.fromkeys(a.rsplit("/p2p/", 1)[1] for a in initial_peers if "/p2p/" in a))[:reach_mod.PROBE_PEERS]
+
+    async def ask(peer_id: str):
+        try:
+            _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(peer_id),
+                                                                     reach_mod.REACH_HANDLER)
+        except Exception:  # an older peer, or unreachable: no answer
+            return None
+        stream = FrameStream(reader, writer, peer_id)
+        try:
+            await stream.send(reach_mod.probe_request(port))
+            return reach_mod.parse_probe_reply(await stream.recv())
+        except (StreamClosed, ConnectionError, OSError):
+            return None
+        finally:
+            stream.close()
+
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*(ask(p) for p in peers)), reach_mod.PROBE_TIMEOUT)
+    except asyncio.TimeoutError:
+        return "unknown"
+    result = reach_mod.verdict(answers)
+    logger.info("reachability: %s (probers said %s)", result, answers)
+    return result
