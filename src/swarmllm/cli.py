@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from swarmllm.cli_parser import build_parser
+from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
 from swarmllm.harness.processes import READY_MARKER
 
 class UsageError(ValueError):
@@ -56,7 +56,9 @@ def cmd_bootstrap(args) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         addresses = await node.visible_addresses()
-        print("swarmllm bootstrap peer is up. Other peers join with:", flush=True)
+        print("swarmllm bootstrap peer is up. Other machines join with:", flush=True)
+        print(f"  {join_line(addresses, args.model or (), args.swarm_name)}", flush=True)
+        print("(or, the old way: swarmllm serve --initial-peers ADDRESS, with one of:)", flush=True)
         for address in addresses:
             print(f"  --initial-peers {address}", flush=True)
         _print_ready({"role": "bootstrap", "peer_id": node.peer_id, "addresses": addresses,
@@ -66,6 +68,57 @@ def cmd_bootstrap(args) -> int:
 
     asyncio.run(main())
     return 0
+
+
+# --- invites -----------------------------------------------------------------------
+def join_line(addresses, models=(), swarm: str = "default") -> str:
+    """`swarmllm join TOKEN` for a swarm entered at `addresses` (protocol/invite.py)."""
+    from swarmllm.protocol.invite import encode_invite, make_invite
+
+    token = encode_invite(make_invite(addresses, models, swarm, now=time.time()))
+    local_only = all("/ip4/127." in a or "/ip6/::1/" in a for a in addresses)
+    return f"swarmllm join {token}" + ("   (loopback addresses only: this machine alone can use it; listen on "
+                                       "--host 0.0.0.0 to invite others)" if local_only else "")
+
+
+def cmd_join(args) -> int:
+    """`swarmllm join TOKEN [--client] [options]`: serve with automatic blocks (or, --client, a gateway)."""
+    from swarmllm.protocol.invite import InviteError, parse_invite
+
+    try:
+        invite = parse_invite(args.token, time.time())
+    except InviteError as e:
+        raise UsageError(str(e)) from None
+    options = list(args.options or [])
+    if options[:1] == ["--"]:
+        options = options[1:]
+    if "--client" in options:  # after the token, argparse leaves join's own flags among the rest
+        options.remove("--client")
+        args.client = True
+    if "--model" in options[:-1]:
+        at = options.index("--model")
+        args.model = options[at + 1]
+        del options[at:at + 2]
+    peers = ",".join(invite.peers)
+    if args.client:
+        argv = ["gateway", "--initial-peers", peers, *options]
+    else:
+        model = args.model or (invite.models[0] if invite.models else DEFAULT_MODEL)
+        if invite.models and model not in invite.models:
+            raise UsageError(f"this swarm serves {', '.join(invite.models)}, not {model}")
+        argv = ["serve", "--model", model, "--initial-peers", peers, *options]
+    sub = build_parser().parse_args([*(["--log-level", args.log_level]), *argv])
+    print(f"joining swarm {invite.swarm!r} ({', '.join(invite.models) or 'its models'}) through "
+          f"{len(invite.peers)} entry address(es)", flush=True)
+    from swarmllm.swarm import SwarmUnreachableError
+
+    try:
+        return COMMANDS[sub.command](sub)
+    except SwarmUnreachableError as e:
+        age = (time.time() - invite.issued_at) / 86400
+        raise UsageError(f"the swarm of this invite (issued {age:.0f} day(s) ago) did not answer at any of its entry "
+                         f"addresses, so the token is stale or the swarm is down: ask for a fresh `swarmllm join` "
+                         f"line. ({e})") from None
 
 
 # --- id ------------------------------------------------------------------------------
@@ -201,8 +254,8 @@ def cmd_up(args) -> int:
             print(f"\n  Chat in your browser:  {url}/\n  Swarm dashboard:       {url}/dashboard\n"
                   f"  OpenAI API:            {url}/v1   (e.g. OpenAI(base_url=\"{url}/v1\", api_key=\"none\"))\n\n"
                   f"Generate from a terminal:\n  swarmllm generate --model {args.model} --initial-peers {peers} "
-                  f"\"Tell me about bees\"\nJoin with another node:\n  swarmllm serve --model {args.model} "
-                  f"--initial-peers {peers}\n", flush=True)
+                  f"\"Tell me about bees\"\nJoin with another node (or a gateway: add --client):\n"
+                  f"  {join_line(summary.initial_peers, [plan.model_id])}\n", flush=True)
             if args.prompt:
                 print(f"> {args.prompt}", flush=True)
                 up.generate(args.prompt, args.max_new_tokens, sys.stdout)
@@ -421,7 +474,8 @@ def _print_table(rows: list[tuple]) -> None:
 
 # What each subcommand of cli_parser.build_parser runs.
 COMMANDS = {"bootstrap": cmd_bootstrap, "serve": cmd_serve, "generate": cmd_generate, "up": cmd_up,
-            "gateway": cmd_gateway, "plan": cmd_plan, "manifest": cmd_manifest, "id": cmd_id, "models": cmd_models, "audit": cmd_audit}
+            "gateway": cmd_gateway, "plan": cmd_plan, "manifest": cmd_manifest, "id": cmd_id, "models": cmd_models, "audit": cmd_audit,
+            "join": cmd_join}
 
 
 # Import names whose pip package is spelled differently (the rest: "_" -> "-").

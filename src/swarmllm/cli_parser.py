@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bootstrap", help="run a DHT entry peer and print the multiaddr others join with")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: all)")
     p.add_argument("--port", type=int, default=31337, help="TCP port (0 = any free port)")
+    p.add_argument("--model", action="append", help="model(s) the swarm serves, written into the invite token "
+                                                     "(repeatable; default: none, joiners pick from the swarm)")
+    p.add_argument("--swarm-name", default="default", help="the swarm's name in the invite token")
     p.add_argument("--relay-service", action=argparse.BooleanOptionalAction, default=True,
                    help="relay circuits for nodes that nobody can dial (libp2p circuit relay v2; default on: a "
                         "bootstrap peer is public)")
@@ -238,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how requests check the servers unless they ask otherwise (the `verify` field of a request): "
                         "sample (default), strict or off; see swarmllm generate --verify")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
+
+    p = sub.add_parser("join", help="join a swarm from an invite token (the `swarmllm join TOKEN` line that "
+                                    "`swarmllm up` and `swarmllm bootstrap` print): serve blocks it lacks, or "
+                                    "--client: run a gateway in front of it")
+    p.add_argument("token", help="the invite token (swarmllm1....)")
+    p.add_argument("--client", action="store_true", help="hold no blocks: run only a gateway (chat page, API)")
+    p.add_argument("--model", help="which of the swarm's models to serve (default: its first)")
+    p.add_argument("options", nargs=argparse.REMAINDER,
+                   help="further options for `swarmllm serve` (or `gateway` with --client), e.g. --port 8001")
 
     p = sub.add_parser("plan", help="print which blocks each of a list of machines should serve, and the expected tokens/s")
     p.add_argument("machines", help="YAML or JSON list of machines: name, memory (e.g. 16GB), throughput "
