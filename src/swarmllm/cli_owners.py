@@ -97,7 +97,8 @@ async def _join(args, peers: Sequence[str], owner, trust, code: str):
 
     swarm = await SwarmNode.create(peers, client_mode=True)
     try:
-        return await _until_stopped(join_pair(swarm, owner, trust, code, clock=dht_time, label=args.label))
+        return await _until_stopped(join_pair(swarm, owner, trust, code, clock=dht_time, label=args.label,
+                                                lookup_timeout=args.find_timeout))
     finally:
         await swarm.shutdown()
 

@@ -100,6 +100,8 @@ def _add_owner_commands(sub) -> None:
     _add_initial_peers(p)
     p.add_argument("--label", default="", help="a name for you that the other side's list shows (e.g. 'Ana')")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds the code stays valid (waiting side)")
+    p.add_argument("--find-timeout", type=float, default=20.0,
+                   help="seconds the joining side looks for the machine waiting under CODE")
     p.add_argument("--attempts", type=_positive_int, default=3,
                    help="failed attempts (wrong codes) after which the waiting side gives up")
     p.add_argument("--host", default="0.0.0.0", help="interface the waiting side listens on")
