@@ -101,12 +101,21 @@ class OwnerKey:
         return key
 
     def save(self, path: os.PathLike | str) -> None:
-        """Write the key to a new file, mode 0600 (its folder 0700 if it has to be made)."""
+        """Write the key to a new file, mode 0600 (its folder 0700 if it has to be made); FileExistsError
+        if there is one. The file appears whole (written aside, then linked): nodes started together
+        (`swarmllm up`) may all make the default key at once, and none may read a half-written one."""
         path = Path(path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.to_bytes())
+        aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.to_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(aside, path)  # atomic; fails if the file exists
+        finally:
+            aside.unlink(missing_ok=True)
         self.path = path
 
 

@@ -3,8 +3,11 @@ the trusted-owners store (owners.py)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sqlite3
 import stat
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from hivemind.utils import MSGPackSerializer
@@ -139,6 +142,18 @@ def test_the_owner_key_is_made_once_with_mode_0600(tmp_path, monkeypatch):
     assert stat.S_IMODE(made.path.stat().st_mode) == 0o600
     assert owner_key().owner_id == made.owner_id  # kept
     assert owner_key(made.path).owner_id == made.owner_id  # what --owner-key PATH of a copied file gives
+
+
+def _owner_id_in(home: str) -> str:
+    os.environ["SWARMLLM_HOME"] = home
+    return owner_key().owner_id
+
+
+def test_processes_starting_together_make_one_owner_key(tmp_path):
+    """`swarmllm up` starts its nodes at once: they must agree on one key, none reading a half-written file."""
+    with ProcessPoolExecutor(6, mp_context=multiprocessing.get_context("fork")) as pool:
+        ids = list(pool.map(_owner_id_in, [str(tmp_path)] * 12))
+    assert len(set(ids)) == 1 and os.listdir(tmp_path) == ["owner.key"]
 
 
 def test_a_bad_owner_key_file_is_refused_never_replaced(tmp_path, monkeypatch):
