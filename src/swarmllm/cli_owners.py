@@ -30,9 +30,11 @@ def initial_peers(args) -> list[str]:
 
 def cmd_pair(args) -> int:
     from swarmllm.owners import TrustStore, owner_key
-    from swarmllm.protocol.pairing import new_code, normalize_code
+    from swarmllm.protocol.pairing import MAX_CODE_LIFETIME, new_code, normalize_code
 
     code = normalize_code(args.code) if args.code else None  # a typo is refused before joining anything
+    if code is None and not 0 < args.timeout <= MAX_CODE_LIFETIME:
+        raise ValueError(f"--timeout must be between 0 and {MAX_CODE_LIFETIME:.0f} seconds")
     peers = initial_peers(args)
     if not peers:
         raise ValueError("pass --initial-peers MADDR: both machines meet through the swarm to pair")
