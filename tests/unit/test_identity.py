@@ -10,6 +10,7 @@ from hivemind.p2p.p2p_daemon import P2P
 from hivemind.proto import crypto_pb2
 
 from swarmllm.cli import main
+from swarmllm.owners import owner_key
 from swarmllm.swarm.identity import (
     Identity, IdentityError, claim_identity, claim_identity_folder, default_identity_path, load_or_create,
 )
@@ -74,15 +75,15 @@ def test_default_names_keep_their_identity_and_a_busy_name_moves_on(tmp_path, mo
         default_identity_path("../etc")
 
 
-def test_swarmllm_id_prints_the_peer_id(tmp_path, capsys, monkeypatch):
+def test_swarmllm_id_prints_the_peer_id_then_the_owner_id(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SWARMLLM_HOME", str(tmp_path))
     path = tmp_path / "given.key"
     assert main(["id", "--identity", str(path)]) == 0
-    printed = capsys.readouterr().out.strip()
-    assert printed == Identity.load(path).peer_id
-    assert main(["id", "--identity", str(path)]) == 0 and capsys.readouterr().out.strip() == printed
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [Identity.load(path).peer_id, owner_key().owner_id]
+    assert main(["id", "--identity", str(path)]) == 0 and capsys.readouterr().out.splitlines() == printed
     assert main(["id", "--name", "bootstrap"]) == 0
-    assert capsys.readouterr().out.strip() == load_or_create(tmp_path / "identities" / "bootstrap.key").peer_id
+    assert capsys.readouterr().out.splitlines()[0] == load_or_create(tmp_path / "identities" / "bootstrap.key").peer_id
 
 
 def test_a_folder_of_identities_is_held_by_one_swarm_at_a_time(tmp_path, monkeypatch):

@@ -118,6 +118,14 @@ def _signature_valid(public_key: bytes, payload: bytes, signature: bytes) -> boo
     return True
 
 
+def signature_valid(public_key: bytes, payload: bytes, signature: bytes) -> bool:
+    """Whether `signature` is the Ed25519 signature of `public_key` (protobuf-encoded, as in
+    envelopes) over `payload`; remembered like envelopes' (owner certificates use it too)."""
+    if not public_key.startswith(ED25519_PUBLIC_KEY_PREFIX) or len(public_key) != ED25519_PUBLIC_KEY_LENGTH:
+        return False
+    return _signature_valid(public_key, payload, signature)
+
+
 def open_envelope(value: Any, subkey: Any) -> SignedRecord:
     """`value` as a SignedRecord stored under `subkey`, or RecordRejected: not an envelope, not
     Ed25519, a subkey that is not the key's peer id, or a signature that does not verify."""

@@ -78,7 +78,10 @@ from pydantic import BaseModel, ConfigDict, Field
 # 5: OpenSession.report_outputs: a session opened with it sends the client every step's output (a StepResult
 #    from every server of the chain, not only the last; beside the ring's TokenResult too), so a verifying client
 #    can re-run each span from its own inputs on an independent server (client/verification.py).
-PROTOCOL_VERSION = 5
+# v6: server records say whether the node is reached through a relay (`relayed`, its addresses lead with
+#    /p2p-circuit ones) and carry its owner's certificate (`owner`, protocol/owners.py); new record kind
+#    "pairing" (protocol/pairing.py). Messages are unchanged.
+PROTOCOL_VERSION = 6
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain

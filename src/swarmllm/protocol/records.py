@@ -2,9 +2,11 @@
 
 A node hosting blocks [start, end) of model M stores, for every block i in its span, a
 `ServerRecord` under key `block_key(M, i)`, and a `ModelRecord` under `MODEL_REGISTRY_KEY`
-so that gateways can list models. Every value travels in a `SignedRecord` (envelope.py)
-whose subkey is the writer's peer id: a node can only speak for itself. Records expire at
-most `MAX_RECORD_TTL` s after each refresh, so a node that stops refreshing drops out.
+so that gateways can list models; a machine waiting to pair (`swarmllm pair`) stores a
+`PairingRecord` (pairing.py) under a key derived from its code. Every value travels in a
+`SignedRecord` (envelope.py) whose subkey is the writer's peer id: a node can only speak for
+itself. Records expire at most `MAX_RECORD_TTL` s after each refresh, so a node that stops
+refreshing drops out.
 
 `check_record` is the one definition of a valid record, used by the DHT validator every node
 runs when something is stored with it or fetched through it (swarm/validation.py) and again
@@ -18,7 +20,10 @@ by every reader (`parse_records`, `parse_model_records`). A record is refused wh
 - its n_blocks differs from the model's, where the checker knows it (`known_n_blocks`: the
   catalog for DHT validators, the reader's own copy of the model header for readers);
 - it was announced more than `MAX_CLOCK_SKEW` s in the future, or expires more than one TTL
-  (+ the skew) ahead.
+  (+ the skew) ahead;
+- a server record carries an owner certificate (owners.py) that is not for its signer, does
+  not verify, or is not valid at `now`;
+- a pairing record (pairing.py) is not its signer's, or is stored under a key of another shape.
 Passing says only that the writer wrote it: throughput, free cache and the rest are the
 writer's claims, which routing weighs against its own measurements.
 
@@ -38,6 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, validation_detail
 from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.protocol.owners import OwnerCertificate, verify_certificate
+from swarmllm.protocol.pairing import PairingRecord, check_pairing_record
 
 MODEL_REGISTRY_KEY = "swarmllm.v1.models"
 _KEY_PREFIX = "swarmllm.v1."
@@ -67,6 +74,7 @@ def model_registry_key() -> str:
 class RecordKind(str, Enum):
     SERVER = "server"   # a ServerRecord, under the block keys of its span
     MODEL = "model"     # a ModelRecord, under MODEL_REGISTRY_KEY
+    PAIRING = "pairing"  # a PairingRecord (pairing.py), under pairing_key(rendezvous), while `swarmllm pair` waits
 
 
 class ServerState(str, Enum):
@@ -140,6 +148,9 @@ class ServerRecord(BaseModel):
     # v6: nobody could dial the node (its reachability probe), so it is reached through a relay: its
     # addresses lead with <relay>/p2p-circuit ones. A claim; clients measure the round trip through it.
     relayed: bool = False
+    # Whose machine this is: its owner's certificate for this peer id (owners.py), checked by
+    # check_record; None = no owner (the node counts as public in every trust radius).
+    owner: Optional[OwnerCertificate] = None
 
     @model_validator(mode="after")
     def _spans_within_the_model(self) -> "ServerRecord":
@@ -185,8 +196,9 @@ class ModelRecord(BaseModel):
     n_blocks: int = Field(gt=0, le=MAX_MODEL_BLOCKS)
 
 
-Body = Union[ServerRecord, ModelRecord]
-_BODY_TYPES: dict[RecordKind, type[BaseModel]] = {RecordKind.SERVER: ServerRecord, RecordKind.MODEL: ModelRecord}
+Body = Union[ServerRecord, ModelRecord, PairingRecord]
+_BODY_TYPES: dict[RecordKind, type[BaseModel]] = {RecordKind.SERVER: ServerRecord, RecordKind.MODEL: ModelRecord,
+                                                  RecordKind.PAIRING: PairingRecord}
 
 
 def kind_of(body: BaseModel) -> RecordKind:
@@ -220,6 +232,8 @@ def check_record(value: Any, key: str, subkey: Any, *, now: float,
     except ValueError as e:
         detail = validation_detail(e) if isinstance(e, ValidationError) else f"unknown kind {envelope.kind!r}"
         raise RecordRejected(f"invalid {envelope.kind} record: {detail}") from None
+    if isinstance(body, PairingRecord):
+        return check_pairing_record(body, key, subkey, now=now, skew=MAX_CLOCK_SKEW)
     known = known_n_blocks.get(body.model_id)
     if known is not None and body.n_blocks != known:
         raise RecordRejected(f"claims {body.n_blocks} blocks for {body.model_id}, which has {known}")
@@ -233,6 +247,8 @@ def check_record(value: Any, key: str, subkey: Any, *, now: float,
         raise RecordRejected(f"stored under {key!r}, which its span [{body.start}, {body.end}) does not cover")
     if not math.isfinite(body.announced_at) or body.announced_at > now + MAX_CLOCK_SKEW:
         raise RecordRejected(f"announced {body.announced_at - now:.0f} s in the future")
+    if body.owner is not None:
+        verify_certificate(body.owner, subkey, now=now)  # the signer's certificate, valid now: else refused
     return body
 
 

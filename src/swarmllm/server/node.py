@@ -10,7 +10,8 @@
 4. open its work log (work_log.py: the steps it computes for whom, hashes and sizes only), register
    the session/push/ping handlers (and the file handler: peers fetching the
    model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
-   block key, signed with the node's key, refreshed every `announce_period` s and expiring after `record_ttl` s;
+   block key, signed with the node's key, refreshed every `announce_period` s and expiring after `record_ttl` s,
+   carrying the certificate of the node's owner key (owners.py: `--owner-key`, default the state folder's);
 5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
    steps finish (bounded by `drain_seconds`), and exit.
 
@@ -45,6 +46,7 @@ from swarmllm.protocol.records import MAX_ADDRESSES, MAX_THROUGHPUT, MODEL_ID_PA
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.models.catalog import resolve_model
+from swarmllm.owners import NodeCertificates, owner_key
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
 from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
 from swarmllm.server.handlers import SessionService
@@ -95,6 +97,8 @@ class ServerConfig:
     relays: tuple[str, ...] = ()                # relays to reserve at (default: the initial peers)
     reachability: str = "auto"                  # "auto" (ask peers to dial back), "public" or "private"
     work_log: Optional[str] = None              # SQLite work log (work_log.py); None: the state folder's; "off": none
+    owner_key_path: Optional[str] = None        # owner key certifying this node (owners.py); None: the state
+    # folder's owner.key (made on first use); "off": announce no owner
     # Per-peer quotas (server/quotas.py): what one authenticated peer may hold or use here.
     max_sessions_per_peer: int = 32             # sessions one peer may hold open
     max_memory_share: float = 0.5               # share of cache_memory_bytes one peer's sessions may reserve
@@ -119,7 +123,7 @@ class ServerConfig:
         """From `swarmllm serve`'s options by their flag names (--cache-memory-mb -> cache_memory_mb, ...):
         the one place where flag names and units map onto the config. Absent flags keep the defaults."""
         renamed = {"max_length": "max_session_length", "identity": "identity_path", "announce": "announce_addresses",
-                   "name": "node_name"}
+                   "name": "node_name", "owner_key": "owner_key_path"}
         converted = {"cache_memory_mb": ("cache_memory_bytes", lambda mb: int(mb * 2**20)),
                      "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
@@ -170,6 +174,7 @@ class ServerNode:
             if is_url(config.model) else None
         self._swarm: Optional[SwarmNode] = None
         self._model_id = ""
+        self._certificates: Optional[NodeCertificates] = None  # our owner's certificate for us, in every record
 
     async def _model_for(self, start: Optional[int] = None, end: Optional[int] = None) -> str:
         """What to load blocks [start, end) from: the model as given, or (for a URL) a local
@@ -215,6 +220,8 @@ class ServerNode:
                              "'.', '_', '+', '-' (at most 128, starting with a letter or digit); rename the file")
         identity = claim_identity(self.config.identity_path, self.config.node_name)
         try:
+            if self.config.owner_key_path != "off":  # a bad owner key file is refused before joining
+                self._certificates = NodeCertificates(owner_key(self.config.owner_key_path), identity.peer_id)
             reach = Reach(use_relays=self.config.relay, relays=self.config.relays,
                           reachability=self.config.reachability)
             swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
@@ -435,7 +442,8 @@ class ServerNode:
             addresses=tuple(self.status.addresses[:MAX_ADDRESSES]),
             announced_at=dht_time(), moving_to=self.status.moving_to,
             ring=backend.source is not None and backend.ends_a_chain,
-            relayed=self._swarm is not None and self._swarm.relayed)
+            relayed=self._swarm is not None and self._swarm.relayed,
+            owner=self._certificates.current(dht_time()) if self._certificates is not None else None)
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
                         extra_blocks: range = range(0), timeout: Optional[float] = None) -> None:
