@@ -182,7 +182,8 @@ def cmd_generate(args) -> int:
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ())),
         max_length=args.max_length, wire_dtype=args.wire_dtype, speculative=args.speculative, draft_k=args.draft_k,
-        draft_blocks=args.draft_blocks, ring=args.ring, verify=args.verify)
+        draft_blocks=args.draft_blocks, ring=args.ring, verify=args.verify,
+        radius=None if args.local else args.radius, privacy=args.privacy)
     on_text = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     if args.local:
         generator = Generator.local(model, args.dtype, args.quant)
@@ -318,6 +319,7 @@ def cmd_gateway(args) -> int:
                                max_per_client=args.max_per_client, max_prompt_tokens=args.max_prompt_tokens,
                                max_new_tokens=args.max_new_tokens, max_active=args.max_active, max_queue=args.max_queue,
                                status_period=args.status_period, ring=args.ring, verify=args.verify,
+                               radius=args.radius,
                                trusted_proxies=trusted,
                                forwarded_header=args.forwarded_header, api_keys=api_keys,
                                allow_anonymous=args.allow_anonymous)

@@ -57,6 +57,23 @@ def _add_initial_peers(parser: argparse.ArgumentParser, required: bool = False) 
                         metavar="MADDR[,MADDR...]", help="multiaddr(s) of peers already in the swarm")
 
 
+def _radius(text: str) -> str:
+    parts = text.split("+")
+    order = ["local", "trusted", "public"]
+    if not parts or any(p not in order for p in parts) or [order.index(p) for p in parts] != \
+            sorted({order.index(p) for p in parts}):
+        raise argparse.ArgumentTypeError(f"--radius {text!r}: use local, trusted or public, optionally with wider "
+                                         "fallbacks joined by '+', narrowest first (e.g. trusted+public)")
+    return text
+
+
+def _add_radius(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--radius", type=_radius, default="public",
+                        help=f"trust radius: {what}. local = my machines (certified by my owner key), trusted = "
+                             "also owners I paired with (swarmllm pair), public = anyone; 'trusted+public' = "
+                             "trusted, widened to public when trusted servers cannot serve the model")
+
+
 def _add_dtype(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="compute dtype; auto = bfloat16 where the hardware has it natively, else float32")
@@ -221,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-compute the servers' spans on independent servers: strict = every step, no token before "
                         "two agree; sample = a share of steps, more for new or suspect servers, all checked before "
                         "the end (text found wrong is taken back); off = trust the servers (docs/verification.md)")
+    _add_radius(p, "which servers the chain may use")
+    p.add_argument("--privacy", choices=("local", "trusted", "public"),
+                   help="radius of the servers that see token ids or embeddings (the chain's first and last "
+                        "blocks); default: the narrowest radius that can serve them")
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -275,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", choices=VERIFY_CHOICES, default="sample",
                    help="how requests check the servers unless they ask otherwise (the `verify` field of a request): "
                         "sample (default), strict or off; see swarmllm generate --verify")
+    _add_radius(p, "which servers requests may use unless they ask otherwise (the `radius` field of a request)")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
 
     p = sub.add_parser("join", help="join a swarm from an invite token (the `swarmllm join TOKEN` line that "

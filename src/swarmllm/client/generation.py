@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
+from swarmllm.client.radius import parse_radius
 from swarmllm.client.ring import RingDecoder, RingStats
 from swarmllm.client.swarm_client import RemoteSession, SwarmClient
 from swarmllm.client.verification import VERIFY_MODES
@@ -64,6 +65,9 @@ class GenerationOptions:
     prefill_chunk: Optional[int] = PREFILL_CHUNK  # prompts longer than this are prefilled in chunks; None = one piece
     routing_seed: Optional[int] = None        # choice among equally good chains (routing.py); None = random
     verify: str = "off"                       # "off", "sample" or "strict": re-compute spans on independent servers
+    radius: Optional[str] = None              # trust radius of the chain: "local", "trusted", "public", or with
+    # widenings ("trusted+public"); None = any server (client/radius.py)
+    privacy: Optional[str] = None             # radius of the chain's ends (token ids, embeddings); None = narrowest
 
     def __post_init__(self) -> None:
         if self.speculative not in SPECULATIVE_MODES:
@@ -74,6 +78,9 @@ class GenerationOptions:
             raise ValueError("ring decoding and speculative decoding do not combine; choose one")
         if self.verify not in VERIFY_MODES:
             raise ValueError(f"unknown verification mode {self.verify!r}; use one of {', '.join(VERIFY_MODES)}")
+        for spec in (self.radius, self.privacy):
+            if spec is not None:
+                parse_radius(spec)  # ValueError naming the bad spec
         if self.verify == "sample" and self.speculative != "off":
             raise ValueError("speculative decoding cannot be replayed after a late conviction yet; use --verify "
                              "strict (every step checked before it is used) or --verify off with speculation")
@@ -299,7 +306,8 @@ class Generator:
         opened = time.perf_counter()
         session = self.client.open_session(self.model.model_id, self.model.config.n_blocks, length,
                                            wire_dtype=options.wire_dtype, prefill_chunk=options.prefill_chunk,
-                                           routing_seed=options.routing_seed, verify=options.verify, chain=chain)
+                                           routing_seed=options.routing_seed, verify=options.verify, chain=chain,
+                                           radius=options.radius, privacy=options.privacy)
         open_seconds = time.perf_counter() - opened
         decoder: Optional[Decoder] = speculation
         decoding = "speculative" if speculation else "plain"

@@ -133,3 +133,84 @@ def choose_radius(records: Iterable[ServerRecord], spec: RadiusSpec, n_blocks: i
         if covers_model(inside, n_blocks):
             return radius, inside
     return None
+
+
+# --- scoping a plan -------------------------------------------------------------------------
+class RadiusError(ValueError):
+    """No chain fits the radius; the message names the radius and the uncovered blocks."""
+
+    def __init__(self, message: str, radius: Radius, missing: list[tuple[int, int]]):
+        super().__init__(message)
+        self.radius, self.missing = radius, missing
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a session may route: `spec` (radius and widenings); `privacy`: the radius of the servers that
+    see token ids, embeddings or the final hidden states (the chain's first and last blocks, i.e. the ends of
+    a ring), None = the narrowest that can serve; my owner id and the owners I trust."""
+
+    spec: RadiusSpec
+    privacy: Optional[Radius] = None
+    my_owner_id: Optional[str] = None
+    trusted_owner_ids: frozenset = frozenset()
+
+
+def _spans(spans) -> str:
+    return ", ".join(f"[{a}, {b})" for a, b in spans)
+
+
+def _uncovered(n_blocks: int, records: list[ServerRecord], start: int, end: int) -> list[tuple[int, int]]:
+    covered = [False] * n_blocks
+    for record in records:
+        if record.state == ServerState.ONLINE:
+            for block in range(max(0, record.start), min(n_blocks, record.end)):
+                covered[block] = True
+    spans, block = [], start
+    while block < end:
+        if covered[block]:
+            block += 1
+            continue
+        first = block
+        while block < end and not covered[block]:
+            block += 1
+        spans.append((first, block))
+    return spans
+
+
+def _keep_off_the_ends(record: ServerRecord, n_blocks: int) -> Optional[ServerRecord]:
+    """`record` limited to the middle blocks [1, n_blocks - 1) (None if it holds none of them)."""
+    start, end = max(record.start, 1), min(record.end, n_blocks - 1)
+    if start >= end:
+        return None
+    return record.model_copy(update={"start": start, "end": end})
+
+
+def scoped_records(records: Iterable[ServerRecord], scope: Scope, n_blocks: int, start: int = 0,
+                   end: Optional[int] = None, *, now: float) -> tuple[Radius, Radius, list[ServerRecord]]:
+    """(radius, privacy radius, records) a plan of blocks [start, end) may use: the first radius of the spec
+    whose servers cover the blocks with the model's first and last blocks on servers inside the privacy
+    radius (narrowest first when not fixed; servers outside it keep their middle blocks only). RadiusError
+    naming the widest radius and its uncovered blocks when none fits."""
+    end = n_blocks if end is None else end
+    classified = [(r, radius_of(r, scope.my_owner_id, scope.trusted_owner_ids, now=now)) for r in records]
+    last_gap: list[tuple[int, int]] = []
+    for radius in scope.spec.steps:
+        inside = [(r, c) for r, c in classified if radius.includes(c)]
+        gaps = _uncovered(n_blocks, [r for r, _ in inside], start, end)
+        if gaps:
+            last_gap = gaps
+            continue
+        privacies = [scope.privacy] if scope.privacy is not None else [p for p in Radius if radius.includes(p)]
+        for privacy in privacies:
+            usable = [r if privacy.includes(c) else _keep_off_the_ends(r, n_blocks) for r, c in inside]
+            usable = [r for r in usable if r is not None]
+            last_gap = _uncovered(n_blocks, usable, start, end)
+            if not last_gap:
+                return radius, privacy, usable
+    widest = scope.spec.widest
+    ends = f"; the first and last blocks need servers inside radius {scope.privacy.value!r} (--privacy)" \
+        if scope.privacy is not None else ""
+    widen = "" if widest == Radius.PUBLIC else f", or widen it (--radius {scope.spec}+public)"
+    raise RadiusError(f"no chain inside radius {str(scope.spec)!r} covers blocks {_spans(last_gap)}{ends}: pair "
+                      f"with owners who serve them (swarmllm pair){widen}", widest, last_gap)

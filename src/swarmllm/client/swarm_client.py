@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -28,6 +28,7 @@ from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
 from swarmllm.client.chain import RemoteStepError
 from swarmllm.client.estimates import SpeedEstimates, capped_priors
 from swarmllm.client.ping import ping_peer
+from swarmllm.client.radius import RadiusError, Scope, parse_radius, scoped_records
 from swarmllm.client.receipts import ReceiptStore
 from swarmllm.client.reputation import Reputation, load_trusted_gateways
 from swarmllm.client.reputation_store import SqliteReputationStore
@@ -85,6 +86,15 @@ class RemoteSession:
 NO_WITNESS_RETRY = 10.0  # s during which a span without a witness is not planned for again (any session)
 WITNESS_FAILOVERS = 2  # a witness that needs more is dropped for another (verification.py)
 ESTABLISHED_SCORE = 0.9  # reputation score of a peer preferred as a witness (8 clean verified positions, no mismatch)
+TRUST_REFRESH = 10.0  # s between reads of the trusted owners (swarmllm pair / unpair take effect this soon)
+
+
+class OutsideRadiusError(SwarmError):
+    """No chain fits the session's trust radius (client/radius.py); the message names it and the blocks."""
+
+    def __init__(self, model_id: str, error: RadiusError):
+        super().__init__(f"{model_id}: {error}")
+        self.radius, self.missing = error.radius, error.missing
 
 
 class SwarmClient:
@@ -104,6 +114,9 @@ class SwarmClient:
         self._watchers: dict[str, asyncio.Task] = {}  # model -> task keeping _seen fresh
         self._kicks: dict[str, asyncio.Event] = {}    # model -> set to refresh at once
         self._no_witness: dict[tuple, float] = {}  # (model, start, end, excluded) -> until when no witness exists
+        self.owner_id: Optional[str] = None  # my owner id (owners.py): servers it certifies are "local"
+        self.trust_loader: Callable[[], frozenset] = frozenset  # the owner ids I paired with ("trusted")
+        self._trusted: tuple[float, frozenset] = (float("-inf"), frozenset())
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str], *, keep_state: bool = True) -> "SwarmClient":
@@ -119,7 +132,30 @@ class SwarmClient:
         if not keep_state:
             return cls(loop, swarm)
         reputation = Reputation(SqliteReputationStore(), trusted=load_trusted_gateways())
-        return cls(loop, swarm, receipts=ReceiptStore(), reputation=reputation)
+        client = cls(loop, swarm, receipts=ReceiptStore(), reputation=reputation)
+        client.use_owner_state()
+        return client
+
+    def use_owner_state(self) -> None:
+        """Radii from the state folder: my owner key (made on first use) and the owners I paired with."""
+        from swarmllm.owners import TrustStore, owner_key
+
+        owner = owner_key()
+        self.owner_id = owner.owner_id
+
+        def trusted() -> frozenset:
+            with TrustStore(owner) as store:
+                return frozenset(store.trusted_owner_ids())
+        self.trust_loader = trusted
+
+    def scope(self, radius: str = "public", privacy: Optional[str] = None) -> Scope:
+        """The routing scope of a session: `radius` (e.g. "trusted+public") and the privacy radius of its ends."""
+        at, trusted = self._trusted
+        if time.monotonic() - at > TRUST_REFRESH:
+            trusted = frozenset(self.trust_loader())
+            self._trusted = (time.monotonic(), trusted)
+        return Scope(parse_radius(radius), parse_radius(privacy).preferred if privacy else None, self.owner_id,
+                     trusted)
 
     def close(self) -> None:
         try:
@@ -286,14 +322,15 @@ class SwarmClient:
     # --- routing -----------------------------------------------------------------------
     async def _plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = (),
                     start: int = 0, end: Optional[int] = None, max_age: float = 0.0,
-                    seed: Optional[int] = None) -> list[ChainLink]:
-        """Best chain now. With max_age, plan from the records seen in the last max_age s.
+                    seed: Optional[int] = None, scope: Optional[Scope] = None) -> list[ChainLink]:
+        """Best chain now (within `scope`'s radius, when given). With max_age, plan from the records seen in
+        the last max_age s.
 
         Failover and session opening use max_age: they must not wait on a DHT lookup while
         peers are dying, and once the model is watched a lookup adds nothing the background
         refresh will not bring within seconds (callers retry).
         """
-        args = (model_id, n_blocks, max_length, exclude, start, end, seed)
+        args = (model_id, n_blocks, max_length, exclude, start, end, seed, scope)
         if max_age > 0 and self._recent(model_id, max_age):
             try:
                 return await self._plan_from(self._recent(model_id, max_age), *args, ping_timeout=1.0)
@@ -309,8 +346,14 @@ class SwarmClient:
 
     async def _plan_from(self, records: list[ServerRecord], model_id: str, n_blocks: int, max_length: int,
                          exclude: Iterable[str], start: int, end: Optional[int], seed: Optional[int] = None,
-                         ping_timeout: float = 3.0) -> list[ChainLink]:
+                         scope: Optional[Scope] = None, ping_timeout: float = 3.0) -> list[ChainLink]:
         skip = set(exclude) | self.banned()
+        if scope is not None:  # only servers inside the radius; outside the privacy radius, middle blocks only
+            try:
+                _, _, records = scoped_records([r for r in records if r.peer_id not in skip], scope, n_blocks,
+                                               start, end, now=dht_time())
+            except RadiusError as e:
+                raise OutsideRadiusError(model_id, e) from None
         unknown = [r.peer_id for r in records if r.peer_id not in self.rtts and r.peer_id not in skip]
         if unknown:
             measured = await self._ping(unknown, ping_timeout)
@@ -343,19 +386,21 @@ class SwarmClient:
     async def _open_session(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: Optional[str],
                             chain: Optional[list[ChainLink]], prefill_chunk: Optional[int] = PREFILL_CHUNK,
                             attempts: int = 8, wait_for_capacity: float = 6.0,
-                            routing_seed: Optional[int] = None, verify: str = "off") -> InferenceSession:
+                            routing_seed: Optional[int] = None, verify: str = "off",
+                            scope: Optional[Scope] = None) -> InferenceSession:
         seed = routing_seed if routing_seed is not None else random.getrandbits(63)  # this session's tie-breaks
 
         async def replan(start: int, end: int, down: set) -> list[ChainLink]:
             # `down` were just marked failed: avoided, but re-pinged if nobody else covers the span
-            return await self._plan(model_id, n_blocks, max_length, (), start, end, max_age=15.0, seed=seed)
+            return await self._plan(model_id, n_blocks, max_length, (), start, end, max_age=15.0, seed=seed,
+                                    scope=scope)
 
         self._watch(model_id, n_blocks)
         last_error: Optional[RemoteStepError] = None
         deadline = time.monotonic() + wait_for_capacity
         for attempt in range(attempts):
             try:
-                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0, seed=seed)
+                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0, seed=seed, scope=scope)
             except MissingBlocksError:
                 if last_error is not None and last_error.code not in (ErrorCode.UNREACHABLE, ErrorCode.CONNECTION_LOST,
                                                                 ErrorCode.TIMEOUT):
@@ -376,7 +421,7 @@ class SwarmClient:
                                        on_receipts=self._receipt_sink(model_id), on_bad_receipt=self._bad_receipt, on_stall=self._stalled)
             if verify != "off":
                 session.verify_with(Verifier(session, verify, self._witness_opener(
-                    model_id, n_blocks, max_length, dtype, seed), self.reputation,
+                    model_id, n_blocks, max_length, dtype, seed, scope), self.reputation,
                     on_verdict=self._verdict_sink(session.session_id)))
             try:
                 return await session.open()
@@ -387,7 +432,8 @@ class SwarmClient:
                 last_error = e
         raise AssertionError("unreachable")
 
-    def _witness_opener(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: str, seed: int):
+    def _witness_opener(self, model_id: str, n_blocks: int, max_length: int, wire_dtype: str, seed: int,
+                        scope: Optional[Scope] = None):
         """What a Verifier opens its witnesses (and judges) with: sessions over [start, end) on peers outside
         `exclude`, each with its own failover. Chosen first among established peers (a clean record here:
         colluders must earn one before they are asked to vouch for each other) of the compute class
@@ -398,7 +444,7 @@ class SwarmClient:
             established = {r.peer_id for r in records if self.reputation.score(r.peer_id) >= ESTABLISHED_SCORE}
             tiers = [[r for r in same if r.peer_id in established], same,
                      [r for r in records if r.peer_id in established], records]
-            args = (model_id, n_blocks, max_length, exclude, start, end, seed)
+            args = (model_id, n_blocks, max_length, exclude, start, end, seed, scope)  # witnesses see what servers see
             for tier in tiers[:-1]:
                 try:
                     return await self._plan_from(tier, *args, ping_timeout=1.0)
@@ -447,14 +493,19 @@ class SwarmClient:
 
     def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
                      prefill_chunk: Optional[int] = PREFILL_CHUNK, chain: Optional[list[ChainLink]] = None,
-                     routing_seed: Optional[int] = None, verify: str = "off") -> RemoteSession:
+                     routing_seed: Optional[int] = None, verify: str = "off", radius: Optional[str] = None,
+                     privacy: Optional[str] = None) -> RemoteSession:
         """Open a session over `chain` (default: the best chain now, re-planned around failures).
 
         wire_dtype None = lossless for this chain: 16-bit when every server computes in that
         16-bit dtype (its outputs carry no more precision), else float32. routing_seed: this
         session's choice among equally good chains (routing.py; default random). verify: "sample" or
-        "strict" re-computes the servers' spans on independent servers (verification.py).
+        "strict" re-computes the servers' spans on independent servers (verification.py). radius: the trust
+        radius the chain stays in (client/radius.py: "local", "trusted", "public", widenings "trusted+public");
+        privacy: the radius of the servers at the chain's ends (default: the narrowest that can serve). Both
+        None: no scope (any server).
         """
+        scope = self.scope(radius or "public", privacy) if radius or privacy else None
         return RemoteSession(self, self.loop.run(self._open_session(
             model_id, n_blocks, max_length, wire_dtype, chain, prefill_chunk, routing_seed=routing_seed,
-            verify=verify)))
+            verify=verify, scope=scope)))

@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError, list_catalog
-from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.client.swarm_client import OutsideRadiusError, SwarmClient
 from swarmllm.client.verification import VerificationError
 from swarmllm.gateway.api_keys import ApiKeys, bearer_token
 from swarmllm.gateway.body_limit import BodyLimit
@@ -74,6 +74,7 @@ class GatewaySettings:
     status_period: float = 2.0
     ring: bool = True             # ring decoding when the chain offers it (client/ring.py)
     verify: str = "sample"        # requests' verification mode unless they ask (client/verification.py)
+    radius: str = "public"        # requests' trust radius unless they ask (client/radius.py)
     trusted_proxies: tuple[IPNetwork, ...] = ()  # peers whose forwarding header names the client
     forwarded_header: str = "x-forwarded-for"    # the one header they write: "x-forwarded-for" or "forwarded"
     api_keys: Optional[ApiKeys] = None           # None: no keys, everyone is limited per address
@@ -119,7 +120,7 @@ def _rate_limited(caller: Caller, wait: float) -> ApiError:
 
 def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings()) -> FastAPI:
     service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring,
-                                max_active=settings.max_active, verify=settings.verify)
+                                max_active=settings.max_active, verify=settings.verify, radius=settings.radius)
     status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period)
     limiter = RateLimiter(max_keys=settings.limiter_max_keys)
     slots = ClientSlots()
@@ -209,7 +210,8 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         try:
             job = await asyncio.to_thread(service.prepare, body.model, messages, prompt, max_tokens=body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                                          stop=body.stop or [], verify=body.verify)
+                                          stop=body.stop or [], verify=body.verify, radius=body.radius,
+                                          privacy=body.privacy)
         except UnknownModelError as e:
             raise ApiError(404, f"the gateway cannot load {body.model!r}: {e}", "invalid_request_error",
                            "model_not_found") from None
@@ -260,6 +262,8 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             except VerificationError as e:  # the request's verify mode cannot be met by this swarm
                 raise ApiError(400, f"{e}; ask for \"verify\": \"sample\" or \"off\"", "invalid_request_error",
                                "verification_unavailable") from None
+            except OutsideRadiusError as e:  # the request's radius cannot serve the model
+                raise ApiError(400, str(e), "invalid_request_error", "radius_unavailable") from None
             except (SwarmError, ConnectionError) as e:
                 raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
                                "swarm_unavailable", "5") from None

@@ -33,6 +33,10 @@ class _SamplingRequest(BaseModel):
     stream: bool = False
     # Our extension: how the servers' work is checked (docs/verification.md); None = the gateway's default.
     verify: Optional[Literal["off", "sample", "strict"]] = None
+    # Our extension: the trust radius of the chain ("local", "trusted", "public", or with widenings such as
+    # "trusted+public") and of its ends (privacy, which see token ids); None = the gateway's default.
+    radius: Optional[str] = Field(default=None, max_length=40, pattern=r"^[a-z+]+$")
+    privacy: Optional[Literal["local", "trusted", "public"]] = None
 
     @field_validator("stop")
     @classmethod

@@ -54,8 +54,8 @@ class Delta:
 
 class GenerationService:
     def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = True,
-                 max_active: int = 8, verify: str = "sample"):
-        self.client, self.ring, self.verify = client, ring, verify
+                 max_active: int = 8, verify: str = "sample", radius: str = "public"):
+        self.client, self.ring, self.verify, self.radius = client, ring, verify, radius
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self._generators: dict[str, Generator] = {}
         self._lock = threading.Lock()
@@ -78,7 +78,8 @@ class GenerationService:
 
     def prepare(self, model_id: str, messages: Optional[list[dict]], prompt: Optional[str], *, max_tokens: Optional[int],
                 temperature: float, top_p: float, seed: Optional[int], stop: list[str],
-                verify: Optional[str] = None) -> PreparedGeneration:
+                verify: Optional[str] = None, radius: Optional[str] = None,
+                privacy: Optional[str] = None) -> PreparedGeneration:
         generator = self.generator(model_id)
         model = generator.model
         prompt_ids = model.chat_ids(messages) if messages is not None else model.tokenizer.encode(prompt or "")
@@ -91,7 +92,8 @@ class GenerationService:
             raise PromptTooLongError(f"max_tokens is {max_tokens}; this gateway allows at most {self.max_new_tokens}")
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens or self.max_new_tokens,
                                 stop=tuple(stop), seed=seed if seed is not None else random.getrandbits(31))
-        options = GenerationOptions(sampling=params, ring=None if self.ring else False, verify=verify or self.verify)
+        options = GenerationOptions(sampling=params, ring=None if self.ring else False, verify=verify or self.verify,
+                                    radius=radius or self.radius, privacy=privacy)
         model.session_length(len(prompt_ids), params.max_new_tokens)  # PromptTooLongError before any session
         return PreparedGeneration(model_id, generator, prompt_ids, options)
 
