@@ -45,7 +45,10 @@ def test_chat_streams_a_reply(browser, site, artifacts_dir):
     page.goto(url + "/")
     page.wait_for_selector("[data-testid=model-select] >> text=smollm2-135m", state="attached", timeout=30_000)
     page.fill("[data-testid=chat-input]", "Name a colour.")
-    page.click("[data-testid=send-button]")
+    page.select_option("[data-testid=radius-select]", "local")  # this swarm's nodes share the gateway's owner key
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.click("[data-testid=send-button]")
+    assert sent.value.post_data_json["radius"] == "local"
     reply = page.locator("[data-testid=assistant-message]").first
     page.wait_for_function(
         "() => { const m = document.querySelector('[data-testid=assistant-message]'); return m && m.innerText.trim().length > 0 }",

@@ -83,6 +83,7 @@ export function Chat() {
   const [input, setInput] = useState("");
   const [maxTokens, setMaxTokens] = useState(256);
   const [temperature, setTemperature] = useState(0.7);
+  const [radius, setRadius] = useState(""); // "" = the gateway's default
   const [streaming, setStreaming] = useState(false);
   const abortRef = useRef<AbortController | null>(null);
   const listRef = useRef<HTMLDivElement>(null);
@@ -133,7 +134,9 @@ export function Chat() {
       const res = await fetch("/v1/chat/completions", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-        body: JSON.stringify({ model, messages: history, stream: true, max_tokens: maxTokens, temperature }),
+        body: JSON.stringify({
+          model, messages: history, stream: true, max_tokens: maxTokens, temperature, ...(radius ? { radius } : {}),
+        }),
         signal: ctrl.signal,
       });
       if (!res.ok) throw await errorFromResponse(res);
@@ -213,6 +216,16 @@ export function Chat() {
             type="number" min={0} max={2} step={0.1} value={temperature} data-testid="temperature"
             onChange={(e) => setTemperature(Math.min(2, Math.max(0, Number(e.target.value) || 0)))}
           />
+        </label>
+        <label className="field" title="Which machines may compute the reply: local = yours, trusted = also owners you paired with, public = anyone">
+          Radius
+          <select data-testid="radius-select" value={radius} disabled={streaming} onChange={(e) => setRadius(e.target.value)}>
+            <option value="">gateway default</option>
+            <option value="local">local (my machines)</option>
+            <option value="trusted">trusted (paired owners)</option>
+            <option value="trusted+public">trusted, else public</option>
+            <option value="public">public</option>
+          </select>
         </label>
         <span className="spacer" />
         <span className="nav">
