@@ -174,3 +174,14 @@ def test_cli_spells_out_the_lan_defaults():
     from swarmllm import cli_parser
 
     assert (cli_parser.LAN_TIMEOUT, cli_parser.LAN_SWARM_NAME) == (lan.DEFAULT_TIMEOUT, lan.DEFAULT_SWARM_NAME)
+
+
+def test_swarm_addresses_keep_one_swarm_distinct_and_bounded():
+    a = LanPeer(PEER, "default", "server", (f"/ip4/10.0.0.1/tcp/1/p2p/{PEER}",))
+    impostor = LanPeer(PEER, "default", "server", (f"/ip4/10.0.0.99/tcp/1/p2p/{PEER}",))
+    other = LanPeer(OTHER, "elsewhere", "server", (f"/ip4/10.0.0.2/tcp/1/p2p/{OTHER}",))
+    # A second service naming a's peer id adds its address, it does not replace a's.
+    assert lan.swarm_addresses([a, other, impostor, a], "default") == [a.addresses[0], impostor.addresses[0]]
+    flood = [LanPeer(PEER, "default", "server", (f"/ip4/10.0.{i // 200}.{i % 200 + 1}/tcp/1/p2p/{PEER}",))
+             for i in range(100)]
+    assert len(lan.swarm_addresses(flood, "default")) == lan.MAX_DIAL_ADDRESSES

@@ -18,14 +18,17 @@ What it promises:
 - `discover()` returns, within about `timeout` s, the multiaddrs of the peers of one swarm that
   answered on the LAN; it ends early, `settle` s after the first one. Only well-formed
   /ip4|ip6/HOST/tcp/PORT/p2p/ID multiaddrs whose ID is the TXT's `id`, with a HOST that is not
-  loopback, unspecified or multicast, are returned; at most MAX_PEERS services are resolved and
-  MAX_LAN_ADDRESSES addresses kept of each. Whatever else arrives (malformed TXT, wrong types,
-  oversized or non-ASCII values, a flood of services) is ignored and never raises; a machine
-  where mDNS cannot run (no LAN interface, port 5353 refused) gets [] and a log line.
+  loopback, unspecified or multicast, are returned; at most MAX_PEERS services are resolved,
+  MAX_LAN_ADDRESSES addresses kept of each and MAX_DIAL_ADDRESSES returned in all. Whatever
+  else arrives (malformed TXT, wrong types, oversized or non-ASCII values, a flood of
+  services) is ignored and never raises; a machine where mDNS cannot run (no LAN interface,
+  port 5353 refused) gets [] and a log line.
 - mDNS is unauthenticated, so what it returns are hints to dial, nothing more: libp2p's
   handshake proves the peer id on connect, and every DHT record is signed and verified as
-  ever. A liar on the LAN can make a node dial a wrong address (it then fails to join, with
-  a sentence), or hide nothing: it cannot impersonate a peer id.
+  ever. A liar on the LAN can make a node dial wrong addresses (beside the right ones: services
+  are not merged by peer id, so naming a real peer's id hides nothing), or flood the answers
+  until the bounds above cut the real ones off (the node then joins nothing, or starts a swarm
+  of its own: mDNS cannot prevent that); it cannot impersonate a peer id.
 - `LanAdvertiser.start()` advertises the non-loopback addresses among those given (none: it
   advertises nothing and says so); `stop()` sends the mDNS goodbye and closes, within a few
   seconds, and may be called twice. A node that cannot advertise keeps running (a warning).
@@ -56,6 +59,7 @@ DEFAULT_TIMEOUT = 2.5       # s a command without --initial-peers looks for a sw
 DEFAULT_SETTLE = 0.5        # s discovery goes on after the first peer, for the others that answer
 MAX_PEERS = 32              # services resolved in one discovery: an mDNS flood is cut here
 MAX_LAN_ADDRESSES = 8       # multiaddrs kept of one peer (= protocol.records.MAX_ADDRESSES)
+MAX_DIAL_ADDRESSES = 32     # addresses one discovery returns in all (what a node then dials)
 MAX_MODELS = 8              # model ids kept of one peer
 MAX_TXT_STRING = 255        # bytes of one TXT string (the DNS limit)
 MAX_TXT_STRINGS = 32        # strings read of one TXT record
@@ -239,7 +243,7 @@ async def discover_peers(swarm_name: Optional[str] = DEFAULT_SWARM_NAME, timeout
     zc = _zeroconf(interfaces)
     if zc is None:
         return []
-    found: dict[str, LanPeer] = {}
+    found: list[LanPeer] = []  # one per service, in the order they answered
     wanted_found = asyncio.Event()
     names: set[str] = set()
     tasks: set[asyncio.Task] = set()
@@ -256,7 +260,8 @@ async def discover_peers(swarm_name: Optional[str] = DEFAULT_SWARM_NAME, timeout
         if peer is None:
             logger.debug("ignoring LAN service %r: its TXT record is not a swarmllm peer's", name)
             return
-        found.setdefault(peer.peer_id, peer)
+        # Not merged by peer id: a liar's service naming a real peer's id must not hide the real one.
+        found.append(peer)
         if swarm_name is None or peer.swarm_name == swarm_name:
             wanted_found.set()
 
@@ -283,7 +288,7 @@ async def discover_peers(swarm_name: Optional[str] = DEFAULT_SWARM_NAME, timeout
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await _close(zc, browser)
-    return list(found.values())[:max_peers]
+    return found[:max_peers]
 
 
 async def _close(zc, browser=None) -> None:
@@ -298,8 +303,14 @@ async def _close(zc, browser=None) -> None:
 async def discover(swarm_name: str = DEFAULT_SWARM_NAME, timeout: float = DEFAULT_TIMEOUT, *,
                    settle: float = DEFAULT_SETTLE, interfaces: Optional[Sequence[str]] = None) -> list[str]:
     """Multiaddrs of the peers of `swarm_name` that answered on the LAN within about `timeout` s."""
-    peers = await discover_peers(swarm_name, timeout, settle=settle, interfaces=interfaces)
-    return [address for peer in peers if peer.swarm_name == swarm_name for address in peer.addresses]
+    return swarm_addresses(await discover_peers(swarm_name, timeout, settle=settle, interfaces=interfaces),
+                           swarm_name)
+
+
+def swarm_addresses(peers: Iterable[LanPeer], swarm_name: str) -> list[str]:
+    """The distinct addresses of the peers of `swarm_name`, in the order found, at most MAX_DIAL_ADDRESSES."""
+    addresses = dict.fromkeys(a for peer in peers if peer.swarm_name == swarm_name for a in peer.addresses)
+    return list(addresses)[:MAX_DIAL_ADDRESSES]
 
 
 async def lan_initial_peers(swarm_name: str, timeout: float, *, may_start: bool,
@@ -307,7 +318,7 @@ async def lan_initial_peers(swarm_name: str, timeout: float, *, may_start: bool,
     """What a command started without --initial-peers dials: the swarm's peers found on the LAN;
     none found, [] (start a new swarm) if `may_start`, else NoLanSwarmError with what to do."""
     peers = await discover_peers(swarm_name, timeout, interfaces=interfaces)
-    addresses = [a for peer in peers if peer.swarm_name == swarm_name for a in peer.addresses]
+    addresses = swarm_addresses(peers, swarm_name)
     if addresses or may_start:
         return addresses
     others = sorted({peer.swarm_name for peer in peers})
