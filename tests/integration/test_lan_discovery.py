@@ -4,7 +4,8 @@ Machine a runs `swarmllm bootstrap` with no --initial-peers: the LAN is empty, s
 swarm and advertises it. Machine c runs a liar (lan_liar.py) advertising broken and misleading
 services. Machine b finds a's swarm among them by mDNS, then runs `swarmllm serve` with no
 --initial-peers, which must join a's swarm: its record is read through a's address. Once b
-stops, the LAN forgets it. No route, no mock: multicast goes over the bridge as on a switch.
+stops, the LAN forgets it. A `generate` with no flags joins the same swarm; on a LAN with no
+swarm, `generate` and `gateway` stop with a sentence. No route, no mock: multicast goes over the bridge as on a switch.
 
 Needs root and iproute2 (skipped otherwise, with the reason). Every namespace is deleted at
 the end, and every process stopped first.
@@ -90,7 +91,7 @@ def test_serve_with_no_flags_joins_the_swarm_found_on_the_lan(lan, processes, tm
 
     # c: a liar, heard by everyone (its valid "elsewhere" peer shows it was), believed by no one.
     start(lan, processes, "c", "liar", [sys.executable, LIAR, lan.address("c"), a_id], tmp_path, timeout=30)
-    found = probe(lan, "b", "discover", "--any", "--timeout", "3", "--settle", "3")
+    found = probe(lan, "b", "discover", "--any", "--timeout", "3", "--settle", "1")
     seen = {(p["peer_id"], p["swarm_name"], p["role"], tuple(p["addresses"])) for p in found["peers"]}
     impostor = f"/ip4/{lan.address('a').rsplit('.', 1)[0]}.99/tcp/9/p2p/{a_id}"
     liar_id = "12D3KooWBLnZLh6ZYb4Gq9b73zyunFaSwkFU2NNRGk45HkB6FtSh"
@@ -105,14 +106,30 @@ def test_serve_with_no_flags_joins_the_swarm_found_on_the_lan(lan, processes, tm
                   "--identity", str(tmp_path / "b.key"), "--lan-timeout", "5"), tmp_path)
     assert "found swarm 'default' on the local network: joining through" in b.log_tail(50)
     assert a_lan[0] in b.log_tail(50)
+    # Meanwhile a client with no flags (on c, beside the liar) joins too: it sees b's blocks and what is missing.
+    generate = subprocess.Popen(lan.command("c", cli("generate", "--model", MODEL, "--lan-timeout", "5", "hi")),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     record = probe(lan, "a", "record", "--initial-peers", a_lan[0], "--model", MODEL, "--block", "0",
                    "--peer", b.ready["peer_id"], "--timeout", "20")
     assert record["found"], f"b's record is not in a's swarm:\n{b.log_tail()}"
+    _, errors = generate.communicate(timeout=120)
+    assert generate.returncode == 2 and "no online server hosts blocks [2, 30)" in errors, errors
 
     # b advertises itself too; once stopped it is gone from the LAN, a stays.
-    now = probe(lan, "c", "discover", "--timeout", "2", "--settle", "2")
+    now = probe(lan, "c", "discover", "--timeout", "2", "--settle", "1")
     assert {p["peer_id"] for p in now["peers"]} >= {a_id, b.ready["peer_id"]}
     b.stop()
-    after = probe(lan, "c", "discover", "--timeout", "2", "--settle", "2")
+    after = probe(lan, "c", "discover", "--timeout", "2", "--settle", "1")
     assert a_id in {p["peer_id"] for p in after["peers"]}
     assert b.ready["peer_id"] not in {p["peer_id"] for p in after["peers"]}
+
+
+def test_clients_on_a_lan_with_no_swarm_say_how_to_find_one(lan):
+    for command in (["generate", "hi"], ["gateway"]):
+        out = subprocess.run(lan.command("a", cli(*command, "--lan-timeout", "1")), capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().splitlines() == [
+            f"swarmllm {command[0]}: error: no swarm 'default' was found on the local network within 1 s. Pass "
+            "--initial-peers MADDR (what `swarmllm bootstrap` or `swarmllm up` prints, or what an invite holds), "
+            "start one on this network with `swarmllm up` or `swarmllm serve`, or wait longer with --lan-timeout"]

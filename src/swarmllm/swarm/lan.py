@@ -235,7 +235,7 @@ async def discover_peers(swarm_name: Optional[str] = DEFAULT_SWARM_NAME, timeout
         check_swarm_name(swarm_name)
     if timeout <= 0:
         return []
-    from zeroconf import ServiceStateChange
+    from zeroconf import DNSQuestionType, ServiceStateChange
     from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
 
     loop = asyncio.get_running_loop()
@@ -251,7 +251,8 @@ async def discover_peers(swarm_name: Optional[str] = DEFAULT_SWARM_NAME, timeout
     async def resolve(name: str) -> None:
         try:
             info = AsyncServiceInfo(SERVICE_TYPE, name)
-            if not await info.async_request(zc.zeroconf, max(1, int((deadline - loop.time()) * 1000))):
+            if not await info.async_request(zc.zeroconf, max(1, int((deadline - loop.time()) * 1000)),
+                                            question_type=DNSQuestionType.QM):
                 return
             peer = parse_txt(info.text)
         except Exception as e:  # anything from the network: ignored
@@ -262,6 +263,8 @@ async def discover_peers(swarm_name: Optional[str] = DEFAULT_SWARM_NAME, timeout
             return
         # Not merged by peer id: a liar's service naming a real peer's id must not hide the real one.
         found.append(peer)
+        logger.debug("LAN peer %s of swarm %r after %.3f s: %s", peer.peer_id, peer.swarm_name,
+                     timeout - (deadline - loop.time()), ", ".join(peer.addresses))
         if swarm_name is None or peer.swarm_name == swarm_name:
             wanted_found.set()
 
@@ -269,13 +272,18 @@ async def discover_peers(swarm_name: Optional[str] = DEFAULT_SWARM_NAME, timeout
         if state_change is ServiceStateChange.Removed or name in names or len(names) >= max_peers:
             return
         names.add(name)
+        logger.debug("LAN service %r seen after %.3f s", name, timeout - (deadline - loop.time()))
         task = loop.create_task(resolve(name))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     browser = None
     try:
-        browser = AsyncServiceBrowser(zc.zeroconf, SERVICE_TYPE, handlers=[on_change])
+        # QM questions only (zeroconf asks its first one QU): a unicast answer reaches one of the
+        # sockets bound to port 5353 on the asking machine, which is often another mDNS stack's
+        # (avahi, a node advertising there), so it would be lost; multicast answers reach them all.
+        browser = AsyncServiceBrowser(zc.zeroconf, SERVICE_TYPE, handlers=[on_change],
+                                      question_type=DNSQuestionType.QM)
         try:
             await asyncio.wait_for(wanted_found.wait(), timeout)
             await asyncio.sleep(max(0.0, min(settle, deadline - loop.time())))
