@@ -101,10 +101,11 @@ def _initial_peers(args, may_start: bool, listen_host: Optional[str] = None) -> 
                          "pass --initial-peers MADDR (--no-lan turns off looking for the swarm on the local network)")
     from swarmllm.swarm.lan import lan_initial_peers
 
+    began = time.perf_counter()
     peers = asyncio.run(lan_initial_peers(args.swarm_name, args.lan_timeout, may_start=may_start))
     if peers:
-        print(f"found swarm {args.swarm_name!r} on the local network: joining through {', '.join(peers)}",
-              file=sys.stderr, flush=True)
+        print(f"found swarm {args.swarm_name!r} on the local network in {time.perf_counter() - began:.2f} s: "
+              f"joining through {', '.join(peers)}", file=sys.stderr, flush=True)
     elif args.lan_timeout > 0:
         print(f"no swarm {args.swarm_name!r} on the local network: starting a new one", file=sys.stderr, flush=True)
     return peers

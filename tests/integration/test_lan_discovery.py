@@ -14,6 +14,7 @@ the end, and every process stopped first.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -104,7 +105,7 @@ def test_serve_with_no_flags_joins_the_swarm_found_on_the_lan(lan, processes, tm
     b = start(lan, processes, "b", "serve-b",
               cli("serve", "--model", MODEL, "--blocks", "0:2", "--throughput", "50", "--num-threads", "1",
                   "--identity", str(tmp_path / "b.key"), "--lan-timeout", "5"), tmp_path)
-    assert "found swarm 'default' on the local network: joining through" in b.log_tail(50)
+    assert re.search(r"found swarm 'default' on the local network in [0-9.]+ s: joining through", b.log_tail(50))
     assert a_lan[0] in b.log_tail(50)
     # Meanwhile a client with no flags (on c, beside the liar) joins too: it sees b's blocks and what is missing.
     generate = subprocess.Popen(lan.command("c", cli("generate", "--model", MODEL, "--lan-timeout", "5", "hi")),
@@ -133,3 +134,17 @@ def test_clients_on_a_lan_with_no_swarm_say_how_to_find_one(lan):
             f"swarmllm {command[0]}: error: no swarm 'default' was found on the local network within 1 s. Pass "
             "--initial-peers MADDR (what `swarmllm bootstrap` or `swarmllm up` prints, or what an invite holds), "
             "start one on this network with `swarmllm up` or `swarmllm serve`, or wait longer with --lan-timeout"]
+
+
+@pytest.mark.extended  # the benchmark in its tiny setting (~25 s); the tests above cover the same paths
+def test_lan_benchmark_quick(tmp_path):
+    if unavailable() is not None:
+        pytest.skip(f"LAN discovery runs on network namespaces: {unavailable()}")
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "lan_discovery.py"
+    out = subprocess.run([sys.executable, str(bench), "--quick", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    result = json.loads((tmp_path / "lan_discovery.json").read_text())
+    assert result["discovery"]["runs"] == 3 and 0 < result["discovery"]["median_s"] < 5
+    assert result["serve_no_flags_to_ready"]["runs"] == 1
+    assert "| discovery: start to the swarm's address" in (tmp_path / "lan_discovery.md").read_text()
