@@ -16,6 +16,13 @@ Identities: `serve` and `bootstrap` keep their key (so their peer id, and a boot
 multiaddr) across restarts, in $SWARMLLM_HOME/identities/NAME.key (default
 ~/.local/state/swarmllm/identities; NAME is --name: "node", "bootstrap"), or in --identity PATH.
 
+LAN discovery (swarm/lan.py): `bootstrap`, `serve`, `generate` and `gateway` started without
+--initial-peers look for the swarm --swarm-name on the local network by mDNS for --lan-timeout s
+and join the peers that answer; if none does, `bootstrap` and `serve` start a new swarm, and
+`generate` and `gateway` stop with a sentence saying how to pass --initial-peers. Every
+long-lived node (`bootstrap`, `serve`, the processes of `up`) advertises itself on the LAN,
+unless --no-lan or it listens on loopback only (nobody else could reach it).
+
 Errors a user can meet (unknown model, unreachable peers, missing blocks, a port in use,
 a prompt longer than max_length, options that do not combine) are printed as one clear
 sentence with exit code 2.
@@ -24,6 +31,7 @@ sentence with exit code 2.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -49,10 +57,11 @@ def cmd_bootstrap(args) -> int:
     from swarmllm.swarm import Reach, SwarmNode, claim_identity
 
     identity = claim_identity(args.identity, args.name)
+    initial_peers = _initial_peers(args, may_start=True, listen_host=args.host)
 
     async def main() -> None:
         reach = Reach(relay_service=args.relay_service, use_relays=False, reachability="public")
-        node = await SwarmNode.create(args.initial_peers or (), host=args.host, port=args.port, identity=identity,
+        node = await SwarmNode.create(initial_peers, host=args.host, port=args.port, identity=identity,
                                       reach=reach)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -65,8 +74,13 @@ def cmd_bootstrap(args) -> int:
             print(f"  --initial-peers {address}", flush=True)
         _print_ready({"role": "bootstrap", "peer_id": node.peer_id, "addresses": addresses,
                       "relay_service": args.relay_service})
-        await stop.wait()
-        await node.shutdown()
+        lan = await _advertise(args, node.peer_id, addresses, role="bootstrap")
+        try:
+            await stop.wait()
+        finally:
+            if lan is not None:
+                await lan.stop()
+            await node.shutdown()
 
     asyncio.run(main())
     return 0
@@ -123,6 +137,48 @@ def cmd_join(args) -> int:
                          f"line. ({e})") from None
 
 
+# --- LAN discovery (swarm/lan.py) -------------------------------------------------------
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _lan_enabled(args, listen_host: Optional[str]) -> bool:
+    """A node listening on loopback only is not on the LAN: it neither looks there nor advertises."""
+    return not args.no_lan and (listen_host is None or not (listen_host in _LOOPBACK_HOSTS
+                                                            or listen_host.startswith("127.")))
+
+
+def _initial_peers(args, may_start: bool, listen_host: Optional[str] = None) -> list[str]:
+    """--initial-peers, else the swarm's peers found on the LAN; [] (with `may_start`) = start a new swarm."""
+    if args.initial_peers:
+        return list(args.initial_peers)
+    if not _lan_enabled(args, listen_host):
+        if may_start:
+            return []
+        raise UsageError("pass --initial-peers MADDR to use a swarm (--no-lan turns off looking for one on the "
+                         "local network), or --local to run in-process" if args.command == "generate" else
+                         "pass --initial-peers MADDR (--no-lan turns off looking for the swarm on the local network)")
+    from swarmllm.swarm.lan import lan_initial_peers
+
+    began = time.perf_counter()
+    peers = asyncio.run(lan_initial_peers(args.swarm_name, args.lan_timeout, may_start=may_start))
+    if peers:
+        print(f"found swarm {args.swarm_name!r} on the local network in {time.perf_counter() - began:.2f} s: "
+              f"joining through {', '.join(peers)}", file=sys.stderr, flush=True)
+    elif args.lan_timeout > 0:
+        print(f"no swarm {args.swarm_name!r} on the local network: starting a new one", file=sys.stderr, flush=True)
+    return peers
+
+
+async def _advertise(args, peer_id: str, addresses: Sequence[str], role: str, models: Sequence[str] = ()):
+    """This node's LanAdvertiser, advertising (the caller stops it), or None."""
+    if not _lan_enabled(args, args.host):
+        return None
+    from swarmllm.swarm.lan import LanAdvertiser
+
+    lan = LanAdvertiser(args.swarm_name)
+    return lan if await lan.start(peer_id, addresses, role=role, models=models) else None
+
+
 # --- id ------------------------------------------------------------------------------
 def cmd_id(args) -> int:
     from swarmllm.owners import owner_key
@@ -143,7 +199,9 @@ def cmd_id(args) -> int:
 def cmd_serve(args) -> int:
     from swarmllm.server.node import ServerConfig, ServerNode
 
-    config = ServerConfig.from_flags(vars(args))
+    config = ServerConfig.from_flags({**vars(args), "no_lan": not _lan_enabled(args, args.host)})
+    config = dataclasses.replace(config, initial_peers=tuple(_initial_peers(args, may_start=True,
+                                                                            listen_host=args.host)))
 
     def on_ready(status) -> None:
         print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
@@ -168,8 +226,6 @@ def cmd_generate(args) -> int:
     from swarmllm.client.generation import GenerationOptions, Generator
     from swarmllm.engine.sampling import SamplingParams
 
-    if not args.local and not args.initial_peers:
-        raise UsageError("pass --initial-peers MADDR to use a swarm, or --local to run in-process")
     if args.ring and args.local:
         raise UsageError("--ring needs a swarm; --local has no chain to ring around")
     if args.ring and args.speculative != "off":
@@ -196,7 +252,7 @@ def cmd_generate(args) -> int:
 
         with ThreadPoolExecutor(1) as pool:  # load the head and tokenizer while joining the swarm
             loading = pool.submit(ClientModel.load, model, args.dtype)
-            client = SwarmClient.connect(args.initial_peers)
+            client = SwarmClient.connect(_initial_peers(args, may_start=False))
         with client:
             generator = Generator.swarm(loading.result(), client)
             result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options,
@@ -246,7 +302,7 @@ def cmd_up(args) -> int:
 
     _ensure_bundled(args.model)
     config = UpConfig(args.model, nodes=args.nodes, host=args.host, port=args.port, timeout=args.timeout,
-                      log_dir=args.log_dir)
+                      log_dir=args.log_dir, lan=not args.no_lan)
     try:
         with Supervisor(config, on_stopping=lambda: print("stopping the swarm...", flush=True)) as up:
             plan = up.plan
@@ -262,7 +318,7 @@ def cmd_up(args) -> int:
                   f"  OpenAI API:            {url}/v1   (e.g. OpenAI(base_url=\"{url}/v1\", api_key=\"none\"))\n\n"
                   f"Generate from a terminal:\n  swarmllm generate --model {args.model} --initial-peers {peers} "
                   f"\"Tell me about bees\"\nJoin with another node (or a gateway: add --client):\n"
-                  f"  {join_line(summary.initial_peers, [plan.model_id])}\n", flush=True)
+                  f"  {join_line(summary.initial_peers, [plan.model_id])}\n{_lan_join_hint(args)}", flush=True)
             if args.prompt:
                 print(f"> {args.prompt}", flush=True)
                 up.generate(args.prompt, args.max_new_tokens, sys.stdout)
@@ -275,6 +331,13 @@ def cmd_up(args) -> int:
         print(f"swarmllm up: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _lan_join_hint(args) -> str:
+    if args.no_lan:
+        return ""
+    return (f"(on this local network, `swarmllm serve --model {args.model}` and `swarmllm generate` find the swarm "
+            "by themselves)\n")
 
 
 def _install(entry) -> None:
@@ -323,7 +386,7 @@ def cmd_gateway(args) -> int:
                                trusted_proxies=trusted,
                                forwarded_header=args.forwarded_header, api_keys=api_keys,
                                allow_anonymous=args.allow_anonymous)
-    client = SwarmClient.connect(args.initial_peers)
+    client = SwarmClient.connect(_initial_peers(args, may_start=False))
     try:
         app = create_app(client, settings)
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (any local

@@ -15,6 +15,8 @@ import os
 WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 QUANT_MODES = ("none", "int8", "int4")
 VERIFY_CHOICES = ("off", "sample", "strict")  # client.verification.VERIFY_MODES
+LAN_TIMEOUT = 2.5              # swarm.lan.DEFAULT_TIMEOUT
+LAN_SWARM_NAME = "default"     # swarm.lan.DEFAULT_SWARM_NAME
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -72,6 +74,23 @@ def _add_radius(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"trust radius: {what}. local = my machines (certified by my owner key), trusted = "
                              "also owners I paired with (swarmllm pair), public = anyone; 'trusted+public' = "
                              "trusted, widened to public when trusted servers cannot serve the model")
+
+
+def _add_lan(parser: argparse.ArgumentParser, advertises: bool) -> None:
+    """LAN discovery (swarm/lan.py): without --initial-peers, look for the swarm by mDNS."""
+    what = ("without --initial-peers, look for the swarm on the local network (mDNS) and join it, or start "
+            "a new one if none answers; and advertise this node there") if advertises else \
+        "without --initial-peers, look for the swarm on the local network (mDNS)"
+    group = parser.add_argument_group("LAN discovery", what)
+    group.add_argument("--no-lan", action="store_true",
+                       help="neither look for the swarm on the LAN nor advertise there" if advertises
+                       else "do not look for the swarm on the LAN (then --initial-peers is needed)")
+    group.add_argument("--lan-timeout", type=float, default=LAN_TIMEOUT, metavar="SECONDS",
+                       help=f"how long to look (default {LAN_TIMEOUT:g})"
+                       + ("; 0 = start a new swarm without looking" if advertises else ""))
+    group.add_argument("--swarm-name", default=LAN_SWARM_NAME, metavar="NAME",
+                       help=f"which swarm of the LAN to join{' and advertise' if advertises else ''} (default "
+                            f"{LAN_SWARM_NAME!r}); a label that keeps swarms on one network apart, not a secret")
 
 
 def _add_dtype(parser: argparse.ArgumentParser) -> None:
@@ -146,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=31337, help="TCP port (0 = any free port)")
     p.add_argument("--model", action="append", help="model(s) the swarm serves, written into the invite token "
                                                      "(repeatable; default: none, joiners pick from the swarm)")
-    p.add_argument("--swarm-name", default="default", help="the swarm's name in the invite token")
     p.add_argument("--relay-service", action=argparse.BooleanOptionalAction, default=True,
                    help="relay circuits for nodes that nobody can dial (libp2p circuit relay v2; default on: a "
                         "bootstrap peer is public)")
     _add_initial_peers(p)
+    _add_lan(p, advertises=True)
     _add_identity(p, "bootstrap")
 
     p = sub.add_parser("serve", help="host a span of blocks of a model")
@@ -158,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="catalog name (see `swarmllm models`), .gguf / folder path, or the URL of a .gguf / "
                         ".safetensors file: then only the span's tensors are fetched (HTTP range requests)")
     _add_download_options(p)
-    _add_initial_peers(p, required=True)
+    _add_initial_peers(p)
+    _add_lan(p, advertises=True)
     p.add_argument("--blocks", type=_parse_blocks, help="START:END half-open span to host (default: chosen from the DHT)")
     p.add_argument("--num-blocks", type=int, help="span length when --blocks is not given")
     p.add_argument("--rebalance-period", type=float, default=30.0,
@@ -218,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name, path, or URL (only the head is fetched)")
     _add_download_options(p)
     _add_initial_peers(p)
+    _add_lan(p, advertises=False)
     p.add_argument("--local", action="store_true", help="run the whole model in this process (the reference)")
     p.add_argument("--wire-dtype", choices=WIRE_DTYPES,
                    help="format of hidden states between nodes (default: lossless for the chain); int8 sends "
@@ -264,9 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-after-prompt", action="store_true", help="stop the swarm after --prompt (for scripts)")
     p.add_argument("--port", type=int, default=8000, help="gateway port (chat page, dashboard, OpenAI API)")
     p.add_argument("--host", default="127.0.0.1", help="gateway interface (0.0.0.0 to share it on your network)")
+    p.add_argument("--no-lan", action="store_true",
+                   help="keep the swarm on this machine: its peers listen on loopback only and are not advertised "
+                        "on the local network (by default other machines' `swarmllm serve` find and join it)")
 
     p = sub.add_parser("gateway", help="OpenAI-compatible API, chat page and dashboard in front of a swarm")
-    _add_initial_peers(p, required=True)
+    _add_initial_peers(p)
+    _add_lan(p, advertises=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--requests-per-minute", type=int, default=60, help="per client (IP address, IPv6 by /64)")

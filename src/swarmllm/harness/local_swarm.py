@@ -12,6 +12,12 @@ link (see netem.py). The bootstrap peer stays direct.
 Every process it starts dies with the process that started it, however that one ends
 (processes.py); `stop()` stops them all at once and SIGKILLs what is left after a deadline.
 
+With `lan` False (the default) none of its processes looks for a swarm on the local network or
+advertises one there (`--no-lan`): tests and benchmarks stay among themselves. With `lan` True
+(`swarmllm up`) the bootstrap starts a new swarm without looking (`--lan-timeout 0`) and it and
+the nodes advertise themselves by mDNS, so that `swarmllm serve` on another machine joins them
+(they should then listen on a LAN interface: `host="0.0.0.0"`).
+
 Each bootstrap and node runs with the identity `identity_dir/<name>.key` (default: the log
 folder's `identities/`), so a node restarted by `restart()`, or started again under the same
 name, keeps its peer id; `swarmllm up` points it at the state folder to keep them across runs.
@@ -52,6 +58,7 @@ class LocalSwarm:
     env: dict = field(default_factory=dict)
     network: Optional[str] = None  # WAN emulation per node: a netem profile, "mixed" or "name,name,..."
     identity_dir: Optional[Path] = None  # <name>.key per process (default: log_dir / "identities")
+    lan: bool = False  # advertise the bootstrap and nodes on the local network (mDNS); False: --no-lan
     bootstrap: Optional[ManagedProcess] = None
     nodes: list[ManagedProcess] = field(default_factory=list)
     gateways: list[ManagedProcess] = field(default_factory=list)
@@ -76,6 +83,7 @@ class LocalSwarm:
         self.identity_dir = Path(self.identity_dir or self.log_dir / "identities")
         cli = [sys.executable, "-m", "swarmllm.cli"]
         self.bootstrap = ManagedProcess("bootstrap", cli + ["bootstrap", "--host", self.host, "--port", "0",
+                                                            *self.lan_args(lan_timeout="0"),
                                                             *self.identity_args("bootstrap")],
                                         self.log_dir / "bootstrap.log")
         self.bootstrap.start(self._env())
@@ -103,6 +111,7 @@ class LocalSwarm:
             blocks += ["--num-threads", str(share)]
         if "--identity" not in (*self.node_args, *extra_args):
             blocks += self.identity_args(name)
+        blocks += self.lan_args()
         node = ManagedProcess(name, cli + ["serve", "--model", self.model, "--initial-peers", ",".join(self.initial_peers),
                                            *blocks, "--host", self.host, *self.node_args, *extra_args],
                               self.log_dir / f"{name}.log")
@@ -113,6 +122,12 @@ class LocalSwarm:
     def identity_path(self, name: str) -> Path:
         """The identity file of the process called `name` (it exists once that process has started)."""
         return Path(self.identity_dir or Path(self.log_dir) / "identities") / f"{name}.key"
+
+    def lan_args(self, lan_timeout: Optional[str] = None) -> list[str]:
+        """How a bootstrap or node of this swarm treats the LAN (see the module docstring)."""
+        if not self.lan:
+            return ["--no-lan"]
+        return ["--lan-timeout", lan_timeout] if lan_timeout is not None else []
 
     def identity_args(self, name: str) -> list[str]:
         return ["--identity", str(self.identity_path(name))]

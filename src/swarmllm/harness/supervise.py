@@ -15,6 +15,9 @@ What it promises:
   signal while stopping is ignored: the stop is already bounded.
 - If this process is killed outright (SIGKILL), its children still die within seconds: they
   get SIGTERM from the kernel, and their p2p daemons die with them (see lifeline.py).
+- With `lan`, its bootstrap and nodes listen on every interface and advertise the swarm on the
+  local network (swarm/lan.py), so that `swarmllm serve` on another machine of the LAN joins it
+  with no flags; without, they listen on loopback only and nothing leaves this machine.
 - Its bootstrap and nodes keep their identities across runs (`identity_dir`, default the state
   folder's identities/up/: bootstrap.key, node0.key, ...), so their peer ids stay the same. The
   folder is held while the swarm runs: a second `up` at the same time takes identities/up-2/.
@@ -59,6 +62,7 @@ class UpConfig:
     timeout: float = 300.0           # seconds each group of processes may take to be ready
     log_dir: Optional[str] = None
     identity_dir: Optional[Path] = None  # default: the state folder's identities/up/ (identity.py), kept across runs
+    lan: bool = False                # bootstrap and nodes listen on all interfaces and advertise on the LAN (mDNS)
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,8 @@ class Supervisor:
             self._identities = claim_identity_folder("up")
             identity_dir = self._identities.path
         self.swarm = LocalSwarm(config.model, plan.spans, log_dir=Path(config.log_dir) if config.log_dir else None,
-                                identity_dir=identity_dir)
+                                identity_dir=identity_dir, host="0.0.0.0" if config.lan else "127.0.0.1",
+                                lan=config.lan)
         began = time.perf_counter()
         try:
             self.swarm.start(timeout=config.timeout)

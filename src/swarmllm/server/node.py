@@ -12,6 +12,8 @@
    model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
    block key, signed with the node's key, refreshed every `announce_period` s and expiring after `record_ttl` s,
    carrying the certificate of the node's owner key (owners.py: `--owner-key`, default the state folder's);
+   with `lan`, also advertise its non-loopback addresses on the local network by mDNS (swarm/lan.py),
+   until it stops (the advertisement is withdrawn on every way out of `run()`);
 5. evict idle sessions; on stop, announce LEAVING, refuse new sessions, let in-flight
    steps finish (bounded by `drain_seconds`), and exit.
 
@@ -56,6 +58,7 @@ from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.sessions import SessionTable
 from swarmllm.server.work_log import WorkLog, default_work_log_path
 from swarmllm.swarm import Reach, SwarmNode, claim_identity, dht_time
+from swarmllm.swarm.lan import DEFAULT_SWARM_NAME, LanAdvertiser, check_swarm_name
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,8 @@ class ServerConfig:
     work_log: Optional[str] = None              # SQLite work log (work_log.py); None: the state folder's; "off": none
     owner_key_path: Optional[str] = None        # owner key certifying this node (owners.py); None: the state
     # folder's owner.key (made on first use); "off": announce no owner
+    lan: bool = False                           # advertise this node on the local network by mDNS (swarm/lan.py)
+    swarm_name: str = DEFAULT_SWARM_NAME        # ... as a peer of this swarm (a label, not a secret)
     # Per-peer quotas (server/quotas.py): what one authenticated peer may hold or use here.
     max_sessions_per_peer: int = 32             # sessions one peer may hold open
     max_memory_share: float = 0.5               # share of cache_memory_bytes one peer's sessions may reserve
@@ -127,7 +132,8 @@ class ServerConfig:
         converted = {"cache_memory_mb": ("cache_memory_bytes", lambda mb: int(mb * 2**20)),
                      "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
-                     "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple)}
+                     "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple),
+                     "no_lan": ("lan", lambda off: not off)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for flag, value in flags.items():
@@ -140,6 +146,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
+        check_swarm_name(self.swarm_name)
         if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
             raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
         if not 0 < self.record_ttl <= MAX_RECORD_TTL:
@@ -232,6 +239,7 @@ class ServerNode:
             raise
         self._swarm = swarm
         work_log = None
+        lan = LanAdvertiser(self.config.swarm_name)
         try:
             # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
             start, end = await self._choose_blocks(swarm, backend_spec)
@@ -262,12 +270,15 @@ class ServerNode:
             self.status.addresses = await swarm.visible_addresses()
             self.status.reachability, self.status.relayed = swarm.reachability, swarm.relayed
             await self._announce(swarm, backend, table, ServerState.ONLINE)
+            if self.config.lan:
+                await lan.start(swarm.peer_id, self.status.addresses, role="server", models=[backend.model_id])
             asyncio.get_running_loop().run_in_executor(None, self._preload_head, backend)
             self.status.startup_seconds = time.perf_counter() - began
             if on_ready is not None:
                 on_ready(self.status)
             await self._serve_until_stopped(swarm, backend, table, service)
         finally:
+            await lan.stop()
             await swarm.shutdown(SHUTDOWN_SECONDS)
             identity.release()
             if work_log is not None:

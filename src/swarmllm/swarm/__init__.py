@@ -1,6 +1,6 @@
 """The P2P layer: DHT announce/lookup, peer identity, record validation and framed streams.
 
-This package is the only place that imports hivemind. Everything above it sees
+This package is the only place that imports hivemind (and zeroconf: LAN discovery, lan.py). Everything above it sees
 `SwarmNode` (async), `FrameStream`, `BackgroundLoop` and `Identity`, so the transport could
 be swapped without touching the server or the client.
 """
