@@ -88,7 +88,7 @@ def test_widening_to_public_keeps_the_friends_servers_at_the_ends(swarm, client)
 
 
 def test_a_privacy_radius_no_server_fits_is_refused(swarm, client):
-    with pytest.raises(OutsideRadiusError, match="first and last blocks need servers inside radius 'local'"):
+    with pytest.raises(OutsideRadiusError, match="first and last blocks on servers inside radius 'local'"):
         generate(client, radius="public", privacy="local")
 
 

@@ -211,6 +211,10 @@ def scoped_records(records: Iterable[ServerRecord], scope: Scope, n_blocks: int,
     widest = scope.spec.widest
     ends = f"; the first and last blocks need servers inside radius {scope.privacy.value!r} (--privacy)" \
         if scope.privacy is not None else ""
-    widen = "" if widest == Radius.PUBLIC else f", or widen it (--radius {scope.spec}+public)"
+    if widest == Radius.PUBLIC:  # every server is inside: only the privacy rule can have failed
+        raise RadiusError(f"no chain covers blocks {_spans(last_gap)} with the model's first and last blocks on "
+                          f"servers inside radius {(scope.privacy or Radius.PUBLIC).value!r} (--privacy)",
+                          widest, last_gap)
     raise RadiusError(f"no chain inside radius {str(scope.spec)!r} covers blocks {_spans(last_gap)}{ends}: pair "
-                      f"with owners who serve them (swarmllm pair){widen}", widest, last_gap)
+                      f"with owners who serve them (swarmllm pair), or widen it (--radius {scope.spec}+public)",
+                      widest, last_gap)

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from swarmllm.client.routing import ChainLink, MissingBlocksError, plan_chain
+from swarmllm.client.routing import ChainLink, MissingBlocksError, missing_spans, plan_chain, usable
 from swarmllm.client.chain import RemoteStepError
 from swarmllm.client.estimates import SpeedEstimates, capped_priors
 from swarmllm.client.ping import ping_peer
@@ -349,11 +349,13 @@ class SwarmClient:
                          scope: Optional[Scope] = None, ping_timeout: float = 3.0) -> list[ChainLink]:
         skip = set(exclude) | self.banned()
         if scope is not None:  # only servers inside the radius; outside the privacy radius, middle blocks only
+            candidates = [r for r in records if r.peer_id not in skip]
             try:
-                _, _, records = scoped_records([r for r in records if r.peer_id not in skip], scope, n_blocks,
-                                               start, end, now=dht_time())
+                _, _, records = scoped_records(candidates, scope, n_blocks, start, end, now=dht_time())
             except RadiusError as e:
-                raise OutsideRadiusError(model_id, e) from None
+                if not missing_spans(n_blocks, [r for r in candidates if usable(r, max_length)], start, end):
+                    raise OutsideRadiusError(model_id, e) from None
+                # nobody at all serves some blocks: plan_chain's MissingBlocksError says so (and failover waits)
         unknown = [r.peer_id for r in records if r.peer_id not in self.rtts and r.peer_id not in skip]
         if unknown:
             measured = await self._ping(unknown, ping_timeout)
