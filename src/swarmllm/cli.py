@@ -117,7 +117,7 @@ def cmd_join(args) -> int:
         del options[at:at + 2]
     peers = ",".join(invite.peers)
     if args.client:
-        argv = ["gateway", "--initial-peers", peers, *options]
+        argv = ["gateway", "--initial-peers", peers, "--lite", *options]  # the lite client: no weights here
     else:
         model = args.model or (invite.models[0] if invite.models else DEFAULT_MODEL)
         if invite.models and model not in invite.models:
@@ -230,10 +230,12 @@ def cmd_generate(args) -> int:
         raise UsageError("--ring needs a swarm; --local has no chain to ring around")
     if args.ring and args.speculative != "off":
         raise UsageError("--ring and --speculative do not combine; choose one")
+    if args.lite and args.local:
+        raise UsageError("--lite holds no weights and --local holds them all; choose one")
     if args.quant != "none" and not args.local:
         raise UsageError("--quant applies to --local only; a swarm's servers choose their own "
                          "(swarmllm serve --quant)")
-    model = _local_model_path(args) if args.model.startswith(("http://", "https://")) else args.model
+    model = _local_model_path(args) if args.model.startswith(("http://", "https://")) and not args.lite else args.model
     options = GenerationOptions(
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ())),
@@ -251,10 +253,10 @@ def cmd_generate(args) -> int:
         from swarmllm.client.swarm_client import SwarmClient
 
         with ThreadPoolExecutor(1) as pool:  # load the head and tokenizer while joining the swarm
-            loading = pool.submit(ClientModel.load, model, args.dtype)
+            loading = None if args.lite else pool.submit(ClientModel.load, model, args.dtype)
             client = SwarmClient.connect(_initial_peers(args, may_start=False))
         with client:
-            generator = Generator.swarm(loading.result(), client)
+            generator = Generator.lite(model, client) if args.lite else Generator.swarm(loading.result(), client)
             result = generator.generate(generator.model.prompt_ids(args.prompt, args.system, args.raw), options,
                                         on_text, None if args.json else _retracted)
             paths = client.connection_paths(hop.peer_id for hop in result.route)
@@ -381,8 +383,8 @@ def cmd_gateway(args) -> int:
     settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
                                max_per_client=args.max_per_client, max_prompt_tokens=args.max_prompt_tokens,
                                max_new_tokens=args.max_new_tokens, max_active=args.max_active, max_queue=args.max_queue,
-                               status_period=args.status_period, ring=args.ring, verify=args.verify,
-                               radius=args.radius,
+                               status_period=args.status_period, ring=args.ring,
+                               verify="off" if args.lite else args.verify, radius=args.radius, lite=args.lite,
                                trusted_proxies=trusted,
                                forwarded_header=args.forwarded_header, api_keys=api_keys,
                                allow_anonymous=args.allow_anonymous)

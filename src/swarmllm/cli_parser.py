@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_initial_peers(p)
     _add_lan(p, advertises=False)
     p.add_argument("--local", action="store_true", help="run the whole model in this process (the reference)")
+    p.add_argument("--lite", action="store_true",
+                   help="hold no weights: the tokenizer comes from a server's copy of the model header, the first "
+                        "server embeds the token ids and the ring's last server samples (no --verify, "
+                        "no --speculative)")
     p.add_argument("--wire-dtype", choices=WIRE_DTYPES,
                    help="format of hidden states between nodes (default: lossless for the chain); int8 sends "
                         "0.29x the bytes of float32, for slow links")
@@ -322,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how requests check the servers unless they ask otherwise (the `verify` field of a request): "
                         "sample (default), strict or off; see swarmllm generate --verify")
     _add_radius(p, "which servers requests may use unless they ask otherwise (the `radius` field of a request)")
+    p.add_argument("--lite", action="store_true",
+                   help="hold no weights (what `swarmllm join TOKEN --client` runs): tokenizers from the servers' "
+                        "model headers, ring decoding only, requests unverified (--verify off)")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
 
     p = sub.add_parser("join", help="join a swarm from an invite token (the `swarmllm join TOKEN` line that "

@@ -40,14 +40,19 @@ def _join(swarm, name, *args) -> ManagedProcess:
     return proc
 
 
-def test_a_node_joins_from_the_printed_line_and_fills_the_gap(swarm):
+@pytest.fixture(scope="module")
+def joiner(swarm):
     node = _join(swarm, "joiner", "--host", "127.0.0.1", "--num-threads", "1")
     swarm.wait_ready([node], timeout=240)
-    assert node.ready["start"] <= 15 and node.ready["end"] == 30  # the blocks nobody served
-    assert "joining swarm 'default'" in node.log_path.read_text()
+    return node
 
 
-def test_join_client_runs_a_gateway(swarm):
+def test_a_node_joins_from_the_printed_line_and_fills_the_gap(joiner):
+    assert joiner.ready["start"] <= 15 and joiner.ready["end"] == 30  # the blocks nobody served
+    assert "joining swarm 'default'" in joiner.log_path.read_text()
+
+
+def test_join_client_runs_a_gateway(swarm, joiner):
     port = free_port()
     gateway = _join(swarm, "join-client", "--client", "--port", str(port))
     deadline = time.monotonic() + 120
@@ -59,6 +64,12 @@ def test_join_client_runs_a_gateway(swarm):
             time.sleep(0.5)
     else:
         pytest.fail(f"the gateway did not answer:\n{gateway.log_tail()}")
+    # the lite client: no weights in the gateway; the swarm (the joiner's blocks too) embeds and samples
+    reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                       json={"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
+                             "max_tokens": 4, "temperature": 0})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"]
 
 
 def test_a_stale_token_says_so():

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 from swarmllm.client.chain import NOT_RETRYABLE, Hop, RemoteStepError
 from swarmllm.client.ping import ping_peer
 from swarmllm.client.routing import ChainLink
-from swarmllm.protocol import ErrorCode, Reroute, Step, SwarmError, encode_frame, encode_tensor
-from swarmllm.protocol.receipts import digest
+from swarmllm.protocol import ErrorCode, Reroute, SwarmError, encode_frame
 
 if TYPE_CHECKING:
     from swarmllm.client.session import InferenceSession
@@ -213,10 +212,11 @@ class Failover:
         elif p > 0:
             frames, hashes, position = [], [], 0
             for index, length in enumerate(chunks):
-                meta, raw = encode_tensor(session.inputs[position:position + length].unsqueeze(0), session.wire_dtype)
-                frames.append(encode_frame(Step(session_id=new[0].session_id, step_id=first_id + index,
-                                                start_position=position, tensor=meta, replay_end=replay_end), raw))
-                hashes.append(digest(raw))
+                frame, sent = session.step_frame(session.inputs[position:position + length].unsqueeze(0), position,
+                                                 first_id + index, session_id=new[0].session_id,
+                                                 replay_end=replay_end)
+                frames.append(frame)
+                hashes.append(sent)
                 position += length
             sender = new[0]
         else:

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
+from swarmllm.client.lite import LiteError, LiteHead
 from swarmllm.client.radius import parse_radius
 from swarmllm.client.ring import RingDecoder, RingStats
 from swarmllm.client.swarm_client import RemoteSession, SwarmClient
@@ -301,13 +302,27 @@ class Generator:
         return Generation(local, prompt_ids, options, length, local.new_forward_fn(length, options.prefill_chunk),
                           speculation, "speculative" if speculation else "plain")
 
+    @classmethod
+    def lite(cls, model_id: str, client: SwarmClient) -> "Generator":
+        """Through the swarm with no weights here: the tokenizer from a server's header (client/lite.py)."""
+        return cls(client.lite_model(model_id), client)
+
+    @property
+    def is_lite(self) -> bool:
+        return isinstance(self.model.head, LiteHead)
+
     def _start_swarm(self, prompt_ids, options: GenerationOptions, length: int, chain=None) -> Generation:
+        lite = self.is_lite
+        if lite and (options.verify != "off" or options.speculative != "off" or options.ring is False):
+            raise LiteError("a lite client decodes in a ring only: no --verify (it needs the LM head), no "
+                            "--speculative, no --no-ring")
         speculation = self._speculation(options, length)
         opened = time.perf_counter()
         session = self.client.open_session(self.model.model_id, self.model.config.n_blocks, length,
                                            wire_dtype=options.wire_dtype, prefill_chunk=options.prefill_chunk,
                                            routing_seed=options.routing_seed, verify=options.verify, chain=chain,
-                                           radius=options.radius, privacy=options.privacy)
+                                           radius=options.radius, privacy=options.privacy,
+                                           lite_hidden_size=self.model.config.hidden_size if lite else None)
         open_seconds = time.perf_counter() - opened
         decoder: Optional[Decoder] = speculation
         decoding = "speculative" if speculation else "plain"
@@ -315,6 +330,9 @@ class Generator:
             # regenerates from the last verified position after a late conviction; checks all before the end
             decoder = RewindingDecoder(session.verify_all, self.model.tokenizer)
         wants_ring = options.ring if options.ring is not None else speculation is None
+        if lite and not session.session.ring_supported:
+            session.close()
+            raise LiteError("the chain's ends cannot ring, and a lite client cannot decode otherwise")
         if wants_ring and session.session.ring_supported:
             decoder = RingDecoder(self.client.loop.run, session.session, self.model.tokenizer.eos_token_ids,
                                   self.model.tokenizer)

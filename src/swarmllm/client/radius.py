@@ -154,6 +154,7 @@ class Scope:
     privacy: Optional[Radius] = None
     my_owner_id: Optional[str] = None
     trusted_owner_ids: frozenset = frozenset()
+    ring_ends: bool = False  # the ends must also be able to ring (a lite client: servers embed and sample)
 
 
 def _spans(spans) -> str:
@@ -203,7 +204,8 @@ def scoped_records(records: Iterable[ServerRecord], scope: Scope, n_blocks: int,
             continue
         privacies = [scope.privacy] if scope.privacy is not None else [p for p in Radius if radius.includes(p)]
         for privacy in privacies:
-            usable = [r if privacy.includes(c) else _keep_off_the_ends(r, n_blocks) for r, c in inside]
+            usable = [r if privacy.includes(c) and (r.ring or not scope.ring_ends) else _keep_off_the_ends(r, n_blocks)
+                      for r, c in inside]
             usable = [r for r in usable if r is not None]
             last_gap = _uncovered(n_blocks, usable, start, end)
             if not last_gap:
@@ -211,9 +213,10 @@ def scoped_records(records: Iterable[ServerRecord], scope: Scope, n_blocks: int,
     widest = scope.spec.widest
     ends = f"; the first and last blocks need servers inside radius {scope.privacy.value!r} (--privacy)" \
         if scope.privacy is not None else ""
-    if widest == Radius.PUBLIC:  # every server is inside: only the privacy rule can have failed
+    ring = " that can ring (a lite client's chain: they embed its token ids and sample)" if scope.ring_ends else ""
+    if widest == Radius.PUBLIC:  # every server is inside: only the rule for the ends can have failed
         raise RadiusError(f"no chain covers blocks {_spans(last_gap)} with the model's first and last blocks on "
-                          f"servers inside radius {(scope.privacy or Radius.PUBLIC).value!r} (--privacy)",
+                          f"servers inside radius {(scope.privacy or Radius.PUBLIC).value!r} (--privacy){ring}",
                           widest, last_gap)
     raise RadiusError(f"no chain inside radius {str(scope.spec)!r} covers blocks {_spans(last_gap)}{ends}: pair "
                       f"with owners who serve them (swarmllm pair), or widen it (--radius {scope.spec}+public)",

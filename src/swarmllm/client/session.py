@@ -42,9 +42,10 @@ from swarmllm.client.timeouts import StepTimeouts
 from swarmllm.engine.generation import PREFILL_CHUNK
 from swarmllm.protocol import (
     SESSION_HANDLER, CloseSession, ErrorCode, ErrorReply, NextHop, OpenSession, ProtocolError, RingSpec, RingStop,
-    SessionOpened, SetUpstream, Step, StepReceipt, StepResult, SwarmError, TokenResult, decode_frame, decode_tensor,
-    encode_frame, encode_tensor,
+    SessionOpened, SetUpstream, Step, StepReceipt, StepResult, SwarmError, TensorMeta, TokenResult, decode_frame,
+    decode_tensor, encode_frame, encode_tensor,
 )
+from swarmllm.protocol.messages import token_bytes
 from swarmllm.protocol.receipts import digest
 
 __all__ = ["FailoverEvent", "Hop", "InferenceSession", "RemoteStepError", "RingChannel", "PREFILL_CHUNK"]
@@ -108,8 +109,11 @@ class InferenceSession:
                  on_step_timed: Callable[[list[ChainLink], float], None] = lambda chain, seconds: None,
                  on_receipts: Callable[[str, list[StepReceipt]], None] = lambda session_id, receipts: None,
                  on_bad_receipt: Callable[[RemoteStepError], None] = lambda error: None,
-                 on_stall: Callable[[str], None] = lambda peer: None):
+                 on_stall: Callable[[str], None] = lambda peer: None, lite_hidden_size: Optional[int] = None):
         self.swarm, self.model_id = swarm, model_id
+        # A lite client (no weights): its inputs are token ids ([1, T, 1] floats), sent as Step.token_ids for
+        # the first server to embed into hidden states of this size.
+        self.lite_hidden_size = lite_hidden_size
         self.session_id = uuid.uuid4().hex  # this client's name for the session (receipts are stored under it)
         self.on_bad_receipt = on_bad_receipt  # a server broke the receipt rules (failover also routes around it)
         self.receipts = ReceiptBook(model_id, lambda receipts: on_receipts(self.session_id, receipts))
@@ -320,11 +324,20 @@ class InferenceSession:
         self.inputs[start_position:start_position + hidden.shape[1]] = hidden[0]
 
     def step_frame(self, hidden: torch.Tensor, start_position: int, step_id: int,
-                   ring: Optional[RingSpec] = None) -> tuple[bytes, bytes]:
-        """(the Step frame for the chain's first server, sha256 of its tensor bytes: the receipts' input hash)."""
+                   ring: Optional[RingSpec] = None, session_id: Optional[str] = None,
+                   replay_end: Optional[int] = None) -> tuple[bytes, bytes]:
+        """(the Step frame for the chain's first server, sha256 of its tensor bytes: the receipts' input hash).
+        A lite session sends the token ids it keeps as inputs (Step.token_ids), hashed as token_bytes."""
+        session_id = session_id or self.hops[0].session_id
+        if self.lite_hidden_size is not None:
+            ids = tuple(int(t) for t in hidden[0, :, 0].round().long().tolist())
+            meta = TensorMeta(dtype="float32", shape=(1, len(ids), self.lite_hidden_size))
+            return encode_frame(Step(session_id=session_id, step_id=step_id, start_position=start_position,
+                                     tensor=meta, ring=ring, replay_end=replay_end, token_ids=ids)), \
+                digest(token_bytes(ids))
         meta, raw = encode_tensor(hidden, self.wire_dtype)
-        return encode_frame(Step(session_id=self.hops[0].session_id, step_id=step_id, start_position=start_position,
-                                 tensor=meta, ring=ring), raw), digest(raw)
+        return encode_frame(Step(session_id=session_id, step_id=step_id, start_position=start_position,
+                                 tensor=meta, ring=ring, replay_end=replay_end), raw), digest(raw)
 
     # --- steps -----------------------------------------------------------------------
     def timeout_for(self, n_positions: int) -> float:

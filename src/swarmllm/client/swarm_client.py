@@ -148,14 +148,31 @@ class SwarmClient:
                 return frozenset(store.trusted_owner_ids())
         self.trust_loader = trusted
 
-    def scope(self, radius: str = "public", privacy: Optional[str] = None) -> Scope:
+    def lite_model(self, model_id: str):
+        """The model's tokenizer and config, from a server's copy of its header (client/lite.py): no weights."""
+        from swarmllm.client.lite import LiteError, fetch_header, lite_model
+
+        found = self.loop.run(self.swarm.get_records([block_key(model_id, 0)]))
+        records = parse_records(found, model_id, now=dht_time())
+        for record in records:
+            self.swarm.remember_addresses(record.peer_id, record.addresses)
+        peers = [r.peer_id for r in sorted(records, key=lambda r: not r.ring) if r.peer_id not in self.banned()]
+        if not peers:
+            raise LiteError(f"no server of {model_id} answered in the DHT: the swarm does not serve it now")
+        model = lite_model(model_id, self.loop.run(fetch_header(self.swarm, peers, model_id)))
+        if any(r.n_blocks != model.config.n_blocks for r in records):
+            raise LiteError(f"the header a server shared says {model.config.n_blocks} blocks, the swarm's records "
+                            f"{sorted({r.n_blocks for r in records})}: refusing a mismatched model")
+        return model
+
+    def scope(self, radius: str = "public", privacy: Optional[str] = None, ring_ends: bool = False) -> Scope:
         """The routing scope of a session: `radius` (e.g. "trusted+public") and the privacy radius of its ends."""
         at, trusted = self._trusted
         if time.monotonic() - at > TRUST_REFRESH:
             trusted = frozenset(self.trust_loader())
             self._trusted = (time.monotonic(), trusted)
         return Scope(parse_radius(radius), parse_radius(privacy).preferred if privacy else None, self.owner_id,
-                     trusted)
+                     trusted, ring_ends)
 
     def close(self) -> None:
         try:
@@ -389,7 +406,7 @@ class SwarmClient:
                             chain: Optional[list[ChainLink]], prefill_chunk: Optional[int] = PREFILL_CHUNK,
                             attempts: int = 8, wait_for_capacity: float = 6.0,
                             routing_seed: Optional[int] = None, verify: str = "off",
-                            scope: Optional[Scope] = None) -> InferenceSession:
+                            scope: Optional[Scope] = None, lite_hidden_size: Optional[int] = None) -> InferenceSession:
         seed = routing_seed if routing_seed is not None else random.getrandbits(63)  # this session's tie-breaks
 
         async def replan(start: int, end: int, down: set) -> list[ChainLink]:
@@ -420,7 +437,8 @@ class SwarmClient:
             session = InferenceSession(self.swarm, model_id, links, max_length, wire_dtype=dtype, replanner=replan,
                                        prefill_chunk=prefill_chunk, on_peer_failure=self.mark_failed,
                                        on_step_timed=lambda chain, seconds: self._timed(model_id, chain, seconds),
-                                       on_receipts=self._receipt_sink(model_id), on_bad_receipt=self._bad_receipt, on_stall=self._stalled)
+                                       on_receipts=self._receipt_sink(model_id), on_bad_receipt=self._bad_receipt, on_stall=self._stalled,
+                                       lite_hidden_size=lite_hidden_size)
             if verify != "off":
                 session.verify_with(Verifier(session, verify, self._witness_opener(
                     model_id, n_blocks, max_length, dtype, seed, scope), self.reputation,
@@ -496,7 +514,7 @@ class SwarmClient:
     def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
                      prefill_chunk: Optional[int] = PREFILL_CHUNK, chain: Optional[list[ChainLink]] = None,
                      routing_seed: Optional[int] = None, verify: str = "off", radius: Optional[str] = None,
-                     privacy: Optional[str] = None) -> RemoteSession:
+                     privacy: Optional[str] = None, lite_hidden_size: Optional[int] = None) -> RemoteSession:
         """Open a session over `chain` (default: the best chain now, re-planned around failures).
 
         wire_dtype None = lossless for this chain: 16-bit when every server computes in that
@@ -505,9 +523,11 @@ class SwarmClient:
         "strict" re-computes the servers' spans on independent servers (verification.py). radius: the trust
         radius the chain stays in (client/radius.py: "local", "trusted", "public", widenings "trusted+public");
         privacy: the radius of the servers at the chain's ends (default: the narrowest that can serve). Both
-        None: no scope (any server).
+        None: no scope (any server). lite_hidden_size: a lite client's session (client/lite.py): token ids go
+        to the first server, which embeds them into states of this size; the chain's ends must ring.
         """
-        scope = self.scope(radius or "public", privacy) if radius or privacy else None
+        lite = lite_hidden_size is not None
+        scope = self.scope(radius or "public", privacy, ring_ends=lite) if radius or privacy or lite else None
         return RemoteSession(self, self.loop.run(self._open_session(
             model_id, n_blocks, max_length, wire_dtype, chain, prefill_chunk, routing_seed=routing_seed,
-            verify=verify, scope=scope)))
+            verify=verify, scope=scope, lite_hidden_size=lite_hidden_size)))

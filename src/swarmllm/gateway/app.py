@@ -75,6 +75,7 @@ class GatewaySettings:
     ring: bool = True             # ring decoding when the chain offers it (client/ring.py)
     verify: str = "sample"        # requests' verification mode unless they ask (client/verification.py)
     radius: str = "public"        # requests' trust radius unless they ask (client/radius.py)
+    lite: bool = False            # hold no weights: tokenizers from the servers, ring decoding (client/lite.py)
     trusted_proxies: tuple[IPNetwork, ...] = ()  # peers whose forwarding header names the client
     forwarded_header: str = "x-forwarded-for"    # the one header they write: "x-forwarded-for" or "forwarded"
     api_keys: Optional[ApiKeys] = None           # None: no keys, everyone is limited per address
@@ -120,7 +121,8 @@ def _rate_limited(caller: Caller, wait: float) -> ApiError:
 
 def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings()) -> FastAPI:
     service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring,
-                                max_active=settings.max_active, verify=settings.verify, radius=settings.radius)
+                                max_active=settings.max_active, verify=settings.verify, radius=settings.radius,
+                                lite=settings.lite)
     status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period)
     limiter = RateLimiter(max_keys=settings.limiter_max_keys)
     slots = ClientSlots()

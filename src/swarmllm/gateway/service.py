@@ -24,6 +24,7 @@ from swarmllm.client.generation import (
     ClientModel, Generation, GenerationOptions, GenerationResult, Generator, PromptTooLongError, SamplingParams,
     UnknownModelError, list_catalog,
 )
+from swarmllm.client.lite import LiteError
 from swarmllm.client.swarm_client import SwarmClient
 
 
@@ -54,8 +55,9 @@ class Delta:
 
 class GenerationService:
     def __init__(self, client: SwarmClient, max_prompt_tokens: int, max_new_tokens: int, ring: bool = True,
-                 max_active: int = 8, verify: str = "sample", radius: str = "public"):
+                 max_active: int = 8, verify: str = "sample", radius: str = "public", lite: bool = False):
         self.client, self.ring, self.verify, self.radius = client, ring, verify, radius
+        self.lite = lite  # no weights here: tokenizers from the servers' headers, ring decoding (client/lite.py)
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self._generators: dict[str, Generator] = {}
         self._lock = threading.Lock()
@@ -73,7 +75,13 @@ class GenerationService:
             raise UnknownModelError(f"{model_id!r} is not a catalog model")
         with self._lock:
             if model_id not in self._generators:
-                self._generators[model_id] = Generator.swarm(ClientModel.load(model_id), self.client)
+                if self.lite:
+                    try:
+                        self._generators[model_id] = Generator.lite(model_id, self.client)
+                    except LiteError as e:
+                        raise UnknownModelError(str(e)) from None
+                else:
+                    self._generators[model_id] = Generator.swarm(ClientModel.load(model_id), self.client)
             return self._generators[model_id]
 
     def prepare(self, model_id: str, messages: Optional[list[dict]], prompt: Optional[str], *, max_tokens: Optional[int],

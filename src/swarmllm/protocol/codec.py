@@ -86,6 +86,8 @@ def decode_frame(frame: bytes) -> tuple[object, memoryview]:
                                                  f"is the peer running another version of swarmllm?")
     payload = memoryview(frame)[header_end:]
     meta = getattr(message, "tensor", None)
+    if getattr(message, "token_ids", None) is not None:  # a lite client's ids: the receiver embeds, no payload
+        meta = None
     expected = tensor_nbytes(meta) if meta is not None else message.length if isinstance(message, RangeData) else 0
     if len(payload) != expected:
         raise ProtocolError(ErrorCode.MALFORMED, f"payload is {len(payload)} bytes but the header describes {expected}")

@@ -14,8 +14,8 @@ fields in ~30 bytes:
 
 `encode` returns None for any message it cannot carry exactly (another class, a negative or
 huge integer, a long session id, a field this layout does not know, a Step that starts a
-ring: once per generation, its `RingSpec` goes as JSON): the caller then sends JSON, so
-every message still round-trips. `decode` only parses; the caller validates the
+ring: once per generation, its `RingSpec` goes as JSON; a lite client's Step of token ids): the
+caller then sends JSON, so every message still round-trips. `decode` only parses; the caller validates the
 fields with the message's pydantic schema, exactly as for JSON headers. Raises
 ProtocolError(MALFORMED) on truncated or impossible bytes. No framing here (see codec.py).
 """
@@ -36,7 +36,8 @@ _F64 = struct.Struct("<d")
 
 # Exactly the fields each layout carries: a message class with any other field set is sent as
 # JSON rather than losing a field (tests/unit/test_wire_frames.py asserts they still match).
-STEP_FIELDS = frozenset({"type", "session_id", "step_id", "start_position", "tensor", "replay_end", "ring"})
+STEP_FIELDS = frozenset({"type", "session_id", "step_id", "start_position", "tensor", "replay_end", "ring",
+                         "token_ids"})
 STEP_RESULT_FIELDS = frozenset({"type", "session_id", "step_id", "start_position", "tensor", "compute_seconds"})
 _LAYOUT_FITS = {Step: set(Step.model_fields) == STEP_FIELDS,
                 StepResult: set(StepResult.model_fields) == STEP_RESULT_FIELDS}
@@ -44,7 +45,8 @@ _LAYOUT_FITS = {Step: set(Step.model_fields) == STEP_FIELDS,
 
 def encode(message) -> bytes | None:
     """The binary header of a Step or StepResult, or None when only JSON can carry it exactly."""
-    if not _LAYOUT_FITS.get(type(message), False) or getattr(message, "ring", None) is not None:
+    if not _LAYOUT_FITS.get(type(message), False) or getattr(message, "ring", None) is not None or \
+            getattr(message, "token_ids", None) is not None:
         return None
     meta = message.tensor
     positions = [message.step_id, message.start_position]

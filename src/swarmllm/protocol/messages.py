@@ -80,7 +80,7 @@ from pydantic import BaseModel, ConfigDict, Field
 #    can re-run each span from its own inputs on an independent server (client/verification.py).
 # v6: server records say whether the node is reached through a relay (`relayed`, its addresses lead with
 #    /p2p-circuit ones) and carry its owner's certificate (`owner`, protocol/owners.py); new record kind
-#    "pairing" (protocol/pairing.py). Messages are unchanged.
+#    "pairing" (protocol/pairing.py). `Step.token_ids`: a lite client's token ids, embedded by the first server.
 PROTOCOL_VERSION = 6
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
@@ -175,6 +175,11 @@ class RingSpec(_Wire):
     last_peer_id: str                  # the chain's last server: the only peer the first server takes RingTokens from
 
 
+def token_bytes(token_ids) -> bytes:
+    """What a receipt's input hash covers for a step of token ids (Step.token_ids): int64 little-endian."""
+    return b"".join(int(t).to_bytes(8, "little", signed=True) for t in token_ids)
+
+
 class Step(_Wire):
     """Hidden states for new positions: client -> first server, or server -> next server.
 
@@ -192,6 +197,10 @@ class Step(_Wire):
     # reach this block answers the client instead of pushing on (the servers after it already
     # hold these positions)
     ring: Optional[RingSpec] = None    # start ring decoding with this step (see RingSpec)
+    # v6: token ids instead of hidden states, from a client to the chain's first server only (a lite client
+    # holds no embeddings): that server embeds them. `tensor` then describes the embedded states [1, T, hidden]
+    # and the frame carries no payload; receipts hash the ids as int64 little-endian bytes (token_bytes).
+    token_ids: Optional[tuple[int, ...]] = Field(default=None, max_length=MAX_POSITIONS_PER_STEP)
 
 
 class StepResult(_Wire):
@@ -362,7 +371,8 @@ class ReadRange(_Wire):
 
     type: Literal["read_range"] = "read_range"
     model_id: str
-    file_name: str                     # the file's name (e.g. "X.Q4_K_M.gguf"): same id, same file
+    file_name: str                     # the file's name (e.g. "X.Q4_K_M.gguf"): same id, same file; v6: "" = the
+    # file the node serves for model_id, whatever its name (a lite client reading the header)
     offset: int = Field(ge=0)
     length: int = Field(gt=0, le=MAX_RANGE_BYTES)
 

@@ -64,7 +64,7 @@ class FileService:
                 msg, _ = decode_frame(frame)
                 if not isinstance(msg, ReadRange):
                     raise ProtocolError(ErrorCode.MALFORMED, f"the file handler takes read_range, not {msg.type!r}")
-                if msg.model_id != self.model_id or msg.file_name != self.file_name:
+                if msg.model_id != self.model_id or msg.file_name not in ("", self.file_name):
                     raise ProtocolError(ErrorCode.NOT_AVAILABLE, f"this node holds {self.file_name} of "
                                                                  f"{self.model_id}, not {msg.file_name} of {msg.model_id}")
                 if not self.held(msg.offset, msg.length):

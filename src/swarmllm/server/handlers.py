@@ -41,7 +41,7 @@ from swarmllm.protocol import (
     Reroute, RingStop, RingToken, SessionOpened, SetUpstream, Step, StepResult, TensorMeta, TokenResult, decode_frame,
     decode_tensor, encode_frame, encode_tensor,
 )
-from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.protocol.messages import PROTOCOL_VERSION, token_bytes
 from swarmllm.protocol.records import block_key, parse_records
 from swarmllm.protocol.receipts import digest
 from swarmllm.server.batching import StepBatcher
@@ -209,7 +209,10 @@ class SessionService:
                 n_new = self.table.validate_step(session, msg)
                 self.quotas.check_step_positions(n_new)
                 self.quotas.check_rollback(session.rollbacks, rolls_back)
-                if hidden is None:
+                if msg.token_ids is not None:  # a lite client's ids: this first server embeds them
+                    hidden = self._embed_step(session, msg, sender)
+                    received = token_bytes(msg.token_ids)
+                elif hidden is None:
                     hidden = decode_tensor(msg.tensor, payload, self.backend.dtype)
                     received = payload
                 else:  # a ring token's embedding: receipts hash it as float32 bytes
@@ -349,6 +352,24 @@ class SessionService:
                                                         f"server {first.peer_id}: {e}")
             await self._reply_error(session.client_stream, error, session.session_id, token.step_id,
                                     peer_id=first.peer_id)
+
+    def _embed_step(self, session: ServerSession, msg: Step, sender: str) -> torch.Tensor:
+        """The embeddings of a step's token ids (Step.token_ids): only the chain's first server takes them,
+        from the session's client, and only if it holds the model's embedding (a ring-capable node)."""
+        if session.start != 0 or session.upstream is not None or sender != session.owner:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "token ids go to the chain's first server, from its client")
+        if tuple(msg.tensor.shape) != (1, len(msg.token_ids), self.backend.hidden_size):
+            raise ProtocolError(ErrorCode.BAD_SHAPE, f"a step of {len(msg.token_ids)} token ids describes tensor "
+                                                     f"{list(msg.tensor.shape)}, not [1, {len(msg.token_ids)}, "
+                                                     f"{self.backend.hidden_size}]")
+        if msg.token_ids and not all(0 <= t < self.backend.config.vocab_size for t in msg.token_ids):
+            raise ProtocolError(ErrorCode.BAD_SHAPE, f"a token id is outside the vocabulary "
+                                                     f"({self.backend.config.vocab_size})")
+        try:
+            head = self.backend.head()
+        except LookupError as e:
+            raise ProtocolError(ErrorCode.UNSUPPORTED, f"this node cannot embed token ids: {e}") from None
+        return head.embed(list(msg.token_ids)).to(self.backend.dtype)
 
     async def _ring_token_quietly(self, token: RingToken, origin: ServerSession) -> None:
         try:
