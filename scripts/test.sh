@@ -3,11 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-# The browser tests drive Debian's Chromium (a browser download by Playwright fails here).
-if ! command -v chromium >/dev/null 2>&1; then
+# The browser tests drive Debian's Chromium (a browser download by Playwright fails here); the NAT
+# tests build network namespaces with iproute2 and nftables (as root; skipped otherwise).
+packages=""
+command -v chromium >/dev/null 2>&1 || packages="$packages chromium"
+command -v nft >/dev/null 2>&1 || packages="$packages nftables"
+command -v ip >/dev/null 2>&1 || packages="$packages iproute2"
+if [ -n "$packages" ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } \
-    || echo "warning: could not install chromium; the browser tests will be skipped" >&2
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $packages >/dev/null; } \
+    || echo "warning: could not install$packages; the tests that need them will be skipped" >&2
 fi
 .venv/bin/lint-imports
 exec .venv/bin/python -m pytest "$@"
