@@ -1,16 +1,19 @@
 """The lite client (issue 13, point 6): generation with no weights on the client.
 
-A real swarm of two nodes, [0, 15) and [15, 30); the client fetches the model's header from a
+A real swarm of three nodes, [0, 15) twice and [15, 30); the client fetches the model's header from a
 server over the swarm transport (a sparse local copy: a few MB of a 90 MB file), sends token ids,
 which the first server embeds, and watches the tokens the ring's last server samples. The text
 equals the single-process reference, in-process and through `swarmllm generate --lite`. A lite
-client refuses what it cannot do (verification, speculation) with a sentence.
+client refuses what it cannot do (verification, speculation) with a sentence. When the chain's first
+server is killed mid-generation, failover replays the client's token ids to the other one, and the
+text is still the reference.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -31,7 +34,7 @@ GREEDY = SamplingParams(max_new_tokens=8)
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
-    s = LocalSwarm(MODEL, [(0, 15), (15, 30)], log_dir=tmp_path_factory.mktemp("lite"))
+    s = LocalSwarm(MODEL, [(0, 15), (15, 30), (0, 15)], log_dir=tmp_path_factory.mktemp("lite"))
     s.start(timeout=240)
     try:
         yield s
@@ -67,3 +70,18 @@ def test_generate_lite_from_the_command_line(swarm, reference, tmp_path):
                          env={**swarm._env(), "SWARMLLM_CACHE": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["token_ids"] == reference.token_ids
+
+
+def test_a_lite_client_survives_its_first_server_dying(swarm, reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWARMLLM_CACHE", str(tmp_path))
+    with SwarmClient.connect(swarm.initial_peers, keep_state=False) as client:
+        generator = Generator.lite(MODEL, client)
+        with generator.start(generator.model.prompt_ids(PROMPT), GenerationOptions(sampling=GREEDY)) as run:
+            first = run.session.chain[0].peer_id
+            for index, _ in enumerate(run):
+                if index == 2:  # a few tokens in: kill the server that embeds the token ids
+                    victim = next(n for n in swarm.nodes if n.ready["peer_id"] == first)
+                    swarm.kill(victim, signal.SIGKILL)
+        result = run.result()
+    assert result.token_ids == reference.token_ids
+    assert first not in [hop.peer_id for hop in result.route] and result.failovers
