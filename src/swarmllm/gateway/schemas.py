@@ -12,6 +12,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from swarmllm.client.radius import parse_radius
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -37,6 +39,13 @@ class _SamplingRequest(BaseModel):
     # "trusted+public") and of its ends (privacy, which see token ids); None = the gateway's default.
     radius: Optional[str] = Field(default=None, max_length=40, pattern=r"^[a-z+]+$")
     privacy: Optional[Literal["local", "trusted", "public"]] = None
+
+    @field_validator("radius")
+    @classmethod
+    def _radius(cls, value):
+        if value is not None:
+            parse_radius(value)  # ValueError: "use local, trusted or public, ..."
+        return value
 
     @field_validator("stop")
     @classmethod
