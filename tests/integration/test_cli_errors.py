@@ -94,6 +94,7 @@ def test_missing_blocks_then_server_out_of_memory(partial_swarm):
     assert small.alive and partial_swarm.nodes[0].alive
 
 
+@pytest.mark.extended  # the default run covers it: `swarmllm join` (test_join.py) and a LAN serve fill gaps
 def test_serve_without_blocks_fills_the_gap(tmp_path):
     with LocalSwarm(MODEL, [(0, 10)], log_dir=tmp_path) as swarm:
         chooser = swarm.add_node(None, None, name="chooser", extra_args=("--num-blocks", "20"))

@@ -63,6 +63,7 @@ def test_a_lite_client_generates_the_reference_with_no_weights(swarm, reference,
             generator.generate(model.prompt_ids(PROMPT), GenerationOptions(sampling=GREEDY, verify="sample"))
 
 
+@pytest.mark.extended  # the same path as in-process; join --client runs a lite gateway by default
 def test_generate_lite_from_the_command_line(swarm, reference, tmp_path):
     out = subprocess.run([sys.executable, "-m", "swarmllm.cli", "generate", PROMPT, "--lite", "--initial-peers",
                           ",".join(swarm.initial_peers), "--max-new-tokens", "8", "--json"],

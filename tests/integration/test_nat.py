@@ -83,7 +83,7 @@ def test_the_home_node_knows_it_is_behind_nat_and_announces_a_relay_circuit(nat_
     assert "/p2p-circuit/p2p/" + h["peer_id"] in h["addresses"][0]
 
 
-@pytest.mark.parametrize("ring", ["--ring", "--no-ring"])
+@pytest.mark.parametrize("ring", ["--ring", pytest.param("--no-ring", marks=pytest.mark.extended)])
 def test_a_client_generates_through_the_relayed_node_exactly(lab, nat_swarm, ring):
     reference = generate_text(MODEL, PROMPT, SamplingParams(max_new_tokens=TOKENS))
     out = _generate(lab, nat_swarm, ring)

@@ -60,10 +60,11 @@ def _kill_all(pids) -> None:
             pass
 
 
-# SIGHUP (the terminal closed) and SIGKILL run by default; SIGINT and SIGTERM take the same path
-# as SIGHUP and run with `pytest -m extended`.
+# SIGKILL runs by default (nothing of `up` gets to clean up: the lifelines must); SIGHUP (the terminal
+# closed), SIGINT and SIGTERM take the graceful path and run with `pytest -m extended`.
 SIGNALS = [pytest.param(signal.SIGINT, marks=pytest.mark.extended),
-           pytest.param(signal.SIGTERM, marks=pytest.mark.extended), signal.SIGHUP, signal.SIGKILL]
+           pytest.param(signal.SIGTERM, marks=pytest.mark.extended),
+           pytest.param(signal.SIGHUP, marks=pytest.mark.extended), signal.SIGKILL]
 
 
 @pytest.fixture(scope="module")
