@@ -36,6 +36,8 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from swarmllm.protocol.compact_header import uleb128  # multiaddr codes and lengths are unsigned varints too
+
 REACH_HANDLER = "swarmllm.reach/1"
 PROBE_PEERS = 3                 # peers asked to dial back
 PROBE_DIAL_TIMEOUT = 3.0        # s a prober waits for the TCP handshake
@@ -92,27 +94,18 @@ def is_relayed(address: str) -> bool:
 _P2P, _CIRCUIT = 421, 290
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def encode_multiaddr(text: str, encode_transport, decode_peer_id) -> bytes:
     """`text` (/ip4/../tcp/..[/p2p/ID][/p2p-circuit[/p2p/ID]]) as go-multiaddr bytes. `encode_transport`
     encodes a part without /p2p/ (hivemind's Multiaddr), `decode_peer_id` gives a peer id's multihash."""
     out, rest = bytearray(), text
     while rest:
         if rest.startswith("/p2p-circuit"):
-            out += _varint(_CIRCUIT)
+            out += uleb128(_CIRCUIT)
             rest = rest[len("/p2p-circuit"):]
         elif rest.startswith("/p2p/"):
             peer, _, tail = rest[len("/p2p/"):].partition("/")
             digest = decode_peer_id(peer)
-            out += _varint(_P2P) + _varint(len(digest)) + digest
+            out += uleb128(_P2P) + uleb128(len(digest)) + digest
             rest = "/" + tail if tail else ""
         else:
             cut = min([i for i in (rest.find("/p2p/", 1), rest.find("/p2p-circuit", 1)) if i > 0] or [len(rest)])
