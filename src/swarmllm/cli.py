@@ -210,7 +210,8 @@ def cmd_serve(args) -> int:
         _print_ready({"role": "server", "peer_id": status.peer_id, "start": status.start, "end": status.end,
                       "addresses": status.addresses, "load_seconds": status.load_seconds,
                       "startup_seconds": status.startup_seconds, "throughput": status.throughput,
-                      "reachability": status.reachability, "relayed": status.relayed})
+                      "reachability": status.reachability, "probe_answers": list(status.probe_answers),
+                      "relayed": status.relayed})
 
     async def main() -> None:
         node = ServerNode(config)

@@ -3,7 +3,9 @@
 The lab (harness/netns.py, real network namespaces, nftables NAT): the bootstrap peer (a relay),
 server A [0, 15) and the client, each a machine of its own on the public segment; server H [15, 30) at home, behind a router that
 masquerades its traffic and drops every inbound connection. H's reachability probe hears "no"
-from the bootstrap, so it reserves a slot at the bootstrap and announces a /p2p-circuit address.
+from the bootstrap and a lying "yes" from a hostile public peer (reach_liar.py); a tie is private,
+so it reserves a slot at the bootstrap and announces a /p2p-circuit address (a liar cannot talk a
+home node into announcing addresses nobody can dial).
 The client generates through A -> H: H's direct
 address is unroutable from there, so every byte to H crosses the relay; the text must equal the
 single-process reference. Ring decoding (H samples and sends the token to A) and the plain chain
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +26,7 @@ from swarmllm.client.generation import generate_text
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.harness import netns
 from swarmllm.harness.local_swarm import wait_ready
+from swarmllm.harness.processes import ManagedProcess
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +57,21 @@ def nat_swarm(lab, tmp_path_factory):
         wait_ready([bootstrap], 60)
         boot = bootstrap.ready
         peers = ",".join(a for a in boot["addresses"] if boot_host in a)
+        liar_ns, liar_host = lab.add_public_host()
+        liar = ManagedProcess("reach-liar", [*lab.exec(liar_ns), sys.executable, str(Path(__file__).with_name(
+            "reach_liar.py")), "--host", liar_host, "--initial-peers", peers, "--answer", "yes"], log_dir / "liar.log")
+        liar.start(env)
+        processes.append(liar)
+        wait_ready([liar], 60)
         a_ns, a_host = lab.add_public_host()
         client_ns, _ = lab.add_public_host()
         common = ["--initial-peers", peers, "--num-threads", "1", "--rebalance-period", "0"]
         server_a = lab.start(a_ns, "server-a", log_dir, env, "serve", "--model", MODEL, "--blocks", "0:15",
                           "--host", a_host, "--identity", str(log_dir / "a.key"), *common)
+        # H asks the bootstrap (honest: no) and the liar (yes) to dial it back; only the bootstrap relays
         server_h = lab.start(lab.home(1), "server-h", log_dir, env, "serve", "--model", MODEL, "--blocks", "15:30",
-                          "--host", lab.home_address(1), "--identity", str(log_dir / "h.key"), *common)
+                             "--host", lab.home_address(1), "--identity", str(log_dir / "h.key"), *common[2:],
+                             "--initial-peers", f"{peers},{liar.ready['addresses'][0]}", "--relays", peers)
         processes += [server_a, server_h]
         wait_ready([server_a, server_h], 240)
         a, h = server_a.ready, server_h.ready
@@ -80,6 +93,7 @@ def test_the_home_node_knows_it_is_behind_nat_and_announces_a_relay_circuit(nat_
     a, h = nat_swarm["a"], nat_swarm["h"]
     assert a["reachability"] == "public" and not a["relayed"]
     assert h["reachability"] == "private" and h["relayed"]
+    assert sorted(h["probe_answers"]) == [False, True]  # the bootstrap's honest no, the liar's yes: a tie
     assert "/p2p-circuit/p2p/" + h["peer_id"] in h["addresses"][0]
 
 

@@ -164,6 +164,7 @@ class NodeStatus:
     throughput: float = 0.0
     addresses: list[str] = field(default_factory=list)
     reachability: str = "unknown"   # the reachability probe's verdict: public, private or unknown
+    probe_answers: tuple = ()       # what each prober said (True / False / None: no answer)
     relayed: bool = False           # reached through a relay (its addresses lead with /p2p-circuit ones)
     moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
 
@@ -269,6 +270,7 @@ class ServerNode:
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
             self.status.reachability, self.status.relayed = swarm.reachability, swarm.relayed
+            self.status.probe_answers = tuple(swarm.probe_answers)
             await self._announce(swarm, backend, table, ServerState.ONLINE)
             if self.config.lan:
                 await lan.start(swarm.peer_id, self.status.addresses, role="server", models=[backend.model_id])

@@ -160,6 +160,7 @@ class SwarmNode:
         self.validator, self.storage = validator, storage  # what this node refused, held (tests, logs)
         self.peer_id: str = p2p.peer_id.to_base58()
         self.reachability = "unknown"     # "public", "private" or "unknown" (the probe's verdict)
+        self.probe_answers: list = []     # what each asked prober said (True/False/None = no answer)
         self.relays: list[str] = []       # relays this node holds a reservation at (when private)
         self._addresses: dict[str, tuple[str, ...]] = {}  # peer id -> addresses from verified records
 
@@ -194,8 +195,9 @@ class SwarmNode:
         private = reach.reachability == "private"
         p2p = await cls._start(identity, reach, private and not client_mode, relays, initial_peers, port, options)
         reachability = reach.reachability if reach.reachability != "auto" else "unknown"
+        answers: list = []
         if not client_mode and reach.reachability == "auto" and initial_peers:
-            reachability = await _probe(p2p, initial_peers)
+            reachability, answers = await _probe(p2p, initial_peers)
             if reachability == "private" and reach.use_relays and relays:
                 # Reserve at the relays: p2pd takes static relays only at start, so it starts again (same key).
                 await stop_daemon(p2p, 2.0)
@@ -212,6 +214,7 @@ class SwarmNode:
             raise
         node = cls(p2p, dht, identity, validator, validation.install(dht))
         node.reachability = reachability
+        node.probe_answers = answers
         if reachability == "private" and reach.use_relays:
             node.relays = relays
         if not client_mode:
@@ -263,7 +266,8 @@ class SwarmNode:
 
     # --- reachability ----------------------------------------------------------------
     async def _serve_probes(self) -> None:
-        limiter = reach_mod.ProbeLimiter()
+        per_peer = reach_mod.ProbeLimiter()
+        per_ip = reach_mod.ProbeLimiter(reach_mod.PROBES_PER_IP_PER_MINUTE)
 
         async def on_probe(stream: "FrameStream") -> None:
             try:
@@ -271,13 +275,17 @@ class SwarmNode:
             except (ValueError, UnicodeDecodeError) as e:
                 await stream.send(reach_mod.probe_reply(False, "", f"bad request: {e}"))
                 return
-            if not limiter.allow(stream.remote_peer_id):
+            if not per_peer.allow(stream.remote_peer_id):
                 await stream.send(reach_mod.probe_reply(False, "", "too many probes; try again in a minute"))
                 return
             observed = await self._observed_address(stream.remote_peer_id)
             ip = reach_mod.observed_host(observed or "")
             if ip is None:
                 await stream.send(reach_mod.probe_reply(False, observed or "", "no direct connection to dial back"))
+                return
+            if not per_ip.allow(ip):
+                await stream.send(reach_mod.probe_reply(False, observed, "too many probes from this address; "
+                                                        "try again in a minute"))
                 return
             reachable = await reach_mod.dial_back(ip, port)
             logger.info("reachability probe from %s: dialled %s:%d back (seen at %s): %s", stream.remote_peer_id, ip,
@@ -371,6 +379,9 @@ class SwarmNode:
 
         await self._p2p.add_binary_stream_handler(name, _on_stream)
 
+    async def remove_stream_handler(self, name: str) -> None:
+        await self._p2p.remove_binary_stream_handler(name)
+
     async def open_stream(self, peer_id: str, name: str, timeout: float = 10.0) -> FrameStream:
         try:
             await asyncio.wait_for(self._dial_known(peer_id), timeout)
@@ -421,11 +432,12 @@ def _with_flags(flags: dict) -> type[P2P]:
     return _P2P
 
 
-async def _probe(p2p: P2P, initial_peers: Sequence[str]) -> str:
-    """Ask up to PROBE_PEERS initial peers to dial this node back (reach.py): public, private or unknown."""
+async def _probe(p2p: P2P, initial_peers: Sequence[str]) -> tuple[str, list]:
+    """Ask up to PROBE_PEERS initial peers to dial this node back (reach.py): the verdict (public, private
+    or unknown) and each prober's answer."""
     port = reach_mod.listen_port([str(m) for m in await p2p.get_visible_maddrs()])
     if port is None:
-        return "unknown"
+        return "unknown", []
     peers = list(dict.fromkeys(a.rsplit("/p2p/", 1)[1] for a in initial_peers if "/p2p/" in a))[:reach_mod.PROBE_PEERS]
 
     async def ask(peer_id: str):
@@ -446,7 +458,7 @@ async def _probe(p2p: P2P, initial_peers: Sequence[str]) -> str:
     try:
         answers = await asyncio.wait_for(asyncio.gather(*(ask(p) for p in peers)), reach_mod.PROBE_TIMEOUT)
     except asyncio.TimeoutError:
-        return "unknown"
+        return "unknown", []
     result = reach_mod.verdict(answers)
     logger.info("reachability: %s (probers said %s)", result, answers)
-    return result
+    return result, list(answers)

@@ -13,8 +13,14 @@ Most volunteers sit behind a home router that drops inbound connections. What th
   back; each dials, with a plain TCP connect, the address *it observes* the request coming from
   and the port the node says it listens on, and answers yes or no. A prober only ever dials the
   requester's own observed IP (so nobody can point it at a third party), at most
-  `PROBES_PER_PEER_PER_MINUTE` times a minute per peer. One yes is enough: "public"; all no:
-  "private"; no answer: "unknown" (treated as public: the node keeps its direct addresses).
+  `PROBES_PER_PEER_PER_MINUTE` times a minute per peer and `PROBES_PER_IP_PER_MINUTE` per IP (fresh
+  peer ids are free to make; addresses are not). The verdict is "public" only when most probers
+  that answered reached us; a tie or a majority of no is "private"; no answer: "unknown" (treated
+  as public: the node keeps its direct addresses). The bias is deliberate: a node wrongly judged
+  private still serves, through a relay, at a small cost (benchmarks/nat_relay.py); one wrongly
+  judged public announces addresses nobody can dial and serves nobody. So one lying prober among
+  honest ones cannot make a home node unreachable; a node whose probers are mostly liars can be
+  fooled (its initial peers are the ones it chose to trust).
   libp2p's own AutoNAT and hole punching (DCUtR) run too (p2pd `-autonat`); they act only on
   addresses libp2p deems public, so a LAN or a test network (RFC 1918 addresses) never triggers
   them, and the probe decides the record.
@@ -43,6 +49,7 @@ PROBE_PEERS = 3                 # peers asked to dial back
 PROBE_DIAL_TIMEOUT = 3.0        # s a prober waits for the TCP handshake
 PROBE_TIMEOUT = 8.0             # s a node waits for all answers
 PROBES_PER_PEER_PER_MINUTE = 6
+PROBES_PER_IP_PER_MINUTE = 24  # one machine's peer ids together
 MAX_REQUEST_BYTES = 256
 
 # p2pd flags of a relay service: a relayed connection may carry 64 GiB each way and last a day
@@ -147,14 +154,14 @@ async def dial_back(host: str, port: int, timeout: float = PROBE_DIAL_TIMEOUT) -
 
 @dataclass
 class ProbeLimiter:
-    """At most `per_minute` probes per peer in any 60 s."""
+    """At most `per_minute` probes per key (a peer id, or an IP) in any 60 s."""
 
     per_minute: int = PROBES_PER_PEER_PER_MINUTE
     _seen: dict = field(default_factory=lambda: defaultdict(deque))
 
-    def allow(self, peer_id: str, now: Optional[float] = None) -> bool:
+    def allow(self, key: str, now: Optional[float] = None) -> bool:
         now = time.monotonic() if now is None else now
-        times = self._seen[peer_id]
+        times = self._seen[key]
         while times and now - times[0] > 60.0:
             times.popleft()
         if len(times) >= self.per_minute:
@@ -197,8 +204,10 @@ def parse_probe_reply(frame: bytes) -> Optional[bool]:
 
 
 def verdict(answers: Sequence[Optional[bool]]) -> str:
-    """'public' if any prober reached us, 'private' if all that answered could not, else 'unknown'."""
+    """'public' if most probers that answered reached us, 'private' on a tie or a majority of no,
+    'unknown' if none answered (module docstring: a wrong 'private' costs a relay, a wrong 'public'
+    makes the node unreachable)."""
     known = [a for a in answers if a is not None]
-    if any(known):
-        return "public"
-    return "private" if known else "unknown"
+    if not known:
+        return "unknown"
+    return "public" if 2 * sum(known) > len(known) else "private"
