@@ -44,6 +44,7 @@ from swarmllm.protocol import (
     FILE_HANDLER, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, PING_HANDLER, ModelRecord, PUSH_HANDLER, SESSION_HANDLER,
     ServerRecord, ServerState, block_key, parse_records,
 )
+from swarmllm.protocol.credits import CREDITS_HANDLER
 from swarmllm.protocol.records import MAX_ADDRESSES, MAX_THROUGHPUT, MODEL_ID_PATTERN
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.server.backend import SpanBackend
@@ -51,6 +52,7 @@ from swarmllm.models.catalog import resolve_model
 from swarmllm.owners import NodeCertificates, owner_key
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
 from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
+from swarmllm.server.credits_inbox import CreditInbox, CreditsHandler
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
@@ -238,7 +240,7 @@ class ServerNode:
             identity.release()
             raise
         self._swarm = swarm
-        work_log = None
+        work_log = credits = None
         lan = LanAdvertiser(self.config.swarm_name)
         try:
             # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
@@ -266,6 +268,8 @@ class ServerNode:
             files = self._file_service()
             if files is not None:
                 await swarm.add_stream_handler(FILE_HANDLER, files.serve_file_stream)
+            credits = CreditInbox()  # gateways' signed credit statements for this node (credits_inbox.py)
+            await swarm.add_stream_handler(CREDITS_HANDLER, CreditsHandler(credits, swarm.peer_id).serve)
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
             self.status.reachability, self.status.relayed = swarm.reachability, swarm.relayed
@@ -283,6 +287,8 @@ class ServerNode:
             identity.release()
             if work_log is not None:
                 work_log.close()
+            if credits is not None:
+                credits.close()
 
     def _open_work_log(self, peer_id: str) -> Optional[WorkLog]:
         if self.config.work_log == "off":
