@@ -87,6 +87,7 @@ class GatewaySettings:
     limiter_max_keys: int = 50_000               # clients the rate limiter remembers at most
     credit_ledger: Optional[CreditLedger] = None  # the free tier (free_tier.py): recent credits of linked nodes
     credit_links: Optional[CreditLinks] = None    # which keys speak for which nodes (credit_links.py)
+    free_tier: FreeTierPolicy = FreeTierPolicy()  # how much more a contributor gets (free_tier.py)
 
     @property
     def default_limits(self) -> Limits:
@@ -193,8 +194,9 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         nodes = settings.credit_links.nodes_for(digest)
         if not nodes:
             return who
-        recent = settings.credit_ledger.credits_since(nodes, time.time() - FreeTierPolicy().window)
-        return Caller(who.key, who.label, contributor_limits(who.limits, recent), admission_priority(recent), digest)
+        recent = settings.credit_ledger.credits_since(nodes, time.time() - settings.free_tier.window)
+        return Caller(who.key, who.label, contributor_limits(who.limits, recent, settings.free_tier),
+                      admission_priority(recent), digest)
 
     def usable_models() -> list[str]:
         return [m for m in status.complete_models() if m in catalog]
