@@ -29,7 +29,7 @@ from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.harness.local_swarm import LocalSwarm
 from swarmllm.protocol.credits import (
-    CREDITS_HANDLER, CreditStatement, credit_frame, sign_credit_statement,
+    CREDITS_HANDLER, CreditStatement, api_key_digest, credit_frame, sign_credit_statement,
 )
 from swarmllm.swarm import Identity
 
@@ -186,3 +186,38 @@ def test_hostile_statements_are_refused_by_the_node(swarm, gateway, node_home):
     assert push(b"K{not json").startswith(b"refused")
     assert shown_credits(node_home)[target]["credits"] == before
     assert client.ping([target])  # the node is still serving
+
+
+def test_a_key_linked_to_a_contributing_node_gets_higher_limits_than_anonymous(swarm, gateway, node_home, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from swarmllm.gateway.api_keys import ApiKeyEntry, ApiKeys
+    from swarmllm.gateway.app import GatewaySettings, create_app
+    from swarmllm.gateway.credit_links import CreditLinks
+    from swarmllm.gateway.free_tier import FreeTierPolicy
+
+    client, ledger, issuer = gateway
+    contributor = next(p for p in (peer(n) for n in swarm.nodes[:4]) if ledger.credits_since([p], 0) > 0)
+    node_name = next(n.name for n in swarm.nodes if peer(n) == contributor)
+    key, idle_key, links = "sk-contributor-0123456789", "sk-nobody-0123456789", tmp_path / "links.jsonl"
+    out = subprocess.run([sys.executable, "-m", "swarmllm.cli", "credits", "link", str(swarm.identity_path(node_name)),
+                          "--api-key", key, "--links", str(links)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    settings = GatewaySettings(requests_per_minute=1, verify="off", max_new_tokens=4,
+                               api_keys=ApiKeys([ApiKeyEntry(name="contributor", key=key),
+                                                 ApiKeyEntry(name="idle", key=idle_key)]),
+                               allow_anonymous=True, credit_ledger=ledger, credit_links=CreditLinks(links),
+                               free_tier=FreeTierPolicy(credits_per_step=100.0))
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 1}
+    with TestClient(create_app(client, settings)) as http:
+        deadline = time.monotonic() + 30
+        while not http.get("/v1/models").json()["data"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+        def codes(headers: dict) -> list[int]:
+            return [http.post("/v1/completions", json=body, headers=headers).status_code for _ in range(3)]
+
+        assert codes({}) == [200, 429, 429]                                        # anonymous: 1 a minute
+        assert codes({"Authorization": f"Bearer {idle_key}"}) == [200, 429, 429]   # a key with no node
+        assert codes({"Authorization": f"Bearer {key}"}) == [200, 200, 200]        # 615 credits: x4 the limits
+    assert ledger.spending(api_key_digest(key)) > 0 and ledger.spending(api_key_digest(idle_key)) == 0

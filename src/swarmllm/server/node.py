@@ -8,7 +8,7 @@
    this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
 4. open its work log (work_log.py: the steps it computes for whom, hashes and sizes only), register
-   the session/push/ping handlers (and the file handler: peers fetching the
+   the session/push/ping handlers, the credits inbox (credits_inbox.py: gateways' signed statements), (and the file handler: peers fetching the
    model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
    block key, signed with the node's key, refreshed every `announce_period` s and expiring after `record_ttl` s,
    carrying the certificate of the node's owner key (owners.py: `--owner-key`, default the state folder's);
