@@ -133,6 +133,7 @@ def test_credits_granted_match_the_verified_receipts_exactly_and_reach_the_nodes
           f"ledger={ {p[-8:]: c for p, c in earned.items()} } shown={ {p[-8:]: t for p, t in shown.items()} }")
 
 
+@pytest.mark.extended  # ~40 s more (a fifth node); the rule itself is unit-tested in test_credits.py
 def test_a_liar_earns_nothing_for_its_refuted_session(swarm, gateway, node_home):
     client, ledger, issuer = gateway
     liar = swarm.add_node(15, 30, name="liar", program=[sys.executable, LIAR, "noise:1"])
