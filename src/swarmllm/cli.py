@@ -11,6 +11,7 @@
     swarmllm id          the peer id of a node name's identity (or of --identity PATH), then the owner id
     swarmllm pair        pair with a friend's machines (and unpair, trusted: cli_owners.py)
     swarmllm audit       the sessions whose step receipts this machine keeps, or one session's receipts
+    swarmllm credits     what this machine's nodes earned from gateways; `credits link` gives a key their contribution
 
 Identities: `serve` and `bootstrap` keep their key (so their peer id, and a bootstrap's
 multiaddr) across restarts, in $SWARMLLM_HOME/identities/NAME.key (default
@@ -41,6 +42,7 @@ import time
 from typing import Optional, Sequence
 
 from swarmllm.cli_owners import COMMANDS as OWNER_COMMANDS
+from swarmllm.cli_credits import cmd_credits
 from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
 from swarmllm.harness.processes import READY_MARKER
 
@@ -390,7 +392,17 @@ def cmd_gateway(args) -> int:
                                forwarded_header=args.forwarded_header, api_keys=api_keys,
                                allow_anonymous=args.allow_anonymous)
     client = SwarmClient.connect(_initial_peers(args, may_start=False))
+    issuer = None
     try:
+        if args.credit_period > 0 and client.receipts is not None:  # credits for verified work (docs/free-tier.md)
+            import dataclasses
+
+            from swarmllm.client.credit_issuer import CreditIssuer
+            from swarmllm.client.credit_ledger import CreditLedger
+            from swarmllm.gateway.credit_links import CreditLinks
+            ledger = CreditLedger(quiet=args.credit_quiet)
+            settings = dataclasses.replace(settings, credit_ledger=ledger, credit_links=CreditLinks(args.credit_links))
+            issuer = CreditIssuer(client, ledger, client.receipts.path, args.credit_period).start()
         app = create_app(client, settings)
         # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (any local
         # process); the app reads forwarding headers itself, from --trust-forwarded-for peers only.
@@ -418,6 +430,8 @@ def cmd_gateway(args) -> int:
 
         asyncio.run(serve())
     finally:
+        if issuer is not None:
+            issuer.stop()
         client.close()
     return 0
 
@@ -551,6 +565,7 @@ COMMANDS = {"bootstrap": cmd_bootstrap, "serve": cmd_serve, "generate": cmd_gene
             "gateway": cmd_gateway, "plan": cmd_plan, "manifest": cmd_manifest, "id": cmd_id, "models": cmd_models, "audit": cmd_audit,
             "join": cmd_join}
 COMMANDS.update(OWNER_COMMANDS)  # pair, unpair, trusted
+COMMANDS["credits"] = cmd_credits
 
 
 # Import names whose pip package is spelled differently (the rest: "_" -> "-").

@@ -330,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold no weights (what `swarmllm join TOKEN --client` runs): tokenizers from the servers' "
                         "model headers, ring decoding only, requests unverified (--verify off)")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
+    p.add_argument("--credit-period", type=float, default=0.0,
+                   help="every this many seconds, sign credit statements for the nodes' verified work and push them "
+                        "to the nodes (0, the default: no credits; docs/free-tier.md)")
+    p.add_argument("--credit-quiet", type=float, default=60.0,
+                   help="seconds a session must be quiet before its credits are settled (late verification may "
+                        "still refute a step)")
+    p.add_argument("--credit-links", metavar="FILE",
+                   help="signed links of API keys to nodes (`swarmllm credits link`; default: the state folder's "
+                        "credit-links.jsonl): a linked contributing key gets higher limits and priority")
 
     p = sub.add_parser("join", help="join a swarm from an invite token (the `swarmllm join TOKEN` line that "
                                     "`swarmllm up` and `swarmllm bootstrap` print): serve blocks it lacks, or "
@@ -370,5 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="the receipt store (default: $SWARMLLM_HOME/receipts.sqlite)")
     p.add_argument("--limit", type=_positive_int, default=50, help="newest sessions to list")
     p.add_argument("--json", action="store_true", help="print JSON (receipts with their signed frame, hex)")
+    p = sub.add_parser("credits", help="what this machine's nodes earned from gateways (signed statements), or "
+                                       "`credits link NODE --api-key KEY`: give a key your node's contribution")
+    p.add_argument("action", nargs="?", choices=("link",), help="link: sign a link of NODE to --api-key")
+    p.add_argument("node", nargs="?", help="with link: the node's name (as in swarmllm id --name) or key file")
+    p.add_argument("--api-key", help="with link: the gateway API key to link")
+    p.add_argument("--links", help="with link: the file to append the link to (default: the state folder's "
+                                   "credit-links.jsonl)")
+    p.add_argument("--db", help="the statements received (default: $SWARMLLM_HOME/credits-received.sqlite)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     _add_owner_commands(sub)
     return parser

@@ -4,7 +4,7 @@ Every receipt a session verified (receipt_check.py: signed by the server that co
 hashes consistent with what was sent and received) is kept in SQLite at
 `default_receipts_path()` = <state folder>/receipts.sqlite (state.py), with the receipt's frame
 exactly as signed, so anyone can check it again later (`StoredReceipt.receipt()` decodes it and
-`protocol.receipts.verify_receipt` checks it). Credits will be paid on these rows (issue 14).
+`protocol.receipts.verify_receipt` checks it). Credits are paid on these rows (credits.py, credit_ledger.py).
 The `verified` column is for the verification modes (sample / strict re-computation): 0 until a
 step is confirmed by an independent server, 1 when it was, -1 when it was found wrong.
 

@@ -39,11 +39,14 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from swarmllm.client.credit_ledger import CreditLedger
 from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError, list_catalog
 from swarmllm.client.swarm_client import OutsideRadiusError, SwarmClient
 from swarmllm.client.verification import VerificationError
 from swarmllm.gateway.api_keys import ApiKeys, bearer_token
 from swarmllm.gateway.body_limit import BodyLimit
+from swarmllm.gateway.credit_links import CreditLinks
+from swarmllm.gateway.free_tier import FreeTierPolicy, admission_priority, contributor_limits
 from swarmllm.gateway.clients import IPNetwork, address_key, client_address, forwarded_chain
 from swarmllm.gateway.disconnects import ReleasingStream, disconnected_before, generate_unless_disconnected
 from swarmllm.gateway.limits import (
@@ -57,6 +60,7 @@ from swarmllm.gateway.schemas import (
 from swarmllm.gateway.service import GenerationService, PreparedGeneration
 from swarmllm.gateway.swarm_status import SwarmStatus
 from swarmllm.protocol import SwarmError
+from swarmllm.protocol.credits import api_key_digest
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -81,6 +85,9 @@ class GatewaySettings:
     api_keys: Optional[ApiKeys] = None           # None: no keys, everyone is limited per address
     allow_anonymous: bool = False                # with api_keys: let requests without a key in (per address)
     limiter_max_keys: int = 50_000               # clients the rate limiter remembers at most
+    credit_ledger: Optional[CreditLedger] = None  # the free tier (free_tier.py): recent credits of linked nodes
+    credit_links: Optional[CreditLinks] = None    # which keys speak for which nodes (credit_links.py)
+    free_tier: FreeTierPolicy = FreeTierPolicy()  # how much more a contributor gets (free_tier.py)
 
     @property
     def default_limits(self) -> Limits:
@@ -94,6 +101,8 @@ class Caller:
     key: str
     label: str
     limits: Limits
+    priority: float = 0.0          # admission order (free_tier.py): recent verified contribution, 0 anonymous
+    key_digest: Optional[str] = None  # a linked key's digest, whose spending the ledger records
 
 
 class ApiError(Exception):
@@ -168,7 +177,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             if holder is None:
                 raise ApiError(401, "the API key is not valid; check the key you were given", "invalid_request_error",
                                "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-            return Caller(holder.client_key, f"API key {holder.name!r}", holder.limits)
+            return contributor(Caller(holder.client_key, f"API key {holder.name!r}", holder.limits), token)
         if settings.api_keys is not None and not settings.allow_anonymous:
             raise ApiError(401, "this gateway needs an API key: send it as `Authorization: Bearer KEY`",
                            "invalid_request_error", "missing_api_key", headers={"WWW-Authenticate": "Bearer"})
@@ -176,6 +185,18 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             if settings.trusted_proxies else []
         address = client_address(request.client.host if request.client else None, chain, settings.trusted_proxies)
         return Caller(address_key(address), address, settings.default_limits)
+
+    def contributor(who: Caller, token: str) -> Caller:
+        """A key's caller with the free tier applied: more limits and priority for linked contributing nodes."""
+        if settings.credit_ledger is None or settings.credit_links is None:
+            return who
+        digest = api_key_digest(token)
+        nodes = settings.credit_links.nodes_for(digest)
+        if not nodes:
+            return who
+        recent = settings.credit_ledger.credits_since(nodes, time.time() - settings.free_tier.window)
+        return Caller(who.key, who.label, contributor_limits(who.limits, recent, settings.free_tier),
+                      admission_priority(recent), digest)
 
     def usable_models() -> list[str]:
         return [m for m in status.complete_models() if m in catalog]
@@ -224,9 +245,9 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             raise _rate_limited(who, wait)
         return job
 
-    async def _queue(request: Request) -> None:
+    async def _queue(request: Request, priority: float = 0.0) -> None:
         """A slot of the global admission queue; given up if the client leaves while waiting."""
-        waiting = asyncio.ensure_future(admission.acquire())
+        waiting = asyncio.ensure_future(admission.acquire(priority))
         try:
             if await disconnected_before(request, waiting):
                 raise ApiError(400, "the client disconnected", "invalid_request_error", "client_disconnected")
@@ -257,7 +278,9 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         streaming = False
         try:
             job = await _prepare(who, ticket, body, messages, prompt)
-            await _queue(request)
+            if who.key_digest is not None:  # a linked key's spending (docs/free-tier.md)
+                settings.credit_ledger.record_spending(who.key_digest, job.budget_tokens, time.time())
+            await _queue(request, who.priority)
             held.append(admission.release)
             try:
                 await asyncio.to_thread(service.open, job)

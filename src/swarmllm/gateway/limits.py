@@ -15,12 +15,15 @@ Pure policies with their clock injected, so they are tested without a gateway:
   at once, so one address cannot take every admission slot. Keys leave at zero.
 - `Admission`: at most `max_active` generations run at once and at most `max_queue` wait;
   anything beyond is refused at once (HTTP 503), so the gateway never piles up unbounded
-  work when the swarm is saturated.
+  work when the swarm is saturated. Waiters are admitted by priority (free_tier.py: recent
+  verified contribution of the caller's linked nodes; anonymous 0), first come first within one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import time
 from collections import OrderedDict
@@ -195,25 +198,39 @@ class SaturatedError(Exception):
 class Admission:
     def __init__(self, max_active: int, max_queue: int):
         self.max_active, self.max_queue = max_active, max_queue
-        self._slots = asyncio.Semaphore(max_active)
         self.active = 0
-        self.waiting = 0
+        self._waiters: list[tuple[float, int, asyncio.Future]] = []  # (-priority, arrival, future): a heap
+        self._arrivals = itertools.count()
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in the bounded queue; SaturatedError if the queue is full too."""
-        if self.active >= self.max_active and self.waiting >= self.max_queue:
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, _, f in self._waiters if not f.done())
+
+    async def acquire(self, priority: float = 0.0) -> None:
+        """Take a slot, waiting in the bounded queue (higher priority first); SaturatedError if it is full."""
+        if self.active < self.max_active and not self.waiting:
+            self.active += 1
+            return
+        if self.waiting >= self.max_queue:
             raise SaturatedError(f"the swarm is saturated ({self.active} generations running, {self.waiting} "
                                  "waiting); retry in a few seconds")
-        self.waiting += 1
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (-priority, next(self._arrivals), future))
         try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
-        self.active += 1
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # the slot came as we were cancelled: pass it on
+                self.release()
+            raise
 
     def release(self) -> None:
         self.active -= 1
-        self._slots.release()
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                self.active += 1
+                future.set_result(None)
+                return
 
 
 def declared_tokens(characters: int, max_tokens: Optional[int], default_max_tokens: int) -> int:

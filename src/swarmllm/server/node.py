@@ -8,7 +8,7 @@
    this machine's speed relative to the swarm's, see partitioner.node_span_length);
 3. load only that span's tensors and measure its decode throughput;
 4. open its work log (work_log.py: the steps it computes for whom, hashes and sizes only), register
-   the session/push/ping handlers (and the file handler: peers fetching the
+   the session/push/ping handlers, the credits inbox (credits_inbox.py: gateways' signed statements), (and the file handler: peers fetching the
    model from a URL may read ranges of our copy, see file_sharing.py) and announce a `ServerRecord` under every
    block key, signed with the node's key, refreshed every `announce_period` s and expiring after `record_ttl` s,
    carrying the certificate of the node's owner key (owners.py: `--owner-key`, default the state folder's);
@@ -44,6 +44,7 @@ from swarmllm.protocol import (
     FILE_HANDLER, MAX_RECORD_TTL, MODEL_REGISTRY_KEY, PING_HANDLER, ModelRecord, PUSH_HANDLER, SESSION_HANDLER,
     ServerRecord, ServerState, block_key, parse_records,
 )
+from swarmllm.protocol.credits import CREDITS_HANDLER
 from swarmllm.protocol.records import MAX_ADDRESSES, MAX_THROUGHPUT, MODEL_ID_PATTERN
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.server.backend import SpanBackend
@@ -51,6 +52,7 @@ from swarmllm.models.catalog import resolve_model
 from swarmllm.owners import NodeCertificates, owner_key
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
 from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
+from swarmllm.server.credits_inbox import CreditInbox, CreditsHandler
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
@@ -239,7 +241,7 @@ class ServerNode:
             identity.release()
             raise
         self._swarm = swarm
-        work_log = None
+        work_log = credits = None
         lan = LanAdvertiser(self.config.swarm_name)
         try:
             # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
@@ -267,6 +269,8 @@ class ServerNode:
             files = self._file_service()
             if files is not None:
                 await swarm.add_stream_handler(FILE_HANDLER, files.serve_file_stream)
+            credits = CreditInbox()  # gateways' signed credit statements for this node (credits_inbox.py)
+            await swarm.add_stream_handler(CREDITS_HANDLER, CreditsHandler(credits, swarm.peer_id).serve)
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
             self.status.reachability, self.status.relayed = swarm.reachability, swarm.relayed
@@ -285,6 +289,8 @@ class ServerNode:
             identity.release()
             if work_log is not None:
                 work_log.close()
+            if credits is not None:
+                credits.close()
 
     def _open_work_log(self, peer_id: str) -> Optional[WorkLog]:
         if self.config.work_log == "off":
