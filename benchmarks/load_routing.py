@@ -78,7 +78,7 @@ async def phase(client: SwarmClient, model: ClientModel, clients: int, tokens: i
             return {"ttft": first, "peer": session.chain[0].peer_id, "tokens": done, "error": None}
         except SwarmError as e:  # a step timed out on the contended machine: counted, not fatal
             if first is None:
-                prefilled.abort()  # nobody waits for a session that never prefilled
+                await prefilled.abort()  # nobody waits for a session that never prefilled
             return {"ttft": first, "peer": session.chain[0].peer_id, "tokens": done, "error": str(e)[:200]}
         finally:
             await session.close()
