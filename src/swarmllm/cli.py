@@ -244,7 +244,7 @@ def cmd_generate(args) -> int:
                                 max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ())),
         max_length=args.max_length, wire_dtype=args.wire_dtype, speculative=args.speculative, draft_k=args.draft_k,
         draft_blocks=args.draft_blocks, ring=args.ring, verify=args.verify,
-        radius=None if args.local else args.radius, privacy=args.privacy)
+        radius=None if args.local else args.radius, privacy=args.privacy, max_price=args.max_price)
     on_text = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     if args.local:
         generator = Generator.local(model, args.dtype, args.quant)

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
     p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")
     p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
+    p.add_argument("--price", type=float, default=0.0,
+                   help="credits per 1,000 tokens to announce for computing this node's span (default 0 = free)")
     p.add_argument("--max-batch", type=_positive_int, default=16,
                    help="run up to this many sessions' ready steps in one forward pass (1 = no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--privacy", choices=("local", "trusted", "public"),
                    help="radius of the servers that see token ids or embeddings (the chain's first and last "
                         "blocks); default: the narrowest radius that can serve them")
+    p.add_argument("--max-price", type=float,
+                   help="credits per 1,000 tokens the chain may cost in all (servers announce --price); "
+                        "default: any price")
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)

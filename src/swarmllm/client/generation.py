@@ -40,6 +40,7 @@ from swarmllm.engine.speculative import (
 )
 from swarmllm.models.catalog import UnknownModelError, list_catalog
 from swarmllm.protocol import WIRE_DTYPES
+from swarmllm.protocol.records import MAX_PRICE
 from swarmllm.runtime import ClientModel, LocalModel, PromptTooLongError, load_span
 
 __all__ = [
@@ -69,6 +70,7 @@ class GenerationOptions:
     radius: Optional[str] = None              # trust radius of the chain: "local", "trusted", "public", or with
     # widenings ("trusted+public"); None = any server (client/radius.py)
     privacy: Optional[str] = None             # radius of the chain's ends (token ids, embeddings); None = narrowest
+    max_price: Optional[float] = None         # credits per 1,000 tokens the chain may cost in all; None = any
 
     def __post_init__(self) -> None:
         if self.speculative not in SPECULATIVE_MODES:
@@ -85,6 +87,9 @@ class GenerationOptions:
         if self.verify == "sample" and self.speculative != "off":
             raise ValueError("speculative decoding cannot be replayed after a late conviction yet; use --verify "
                              "strict (every step checked before it is used) or --verify off with speculation")
+        if self.max_price is not None and not (0 <= self.max_price <= MAX_PRICE):  # NaN fails too
+            raise ValueError(f"max_price must be between 0 and {MAX_PRICE:.0e} credits per 1,000 tokens, got "
+                             f"{self.max_price}")
         if self.wire_dtype is not None and self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"unknown wire dtype {self.wire_dtype!r}; use one of {', '.join(WIRE_DTYPES)}")
 
@@ -322,6 +327,7 @@ class Generator:
                                            wire_dtype=options.wire_dtype, prefill_chunk=options.prefill_chunk,
                                            routing_seed=options.routing_seed, verify=options.verify, chain=chain,
                                            radius=options.radius, privacy=options.privacy,
+                                           max_price=options.max_price,
                                            lite_hidden_size=self.model.config.hidden_size if lite else None)
         open_seconds = time.perf_counter() - opened
         decoder: Optional[Decoder] = speculation

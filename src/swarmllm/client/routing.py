@@ -20,6 +20,14 @@ Reputation and load spreading (hooks for client/reputation.py and verification):
   less than that (servers of one speed, RTTs within measurement noise) are chosen at random per
   session: load spreads, and every peer gets traffic and so gets checked. A chain more than
   TIE_TOLERANCE worse than the best is never chosen. seed None: deterministic, as before.
+- `loads`: {peer: sessions it runs}, from load.server_loads (the client's own count of sessions it
+  opened there, and the record's capped claim); a hop's compute counts load.load_factor(load) times,
+  so concurrent sessions spread over parallel chains instead of piling onto the fastest.
+
+Price ceiling: a record's `price` is credits per 1,000 tokens for its span; a chain costs the sum
+of its hops' prices. With `max_price`, servers dearer than it are never used, and if the fastest
+chain of the rest still costs more, the cheapest chain is planned instead; if even that is over the
+ceiling, PriceUnavailableError names the cheapest price the swarm can serve at now.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
 from swarmllm.client.estimates import DEFAULT_RTT, HOP_OVERHEAD, capped_priors
+from swarmllm.client.load import load_factor
 from swarmllm.protocol import ServerRecord, ServerState, SwarmError
 from swarmllm.protocol.messages import PROTOCOL_VERSION
 
@@ -47,6 +56,18 @@ class MissingBlocksError(SwarmError):
         super().__init__(f"no online server hosts blocks {spans} of {model_id} (of {n_blocks} blocks){why}; start a "
                          f"node with --blocks covering them, or wait for nodes to join")
         self.missing, self.unavailable = missing, dict(unavailable or {})
+
+
+class PriceUnavailableError(SwarmError):
+    """Every chain that covers the model costs more than the request's max_price."""
+
+    code = "price_unavailable"
+
+    def __init__(self, model_id: str, max_price: float, cheapest: float):
+        super().__init__(f"no chain of {model_id} serves at max_price {max_price:g} credits per 1,000 tokens; the "
+                         f"cheapest now costs {cheapest:g}: raise max_price to at least that, or wait for cheaper "
+                         "servers")
+        self.max_price, self.cheapest = max_price, cheapest
 
 
 @dataclass(frozen=True)
@@ -98,8 +119,14 @@ def missing_spans(n_blocks: int, records: Iterable[ServerRecord], start: int = 0
 
 
 def hop_cost(record: ServerRecord, start: int, end: int, rtts: Mapping[str, float],
-             block_seconds: Mapping[str, float]) -> float:
-    return rtts.get(record.peer_id, DEFAULT_RTT) / 2 + HOP_OVERHEAD + (end - start) * block_seconds[record.peer_id]
+             block_seconds: Mapping[str, float], load: float = 0.0) -> float:
+    compute = (end - start) * block_seconds[record.peer_id] * load_factor(load)
+    return rtts.get(record.peer_id, DEFAULT_RTT) / 2 + HOP_OVERHEAD + compute
+
+
+def chain_price(chain: Iterable["ChainLink"]) -> float:
+    """Credits per 1,000 tokens the chain's servers ask, in all."""
+    return sum(link.record.price for link in chain)
 
 
 TIE_TOLERANCE = 0.05  # chains within 5% of the best cost count as equally good (module docstring)
@@ -116,16 +143,18 @@ def tie_factor(seed: Optional[int], peer_id: str, tolerance: float = TIE_TOLERAN
 def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rtts: Mapping[str, float] | None = None,
                *, block_seconds: Mapping[str, float] | None = None, max_length: int = 1, exclude: Iterable[str] = (),
                start: int = 0, end: int | None = None, penalties: Mapping[str, float] | None = None,
-               seed: Optional[int] = None) -> list[ChainLink]:
+               seed: Optional[int] = None, loads: Mapping[str, float] | None = None,
+               max_price: Optional[float] = None) -> list[ChainLink]:
     """Cheapest chain covering blocks [start, end) (default: the whole model).
 
     block_seconds: the client's estimate per peer (estimates.SpeedEstimates.block_seconds);
-    peers missing from it are priced by their capped announcement. penalties and seed: see the
-    module docstring. Raises MissingBlocksError naming the gaps. A sub-range is what failover asks
-    for: a replacement for exactly the span of the servers that failed.
+    peers missing from it are priced by their capped announcement. penalties, seed, loads and
+    max_price: see the module docstring. Raises MissingBlocksError naming the gaps, or
+    PriceUnavailableError. A sub-range is what failover asks for: a replacement for exactly the
+    span of the servers that failed.
     """
     end = n_blocks if end is None else end
-    rtts = rtts or {}
+    rtts, loads = rtts or {}, loads or {}
     excluded = set(exclude)
     records = list(records)
     block_seconds = {**capped_priors(records), **(block_seconds or {})}
@@ -137,21 +166,41 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
         raise MissingBlocksError(model_id, n_blocks, gaps, {
             r.peer_id: unavailable_reason(r, max_length, excluded) for r in records
             if any(r.start < b and a < r.end for a, b in gaps)})
-    # Dijkstra over block boundaries; from boundary i a server covering i can take us to any j <= its end.
+
+    def latency(r: ServerRecord, i: int, j: int) -> float:
+        return hop_cost(r, i, j, rtts, block_seconds, loads.get(r.peer_id, 0.0)) * scale[r.peer_id]
+
+    if max_price is None:
+        return _shortest(candidates, start, end, latency)
+    affordable = [r for r in candidates if r.price <= max_price]
+    if not missing_spans(n_blocks, affordable, start, end):
+        chain = _shortest(affordable, start, end, latency)
+        if chain_price(chain) <= max_price:
+            return chain
+    # The fastest affordable chain is over the ceiling (or there is none): the cheapest chain, speed breaking ties.
+    cheapest = _shortest(candidates, start, end, lambda r, i, j: r.price + 1e-9 * latency(r, i, j))
+    if chain_price(cheapest) <= max_price:
+        return cheapest
+    raise PriceUnavailableError(model_id, max_price, chain_price(cheapest))
+
+
+def _shortest(candidates: list[ServerRecord], start: int, end: int, cost) -> list[ChainLink]:
+    """Dijkstra over block boundaries; from boundary i a server covering i can take us to any j <= its end.
+    `cost(record, i, j)` prices the hop; the candidates must cover [start, end)."""
     best: dict[int, float] = {start: 0.0}
     back: dict[int, tuple[int, ServerRecord]] = {}
     heap = [(0.0, start)]
     while heap:
-        cost, i = heapq.heappop(heap)
+        total, i = heapq.heappop(heap)
         if i == end:
             break
-        if cost > best.get(i, float("inf")):
+        if total > best.get(i, float("inf")):
             continue
         for r in candidates:
             if not (r.start <= i < r.end):
                 continue
             for j in range(i + 1, min(r.end, end) + 1):
-                c = cost + hop_cost(r, i, j, rtts, block_seconds) * scale[r.peer_id]
+                c = total + cost(r, i, j)
                 if c < best.get(j, float("inf")) - 1e-12:
                     best[j], back[j] = c, (i, r)
                     heapq.heappush(heap, (c, j))

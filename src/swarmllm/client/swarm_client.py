@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
+from collections import Counter
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
@@ -27,6 +29,7 @@ import torch
 from swarmllm.client.routing import ChainLink, MissingBlocksError, missing_spans, plan_chain, usable
 from swarmllm.client.chain import RemoteStepError
 from swarmllm.client.estimates import SpeedEstimates, capped_priors
+from swarmllm.client.load import server_loads
 from swarmllm.client.ping import ping_peer
 from swarmllm.client.radius import RadiusError, Scope, parse_radius, scoped_records
 from swarmllm.client.receipts import ReceiptStore
@@ -117,6 +120,8 @@ class SwarmClient:
         self.owner_id: Optional[str] = None  # my owner id (owners.py): servers it certifies are "local"
         self.trust_loader: Callable[[], frozenset] = frozenset  # the owner ids I paired with ("trusted")
         self._trusted: tuple[float, frozenset] = (float("-inf"), frozenset())
+        self.load_aware = True  # routing counts load (load.py); False: speed only (benchmarks compare the two)
+        self._live: weakref.WeakSet = weakref.WeakSet()  # sessions this client opened: its own count of load
 
     @classmethod
     def connect(cls, initial_peers: Sequence[str], *, keep_state: bool = True) -> "SwarmClient":
@@ -337,9 +342,14 @@ class SwarmClient:
         return self.loop.run(self._ping(peer_ids, timeout))
 
     # --- routing -----------------------------------------------------------------------
+    def opened_sessions(self) -> Counter:
+        """Per peer, the sessions this client has open there now (routing trusts this count: load.py)."""
+        return Counter(link.peer_id for session in list(self._live) if not session.closed for link in session.chain)
+
     async def _plan(self, model_id: str, n_blocks: int, max_length: int = 1, exclude: Iterable[str] = (),
                     start: int = 0, end: Optional[int] = None, max_age: float = 0.0,
-                    seed: Optional[int] = None, scope: Optional[Scope] = None) -> list[ChainLink]:
+                    seed: Optional[int] = None, scope: Optional[Scope] = None,
+                    max_price: Optional[float] = None) -> list[ChainLink]:
         """Best chain now (within `scope`'s radius, when given). With max_age, plan from the records seen in
         the last max_age s.
 
@@ -347,7 +357,7 @@ class SwarmClient:
         peers are dying, and once the model is watched a lookup adds nothing the background
         refresh will not bring within seconds (callers retry).
         """
-        args = (model_id, n_blocks, max_length, exclude, start, end, seed, scope)
+        args = (model_id, n_blocks, max_length, exclude, start, end, seed, scope, max_price)
         if max_age > 0 and self._recent(model_id, max_age):
             try:
                 return await self._plan_from(self._recent(model_id, max_age), *args, ping_timeout=1.0)
@@ -363,7 +373,8 @@ class SwarmClient:
 
     async def _plan_from(self, records: list[ServerRecord], model_id: str, n_blocks: int, max_length: int,
                          exclude: Iterable[str], start: int, end: Optional[int], seed: Optional[int] = None,
-                         scope: Optional[Scope] = None, ping_timeout: float = 3.0) -> list[ChainLink]:
+                         scope: Optional[Scope] = None, max_price: Optional[float] = None,
+                         ping_timeout: float = 3.0) -> list[ChainLink]:
         skip = set(exclude) | self.banned()
         if scope is not None:  # only servers inside the radius; outside the privacy radius, middle blocks only
             candidates = [r for r in records if r.peer_id not in skip]
@@ -382,7 +393,9 @@ class SwarmClient:
         def plan() -> list[ChainLink]:
             return plan_chain(model_id, n_blocks, records, self.rtts, block_seconds=self.speeds.block_seconds(records),
                               max_length=max_length, exclude=set(exclude) | self.banned(), start=start, end=end,
-                              penalties=self.reputation.penalties(r.peer_id for r in records), seed=seed)
+                              penalties=self.reputation.penalties(r.peer_id for r in records), seed=seed,
+                              loads=server_loads(records, self.opened_sessions()) if self.load_aware else None,
+                              max_price=max_price)
         try:
             return plan()
         except MissingBlocksError:
@@ -406,20 +419,22 @@ class SwarmClient:
                             chain: Optional[list[ChainLink]], prefill_chunk: Optional[int] = PREFILL_CHUNK,
                             attempts: int = 8, wait_for_capacity: float = 6.0,
                             routing_seed: Optional[int] = None, verify: str = "off",
-                            scope: Optional[Scope] = None, lite_hidden_size: Optional[int] = None) -> InferenceSession:
+                            scope: Optional[Scope] = None, lite_hidden_size: Optional[int] = None,
+                            max_price: Optional[float] = None) -> InferenceSession:
         seed = routing_seed if routing_seed is not None else random.getrandbits(63)  # this session's tie-breaks
 
         async def replan(start: int, end: int, down: set) -> list[ChainLink]:
             # `down` were just marked failed: avoided, but re-pinged if nobody else covers the span
             return await self._plan(model_id, n_blocks, max_length, (), start, end, max_age=15.0, seed=seed,
-                                    scope=scope)
+                                    scope=scope, max_price=max_price)
 
         self._watch(model_id, n_blocks)
         last_error: Optional[RemoteStepError] = None
         deadline = time.monotonic() + wait_for_capacity
         for attempt in range(attempts):
             try:
-                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0, seed=seed, scope=scope)
+                links = chain or await self._plan(model_id, n_blocks, max_length, max_age=15.0, seed=seed, scope=scope,
+                                                  max_price=max_price)
             except MissingBlocksError:
                 if last_error is not None and last_error.code not in (ErrorCode.UNREACHABLE, ErrorCode.CONNECTION_LOST,
                                                                 ErrorCode.TIMEOUT):
@@ -443,9 +458,11 @@ class SwarmClient:
                 session.verify_with(Verifier(session, verify, self._witness_opener(
                     model_id, n_blocks, max_length, dtype, seed, scope), self.reputation,
                     on_verdict=self._verdict_sink(session.session_id)))
+            self._live.add(session)  # counted as load from now on: concurrent openers see it
             try:
                 return await session.open()
             except RemoteStepError as e:
+                self._live.discard(session)
                 if chain is not None or attempt == attempts - 1:
                     raise
                 self.mark_failed(e.peer_id)  # busy, full or gone: route around it
@@ -514,7 +531,8 @@ class SwarmClient:
     def open_session(self, model_id: str, n_blocks: int, max_length: int, *, wire_dtype: Optional[str] = None,
                      prefill_chunk: Optional[int] = PREFILL_CHUNK, chain: Optional[list[ChainLink]] = None,
                      routing_seed: Optional[int] = None, verify: str = "off", radius: Optional[str] = None,
-                     privacy: Optional[str] = None, lite_hidden_size: Optional[int] = None) -> RemoteSession:
+                     privacy: Optional[str] = None, lite_hidden_size: Optional[int] = None,
+                     max_price: Optional[float] = None) -> RemoteSession:
         """Open a session over `chain` (default: the best chain now, re-planned around failures).
 
         wire_dtype None = lossless for this chain: 16-bit when every server computes in that
@@ -524,10 +542,11 @@ class SwarmClient:
         radius the chain stays in (client/radius.py: "local", "trusted", "public", widenings "trusted+public");
         privacy: the radius of the servers at the chain's ends (default: the narrowest that can serve). Both
         None: no scope (any server). lite_hidden_size: a lite client's session (client/lite.py): token ids go
-        to the first server, which embeds them into states of this size; the chain's ends must ring.
+        to the first server, which embeds them into states of this size; the chain's ends must ring. max_price:
+        credits per 1,000 tokens the chain may cost in all (routing.py; PriceUnavailableError when none can).
         """
         lite = lite_hidden_size is not None
         scope = self.scope(radius or "public", privacy, ring_ends=lite) if radius or privacy or lite else None
         return RemoteSession(self, self.loop.run(self._open_session(
             model_id, n_blocks, max_length, wire_dtype, chain, prefill_chunk, routing_seed=routing_seed,
-            verify=verify, scope=scope, lite_hidden_size=lite_hidden_size)))
+            verify=verify, scope=scope, lite_hidden_size=lite_hidden_size, max_price=max_price)))

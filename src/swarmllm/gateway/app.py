@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swarmllm.client.credit_ledger import CreditLedger
 from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError, list_catalog
+from swarmllm.client.routing import PriceUnavailableError
 from swarmllm.client.swarm_client import OutsideRadiusError, SwarmClient
 from swarmllm.client.verification import VerificationError
 from swarmllm.gateway.api_keys import ApiKeys, bearer_token
@@ -234,7 +235,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
             job = await asyncio.to_thread(service.prepare, body.model, messages, prompt, max_tokens=body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
                                           stop=body.stop or [], verify=body.verify, radius=body.radius,
-                                          privacy=body.privacy)
+                                          privacy=body.privacy, max_price=body.max_price)
         except UnknownModelError as e:
             raise ApiError(404, f"the gateway cannot load {body.model!r}: {e}", "invalid_request_error",
                            "model_not_found") from None
@@ -289,6 +290,8 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
                                "verification_unavailable") from None
             except OutsideRadiusError as e:  # the request's radius cannot serve the model
                 raise ApiError(400, str(e), "invalid_request_error", "radius_unavailable") from None
+            except PriceUnavailableError as e:  # no chain under the request's max_price: the message names the cheapest
+                raise ApiError(400, str(e), "invalid_request_error", e.code) from None
             except (SwarmError, ConnectionError) as e:
                 raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
                                "swarm_unavailable", "5") from None

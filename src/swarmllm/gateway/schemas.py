@@ -13,6 +13,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from swarmllm.client.radius import parse_radius
+from swarmllm.protocol.records import MAX_PRICE
 
 
 class ChatMessage(BaseModel):
@@ -39,6 +40,9 @@ class _SamplingRequest(BaseModel):
     # "trusted+public") and of its ends (privacy, which see token ids); None = the gateway's default.
     radius: Optional[str] = Field(default=None, max_length=40, pattern=r"^[a-z+]+$")
     privacy: Optional[Literal["local", "trusted", "public"]] = None
+    # Our extension: credits per 1,000 tokens the chain may cost in all (servers announce a price; 0 = free);
+    # None = any price. A ceiling no chain meets is a 400 "price_unavailable" naming the cheapest price.
+    max_price: Optional[float] = Field(default=None, ge=0.0, le=MAX_PRICE, allow_inf_nan=False)
 
     @field_validator("radius")
     @classmethod

@@ -87,7 +87,7 @@ class GenerationService:
     def prepare(self, model_id: str, messages: Optional[list[dict]], prompt: Optional[str], *, max_tokens: Optional[int],
                 temperature: float, top_p: float, seed: Optional[int], stop: list[str],
                 verify: Optional[str] = None, radius: Optional[str] = None,
-                privacy: Optional[str] = None) -> PreparedGeneration:
+                privacy: Optional[str] = None, max_price: Optional[float] = None) -> PreparedGeneration:
         generator = self.generator(model_id)
         model = generator.model
         prompt_ids = model.chat_ids(messages) if messages is not None else model.tokenizer.encode(prompt or "")
@@ -101,7 +101,7 @@ class GenerationService:
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens or self.max_new_tokens,
                                 stop=tuple(stop), seed=seed if seed is not None else random.getrandbits(31))
         options = GenerationOptions(sampling=params, ring=None if self.ring else False, verify=verify or self.verify,
-                                    radius=radius or self.radius, privacy=privacy)
+                                    radius=radius or self.radius, privacy=privacy, max_price=max_price)
         model.session_length(len(prompt_ids), params.max_new_tokens)  # PromptTooLongError before any session
         return PreparedGeneration(model_id, generator, prompt_ids, options)
 

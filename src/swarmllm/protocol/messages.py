@@ -81,7 +81,9 @@ from pydantic import BaseModel, ConfigDict, Field
 # v6: server records say whether the node is reached through a relay (`relayed`, its addresses lead with
 #    /p2p-circuit ones) and carry its owner's certificate (`owner`, protocol/owners.py); new record kind
 #    "pairing" (protocol/pairing.py). `Step.token_ids`: a lite client's token ids, embedded by the first server.
-PROTOCOL_VERSION = 6
+# v7: server records announce load (`queued_steps`) and a `price` per 1,000 tokens (records.py); records
+#    reject unknown fields, so v6 peers could not read them.
+PROTOCOL_VERSION = 7
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain

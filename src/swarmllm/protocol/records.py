@@ -54,6 +54,8 @@ MAX_CLOCK_SKEW = 5.0        # s peers' DHT clocks may differ (hivemind asks for 
 MAX_MODEL_BLOCKS = 4096     # more transformer blocks than any published model has: a bound on lookups
 MAX_THROUGHPUT = 1e9        # tokens/s a record may claim: finite and bounded, not believed (routing measures)
 MAX_ADDRESSES = 8           # multiaddrs in one record
+MAX_PRICE = 1e6             # credits per 1,000 tokens a record may announce (finite and bounded)
+MAX_LOAD = 2**20            # sessions or queued steps a record may claim (routing caps what it believes: load.py)
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"  # catalog names and file stems
 PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,128}$"        # base58
 
@@ -136,7 +138,13 @@ class ServerRecord(BaseModel):
     throughput: float = Field(ge=0, le=MAX_THROUGHPUT)  # decode tokens/s through the span, measured at start-up
     free_cache_tokens: int = Field(ge=0, le=2**40)  # KV positions it can still reserve for new sessions
     max_session_length: int = Field(gt=0, le=2**40)  # longest session it accepts
-    active_sessions: int = Field(default=0, ge=0, le=2**32)
+    active_sessions: int = Field(default=0, ge=0, le=2**32)  # sessions open here now (a claim; routing caps it)
+    # v7: steps waiting in the node's batcher when it announced (server/batching.py): a claim of load, which
+    # routing weighs against the sessions it opened here itself (client/load.py).
+    queued_steps: int = Field(default=0, ge=0, le=MAX_LOAD)
+    # v7: credits per 1,000 tokens this node asks for computing its span (0 = free); a request's max_price
+    # keeps its chain under the sum of its hops' prices (client/routing.py).
+    price: float = Field(default=0.0, ge=0, le=MAX_PRICE)
     compute_class: ComputeClass = ComputeClass()  # what decides its outputs bit for bit (dtype, quant, kernels)
     protocol_version: int = PROTOCOL_VERSION
     addresses: tuple[str, ...] = Field((), max_length=MAX_ADDRESSES)  # multiaddrs the node is reachable at

@@ -64,6 +64,11 @@ class StepBatcher:
         self.batches_run = 0  # diagnostics: steps_run / batches_run is the mean batch size
         self.steps_run = 0
 
+    @property
+    def queued(self) -> int:
+        """Steps waiting for a batch now (announced as load: server/node.py)."""
+        return len(self._queue)
+
     async def run(self, model: SpanModel, hidden: torch.Tensor, cache: KVCache,
                   start_position: int, priority: float = 0.0) -> tuple[torch.Tensor, float]:
         """Run hidden [T, D] through `model` at start_position; returns (output [T, D], compute seconds).

@@ -45,7 +45,7 @@ from swarmllm.protocol import (
     ServerRecord, ServerState, block_key, parse_records,
 )
 from swarmllm.protocol.credits import CREDITS_HANDLER
-from swarmllm.protocol.records import MAX_ADDRESSES, MAX_THROUGHPUT, MODEL_ID_PATTERN
+from swarmllm.protocol.records import MAX_ADDRESSES, MAX_LOAD, MAX_PRICE, MAX_THROUGHPUT, MODEL_ID_PATTERN
 from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.models.catalog import resolve_model
@@ -88,6 +88,7 @@ class ServerConfig:
     identity_path: Optional[str] = None         # the node's key (default: the state folder's, by node_name)
     node_name: str = "node"                     # which identity of the state folder (identity.py); kept across restarts
     throughput: Optional[float] = None          # announce this instead of measuring
+    price: float = 0.0                          # credits per 1,000 tokens announced (0 = free; records.MAX_PRICE)
     rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
     kv_dtype: str = "auto"                      # KV-cache storage: "auto" (compute dtype) or "int8"
@@ -151,6 +152,8 @@ class ServerConfig:
         check_swarm_name(self.swarm_name)
         if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
             raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
+        if not 0 <= self.price <= MAX_PRICE:
+            raise ValueError(f"--price must be between 0 and {MAX_PRICE:.0e} credits per 1,000 tokens, got {self.price}")
         if not 0 < self.record_ttl <= MAX_RECORD_TTL:
             raise ValueError(f"record_ttl must be in (0, {MAX_RECORD_TTL:.0f}] s: peers refuse records that expire "
                              "later than that")
@@ -180,6 +183,7 @@ class ServerNode:
         self.config = config
         self.status = NodeStatus()
         self._stop = asyncio.Event()
+        self._batcher = None  # the running service's StepBatcher: its queue is announced as load
         self._remote = RemoteModel(config.model, config.download_dir, config.model_manifest) \
             if is_url(config.model) else None
         self._swarm: Optional[SwarmNode] = None
@@ -263,6 +267,7 @@ class ServerNode:
             service = SessionService(swarm, backend, table, backend.model_id, max_batch=self.config.max_batch,
                                      batch_wait=self.config.batch_wait, quotas=PeerQuotas(self._quota_limits(backend)),
                                      receipts=ReceiptIssuer(identity.sign, swarm.peer_id, work_log))
+            self._batcher = service.batcher  # its queue length is announced as load
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
@@ -452,12 +457,16 @@ class ServerNode:
                       and r.moving_to[0] < claimed[1] and claimed[0] < r.moving_to[1] else r for r in others]
         return plan_move(backend.n_blocks, me.model_copy(update={"moving_to": None}), planning_view(others))
 
+    def _queued_steps(self) -> int:
+        return self._batcher.queued if self._batcher is not None else 0
+
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
             n_blocks=backend.n_blocks, state=state, throughput=min(self.status.throughput, MAX_THROUGHPUT),
             free_cache_tokens=table.free_tokens, max_session_length=table.max_session_length,
             active_sessions=len(table.sessions), compute_class=backend.compute_class,
+            queued_steps=min(self._queued_steps(), MAX_LOAD), price=self.config.price,
             addresses=tuple(self.status.addresses[:MAX_ADDRESSES]),
             announced_at=dht_time(), moving_to=self.status.moving_to,
             ring=backend.source is not None and backend.ends_a_chain,
@@ -490,6 +499,7 @@ class ServerNode:
     async def _serve_until_stopped(self, swarm, backend, table, service: SessionService) -> None:
         next_announce = time.monotonic() + self.config.announce_period
         next_rebalance = self._next_rebalance()
+        announced_sessions = len(table.sessions)
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
@@ -499,7 +509,11 @@ class ServerNode:
             if time.monotonic() >= next_rebalance and not self._stop.is_set():
                 backend, table = await self._maybe_move(swarm, backend, table, service)
                 next_rebalance = self._next_rebalance()
-            if time.monotonic() >= next_announce and not self._stop.is_set():
+            # Load is routing's input (client/load.py): announce at once (at most once a second) when the
+            # number of sessions here changed, not only every announce_period.
+            load_changed = len(table.sessions) != announced_sessions
+            if (time.monotonic() >= next_announce or load_changed) and not self._stop.is_set():
+                announced_sessions = len(table.sessions)
                 await self._unless_stopped(self._announce(swarm, backend, table, ServerState.ONLINE))
                 next_announce = time.monotonic() + self.config.announce_period
         # Leaving: tell routers first, then drain in-flight steps.

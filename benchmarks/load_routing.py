@@ -1,0 +1,159 @@
+"""Load-aware routing benchmark: 16 concurrent streaming sessions over one chain vs two parallel chains.
+
+Swarm: two full-model nodes of smollm2-135m ([0, 30) each, one torch thread each): two parallel
+one-hop chains. One hop per chain keeps the comparison about where sessions go, not about hop
+latency, and two processes are what a 2-core machine can run side by side (four half-model nodes
+would add hops and processes competing for the same cores). In one run, every phase with the same
+client and swarm:
+- "one chain": every session pinned to node A (the baseline a single chain gives);
+- "speed only": both chains, routing by measured speed alone (`SwarmClient.load_aware = False`;
+  the per-session tie-break still applies);
+- "load aware": both chains, routing counting load (client/load.py).
+Each phase starts `--clients` sessions at once; each streams `--tokens` greedy tokens (EOS ignored),
+decoding once every session has its first token (on a 2-core machine a node interleaving a
+prefill with 15 sessions' decode steps stalls them past the client's step timeout).
+The client's LM head is batched over the sessions waiting for it (batching.py's BatchedHead).
+Reports aggregate decode tokens/s (all tokens / wall time from the first open to the last token),
+time-to-first-token p50/p95 (session start -> first token, opening and prefill included) and how
+many sessions each node got. Targets (issue 14, item 5): load aware >= 1.7x one chain, and a lower
+TTFT p95 than speed only. The load average is recorded: on a shared machine it moves every figure.
+
+    python benchmarks/load_routing.py [--clients 16] [--tokens 32] [--threads 1] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from batching import PROMPTS, BatchedHead  # noqa: E402  (a sibling script, not a package)
+
+from swarmllm.client.generation import ClientModel  # noqa: E402
+from swarmllm.client.swarm_client import SwarmClient  # noqa: E402
+from swarmllm.harness.local_swarm import LocalSwarm  # noqa: E402
+from swarmllm.protocol import SwarmError  # noqa: E402
+
+MODEL = "smollm2-135m"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+async def phase(client: SwarmClient, model: ClientModel, clients: int, tokens: int, chain=None) -> dict:
+    """`clients` sessions started at once, each streaming `tokens` tokens; runs on the client's loop."""
+    head = BatchedHead(model)
+    prefilled = asyncio.Barrier(clients)
+    started = time.perf_counter()
+
+    async def one(index: int) -> dict:
+        ids = model.prompt_ids(PROMPTS[index % len(PROMPTS)])
+        remote = await asyncio.to_thread(client.open_session, MODEL, model.config.n_blocks, len(ids) + tokens + 1,
+                                         chain=chain)
+        session, first, done = remote.session, None, 0
+        try:
+            out = await session.step(model.head.embed([ids]), 0)
+            token = await head.next_token(out[0, -1])
+            first, done = time.perf_counter() - started, 1
+            # Decoding starts once every session has its first token: a single-threaded node running one
+            # session's long prefill between others' decode steps stalls those past their step timeout.
+            with contextlib.suppress(asyncio.BrokenBarrierError):  # broken: a session failed before its first token
+                await prefilled.wait()
+            for t in range(tokens - 1):
+                out = await session.step(model.head.embed([[token]]), len(ids) + t)
+                token = await head.next_token(out[0, -1])
+                done += 1
+            return {"ttft": first, "peer": session.chain[0].peer_id, "tokens": done, "error": None}
+        except SwarmError as e:  # a step timed out on the contended machine: counted, not fatal
+            if first is None:
+                await prefilled.abort()  # nobody waits for a session that never prefilled
+            return {"ttft": first, "peer": session.chain[0].peer_id, "tokens": done, "error": str(e)[:200]}
+        finally:
+            await session.close()
+
+    results = await asyncio.gather(*(one(i) for i in range(clients)))
+    wall = time.perf_counter() - started
+    ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
+    failed = [r["error"] for r in results if r["error"]]
+    print(f"phase done: {len(results) - len(failed)}/{clients} sessions completed", file=sys.stderr)
+    return {"clients": clients, "tokens_each": tokens, "wall_seconds": wall, "completed": clients - len(failed),
+            "failures": failed[:3], "aggregate_tokens_per_second": sum(r["tokens"] for r in results) / wall,
+            "ttft_p50": percentile(ttfts, 0.5), "ttft_p95": percentile(ttfts, 0.95),
+            "sessions_per_node": dict(Counter(r["peer"][-8:] for r in results))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=16, help="concurrent streaming sessions per phase")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens each session streams")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per node")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # the client shares the cores with the nodes
+    load_before = os.getloadavg()
+    model = ClientModel.load(MODEL)
+    swarm = LocalSwarm(MODEL, [], log_dir=Path(tempfile.mkdtemp(prefix="swarmllm-load-routing-")))
+    swarm.start(timeout=300)
+    try:
+        nodes = [swarm.add_node(0, 30, name=f"full{i}", extra_args=["--num-threads", str(args.threads)])
+                 for i in range(2)]
+        swarm.wait_ready(nodes, timeout=300)
+        peers = [n.ready["peer_id"] for n in nodes]
+        with SwarmClient.connect(swarm.initial_peers, keep_state=False) as client:
+            for _ in range(60):  # the DHT needs a moment to show both records
+                if len(client.find_servers(MODEL, 30)) == 2:
+                    break
+                time.sleep(0.5)
+            alone = client.plan(MODEL, 30, exclude=[peers[1]])
+            client.loop.run(phase(client, model, 2, 4, chain=alone))  # warm-up (and measures node A's speed)
+            phases = {"one chain": client.loop.run(phase(client, model, args.clients, args.tokens, chain=alone))}
+            client.load_aware = False
+            phases["speed only"] = client.loop.run(phase(client, model, args.clients, args.tokens))
+            client.load_aware = True
+            phases["load aware"] = client.loop.run(phase(client, model, args.clients, args.tokens))
+    finally:
+        swarm.stop()
+    one, speed, load = phases["one chain"], phases["speed only"], phases["load aware"]
+    report = {"benchmark": "load_routing", "model": MODEL, "nodes": "2 x [0, 30)", "cpus": os.cpu_count(),
+              "threads_per_node": args.threads, "load_average_before": load_before,
+              "load_average_after": os.getloadavg(), "phases": phases,
+              "load_aware_speedup_over_one_chain": load["aggregate_tokens_per_second"] / one["aggregate_tokens_per_second"],
+              "speed_only_speedup_over_one_chain": speed["aggregate_tokens_per_second"] / one["aggregate_tokens_per_second"],
+              "ttft_p95_load_aware_below_speed_only": load["ttft_p95"] < speed["ttft_p95"]}
+    (out / "load_routing.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (out / "load_routing.md").write_text(table)
+    print(table)
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# Load-aware routing ({r['model']}, {r['nodes']} on loopback, {r['cpus']} CPUs, "
+             f"{r['threads_per_node']} thread(s) per node; load average {r['load_average_before'][0]:.1f} before)", "",
+             "| phase | sessions completed | tokens each | aggregate tokens/s | TTFT p50 / p95 (ms) | sessions per node |",
+             "|---|---|---|---|---|---|"]
+    for name, x in r["phases"].items():
+        split = ", ".join(f"{peer}: {n}" for peer, n in sorted(x["sessions_per_node"].items()))
+        lines.append(f"| {name} | {x['completed']}/{x['clients']} | {x['tokens_each']} | {x['aggregate_tokens_per_second']:.1f} | "
+                     f"{x['ttft_p50'] * 1000:.0f} / {x['ttft_p95'] * 1000:.0f} | {split} |")
+    lines += ["", f"Load aware / one chain: {r['load_aware_speedup_over_one_chain']:.2f}x (target 1.7x); "
+              f"speed only / one chain: {r['speed_only_speedup_over_one_chain']:.2f}x; TTFT p95 load aware below "
+              f"speed only: {r['ttft_p95_load_aware_below_speed_only']}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
