@@ -383,7 +383,7 @@ def cmd_gateway(args) -> int:
     settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
                                max_per_client=args.max_per_client, max_prompt_tokens=args.max_prompt_tokens,
                                max_new_tokens=args.max_new_tokens, max_active=args.max_active, max_queue=args.max_queue,
-                               status_period=args.status_period, ring=args.ring,
+                               status_period=args.status_period, demand_period=args.demand_period, ring=args.ring,
                                verify="off" if args.lite else args.verify, radius=args.radius, lite=args.lite,
                                trusted_proxies=trusted,
                                forwarded_header=args.forwarded_header, api_keys=api_keys,

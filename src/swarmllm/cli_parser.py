@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold no weights (what `swarmllm join TOKEN --client` runs): tokenizers from the servers' "
                         "model headers, ring decoding only, requests unverified (--verify off)")
     p.add_argument("--status-period", type=float, default=2.0, help="seconds between swarm status refreshes")
+    p.add_argument("--demand-period", type=float, default=5.0,
+                   help="seconds between publications of the demand this gateway sees per model, which nodes "
+                        "started without --model follow (0 = never)")
 
     p = sub.add_parser("join", help="join a swarm from an invite token (the `swarmllm join TOKEN` line that "
                                     "`swarmllm up` and `swarmllm bootstrap` print): serve blocks it lacks, or "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ from swarmllm.client.verification import VerificationError
 from swarmllm.gateway.api_keys import ApiKeys, bearer_token
 from swarmllm.gateway.body_limit import BodyLimit
 from swarmllm.gateway.clients import IPNetwork, address_key, client_address, forwarded_chain
+from swarmllm.gateway.demand import DemandCounter
 from swarmllm.gateway.disconnects import ReleasingStream, disconnected_before, generate_unless_disconnected
 from swarmllm.gateway.limits import (
     Admission, ClientBusyError, ClientSlots, Limits, RateLimiter, SaturatedError, Ticket, declared_tokens,
@@ -59,6 +61,7 @@ from swarmllm.gateway.swarm_status import SwarmStatus
 from swarmllm.protocol import SwarmError
 
 STATIC_DIR = Path(__file__).parent / "static"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class GatewaySettings:
     api_keys: Optional[ApiKeys] = None           # None: no keys, everyone is limited per address
     allow_anonymous: bool = False                # with api_keys: let requests without a key in (per address)
     limiter_max_keys: int = 50_000               # clients the rate limiter remembers at most
+    demand_period: float = 5.0                   # s between publications of the demand seen per model (0: never)
 
     @property
     def default_limits(self) -> Limits:
@@ -128,12 +132,24 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     slots = ClientSlots()
     admission = Admission(settings.max_active, settings.max_queue)
     catalog = set(list_catalog())
+    demand = DemandCounter()
+
+    async def publish_demand() -> None:
+        while True:
+            await asyncio.sleep(settings.demand_period)
+            try:
+                await asyncio.to_thread(client.publish_demand, demand.rates(), demand.window)
+            except Exception as e:  # the DHT being briefly unreachable must not stop the gateway
+                logger.warning("publishing the demand failed: %s", e)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(status.run())
+        tasks = [asyncio.create_task(status.run())]
+        if settings.demand_period > 0:
+            tasks.append(asyncio.create_task(publish_demand()))
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     app = FastAPI(title="swarmllm gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API over a swarmllm swarm.")
@@ -201,10 +217,12 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         if body.max_tokens is not None and body.max_tokens > settings.max_new_tokens:
             raise ApiError(400, f"max_tokens is {body.max_tokens}; this gateway allows at most "
                                 f"{settings.max_new_tokens}", "invalid_request_error", "context_length_exceeded")
-        ticket = limiter.admit(who.key, declared_tokens(characters, body.max_tokens, settings.max_new_tokens),
-                               who.limits)
+        declared = declared_tokens(characters, body.max_tokens, settings.max_new_tokens)
+        ticket = limiter.admit(who.key, declared, who.limits)
         if not isinstance(ticket, Ticket):
             raise _rate_limited(who, ticket)
+        if body.model in catalog:  # counted even when nobody serves it yet: that demand brings nodes to it
+            demand.arrived(body.model, declared)
         check_model(body.model)
         return ticket
 
@@ -248,7 +266,9 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         except ClientBusyError as e:
             raise ApiError(429, f"{e} ({who.label})", "rate_limit_exceeded", "too_many_concurrent_requests",
                            "1") from None
-        held = [lambda: slots.release(who.key)]  # what to give back, last taken first; each exactly once
+        demand.started(body.model)
+        held = [lambda: demand.finished(body.model), lambda: slots.release(who.key)]  # given back last taken
+        # first, each exactly once
 
         async def release() -> None:
             while held:
