@@ -204,10 +204,11 @@ def cmd_serve(args) -> int:
                                                                             listen_host=args.host)))
 
     def on_ready(status) -> None:
-        print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
+        print(f"node {status.peer_id} serves {status.model_id} blocks [{status.start}, {status.end}): "
               f"loaded in {status.load_seconds:.2f} s, {status.throughput:.1f} tokens/s, "
               f"ready {status.startup_seconds:.2f} s after start", flush=True)
-        _print_ready({"role": "server", "peer_id": status.peer_id, "start": status.start, "end": status.end,
+        _print_ready({"role": "server", "peer_id": status.peer_id, "model": status.model_id,
+                      "start": status.start, "end": status.end,
                       "addresses": status.addresses, "load_seconds": status.load_seconds,
                       "startup_seconds": status.startup_seconds, "throughput": status.throughput,
                       "reachability": status.reachability, "relayed": status.relayed})

@@ -173,9 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity(p, "bootstrap")
 
     p = sub.add_parser("serve", help="host a span of blocks of a model")
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model",
                    help="catalog name (see `swarmllm models`), .gguf / folder path, or the URL of a .gguf / "
-                        ".safetensors file: then only the span's tensors are fetched (HTTP range requests)")
+                        ".safetensors file: then only the span's tensors are fetched (HTTP range requests). "
+                        "Default: the catalog model on disk the swarm's gateways ask for most against the "
+                        "throughput already serving it, followed as demand shifts")
+    p.add_argument("--trusted-gateways", type=_peer_list, action="extend", default=[], metavar="PEER[,PEER...]",
+                   help="without --model: gateways whose published demand counts fully (others' counts a quarter)")
     _add_download_options(p)
     _add_initial_peers(p)
     _add_lan(p, advertises=True)

@@ -49,7 +49,9 @@ from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.models.catalog import resolve_model
 from swarmllm.owners import NodeCertificates, owner_key
-from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
+from swarmllm.server.block_selection import block_coverage, choose_span, contested_by, plan_move, planning_view
+from swarmllm.server.model_choice import ModelView, choose_model, plan_model_move, pressure
+from swarmllm.server.model_moves import candidate_models, read_views
 from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
@@ -69,7 +71,8 @@ HARD_EXIT_SECONDS = 15.0      # after a stop signal, whatever is still running
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str                                  # catalog name, path, or URL of a .gguf/.safetensors file
+    model: Optional[str] = None                 # catalog name, path, or URL of a .gguf/.safetensors file; None:
+    # choose among the catalog models on disk by the swarm's demand, and follow it (model_choice.py)
     initial_peers: tuple[str, ...] = ()
     blocks: Optional[tuple[int, int]] = None    # [start, end); None = choose from the DHT
     num_blocks: Optional[int] = None            # span length when choosing (default: sized by speed, see partitioner)
@@ -87,6 +90,7 @@ class ServerConfig:
     node_name: str = "node"                     # which identity of the state folder (identity.py); kept across restarts
     throughput: Optional[float] = None          # announce this instead of measuring
     rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
+    trusted_gateways: tuple[str, ...] = ()      # peer ids whose demand counts fully when choosing a model
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
     kv_dtype: str = "auto"                      # KV-cache storage: "auto" (compute dtype) or "int8"
     quant: str = "none"                         # weights kept as "none" (compute dtype), "int8" or "int4"
@@ -133,6 +137,7 @@ class ServerConfig:
                      "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
                      "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple),
+                     "trusted_gateways": ("trusted_gateways", tuple),
                      "no_lan": ("lan", lambda off: not off)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
@@ -166,6 +171,7 @@ class NodeStatus:
     reachability: str = "unknown"   # the reachability probe's verdict: public, private or unknown
     relayed: bool = False           # reached through a relay (its addresses lead with /p2p-circuit ones)
     moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
+    model_id: str = ""              # the model served (chosen by demand when started without --model)
 
 
 def torch_dtype_bytes(name: str) -> int:
@@ -177,8 +183,9 @@ class ServerNode:
         self.config = config
         self.status = NodeStatus()
         self._stop = asyncio.Event()
+        self._model = config.model  # what is served now: a node without --model chooses it, and may move
         self._remote = RemoteModel(config.model, config.download_dir, config.model_manifest) \
-            if is_url(config.model) else None
+            if config.model is not None and is_url(config.model) else None
         self._swarm: Optional[SwarmNode] = None
         self._model_id = ""
         self._certificates: Optional[NodeCertificates] = None  # our owner's certificate for us, in every record
@@ -188,7 +195,7 @@ class ServerNode:
         partial copy holding the header and those blocks, fetched now if needed (from peers
         that hold them first, when a manifest can check their bytes)."""
         if self._remote is None:
-            return self.config.model
+            return self._model
         peers = await self._peer_source(start, end) if start is not None else None
         path = await asyncio.get_running_loop().run_in_executor(None, self._remote.local_path, start, end, False, peers)
         if peers is not None and peers.bytes_from_peers:
@@ -215,16 +222,15 @@ class ServerNode:
         """What this node shares of its model file with peers that fetch theirs."""
         if self._remote is not None:
             return FileService(self._model_id, self._remote.file_path, partial=True)
-        path = local_model_file(resolve_model(self.config.model).path)
+        path = local_model_file(resolve_model(self._model).path)
         return FileService(self._model_id, path, partial=False) if path else None
 
     async def run(self, on_ready=None) -> None:
         began = time.perf_counter()
-        backend_spec = SpanBackend.describe(await self._model_for())  # raises UnknownModelError early
-        self._model_id = backend_spec.model_id
-        if not re.match(MODEL_ID_PATTERN, self._model_id):
-            raise ValueError(f"the model id {self._model_id!r} (the file's name) may hold only letters, digits and "
-                             "'.', '_', '+', '-' (at most 128, starting with a letter or digit); rename the file")
+        backend_spec = SpanBackend.describe(await self._model_for()) if self._model else None  # UnknownModelError early
+        if backend_spec is not None and not re.match(MODEL_ID_PATTERN, backend_spec.model_id):
+            raise ValueError(f"the model id {backend_spec.model_id!r} (the file's name) may hold only letters, digits "
+                             "and '.', '_', '+', '-' (at most 128, starting with a letter or digit); rename the file")
         identity = claim_identity(self.config.identity_path, self.config.node_name)
         try:
             if self.config.owner_key_path != "off":  # a bad owner key file is refused before joining
@@ -241,6 +247,10 @@ class ServerNode:
         work_log = None
         lan = LanAdvertiser(self.config.swarm_name)
         try:
+            if backend_spec is None:
+                self._model = await self._choose_model(swarm)
+                backend_spec = SpanBackend.describe(await self._model_for())
+            self._model_id = self.status.model_id = backend_spec.model_id
             # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
             start, end = await self._choose_blocks(swarm, backend_spec)
             model = await self._model_for(start, end)
@@ -444,6 +454,67 @@ class ServerNode:
                       and r.moving_to[0] < claimed[1] and claimed[0] < r.moving_to[1] else r for r in others]
         return plan_move(backend.n_blocks, me.model_copy(update={"moving_to": None}), planning_view(others))
 
+    async def _choose_model(self, swarm) -> str:
+        """The catalog model on disk the swarm needs most (model_choice.choose_model over the DHT)."""
+        candidates = candidate_models()
+        if not candidates:
+            raise ValueError("no catalog model is on disk to choose from: install one (`swarmllm models --install "
+                             "smollm2-135m`) or pass --model")
+        try:
+            views = await read_views(swarm, candidates, swarm.peer_id, frozenset(self.config.trusted_gateways))
+        except (Exception, asyncio.TimeoutError) as e:
+            logger.warning("reading the swarm's demand failed (%s): choosing without it", e or type(e).__name__)
+            views = [ModelView(m, n, (), 0.0, True) for m, n in candidates.items()]
+        chosen = choose_model(views)
+        logger.info("serving %s: %s", chosen, ", ".join(f"{v.model_id} demand {v.demand:.0f} tokens/min, "
+                                                        f"pressure {pressure(v):.3g}" for v in views))
+        return chosen
+
+    async def _maybe_switch_model(self, swarm, backend, table: SessionTable, service: SessionService):
+        """Move to another model if model_choice.plan_model_move says so: returns (backend, table), or None.
+
+        Load the new span, then re-check that every block we leave has another online server, then
+        switch (our sessions close; their clients fail over), announce the new span ONLINE, and only
+        then withdraw from the old blocks (LEAVING)."""
+        candidates = candidate_models()
+        me, trusted = self.status.peer_id, frozenset(self.config.trusted_gateways)
+        try:
+            views = await read_views(swarm, candidates, me, trusted, self.config.announce_period)
+        except (Exception, asyncio.TimeoutError) as e:
+            logger.warning("reading the DHT for the model choice failed: %s", e or type(e).__name__)
+            return None
+        current = next((v for v in views if v.model_id == backend.model_id), None)
+        span = (self.status.start, self.status.end)
+        target = plan_model_move(current, span, views) if current is not None else None
+        if target is None:
+            return None
+        began = time.perf_counter()
+        spec = SpanBackend.describe(target)
+        theirs = next(v for v in views if v.model_id == target)
+        length = self.config.num_blocks or await self._auto_span_length(spec, list(theirs.others))
+        start, end = choose_span(spec.n_blocks, length, theirs.others)
+        new_backend = await self._load_backend(target, start, end)
+        views = await read_views(swarm, {backend.model_id: backend.n_blocks}, me, trusted, self.config.announce_period)
+        counts, _ = block_coverage(backend.n_blocks, views[0].others)
+        if any(counts[b] == 0 for b in range(*span)):
+            logger.info("not moving to %s: blocks of %s would be left without a server", target, backend.model_id)
+            return None
+        logger.warning("moving from %s [%d, %d) to %s [%d, %d): the swarm's demand shifted",
+                       backend.model_id, *span, target, start, end)
+        leaving = self._record(backend, table, ServerState.LEAVING)
+        new_table = self._new_table(new_backend, start, end)
+        for session_id in list(table.sessions):
+            service.close_session(session_id)
+        service.backend, service.table, service.model_id = new_backend, new_table, new_backend.model_id
+        self._model, self._model_id, self.status.model_id = target, new_backend.model_id, new_backend.model_id
+        self.status.start, self.status.end = start, end
+        await self._announce(swarm, new_backend, new_table, ServerState.ONLINE)
+        await swarm.store_records([(block_key(backend.model_id, b), leaving) for b in range(*span)],
+                                  dht_time() + self.config.record_ttl)
+        logger.info("now serving %s [%d, %d) (%.1f s)", target, start, end, time.perf_counter() - began)
+        asyncio.get_running_loop().run_in_executor(None, self._preload_head, new_backend)
+        return new_backend, new_table
+
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
@@ -489,7 +560,9 @@ class ServerNode:
                 pass
             service.evict_idle(self.config.session_timeout)
             if time.monotonic() >= next_rebalance and not self._stop.is_set():
-                backend, table = await self._maybe_move(swarm, backend, table, service)
+                moved = await self._maybe_switch_model(swarm, backend, table, service) \
+                    if self.config.model is None else None
+                backend, table = moved or await self._maybe_move(swarm, backend, table, service)
                 next_rebalance = self._next_rebalance()
             if time.monotonic() >= next_announce and not self._stop.is_set():
                 await self._unless_stopped(self._announce(swarm, backend, table, ServerState.ONLINE))
