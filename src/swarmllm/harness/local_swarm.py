@@ -114,7 +114,8 @@ class LocalSwarm:
         if "--identity" not in (*self.node_args, *extra_args):
             blocks += self.identity_args(name)
         blocks += self.lan_args()
-        node = ManagedProcess(name, cli + ["serve", *([] if auto_model else ["--model", self.model]), "--initial-peers", ",".join(self.initial_peers),
+        model = [] if auto_model else ["--model", self.model]
+        node = ManagedProcess(name, cli + ["serve", *model, "--initial-peers", ",".join(self.initial_peers),
                                            *blocks, "--host", self.host, *self.node_args, *extra_args],
                               self.log_dir / f"{name}.log")
         node.start(self._env())
