@@ -184,6 +184,7 @@ class ServerNode:
         self.status = NodeStatus()
         self._stop = asyncio.Event()
         self._model = config.model  # what is served now: a node without --model chooses it, and may move
+        self._model_wish: Optional[str] = None  # the model the last check would have moved to
         self._remote = RemoteModel(config.model, config.download_dir, config.model_manifest) \
             if config.model is not None and is_url(config.model) else None
         self._swarm: Optional[SwarmNode] = None
@@ -473,9 +474,12 @@ class ServerNode:
     async def _maybe_switch_model(self, swarm, backend, table: SessionTable, service: SessionService):
         """Move to another model if model_choice.plan_model_move says so: returns (backend, table), or None.
 
-        Load the new span, then re-check that every block we leave has another online server, then
-        switch (our sessions close; their clients fail over), announce the new span ONLINE, and only
-        then withdraw from the old blocks (LEAVING)."""
+        A move happens only when two checks in a row plan the same target (the gain held for a
+        rebalance period). Then: announce LEAVING on the old blocks first, as a claim (planners stop
+        counting us there, so a second node deciding at the same time sees the blocks it would
+        uncover and stays), wait `claim_wait`, re-check that every block we leave has another online
+        server (else re-announce ONLINE and stay), load the new span, switch (our sessions close;
+        their clients fail over to the old blocks' other servers) and announce the new span ONLINE."""
         candidates = candidate_models()
         me, trusted = self.status.peer_id, frozenset(self.config.trusted_gateways)
         try:
@@ -486,22 +490,24 @@ class ServerNode:
         current = next((v for v in views if v.model_id == backend.model_id), None)
         span = (self.status.start, self.status.end)
         target = plan_model_move(current, span, views) if current is not None else None
-        if target is None:
+        wished, self._model_wish = self._model_wish, target
+        if target is None or wished != target:
             return None
         began = time.perf_counter()
-        spec = SpanBackend.describe(target)
-        theirs = next(v for v in views if v.model_id == target)
-        length = self.config.num_blocks or await self._auto_span_length(spec, list(theirs.others))
-        start, end = choose_span(spec.n_blocks, length, theirs.others)
-        new_backend = await self._load_backend(target, start, end)
-        views = await read_views(swarm, {backend.model_id: backend.n_blocks}, me, trusted, self.config.announce_period)
-        counts, _ = block_coverage(backend.n_blocks, views[0].others)
-        if any(counts[b] == 0 for b in range(*span)):
-            logger.info("not moving to %s: blocks of %s would be left without a server", target, backend.model_id)
+        leaving = self._record(backend, table, ServerState.LEAVING)
+        old_keys = [block_key(backend.model_id, b) for b in range(*span)]
+        try:
+            await asyncio.wait_for(swarm.store_records([(key, leaving) for key in old_keys],
+                                                       dht_time() + self.config.record_ttl), self.config.announce_period)
+            new_backend, start, end = await self._claim_and_load(swarm, backend, span, views, target, me, trusted)
+        except (Exception, asyncio.TimeoutError) as e:  # a failed move leaves the node serving its old span
+            logger.warning("not moving to %s: %s", target, e)
+            new_backend = None
+        if new_backend is None:
+            await self._announce(swarm, backend, table, ServerState.ONLINE)
             return None
         logger.warning("moving from %s [%d, %d) to %s [%d, %d): the swarm's demand shifted",
                        backend.model_id, *span, target, start, end)
-        leaving = self._record(backend, table, ServerState.LEAVING)
         new_table = self._new_table(new_backend, start, end)
         for session_id in list(table.sessions):
             service.close_session(session_id)
@@ -509,11 +515,27 @@ class ServerNode:
         self._model, self._model_id, self.status.model_id = target, new_backend.model_id, new_backend.model_id
         self.status.start, self.status.end = start, end
         await self._announce(swarm, new_backend, new_table, ServerState.ONLINE)
-        await swarm.store_records([(block_key(backend.model_id, b), leaving) for b in range(*span)],
-                                  dht_time() + self.config.record_ttl)
+        await swarm.store_records([(key, leaving) for key in old_keys], dht_time() + self.config.record_ttl)
+        self._model_wish = None
         logger.info("now serving %s [%d, %d) (%.1f s)", target, start, end, time.perf_counter() - began)
         asyncio.get_running_loop().run_in_executor(None, self._preload_head, new_backend)
         return new_backend, new_table
+
+    async def _claim_and_load(self, swarm, backend, span, views, target: str, me: str, trusted: frozenset):
+        """After our LEAVING claim: (the target's loaded backend, start, end), or (None, 0, 0) if leaving
+        would uncover a block of ours."""
+        await asyncio.sleep(self.config.claim_wait)
+        old = await read_views(swarm, {backend.model_id: backend.n_blocks}, me, trusted, self.config.announce_period)
+        counts, _ = block_coverage(backend.n_blocks, old[0].others)
+        if any(counts[b] == 0 for b in range(*span)):
+            logger.info("not moving to %s: blocks of %s would be left without a server", target, backend.model_id)
+            return None, 0, 0
+        spec = SpanBackend.describe(target)
+        theirs = next(v for v in views if v.model_id == target)
+        length = self.config.num_blocks or await self._auto_span_length(spec, list(theirs.others))
+        start, end = choose_span(spec.n_blocks, length, theirs.others)
+        new_backend = await self._load_backend(target, start, end)
+        return new_backend, start, end
 
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
