@@ -91,6 +91,8 @@ def run(nodes: int, rebalance: float, timeout: float, log_dir: Path) -> dict:
                 "min_coverage_after_shift": {SMOL: min(s[SMOL] for s in samples),
                                              GEMMA: min(s[GEMMA] for s in samples[[s["t"] for s in samples].index(
                                                  covered_at):]) if covered_at is not None else 0},
+                "sample_gaps": [round(min(b["t"] - a["t"] for a, b in zip(samples, samples[1:])), 2),
+                                round(max(b["t"] - a["t"] for a, b in zip(samples, samples[1:])), 2)],
                 "samples": samples}
 
 
@@ -108,7 +110,9 @@ def main() -> None:
     (args.out / "demand_shift.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Demand shift: smollm2-135m -> gemma3-270m", "",
              f"`python benchmarks/demand_shift.py --nodes {result['nodes']}` "
-             f"(rebalance period {result['rebalance_period']} s, coverage sampled every 0.5 s)", "",
+             f"(rebalance period {result['rebalance_period']} s; coverage read from the DHT 0.5 s after the previous "
+             f"read ended: {len(result['samples'])} samples, gaps {result['sample_gaps'][0]}-{result['sample_gaps'][1]} s)",
+             "",
              "| nodes | first choice | s until gemma3 covered | s until stable | min smollm2 coverage | "
              "min gemma3 coverage once covered | final (smollm2, gemma3) |", "|---|---|---|---|---|---|---|",
              f"| {result['nodes']} | {', '.join(result['first_choice'])} | {result['seconds_until_gemma_covered']} | "
