@@ -111,7 +111,8 @@ def main() -> None:
     lines = ["# Demand shift: smollm2-135m -> gemma3-270m", "",
              f"`python benchmarks/demand_shift.py --nodes {result['nodes']}` "
              f"(rebalance period {result['rebalance_period']} s; coverage read from the DHT 0.5 s after the previous "
-             f"read ended: {len(result['samples'])} samples, gaps {result['sample_gaps'][0]}-{result['sample_gaps'][1]} s)",
+             f"read ended: {len(result['samples'])} samples, "
+             f"gaps {result['sample_gaps'][0]}-{result['sample_gaps'][1]} s)",
              "",
              "| nodes | first choice | s until gemma3 covered | s until stable | min smollm2 coverage | "
              "min gemma3 coverage once covered | final (smollm2, gemma3) |", "|---|---|---|---|---|---|---|",

@@ -497,8 +497,8 @@ class ServerNode:
         leaving = self._record(backend, table, ServerState.LEAVING)
         old_keys = [block_key(backend.model_id, b) for b in range(*span)]
         try:
-            await asyncio.wait_for(swarm.store_records([(key, leaving) for key in old_keys],
-                                                       dht_time() + self.config.record_ttl), self.config.announce_period)
+            claim = swarm.store_records([(key, leaving) for key in old_keys], dht_time() + self.config.record_ttl)
+            await asyncio.wait_for(claim, self.config.announce_period)
             new_backend, start, end = await self._claim_and_load(swarm, backend, span, views, target, me, trusted)
         except (Exception, asyncio.TimeoutError) as e:  # a failed move leaves the node serving its old span
             logger.warning("not moving to %s: %s", target, e)
