@@ -206,10 +206,11 @@ def cmd_serve(args) -> int:
                                                                             listen_host=args.host)))
 
     def on_ready(status) -> None:
-        print(f"node {status.peer_id} serves {args.model} blocks [{status.start}, {status.end}): "
+        print(f"node {status.peer_id} serves {status.model_id} blocks [{status.start}, {status.end}): "
               f"loaded in {status.load_seconds:.2f} s, {status.throughput:.1f} tokens/s, "
               f"ready {status.startup_seconds:.2f} s after start", flush=True)
-        _print_ready({"role": "server", "peer_id": status.peer_id, "start": status.start, "end": status.end,
+        _print_ready({"role": "server", "peer_id": status.peer_id, "model": status.model_id,
+                      "start": status.start, "end": status.end,
                       "addresses": status.addresses, "load_seconds": status.load_seconds,
                       "startup_seconds": status.startup_seconds, "throughput": status.throughput,
                       "reachability": status.reachability, "probe_answers": list(status.probe_answers),
@@ -386,7 +387,7 @@ def cmd_gateway(args) -> int:
     settings = GatewaySettings(requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
                                max_per_client=args.max_per_client, max_prompt_tokens=args.max_prompt_tokens,
                                max_new_tokens=args.max_new_tokens, max_active=args.max_active, max_queue=args.max_queue,
-                               status_period=args.status_period, ring=args.ring,
+                               status_period=args.status_period, demand_period=args.demand_period, ring=args.ring,
                                verify="off" if args.lite else args.verify, radius=args.radius, lite=args.lite,
                                trusted_proxies=trusted,
                                forwarded_header=args.forwarded_header, api_keys=api_keys,

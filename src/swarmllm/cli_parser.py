@@ -173,9 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity(p, "bootstrap")
 
     p = sub.add_parser("serve", help="host a span of blocks of a model")
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model",
                    help="catalog name (see `swarmllm models`), .gguf / folder path, or the URL of a .gguf / "
-                        ".safetensors file: then only the span's tensors are fetched (HTTP range requests)")
+                        ".safetensors file: then only the span's tensors are fetched (HTTP range requests). "
+                        "Default: the catalog model on disk the swarm's gateways ask for most against the "
+                        "throughput already serving it, followed as demand shifts")
+    p.add_argument("--trusted-gateways", type=_peer_list, action="extend", default=[], metavar="PEER[,PEER...]",
+                   help="without --model: gateways whose published demand counts fully (others' counts a quarter)")
     _add_download_options(p)
     _add_initial_peers(p)
     _add_lan(p, advertises=True)
@@ -344,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--credit-links", metavar="FILE",
                    help="signed links of API keys to nodes (`swarmllm credits link`; default: the state folder's "
                         "credit-links.jsonl): a linked contributing key gets higher limits and priority")
+    p.add_argument("--demand-period", type=float, default=5.0,
+                   help="seconds between publications of the demand this gateway sees per model, which nodes "
+                        "started without --model follow (0 = never)")
 
     p = sub.add_parser("join", help="join a swarm from an invite token (the `swarmllm join TOKEN` line that "
                                     "`swarmllm up` and `swarmllm bootstrap` print): serve blocks it lacks, or "

@@ -42,6 +42,10 @@ from swarmllm.protocol import (
     MODEL_REGISTRY_KEY, ErrorCode, ModelRecord, Pong, ServerRecord, ServerState, SwarmError, block_key, parse_model_records,
     parse_records,
 )
+from swarmllm.protocol.demand import (
+    MAX_QUEUE_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE, DemandRecord, demand_key,
+)
+from swarmllm.protocol.records import MAX_RECORD_TTL
 from swarmllm.swarm import BackgroundLoop, SwarmNode, dht_time
 
 
@@ -291,6 +295,16 @@ class SwarmClient:
         """The model registry: {model id: ModelRecord} of every model some node announces."""
         found = self.loop.run(self.swarm.get_records([MODEL_REGISTRY_KEY]))[MODEL_REGISTRY_KEY]
         return parse_model_records(found, now=dht_time())
+
+    def publish_demand(self, demand: Sequence[tuple[str, float, float, int]], window: float) -> bool:
+        """Store this client's demand per model, [(model id, requests/min, tokens/min, queue length)], as
+        signed DemandRecords (protocol/demand.py) expiring after MAX_RECORD_TTL s; True if all were stored."""
+        now = dht_time()
+        items = [(demand_key(model_id), DemandRecord(
+            gateway_id=self.swarm.peer_id, model_id=model_id, requests_per_minute=min(rpm, MAX_REQUESTS_PER_MINUTE),
+            tokens_per_minute=min(tpm, MAX_TOKENS_PER_MINUTE), queue_length=min(queue, MAX_QUEUE_LENGTH),
+            window=window, announced_at=now)) for model_id, rpm, tpm, queue in demand]
+        return self.loop.run(self.swarm.store_records(items, now + MAX_RECORD_TTL))
 
     def recent_records(self, model_id: str, max_age: float) -> list[ServerRecord]:
         """Every record of the model seen in the last `max_age` s (what failover plans from)."""

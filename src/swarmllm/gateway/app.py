@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -49,6 +50,7 @@ from swarmllm.gateway.body_limit import BodyLimit
 from swarmllm.gateway.credit_links import CreditLinks
 from swarmllm.gateway.free_tier import FreeTierPolicy, admission_priority, contributor_limits
 from swarmllm.gateway.clients import IPNetwork, address_key, client_address, forwarded_chain
+from swarmllm.gateway.demand import DemandCounter
 from swarmllm.gateway.disconnects import ReleasingStream, disconnected_before, generate_unless_disconnected
 from swarmllm.gateway.limits import (
     Admission, ClientBusyError, ClientSlots, Limits, RateLimiter, SaturatedError, Ticket, declared_tokens,
@@ -64,6 +66,7 @@ from swarmllm.protocol import SwarmError
 from swarmllm.protocol.credits import api_key_digest
 
 STATIC_DIR = Path(__file__).parent / "static"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class GatewaySettings:
     credit_ledger: Optional[CreditLedger] = None  # the free tier (free_tier.py): recent credits of linked nodes
     credit_links: Optional[CreditLinks] = None    # which keys speak for which nodes (credit_links.py)
     free_tier: FreeTierPolicy = FreeTierPolicy()  # how much more a contributor gets (free_tier.py)
+    demand_period: float = 5.0                   # s between publications of the demand seen per model (0: never)
 
     @property
     def default_limits(self) -> Limits:
@@ -138,12 +142,24 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     slots = ClientSlots()
     admission = Admission(settings.max_active, settings.max_queue)
     catalog = set(list_catalog())
+    demand = DemandCounter()
+
+    async def publish_demand() -> None:
+        while True:
+            await asyncio.sleep(settings.demand_period)
+            try:
+                await asyncio.to_thread(client.publish_demand, demand.rates(), demand.window)
+            except Exception as e:  # the DHT being briefly unreachable must not stop the gateway
+                logger.warning("publishing the demand failed: %s", e)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(status.run())
+        tasks = [asyncio.create_task(status.run())]
+        if settings.demand_period > 0:
+            tasks.append(asyncio.create_task(publish_demand()))
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     app = FastAPI(title="swarmllm gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API over a swarmllm swarm.")
@@ -223,10 +239,12 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         if body.max_tokens is not None and body.max_tokens > settings.max_new_tokens:
             raise ApiError(400, f"max_tokens is {body.max_tokens}; this gateway allows at most "
                                 f"{settings.max_new_tokens}", "invalid_request_error", "context_length_exceeded")
-        ticket = limiter.admit(who.key, declared_tokens(characters, body.max_tokens, settings.max_new_tokens),
-                               who.limits)
+        declared = declared_tokens(characters, body.max_tokens, settings.max_new_tokens)
+        ticket = limiter.admit(who.key, declared, who.limits)
         if not isinstance(ticket, Ticket):
             raise _rate_limited(who, ticket)
+        if body.model in catalog:  # counted even when nobody serves it yet: that demand brings nodes to it
+            demand.arrived(body.model, declared)
         check_model(body.model)
         return ticket
 
@@ -270,7 +288,9 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         except ClientBusyError as e:
             raise ApiError(429, f"{e} ({who.label})", "rate_limit_exceeded", "too_many_concurrent_requests",
                            "1") from None
-        held = [lambda: slots.release(who.key)]  # what to give back, last taken first; each exactly once
+        demand.started(body.model)
+        held = [lambda: demand.finished(body.model), lambda: slots.release(who.key)]  # given back last taken
+        # first, each exactly once
 
         async def release() -> None:
             while held:

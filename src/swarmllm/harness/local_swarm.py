@@ -94,11 +94,13 @@ class LocalSwarm:
         return self
 
     def add_node(self, start: Optional[int], end: Optional[int], name: Optional[str] = None,
-                 extra_args: Sequence[str] = (), program: Sequence[str] = ()) -> ManagedProcess:
+                 extra_args: Sequence[str] = (), program: Sequence[str] = (),
+                 auto_model: bool = False) -> ManagedProcess:
         """Start one more node; with start=end=None it chooses its own blocks from the DHT.
 
         program: the command that takes `serve`'s arguments (default `python -m swarmllm.cli`);
-        tests run hostile nodes this way (a script that wraps the CLI and misbehaves)."""
+        tests run hostile nodes this way (a script that wraps the CLI and misbehaves). auto_model: no
+        --model, the node chooses one by the swarm's demand."""
         cli = list(program) or [sys.executable, "-m", "swarmllm.cli"]
         name = name or f"node{len(self.nodes)}"
         blocks = [] if start is None else ["--blocks", f"{start}:{end}"]
@@ -112,7 +114,8 @@ class LocalSwarm:
         if "--identity" not in (*self.node_args, *extra_args):
             blocks += self.identity_args(name)
         blocks += self.lan_args()
-        node = ManagedProcess(name, cli + ["serve", "--model", self.model, "--initial-peers", ",".join(self.initial_peers),
+        model = [] if auto_model else ["--model", self.model]
+        node = ManagedProcess(name, cli + ["serve", *model, "--initial-peers", ",".join(self.initial_peers),
                                            *blocks, "--host", self.host, *self.node_args, *extra_args],
                               self.log_dir / f"{name}.log")
         node.start(self._env())

@@ -23,7 +23,9 @@ by every reader (`parse_records`, `parse_model_records`). A record is refused wh
   (+ the skew) ahead;
 - a server record carries an owner certificate (owners.py) that is not for its signer, does
   not verify, or is not valid at `now`;
-- a pairing record (pairing.py) is not its signer's, or is stored under a key of another shape.
+- a pairing record (pairing.py) is not its signer's, or is stored under a key of another shape;
+- a demand record (demand.py) is not its signer's, is stored under another model's demand key,
+  or holds values outside its bounds.
 Passing says only that the writer wrote it: throughput, free cache and the rest are the
 writer's claims, which routing weighs against its own measurements.
 
@@ -41,6 +43,7 @@ from typing import Any, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from swarmllm.protocol.demand import DemandRecord, check_demand_record, demand_key
 from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, validation_detail
 from swarmllm.protocol.messages import PROTOCOL_VERSION
 from swarmllm.protocol.owners import OwnerCertificate, verify_certificate
@@ -77,6 +80,7 @@ class RecordKind(str, Enum):
     SERVER = "server"   # a ServerRecord, under the block keys of its span
     MODEL = "model"     # a ModelRecord, under MODEL_REGISTRY_KEY
     PAIRING = "pairing"  # a PairingRecord (pairing.py), under pairing_key(rendezvous), while `swarmllm pair` waits
+    DEMAND = "demand"    # a DemandRecord (demand.py), under demand_key(model), subkey = the gateway
 
 
 class ServerState(str, Enum):
@@ -204,9 +208,9 @@ class ModelRecord(BaseModel):
     n_blocks: int = Field(gt=0, le=MAX_MODEL_BLOCKS)
 
 
-Body = Union[ServerRecord, ModelRecord, PairingRecord]
+Body = Union[ServerRecord, ModelRecord, PairingRecord, DemandRecord]
 _BODY_TYPES: dict[RecordKind, type[BaseModel]] = {RecordKind.SERVER: ServerRecord, RecordKind.MODEL: ModelRecord,
-                                                  RecordKind.PAIRING: PairingRecord}
+                                                  RecordKind.PAIRING: PairingRecord, RecordKind.DEMAND: DemandRecord}
 
 
 def kind_of(body: BaseModel) -> RecordKind:
@@ -242,6 +246,8 @@ def check_record(value: Any, key: str, subkey: Any, *, now: float,
         raise RecordRejected(f"invalid {envelope.kind} record: {detail}") from None
     if isinstance(body, PairingRecord):
         return check_pairing_record(body, key, subkey, now=now, skew=MAX_CLOCK_SKEW)
+    if isinstance(body, DemandRecord):
+        return check_demand_record(body, key, subkey, now=now, skew=MAX_CLOCK_SKEW)
     known = known_n_blocks.get(body.model_id)
     if known is not None and body.n_blocks != known:
         raise RecordRejected(f"claims {body.n_blocks} blocks for {body.model_id}, which has {known}")
@@ -303,3 +309,18 @@ def parse_model_records(found: Mapping[str, Any], *, now: float,
             votes.setdefault(record.model_id, Counter())[record.n_blocks] += 1
     return {model_id: ModelRecord(model_id=model_id, n_blocks=min(counts, key=lambda n: (-counts[n], n)))
             for model_id, counts in votes.items()}
+
+
+def parse_demand_records(found: Mapping[str, Any], model_id: str, *, now: float) -> list[DemandRecord]:
+    """Verified demand records ({subkey: value} under demand_key(model_id)), one per gateway.
+
+    Values that fail `check_record` are skipped, as in `parse_records`: anyone can write."""
+    key, records = demand_key(model_id), []
+    for subkey, value in found.items():
+        try:
+            record = check_record(value, key, subkey, now=now)
+        except RecordRejected:
+            continue
+        if isinstance(record, DemandRecord):
+            records.append(record)
+    return records

@@ -50,7 +50,9 @@ from swarmllm.engine.dtypes import resolve_dtype
 from swarmllm.server.backend import SpanBackend
 from swarmllm.models.catalog import resolve_model
 from swarmllm.owners import NodeCertificates, owner_key
-from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
+from swarmllm.server.block_selection import block_coverage, choose_span, contested_by, plan_move, planning_view
+from swarmllm.server.model_choice import ModelView, choose_model, plan_model_move, pressure
+from swarmllm.server.model_moves import candidate_models, read_views
 from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
 from swarmllm.server.credits_inbox import CreditInbox, CreditsHandler
 from swarmllm.server.handlers import SessionService
@@ -71,7 +73,8 @@ HARD_EXIT_SECONDS = 15.0      # after a stop signal, whatever is still running
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str                                  # catalog name, path, or URL of a .gguf/.safetensors file
+    model: Optional[str] = None                 # catalog name, path, or URL of a .gguf/.safetensors file; None:
+    # choose among the catalog models on disk by the swarm's demand, and follow it (model_choice.py)
     initial_peers: tuple[str, ...] = ()
     blocks: Optional[tuple[int, int]] = None    # [start, end); None = choose from the DHT
     num_blocks: Optional[int] = None            # span length when choosing (default: sized by speed, see partitioner)
@@ -90,6 +93,7 @@ class ServerConfig:
     throughput: Optional[float] = None          # announce this instead of measuring
     price: float = 0.0                          # credits per 1,000 tokens announced (0 = free; records.MAX_PRICE)
     rebalance_period: float = 30.0              # nodes that chose their blocks re-check every ~this often (0 = never)
+    trusted_gateways: tuple[str, ...] = ()      # peer ids whose demand counts fully when choosing a model
     dtype: str = "auto"                         # compute dtype (see engine/dtypes.py)
     kv_dtype: str = "auto"                      # KV-cache storage: "auto" (compute dtype) or "int8"
     quant: str = "none"                         # weights kept as "none" (compute dtype), "int8" or "int4"
@@ -136,6 +140,7 @@ class ServerConfig:
                      "batch_wait_ms": ("batch_wait", lambda ms: ms / 1000), "no_ring": ("ring", lambda off: not off),
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
                      "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple),
+                     "trusted_gateways": ("trusted_gateways", tuple),
                      "no_lan": ("lan", lambda off: not off)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
@@ -172,6 +177,7 @@ class NodeStatus:
     probe_answers: tuple = ()       # what each prober said (True / False / None: no answer)
     relayed: bool = False           # reached through a relay (its addresses lead with /p2p-circuit ones)
     moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
+    model_id: str = ""              # the model served (chosen by demand when started without --model)
 
 
 def torch_dtype_bytes(name: str) -> int:
@@ -184,8 +190,10 @@ class ServerNode:
         self.status = NodeStatus()
         self._stop = asyncio.Event()
         self._batcher = None  # the running service's StepBatcher: its queue is announced as load
+        self._model = config.model  # what is served now: a node without --model chooses it, and may move
+        self._model_wish: Optional[str] = None  # the model the last check would have moved to
         self._remote = RemoteModel(config.model, config.download_dir, config.model_manifest) \
-            if is_url(config.model) else None
+            if config.model is not None and is_url(config.model) else None
         self._swarm: Optional[SwarmNode] = None
         self._model_id = ""
         self._certificates: Optional[NodeCertificates] = None  # our owner's certificate for us, in every record
@@ -195,7 +203,7 @@ class ServerNode:
         partial copy holding the header and those blocks, fetched now if needed (from peers
         that hold them first, when a manifest can check their bytes)."""
         if self._remote is None:
-            return self.config.model
+            return self._model
         peers = await self._peer_source(start, end) if start is not None else None
         path = await asyncio.get_running_loop().run_in_executor(None, self._remote.local_path, start, end, False, peers)
         if peers is not None and peers.bytes_from_peers:
@@ -222,16 +230,15 @@ class ServerNode:
         """What this node shares of its model file with peers that fetch theirs."""
         if self._remote is not None:
             return FileService(self._model_id, self._remote.file_path, partial=True)
-        path = local_model_file(resolve_model(self.config.model).path)
+        path = local_model_file(resolve_model(self._model).path)
         return FileService(self._model_id, path, partial=False) if path else None
 
     async def run(self, on_ready=None) -> None:
         began = time.perf_counter()
-        backend_spec = SpanBackend.describe(await self._model_for())  # raises UnknownModelError early
-        self._model_id = backend_spec.model_id
-        if not re.match(MODEL_ID_PATTERN, self._model_id):
-            raise ValueError(f"the model id {self._model_id!r} (the file's name) may hold only letters, digits and "
-                             "'.', '_', '+', '-' (at most 128, starting with a letter or digit); rename the file")
+        backend_spec = SpanBackend.describe(await self._model_for()) if self._model else None  # UnknownModelError early
+        if backend_spec is not None and not re.match(MODEL_ID_PATTERN, backend_spec.model_id):
+            raise ValueError(f"the model id {backend_spec.model_id!r} (the file's name) may hold only letters, digits "
+                             "and '.', '_', '+', '-' (at most 128, starting with a letter or digit); rename the file")
         identity = claim_identity(self.config.identity_path, self.config.node_name)
         try:
             if self.config.owner_key_path != "off":  # a bad owner key file is refused before joining
@@ -248,6 +255,10 @@ class ServerNode:
         work_log = credits = None
         lan = LanAdvertiser(self.config.swarm_name)
         try:
+            if backend_spec is None:
+                self._model = await self._choose_model(swarm)
+                backend_spec = SpanBackend.describe(await self._model_for())
+            self._model_id = self.status.model_id = backend_spec.model_id
             # A stop during start-up ends it at the next phase (a phase in an executor cannot be cut).
             start, end = await self._choose_blocks(swarm, backend_spec)
             model = await self._model_for(start, end)
@@ -460,6 +471,88 @@ class ServerNode:
     def _queued_steps(self) -> int:
         return self._batcher.queued if self._batcher is not None else 0
 
+    async def _choose_model(self, swarm) -> str:
+        """The catalog model on disk the swarm needs most (model_choice.choose_model over the DHT)."""
+        candidates = candidate_models()
+        if not candidates:
+            raise ValueError("no catalog model is on disk to choose from: install one (`swarmllm models --install "
+                             "smollm2-135m`) or pass --model")
+        try:
+            views = await read_views(swarm, candidates, swarm.peer_id, frozenset(self.config.trusted_gateways))
+        except (Exception, asyncio.TimeoutError) as e:
+            logger.warning("reading the swarm's demand failed (%s): choosing without it", e or type(e).__name__)
+            views = [ModelView(m, n, (), 0.0, True) for m, n in candidates.items()]
+        chosen = choose_model(views)
+        logger.info("serving %s: %s", chosen, ", ".join(f"{v.model_id} demand {v.demand:.0f} tokens/min, "
+                                                        f"pressure {pressure(v):.3g}" for v in views))
+        return chosen
+
+    async def _maybe_switch_model(self, swarm, backend, table: SessionTable, service: SessionService):
+        """Move to another model if model_choice.plan_model_move says so: returns (backend, table), or None.
+
+        A move happens only when two checks in a row plan the same target (the gain held for a
+        rebalance period). Then: announce LEAVING on the old blocks first, as a claim (planners stop
+        counting us there, so a second node deciding at the same time sees the blocks it would
+        uncover and stays), wait `claim_wait`, re-check that every block we leave has another online
+        server (else re-announce ONLINE and stay), load the new span, switch (our sessions close;
+        their clients fail over to the old blocks' other servers) and announce the new span ONLINE."""
+        candidates = candidate_models()
+        me, trusted = self.status.peer_id, frozenset(self.config.trusted_gateways)
+        try:
+            views = await read_views(swarm, candidates, me, trusted, self.config.announce_period)
+        except (Exception, asyncio.TimeoutError) as e:
+            logger.warning("reading the DHT for the model choice failed: %s", e or type(e).__name__)
+            return None
+        current = next((v for v in views if v.model_id == backend.model_id), None)
+        span = (self.status.start, self.status.end)
+        target = plan_model_move(current, span, views) if current is not None else None
+        wished, self._model_wish = self._model_wish, target
+        if target is None or wished != target:
+            return None
+        began = time.perf_counter()
+        leaving = self._record(backend, table, ServerState.LEAVING)
+        old_keys = [block_key(backend.model_id, b) for b in range(*span)]
+        try:
+            claim = swarm.store_records([(key, leaving) for key in old_keys], dht_time() + self.config.record_ttl)
+            await asyncio.wait_for(claim, self.config.announce_period)
+            new_backend, start, end = await self._claim_and_load(swarm, backend, span, views, target, me, trusted)
+        except (Exception, asyncio.TimeoutError) as e:  # a failed move leaves the node serving its old span
+            logger.warning("not moving to %s: %s", target, e)
+            new_backend = None
+        if new_backend is None:
+            await self._announce(swarm, backend, table, ServerState.ONLINE)
+            return None
+        logger.warning("moving from %s [%d, %d) to %s [%d, %d): the swarm's demand shifted",
+                       backend.model_id, *span, target, start, end)
+        new_table = self._new_table(new_backend, start, end)
+        for session_id in list(table.sessions):
+            service.close_session(session_id)
+        service.backend, service.table, service.model_id = new_backend, new_table, new_backend.model_id
+        self._model, self._model_id, self.status.model_id = target, new_backend.model_id, new_backend.model_id
+        self.status.start, self.status.end = start, end
+        await self._announce(swarm, new_backend, new_table, ServerState.ONLINE)
+        await swarm.store_records([(key, leaving) for key in old_keys], dht_time() + self.config.record_ttl)
+        self._model_wish = None
+        logger.info("now serving %s [%d, %d) (%.1f s)", target, start, end, time.perf_counter() - began)
+        asyncio.get_running_loop().run_in_executor(None, self._preload_head, new_backend)
+        return new_backend, new_table
+
+    async def _claim_and_load(self, swarm, backend, span, views, target: str, me: str, trusted: frozenset):
+        """After our LEAVING claim: (the target's loaded backend, start, end), or (None, 0, 0) if leaving
+        would uncover a block of ours."""
+        await asyncio.sleep(self.config.claim_wait)
+        old = await read_views(swarm, {backend.model_id: backend.n_blocks}, me, trusted, self.config.announce_period)
+        counts, _ = block_coverage(backend.n_blocks, old[0].others)
+        if any(counts[b] == 0 for b in range(*span)):
+            logger.info("not moving to %s: blocks of %s would be left without a server", target, backend.model_id)
+            return None, 0, 0
+        spec = SpanBackend.describe(target)
+        theirs = next(v for v in views if v.model_id == target)
+        length = self.config.num_blocks or await self._auto_span_length(spec, list(theirs.others))
+        start, end = choose_span(spec.n_blocks, length, theirs.others)
+        new_backend = await self._load_backend(target, start, end)
+        return new_backend, start, end
+
     def _record(self, backend, table: SessionTable, state: ServerState) -> ServerRecord:
         return ServerRecord(
             peer_id=self.status.peer_id, model_id=backend.model_id, start=self.status.start, end=self.status.end,
@@ -507,7 +600,9 @@ class ServerNode:
                 pass
             service.evict_idle(self.config.session_timeout)
             if time.monotonic() >= next_rebalance and not self._stop.is_set():
-                backend, table = await self._maybe_move(swarm, backend, table, service)
+                moved = await self._maybe_switch_model(swarm, backend, table, service) \
+                    if self.config.model is None else None
+                backend, table = moved or await self._maybe_move(swarm, backend, table, service)
                 next_rebalance = self._next_rebalance()
             # Load is routing's input (client/load.py): announce at once (at most once a second) when the
             # number of sessions here changed, not only every announce_period.
