@@ -178,6 +178,13 @@ class CreditLedger:
                                             (node,) if node else ()).fetchall()
         return [dict(zip(("session_id", "node", "credits", "receipts", "forfeited", "settled_at"), r)) for r in rows]
 
+    def totals(self, since: float = 0.0) -> dict[str, int]:
+        """{node peer id: credits settled since `since`} (forfeited sessions count 0): the dashboard's column."""
+        with self._lock:
+            rows = self._connection.execute("SELECT node, COALESCE(SUM(credits), 0) FROM earnings WHERE settled_at >= ? "
+                                            "GROUP BY node", (since,)).fetchall()
+        return {node: int(total) for node, total in rows}
+
     def credits_since(self, nodes: Iterable[str], since: float) -> int:
         nodes = list(nodes)
         if not nodes:

@@ -45,7 +45,7 @@ from swarmllm.protocol import (
 from swarmllm.protocol.demand import (
     MAX_QUEUE_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE, DemandRecord, demand_key,
 )
-from swarmllm.protocol.records import MAX_RECORD_TTL
+from swarmllm.protocol.records import MAX_RECORD_TTL, parse_demand_records
 from swarmllm.swarm import BackgroundLoop, SwarmNode, dht_time
 
 
@@ -305,6 +305,13 @@ class SwarmClient:
             tokens_per_minute=min(tpm, MAX_TOKENS_PER_MINUTE), queue_length=min(queue, MAX_QUEUE_LENGTH),
             window=window, announced_at=now)) for model_id, rpm, tpm, queue in demand]
         return self.loop.run(self.swarm.store_records(items, now + MAX_RECORD_TTL))
+
+    def read_demand(self, model_ids: Iterable[str]) -> dict[str, list[DemandRecord]]:
+        """Every gateway's verified DemandRecord per model (claims: the dashboard shows them as such)."""
+        model_ids = list(model_ids)
+        found = self.loop.run(self.swarm.get_records([demand_key(m) for m in model_ids]))
+        now = dht_time()
+        return {m: parse_demand_records(found.get(demand_key(m), {}), m, now=now) for m in model_ids}
 
     def recent_records(self, model_id: str, max_age: float) -> list[ServerRecord]:
         """Every record of the model seen in the last `max_age` s (what failover plans from)."""

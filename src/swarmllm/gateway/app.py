@@ -137,11 +137,13 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     service = GenerationService(client, settings.max_prompt_tokens, settings.max_new_tokens, ring=settings.ring,
                                 max_active=settings.max_active, verify=settings.verify, radius=settings.radius,
                                 lite=settings.lite)
-    status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period)
+    catalog = set(list_catalog())
+    ledger = settings.credit_ledger
+    status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period,
+                         demand_models=sorted(catalog), credits_of=ledger.totals if ledger is not None else None)
     limiter = RateLimiter(max_keys=settings.limiter_max_keys)
     slots = ClientSlots()
     admission = Admission(settings.max_active, settings.max_queue)
-    catalog = set(list_catalog())
     demand = DemandCounter()
 
     async def publish_demand() -> None:

@@ -4,6 +4,12 @@ Every `period` seconds: read the model registry and every model's block records 
 DHT, ping the nodes (RTT from the gateway), compute per-block coverage, and sample the
 tokens/s served through this gateway. The snapshot is a plain JSON-able dict; readers
 never wait on the DHT.
+
+Issue 14's economy in the same snapshot: `demand` has, per model some gateway asks for or some
+node serves, the gateways' published demand (their DemandRecords: claims, summed as published)
+against the supply the nodes announce (`model_supply`: the weakest block's summed throughput, a
+claim too), and a warning for a model that is demanded but not covered; each node row carries the
+credits this gateway's ledger settled for it (`credits_of`, None without a ledger).
 """
 
 from __future__ import annotations
@@ -12,21 +18,51 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Iterable, Optional, Sequence
 
 from swarmllm.client.routing import usable
 from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.protocol.demand import DemandRecord
+from swarmllm.protocol.records import ServerRecord
 
 logger = logging.getLogger(__name__)
 
 
+def model_supply(model_id: str, n_blocks: int, records: Iterable[ServerRecord],
+                 demand: Sequence[DemandRecord]) -> dict:
+    """Demand against supply for one model (pure): tokens/min asked by the gateways vs what the chain's
+    weakest block can give (sum of its usable servers' announced tokens/s, x 60; 0 with a gap)."""
+    per_block = [0.0] * n_blocks
+    for r in records:
+        if usable(r):
+            for b in range(max(0, r.start), min(n_blocks, r.end)):
+                per_block[b] += r.throughput
+    covered = n_blocks > 0 and min(per_block) > 0
+    supply = 60.0 * min(per_block) if covered else 0.0
+    asked = sum(d.tokens_per_minute for d in demand)
+    warning = None
+    if asked > 0 and not covered:
+        warning = "demanded but not covered: no chain of servers serves it"
+    elif asked > supply > 0:
+        warning = "demand exceeds the announced supply"
+    return {"model_id": model_id, "covered": covered, "gateways": len(demand),
+            "demand_tokens_per_minute": round(asked, 1),
+            "demand_requests_per_minute": round(sum(d.requests_per_minute for d in demand), 2),
+            "queue_length": sum(d.queue_length for d in demand),
+            "supply_tokens_per_minute": round(supply, 1), "warning": warning}
+
+
 class SwarmStatus:
     def __init__(self, client: SwarmClient, tokens_counter: Callable[[], int], period: float = 2.0,
-                 history_seconds: float = 300.0):
+                 history_seconds: float = 300.0, demand_models: Iterable[str] = (),
+                 credits_of: Optional[Callable[[], dict[str, int]]] = None):
+        """`demand_models`: models whose demand is read even when nobody serves them (the catalog);
+        `credits_of`: {node peer id: credits} from the gateway's ledger, if it keeps one."""
         self.client, self.tokens_counter, self.period = client, tokens_counter, period
+        self.demand_models, self.credits_of = list(demand_models), credits_of
         self.history: deque = deque(maxlen=max(2, int(history_seconds / period)))
         self.snapshot: dict = {"updated_at": 0.0, "models": [], "nodes": [], "throughput_history": [],
-                               "active_sessions": 0}
+                               "active_sessions": 0, "demand": []}
         self._last_tokens = (time.time(), tokens_counter())
         self._last_ping = 0.0
         self.changed = asyncio.Event()
@@ -46,7 +82,7 @@ class SwarmStatus:
     def refresh(self) -> dict:
         """One synchronous refresh (runs on a worker thread)."""
         registry = self.client.list_models()
-        models, nodes = [], []
+        models, nodes, by_model = [], [], {}
         for model_id, info in sorted(registry.items()):
             n_blocks = info.n_blocks
             records = self.client.find_servers(model_id, n_blocks)
@@ -58,6 +94,16 @@ class SwarmStatus:
             models.append({"model_id": model_id, "n_blocks": n_blocks, "coverage": coverage,
                            "complete": bool(records) and min(coverage) > 0})
             nodes.extend(records)
+            by_model[model_id] = (n_blocks, records)
+        wanted = sorted(set(by_model) | set(self.demand_models))
+        try:
+            demand = self.client.read_demand(wanted)
+        except Exception as e:  # the dashboard still shows coverage
+            logger.warning("reading the demand records failed: %s", e)
+            demand = {}
+        economy = [model_supply(m, *by_model.get(m, (0, [])), demand.get(m, [])) for m in wanted]
+        economy = [e for e in economy if e["model_id"] in by_model or e["gateways"]]
+        credits = self.credits_of() if self.credits_of is not None else None
         if time.time() - self._last_ping > 10 or any(r.peer_id not in self.client.rtts for r in nodes):
             self.client.ping({r.peer_id for r in nodes})
             self._last_ping = time.time()
@@ -74,9 +120,12 @@ class SwarmStatus:
                        "compute_dtype": r.compute_dtype, "quant": r.quant, "kv_dtype": r.kv_dtype, "ring": r.ring,
                        "compute_class": r.compute_class.key,
                        "rtt_ms": round(self.client.rtts[r.peer_id] * 1000, 2) if r.peer_id in self.client.rtts else None,
-                       "software_version": r.software_version} for r in sorted(nodes, key=lambda r: (r.model_id, r.start))],
+                       "software_version": r.software_version, "price": r.price,
+                       "credits": None if credits is None else credits.get(r.peer_id, 0)}
+                      for r in sorted(nodes, key=lambda r: (r.model_id, r.start))],
             "throughput_history": list(self.history),
             "active_sessions": sum(r.active_sessions for r in nodes),
+            "demand": economy,
         }
         return self.snapshot
 

@@ -1,5 +1,5 @@
 import { useEffect, useState } from "react";
-import { type ModelSummary, type NodeInfo, type SwarmSnapshot, fmtNum, shortPeer } from "../shared/api";
+import { type ModelDemand, type ModelSummary, type NodeInfo, type SwarmSnapshot, fmtNum, shortPeer } from "../shared/api";
 import { type ConnMode, useSwarm } from "./useSwarm";
 
 const STALE_AFTER_S = 10;
@@ -135,6 +135,8 @@ function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
             <th title="compute dtype, weight quantization, KV-cache storage; ring = can end a ring-decoding chain">
               Precision</th><th>Protocol</th>
             <th className="num">RTT (ms)</th><th>Version</th>
+            <th className="num" title="credits per 1,000 tokens the node asks (0 = free)">Price</th>
+            <th className="num" title="credits this gateway settled for the node's verified work">Credits</th>
           </tr>
         </thead>
         <tbody>
@@ -151,8 +153,47 @@ function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
               <td>{n.protocol_version}</td>
               <td className="num">{n.rtt_ms == null ? "–" : fmtNum(n.rtt_ms)}</td>
               <td className="muted">{n.software_version}</td>
+              <td className="num">{n.price ? fmtNum(n.price) : "free"}</td>
+              <td className="num" data-testid="node-credits">{n.credits == null ? "–" : n.credits.toLocaleString()}</td>
             </tr>
           ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+function DemandTable({ demand, nodes }: { demand: ModelDemand[]; nodes: NodeInfo[] }) {
+  if (!demand.length) return <p className="muted">No model is served or asked for.</p>;
+  return (
+    <div className="table-wrap">
+      <table>
+        <thead>
+          <tr>
+            <th>Model</th><th className="num">Nodes</th>
+            <th className="num" title="tokens per minute the gateways publish (their claims)">Demand (tok/min)</th>
+            <th className="num">Requests/min</th><th className="num">Queued</th>
+            <th className="num" title="the weakest block's announced throughput">Supply (tok/min)</th><th>Status</th>
+          </tr>
+        </thead>
+        <tbody>
+          {demand.map((d) => {
+            const serving = new Set(nodes.filter((n) => n.model_id === d.model_id).map((n) => n.peer_id)).size;
+            return (
+              <tr key={d.model_id} data-testid="demand-row" data-model={d.model_id}>
+                <td>{d.model_id}</td>
+                <td className="num">{serving}</td>
+                <td className="num">{fmtNum(d.demand_tokens_per_minute)}</td>
+                <td className="num">{fmtNum(d.demand_requests_per_minute)}</td>
+                <td className="num">{d.queue_length}</td>
+                <td className="num">{fmtNum(d.supply_tokens_per_minute)}</td>
+                <td data-testid="demand-status">
+                  {d.warning ? <span className="status-gap">⚠ {d.warning}</span>
+                    : <span className="status-ok">{d.covered ? "ok" : "not served"}</span>}
+                </td>
+              </tr>
+            );
+          })}
         </tbody>
       </table>
     </div>
@@ -230,6 +271,10 @@ export function Dashboard() {
         <section className="panel">
           <h2>Swarm throughput (output tokens/s)</h2>
           <ThroughputChart history={hist} />
+        </section>
+        <section className="panel">
+          <h2>Demand and supply per model</h2>
+          {snap ? <DemandTable demand={snap.demand ?? []} nodes={snap.nodes} /> : <p className="muted">loading…</p>}
         </section>
         <section className="panel">
           <h2>Nodes</h2>

@@ -42,6 +42,20 @@ export interface NodeInfo {
   quant?: string;
   kv_dtype?: string;
   ring?: boolean;
+  price?: number;            // credits per 1,000 tokens the node asks (0 = free)
+  credits?: number | null;   // credits this gateway's ledger settled for the node; null: no ledger
+}
+
+/** Demand the gateways publish for one model against the supply its nodes announce (both claims). */
+export interface ModelDemand {
+  model_id: string;
+  covered: boolean;
+  gateways: number;
+  demand_tokens_per_minute: number;
+  demand_requests_per_minute: number;
+  queue_length: number;
+  supply_tokens_per_minute: number;
+  warning: string | null;
 }
 
 export interface SwarmSnapshot {
@@ -50,6 +64,7 @@ export interface SwarmSnapshot {
   nodes: NodeInfo[];
   throughput_history: { t: number; tokens_per_second: number }[];
   active_sessions: number;
+  demand?: ModelDemand[];
 }
 
 /** An error carrying the message of an OpenAI-style `{"error": {...}}` body. */
