@@ -5,7 +5,9 @@ Screenshots go to $SWARMLLM_ARTIFACTS (or a temporary folder) as test artifacts.
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 import shutil
 import signal
 
@@ -73,8 +75,17 @@ def test_chat_streams_a_reply(browser, site, artifacts_dir):
     page.close()
 
 
+def _ask(url: str) -> None:
+    """One small completion: demand this gateway counts and publishes (issue 14)."""
+    body = json.dumps({"model": "smollm2-135m", "prompt": "Hi", "max_tokens": 2}).encode()
+    request = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        assert reply.status == 200
+
+
 def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_dir):
     swarm, url = site
+    _ask(url)
     page = browser.new_page()
     page.goto(url + "/dashboard")
     page.wait_for_function("() => document.querySelectorAll('[data-testid=node-row]').length === 3", timeout=30_000)
@@ -84,6 +95,11 @@ def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_
     assert page.locator("[data-testid=coverage-cell][data-count='0']").count() == 0
     precision = page.locator("[data-testid=node-precision]").first.inner_text()
     assert precision.split(" · ")[0] in ("bf16", "fp32") and "ring" in precision  # from the node's record
+    # the demand this gateway published (DHT record) beside the supply the nodes announce
+    page.wait_for_function(
+        "() => { const r = document.querySelector('[data-testid=demand-row][data-model=\"smollm2-135m\"]');"
+        " return r && Number(r.dataset.demand) > 0 && r.querySelector('[data-testid=demand-status]').innerText.includes('ok') }",
+        timeout=30_000)
     page.screenshot(path=os.path.join(artifacts_dir, "dashboard-complete.png"), full_page=True)
 
     swarm.nodes[1].signal(signal.SIGTERM)  # graceful leave: blocks [10, 20) become uncovered
@@ -92,5 +108,8 @@ def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_
         timeout=40_000)  # no page reload: the dashboard updates live
     assert page.locator("[data-testid=coverage-cell][data-count='0']").count() == 10
     assert "10" in status.inner_text()
+    page.wait_for_function(  # still demanded (60 s window), no longer covered: the warning
+        "() => { const r = document.querySelector('[data-testid=demand-row][data-model=\"smollm2-135m\"]');"
+        " return r && r.innerText.includes('demanded but not covered') }", timeout=30_000)
     page.screenshot(path=os.path.join(artifacts_dir, "dashboard-gap.png"), full_page=True)
     page.close()

@@ -170,7 +170,7 @@ function DemandTable({ demand, nodes }: { demand: ModelDemand[]; nodes: NodeInfo
       <table>
         <thead>
           <tr>
-            <th>Model</th><th className="num">Nodes</th>
+            <th>Model</th><th className="num" title="nodes online for the model">Nodes</th>
             <th className="num" title="tokens per minute the gateways publish (their claims)">Demand (tok/min)</th>
             <th className="num">Requests/min</th><th className="num">Queued</th>
             <th className="num" title="the weakest block's announced throughput">Supply (tok/min)</th><th>Status</th>
@@ -178,9 +178,9 @@ function DemandTable({ demand, nodes }: { demand: ModelDemand[]; nodes: NodeInfo
         </thead>
         <tbody>
           {demand.map((d) => {
-            const serving = new Set(nodes.filter((n) => n.model_id === d.model_id).map((n) => n.peer_id)).size;
+            const serving = new Set(nodes.filter((n) => n.model_id === d.model_id && n.state === "online").map((n) => n.peer_id)).size;
             return (
-              <tr key={d.model_id} data-testid="demand-row" data-model={d.model_id}>
+              <tr key={d.model_id} data-testid="demand-row" data-model={d.model_id} data-demand={d.demand_tokens_per_minute}>
                 <td>{d.model_id}</td>
                 <td className="num">{serving}</td>
                 <td className="num">{fmtNum(d.demand_tokens_per_minute)}</td>
