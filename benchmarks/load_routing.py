@@ -3,8 +3,8 @@
 Swarm: two full-model nodes of smollm2-135m ([0, 30) each, one torch thread each): two parallel
 one-hop chains. One hop per chain keeps the comparison about where sessions go, not about hop
 latency, and two processes are what a 2-core machine can run side by side (four half-model nodes
-would add hops and processes competing for the same cores). In one run, every phase with the same
-client and swarm:
+would add hops and processes competing for the same cores). In one run on the same swarm, each
+phase with a fresh client that first measured both chains alike (2 sessions x 4 tokens on each):
 - "one chain": every session pinned to node A (the baseline a single chain gives);
 - "speed only": both chains, routing by measured speed alone (`SwarmClient.load_aware = False`;
   the per-session tie-break still applies);
@@ -113,17 +113,29 @@ def main() -> None:
                  for i in range(2)]
         swarm.wait_ready(nodes, timeout=300)
         peers = [n.ready["peer_id"] for n in nodes]
-        with SwarmClient.connect(swarm.initial_peers, keep_state=False) as client:
+
+        def measured_client(load_aware: bool) -> SwarmClient:
+            """A fresh client that has measured both chains alike (the same warm-up on each), so that each
+            routing policy starts from the same knowledge: step times measured while one node carried all
+            16 sessions of an earlier phase would otherwise make it look slow to the next phase's routing."""
+            client = SwarmClient.connect(swarm.initial_peers, keep_state=False)
             for _ in range(60):  # the DHT needs a moment to show both records
                 if len(client.find_servers(MODEL, 30)) == 2:
                     break
                 time.sleep(0.5)
+            for peer in peers:
+                alone = client.plan(MODEL, 30, exclude=[p for p in peers if p != peer])
+                client.loop.run(phase(client, model, 2, 4, chain=alone))
+            client.load_aware = load_aware
+            return client
+
+        phases = {}
+        with measured_client(True) as client:
             alone = client.plan(MODEL, 30, exclude=[peers[1]])
-            client.loop.run(phase(client, model, 2, 4, chain=alone))  # warm-up (and measures node A's speed)
-            phases = {"one chain": client.loop.run(phase(client, model, args.clients, args.tokens, chain=alone))}
-            client.load_aware = False
+            phases["one chain"] = client.loop.run(phase(client, model, args.clients, args.tokens, chain=alone))
+        with measured_client(False) as client:
             phases["speed only"] = client.loop.run(phase(client, model, args.clients, args.tokens))
-            client.load_aware = True
+        with measured_client(True) as client:
             phases["load aware"] = client.loop.run(phase(client, model, args.clients, args.tokens))
     finally:
         swarm.stop()
