@@ -104,7 +104,8 @@ def envelope_from_json(text: str | bytes) -> dict[str, Any]:
         raise RecordRejected("not a signed statement in JSON") from None
 
 
-def _signed(value: dict[str, Any], kind: str) -> SignedRecord:
+def _signed(value: dict[str, Any], kind: str, body_type: type, what: str) -> tuple[SignedRecord, Any]:
+    """The envelope and its body parsed as `body_type` if `value` is a valid signed record of `kind`."""
     try:
         signer = SignedRecord.model_validate(value).peer_id
     except (ValidationError, RecordRejected) as e:
@@ -112,17 +113,16 @@ def _signed(value: dict[str, Any], kind: str) -> SignedRecord:
     envelope = open_envelope(value, signer)  # the signature against the signer's own key
     if envelope.kind != kind:
         raise RecordRejected(f"a {envelope.kind!r} record, not a {kind!r} one")
-    return envelope
+    try:
+        return envelope, body_type.model_validate_json(envelope.body)
+    except ValidationError as e:
+        raise RecordRejected(f"invalid {what}: {validation_detail(e)}") from None
 
 
 def verify_credit_statement(value: dict[str, Any], node: str, *, last_sequence: int = 0) -> CreditStatement:
     """The statement in `value` if it is signed by its gateway, for `node`, and newer than `last_sequence`
     (the highest accepted from that gateway); RecordRejected saying why otherwise."""
-    envelope = _signed(value, CREDIT_KIND)
-    try:
-        statement = CreditStatement.model_validate_json(envelope.body)
-    except ValidationError as e:
-        raise RecordRejected(f"invalid credit statement: {validation_detail(e)}") from None
+    envelope, statement = _signed(value, CREDIT_KIND, CreditStatement, "credit statement")
     if statement.gateway != envelope.peer_id:
         raise RecordRejected(f"a statement issued as {statement.gateway} but signed by {envelope.peer_id}")
     if statement.node != node or envelope.key != credits_key(node):
@@ -137,11 +137,7 @@ def verify_credit_statement(value: dict[str, Any], node: str, *, last_sequence: 
 
 def verify_credit_link(value: dict[str, Any]) -> CreditLink:
     """The link in `value` if the node it names signed it; RecordRejected otherwise."""
-    envelope = _signed(value, LINK_KIND)
-    try:
-        link = CreditLink.model_validate_json(envelope.body)
-    except ValidationError as e:
-        raise RecordRejected(f"invalid credit link: {validation_detail(e)}") from None
+    envelope, link = _signed(value, LINK_KIND, CreditLink, "credit link")
     if link.node != envelope.peer_id:
         raise RecordRejected(f"a link for node {link.node} signed by {envelope.peer_id}: only a node links itself")
     return link
