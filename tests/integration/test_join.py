@@ -58,12 +58,15 @@ def test_join_client_runs_a_gateway(swarm, joiner):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+            listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+            # up is not enough: the gateway answers before it has read which models the swarm serves
+            if listed.status_code == 200 and MODEL in {m["id"] for m in listed.json()["data"]}:
                 break
         except httpx.HTTPError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     else:
-        pytest.fail(f"the gateway did not answer:\n{gateway.log_tail()}")
+        pytest.fail(f"the gateway did not list {MODEL}:\n{gateway.log_tail()}")
     # the lite client: no weights in the gateway; the swarm (the joiner's blocks too) embeds and samples
     reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                        json={"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
