@@ -62,6 +62,7 @@ from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.sessions import SessionTable
 from swarmllm.server.work_log import WorkLog, default_work_log_path
 from swarmllm.swarm import Reach, SwarmNode, claim_identity, dht_time
+from swarmllm.swarm.bandwidth import Traffic
 from swarmllm.swarm.lan import DEFAULT_SWARM_NAME, LanAdvertiser, check_swarm_name
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class ServerConfig:
     max_streams_per_peer: int = 48              # open streams per peer
     max_bytes_in_flight: int = 256 * 2**20      # bytes of a peer's frames received and not yet handled
     max_step_positions: int = 2048              # positions per step (also bounded by the model's context length)
+    max_upload_bps: Optional[float] = None      # cap on the node's stream upload, bits/s on the wire (bandwidth.py)
+    max_download_bps: Optional[float] = None    # ... and download; None = no cap
     max_rollbacks: int = 1200                   # steps starting before the end of their session, per session ...
     rollback_window: float = 60.0               # ... per this many seconds
 
@@ -141,7 +144,9 @@ class ServerConfig:
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
                      "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple),
                      "trusted_gateways": ("trusted_gateways", tuple),
-                     "no_lan": ("lan", lambda off: not off)}
+                     "no_lan": ("lan", lambda off: not off),
+                     "max_upload": ("max_upload_bps", lambda bps: bps),
+                     "max_download": ("max_download_bps", lambda bps: bps)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for flag, value in flags.items():
@@ -155,6 +160,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
         check_swarm_name(self.swarm_name)
+        Traffic(self.max_upload_bps, self.max_download_bps)  # raises ValueError (a sentence) on a cap too low
         if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
             raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
         if not 0 <= self.price <= MAX_PRICE:
@@ -247,7 +253,8 @@ class ServerNode:
                           reachability=self.config.reachability)
             swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
                                            announce_addresses=self.config.announce_addresses, identity=identity,
-                                           reach=reach)
+                                           reach=reach, bandwidth=Traffic(self.config.max_upload_bps,
+                                                                          self.config.max_download_bps))
         except BaseException:
             identity.release()
             raise
