@@ -110,3 +110,31 @@ def test_rate_parser_accepts(text, bps):
 def test_rate_parser_refuses_with_a_sentence(text):
     with pytest.raises(argparse.ArgumentTypeError, match="expected a rate such as 1Mbit"):
         bandwidth_rate(text)
+
+
+def test_frame_stream_paces_a_large_frame_in_chunks_and_counts_every_byte():
+    import socket
+
+    from swarmllm.swarm.node import FrameStream
+
+    async def main():
+        left, right = socket.socketpair()
+        r1, w1 = await asyncio.open_connection(sock=left)
+        r2, w2 = await asyncio.open_connection(sock=right)
+        clock = FakeClock()
+        sender_traffic = Traffic(max_upload_bps=8e6)
+        sender_traffic.upload = TokenBucket(8e6, 0.01, clock=clock, sleep=clock.sleep)  # 1 MB/s, 10 kB burst
+        receiver_traffic = Traffic(max_download_bps=8e6)
+        receiver_traffic.download = TokenBucket(8e6, 0.01, clock=clock, sleep=clock.sleep)
+        sender, receiver = FrameStream(r1, w1, "a", sender_traffic), FrameStream(r2, w2, "b", receiver_traffic)
+        frame = bytes(range(256)) * 4096  # 1 MiB: 64 chunks, each waited for
+        got, _ = await asyncio.gather(receiver.recv(), sender.send(frame))
+        sender.close()
+        receiver.close()
+        return got, sender_traffic, receiver_traffic, clock.now
+
+    got, sent, received, fake_seconds = run(main())
+    assert got == bytes(range(256)) * 4096
+    assert sent.bytes_sent == received.bytes_received == 8 + 2**20
+    # both buckets share the fake clock: ~1 s of budget each, paid while the other waits (not zero: paced)
+    assert 1.0 <= fake_seconds <= 2.2
