@@ -9,7 +9,7 @@ for `--seconds`, and the counters are read every second. Before the first load, 
 give the DHT's own rate. Reported per run and direction: the mean wire rate over the loaded window, the
 worst (highest) 5 s window, and the client's own count of stream payload (wire / payload = the overhead).
 
-    sudo python benchmarks/bandwidth_cap.py [--rate 1Mbit] [--seconds 25] [--sessions 3] [--out benchmarks/results]
+    sudo python benchmarks/bandwidth_cap.py [--rate 1Mbit] [--seconds 25] [--sessions 2] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from swarmllm.harness.processes import ManagedProcess  # noqa: E402
 
 MODEL = "smollm2-135m"
 PROMPT = ("The history of the bicycle starts in the early nineteenth century, when inventors in Germany and France "
-          "tried to build a machine that a person could ride without a horse, pushing it along with their feet. ") * 3
+          "tried to build a machine that a person could ride without a horse, pushing it along with their feet. ") * 2
 
 
 class Veth:
@@ -130,10 +130,11 @@ def run_once(veth: Veth, peers: list[str], log_dir: Path, env: dict, caps: list[
             "--blocks", "0:30", "--host", veth.node_ip, "--initial-peers", ",".join(peers), "--num-threads", "1",
             "--rebalance-period", "0", "--no-ring", "--name", name, *caps]
     node = ManagedProcess(name, argv, log_dir / f"{name}.log")
-    node.start(env)
+    wire_before = veth.counters()
+    node.start({**env, "SWARMLLM_LOG_LEVEL": "INFO"})  # INFO: the node logs its stream counters at exit
+    result: dict = {"caps": caps}
     try:
         wait_ready([node], 300)
-        result: dict = {"caps": caps}
         if idle_seconds:
             idle = sample(veth, idle_seconds)
             result["idle"] = {"sent": rates(idle, 1), "received": rates(idle, 2)}
@@ -145,9 +146,21 @@ def run_once(veth: Veth, peers: list[str], log_dir: Path, env: dict, caps: list[
         driver.join()
         result.update(client=box, sent=rates(samples, 1), received=rates(samples, 2),
                       wire_sent_bytes=samples[-1][1] - samples[0][1], wire_received_bytes=samples[-1][2] - samples[0][2])
-        return result
     finally:
         node.stop()
+    wire_after = veth.counters()
+    result["lifetime"] = {"wire_sent_bytes": wire_after[0] - wire_before[0],
+                          "wire_received_bytes": wire_after[1] - wire_before[1], **node_counters(node)}
+    return result
+
+
+def node_counters(node: ManagedProcess) -> dict:
+    """The node's own stream counters over its life (its exit log line): payload, as the caps see it."""
+    for line in reversed((node.log_path.read_text(errors="replace")).splitlines()):
+        if "stream traffic: " in line:
+            counts = json.loads(line.split("stream traffic: ", 1)[1])
+            return {"payload_sent_bytes": counts["bytes_sent"], "payload_received_bytes": counts["bytes_received"]}
+    return {}
 
 
 def table(report: dict) -> str:
@@ -168,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=bandwidth_rate, default=1e6, help="the cap to test (default 1Mbit)")
     parser.add_argument("--seconds", type=float, default=25.0, help="loaded window per run")
-    parser.add_argument("--sessions", type=int, default=3, help="concurrent generation loops")
+    parser.add_argument("--sessions", type=int, default=2, help="concurrent generation loops")
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle window for the DHT's own rate")
     parser.add_argument("--only", choices=("all", "upload", "download"), default="all")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -205,10 +218,10 @@ def measure(rate: float, seconds: float, sessions: int, idle_seconds: float, onl
             run["name"] = name
             run["max_upload_bps"] = rate if name == "max-upload" else None
             run["max_download_bps"] = rate if name == "max-download" else None
-            payload = run["client"]
+            life = run["lifetime"]  # the node's whole life: wire bytes (veth) per stream byte (its own count)
             run["wire_per_payload"] = {
-                "sent": run["wire_sent_bytes"] / max(payload.get("payload_from_node_bytes", 0), 1),
-                "received": run["wire_received_bytes"] / max(payload.get("payload_to_node_bytes", 0), 1)}
+                "sent": life["wire_sent_bytes"] / max(life.get("payload_sent_bytes", 0), 1),
+                "received": life["wire_received_bytes"] / max(life.get("payload_received_bytes", 0), 1)}
             runs.append(run)
         idle = runs[0].pop("idle")
         return {"rate_bps": rate, "seconds": seconds, "sessions": sessions, "model": MODEL, "runs": runs,

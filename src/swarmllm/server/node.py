@@ -27,6 +27,7 @@ HARD_EXIT_SECONDS after the signal (or at a second signal) exits at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -308,6 +309,7 @@ class ServerNode:
             await self._serve_until_stopped(swarm, backend, table, service)
         finally:
             await lan.stop()
+            logger.info("stream traffic: %s", json.dumps(swarm.traffic.to_json()))  # benchmarks/bandwidth_cap.py
             await swarm.shutdown(SHUTDOWN_SECONDS)
             identity.release()
             if work_log is not None:

@@ -14,7 +14,8 @@ What it promises:
   and what this node stores for others is bounded (validation.py).
 - `add_stream_handler` / `open_stream` give length-prefixed `FrameStream`s over
   Noise-encrypted libp2p streams, with a hard cap on frame size; a stream that cannot be
-  opened raises `SwarmUnreachableError` with a sentence, never p2pd's raw text (daemon.py).
+  opened raises `SwarmUnreachableError` with a sentence, never p2pd's raw text (daemon.py). Every
+  stream byte is counted in `traffic` and paced by its caps, shared by all streams (bandwidth.py).
 - Reach (reach.py): a node nobody can dial (the probe asks its initial peers to dial back) and
   allowed relays restarts its daemon with a reservation at its relays (default: the initial
   peers) and announces `<relay>/p2p-circuit` addresses (`visible_addresses`, `relayed`); a
