@@ -62,6 +62,40 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
+_RATE_UNITS = {"": 1, "bit": 1, "bps": 1, "kbit": 1e3, "kbps": 1e3, "mbit": 1e6, "mbps": 1e6, "gbit": 1e9,
+               "gbps": 1e9, "b": 8, "kb": 8e3, "mb": 8e6, "gb": 8e9}
+
+
+def bandwidth_rate(text: str) -> float:
+    """A rate in bits per second: "1Mbit", "500kbit", "1.5Mbit/s", "2MB" (megabytes/s, x8), "250KB", or a
+    plain number (bits/s). Decimal prefixes, as links are sold. Used by `serve` and `volunteer`."""
+    cleaned = text.strip().replace(" ", "")
+    unit_start = len(cleaned)
+    while unit_start > 0 and not (cleaned[unit_start - 1].isdigit() or cleaned[unit_start - 1] == "."):
+        unit_start -= 1
+    number, unit = cleaned[:unit_start], cleaned[unit_start:]
+    unit = unit[:-2] if unit.lower().endswith("/s") else unit
+    scale = _RATE_UNITS.get(unit.lower() if unit[-1:] != "B" else unit[:-1].lower() + "b")
+    try:
+        value = float(number) * scale if scale is not None else -1.0
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a rate such as 1Mbit, 500kbit, 1.5Mbit/s, 2MB (megabytes per second) or a number of "
+            f"bits per second, got {text!r}")
+    return value
+
+
+def _add_bandwidth(parser: argparse.ArgumentParser) -> None:
+    what = ("covers this node's stream traffic (hidden states, tokens, files shared with peers), measured on the "
+            "wire; not the DHT's own small maintenance traffic (see docs/bandwidth.md)")
+    parser.add_argument("--max-upload", type=bandwidth_rate, metavar="RATE",
+                        help=f"cap on upload, e.g. 1Mbit, 500kbit, 2MB (= megabytes/s); default none. It {what}")
+    parser.add_argument("--max-download", type=bandwidth_rate, metavar="RATE",
+                        help=f"cap on download, e.g. 10Mbit; default none. It {what}")
+
+
 def _peer_list(text: str) -> list[str]:
     return [part for part in text.replace(" ", ",").split(",") if part]
 
@@ -184,6 +218,7 @@ def _add_volunteer(sub) -> None:
     caps.add_argument("--max-gpu-memory", type=_size, metavar="SIZE",
                       help="GPU memory (e.g. 6GB); recorded and shown, but spans run on the CPU for now")
     caps.add_argument("--threads", type=_positive_int, help="compute threads (default: the physical cores)")
+    _add_bandwidth(caps)
     caps.add_argument("--schedule", metavar="HH:MM-HH:MM[,...]",
                       help="serve only in these hours of the day, local time (e.g. 22:00-07:00); outside them the "
                            "node drains its sessions and pauses")
@@ -246,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reachability", choices=("auto", "public", "private"), default="auto",
                    help="auto: ask peers to dial this node back at start; public/private: skip the question")
     p.add_argument("--max-length", type=int, default=4096, help="longest session (positions) to accept")
+    _add_bandwidth(p)
     p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory budget for all sessions")
     p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
     p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")

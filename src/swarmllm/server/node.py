@@ -27,6 +27,7 @@ HARD_EXIT_SECONDS after the signal (or at a second signal) exits at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -62,6 +63,7 @@ from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.sessions import SessionTable
 from swarmllm.server.work_log import WorkLog, default_work_log_path
 from swarmllm.swarm import Reach, SwarmNode, claim_identity, dht_time
+from swarmllm.swarm.bandwidth import Traffic
 from swarmllm.swarm.lan import DEFAULT_SWARM_NAME, LanAdvertiser, check_swarm_name
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,8 @@ class ServerConfig:
     max_streams_per_peer: int = 48              # open streams per peer
     max_bytes_in_flight: int = 256 * 2**20      # bytes of a peer's frames received and not yet handled
     max_step_positions: int = 2048              # positions per step (also bounded by the model's context length)
+    max_upload_bps: Optional[float] = None      # cap on the node's stream upload, bits/s on the wire (bandwidth.py)
+    max_download_bps: Optional[float] = None    # ... and download; None = no cap
     max_rollbacks: int = 1200                   # steps starting before the end of their session, per session ...
     rollback_window: float = 60.0               # ... per this many seconds
 
@@ -142,7 +146,9 @@ class ServerConfig:
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
                      "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple),
                      "trusted_gateways": ("trusted_gateways", tuple),
-                     "no_lan": ("lan", lambda off: not off), "max_memory": ("max_memory_bytes", lambda b: b)}
+                     "no_lan": ("lan", lambda off: not off), "max_memory": ("max_memory_bytes", lambda b: b),
+                     "max_upload": ("max_upload_bps", lambda bps: bps),
+                     "max_download": ("max_download_bps", lambda bps: bps)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for flag, value in flags.items():
@@ -156,6 +162,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
         check_swarm_name(self.swarm_name)
+        Traffic(self.max_upload_bps, self.max_download_bps)  # raises ValueError (a sentence) on a cap too low
         if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
             raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
         if not 0 <= self.price <= MAX_PRICE:
@@ -251,7 +258,8 @@ class ServerNode:
                           reachability=self.config.reachability)
             swarm = await SwarmNode.create(self.config.initial_peers, host=self.config.host, port=self.config.port,
                                            announce_addresses=self.config.announce_addresses, identity=identity,
-                                           reach=reach)
+                                           reach=reach, bandwidth=Traffic(self.config.max_upload_bps,
+                                                                          self.config.max_download_bps))
         except BaseException:
             identity.release()
             raise
@@ -309,6 +317,7 @@ class ServerNode:
             await self._serve_until_stopped(swarm, backend, table, service)
         finally:
             await lan.stop()
+            logger.info("stream traffic: %s", json.dumps(swarm.traffic.to_json()))  # benchmarks/bandwidth_cap.py
             await swarm.shutdown(SHUTDOWN_SECONDS)
             identity.release()
             if work_log is not None:

@@ -14,7 +14,8 @@ What it promises:
   and what this node stores for others is bounded (validation.py).
 - `add_stream_handler` / `open_stream` give length-prefixed `FrameStream`s over
   Noise-encrypted libp2p streams, with a hard cap on frame size; a stream that cannot be
-  opened raises `SwarmUnreachableError` with a sentence, never p2pd's raw text (daemon.py).
+  opened raises `SwarmUnreachableError` with a sentence, never p2pd's raw text (daemon.py). Every
+  stream byte is counted in `traffic` and paced by its caps, shared by all streams (bandwidth.py).
 - Reach (reach.py): a node nobody can dial (the probe asks its initial peers to dial back) and
   allowed relays restarts its daemon with a reservation at its relays (default: the initial
   peers) and announces `<relay>/p2p-circuit` addresses (`visible_addresses`, `relayed`); a
@@ -48,6 +49,7 @@ from pydantic import BaseModel  # noqa: E402
 from swarmllm.protocol.envelope import SignedRecord, seal, with_key  # noqa: E402
 from swarmllm.protocol.records import kind_of  # noqa: E402
 from swarmllm.swarm import validation  # noqa: E402
+from swarmllm.swarm.bandwidth import Traffic, chunks  # noqa: E402
 from swarmllm.swarm.daemon import explain_daemon_error, stop_daemon  # noqa: E402
 from swarmllm.swarm.identity import Identity  # noqa: E402
 from swarmllm.swarm import reach as reach_mod  # noqa: E402
@@ -96,12 +98,15 @@ class StreamClosed(ConnectionError):
 
 
 class FrameStream:
-    """A bidirectional stream of frames (bytes), safe for one reader and many writers."""
+    """A bidirectional stream of frames (bytes), safe for one reader and many writers. Every byte passes
+    `traffic` (bandwidth.py): counted, and paced in chunks where the node caps a direction."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote_peer_id: str):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote_peer_id: str,
+                 traffic: Optional[Traffic] = None):
         self._reader, self._writer = reader, writer
         self._write_lock = asyncio.Lock()
         self.remote_peer_id = remote_peer_id
+        self.traffic = traffic if traffic is not None else Traffic()
         self.closed = False
 
     async def send(self, frame: bytes) -> None:
@@ -109,20 +114,39 @@ class FrameStream:
             raise StreamClosed(f"stream to {self.remote_peer_id} is closed")
         async with self._write_lock:
             try:
-                self._writer.write(len(frame).to_bytes(_LEN_BYTES, P2P.BYTEORDER))
-                self._writer.write(frame)
-                await self._writer.drain()
+                header = len(frame).to_bytes(_LEN_BYTES, P2P.BYTEORDER)
+                if self.traffic.upload is None:
+                    self.traffic.bytes_sent += _LEN_BYTES + len(frame)
+                    self._writer.write(header)
+                    self._writer.write(frame)
+                    await self._writer.drain()
+                    return
+                await self.traffic.pace_send(_LEN_BYTES)
+                self._writer.write(header)
+                view = memoryview(frame)
+                for start, end in chunks(len(frame)):
+                    await self.traffic.pace_send(end - start)
+                    self._writer.write(view[start:end])
+                    await self._writer.drain()
             except (ConnectionError, OSError, RuntimeError) as e:
                 self.closed = True
                 raise StreamClosed(f"stream to {self.remote_peer_id} broke: {e}") from e
 
     async def recv(self) -> bytes:
         try:
+            await self.traffic.pace_recv(_LEN_BYTES)
             header = await self._reader.readexactly(_LEN_BYTES)
             size = int.from_bytes(header, P2P.BYTEORDER)
             if size > MAX_FRAME_BYTES:
                 raise StreamClosed(f"peer {self.remote_peer_id} sent a frame of {size} bytes (limit {MAX_FRAME_BYTES})")
-            return await self._reader.readexactly(size)
+            if self.traffic.download is None:
+                self.traffic.bytes_received += size
+                return await self._reader.readexactly(size)
+            parts = []
+            for start, end in chunks(size):  # unread bytes stay in the sender's TCP window: that is the cap
+                await self.traffic.pace_recv(end - start)
+                parts.append(await self._reader.readexactly(end - start))
+            return b"".join(parts)
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
             self.closed = True
             raise StreamClosed(f"stream from {self.remote_peer_id} closed") from e
@@ -155,8 +179,9 @@ class SwarmNode:
     """A peer of the swarm. Create with `await SwarmNode.create(...)`; one per process."""
 
     def __init__(self, p2p: P2P, dht: DHTNode, identity: Identity, validator: validation.RecordValidator,
-                 storage: validation.BoundedStorage):
+                 storage: validation.BoundedStorage, traffic: Optional[Traffic] = None):
         self._p2p, self._dht, self.identity = p2p, dht, identity
+        self.traffic = traffic if traffic is not None else Traffic()  # stream bytes and caps (bandwidth.py)
         self.validator, self.storage = validator, storage  # what this node refused, held (tests, logs)
         self.peer_id: str = p2p.peer_id.to_base58()
         self.reachability = "unknown"     # "public", "private" or "unknown" (the probe's verdict)
@@ -181,10 +206,13 @@ class SwarmNode:
         identity: Optional[Identity] = None,
         known_n_blocks: Optional[Mapping[str, int]] = None,
         reach: Optional[Reach] = None,
+        bandwidth: Optional[Traffic] = None,
     ) -> "SwarmNode":
         """`identity`: the key to run with (default: a new one, forgotten at exit). `known_n_blocks`:
         models whose block count this node's validator enforces (default: the catalog's). `reach`: relaying
-        and reachability (reach.py; default: use relays when nobody can dial us, relay for nobody)."""
+        and reachability (reach.py; default: use relays when nobody can dial us, relay for nobody). `bandwidth`: the
+        caps on this node's stream traffic and its counters (bandwidth.py; default: no caps)."""
+        traffic = bandwidth if bandwidth is not None else Traffic()
         _check_port_free(host, port)
         identity = identity or Identity.generate()
         reach = reach or Reach()
@@ -197,7 +225,7 @@ class SwarmNode:
         reachability = reach.reachability if reach.reachability != "auto" else "unknown"
         answers: list = []
         if not client_mode and reach.reachability == "auto" and initial_peers:
-            reachability, answers = await _probe(p2p, initial_peers)
+            reachability, answers = await _probe(p2p, initial_peers, traffic)
             if reachability == "private" and reach.use_relays and relays:
                 # Reserve at the relays: p2pd takes static relays only at start, so it starts again (same key).
                 await stop_daemon(p2p, 2.0)
@@ -212,7 +240,7 @@ class SwarmNode:
         except BaseException:
             await stop_daemon(p2p, 2.0)
             raise
-        node = cls(p2p, dht, identity, validator, validation.install(dht))
+        node = cls(p2p, dht, identity, validator, validation.install(dht), traffic)
         node.reachability = reachability
         node.probe_answers = answers
         if reachability == "private" and reach.use_relays:
@@ -367,7 +395,7 @@ class SwarmNode:
     # --- streams ---------------------------------------------------------------------
     async def add_stream_handler(self, name: str, handler: StreamHandler) -> None:
         async def _on_stream(info, reader, writer) -> None:
-            stream = FrameStream(reader, writer, info.peer_id.to_base58())
+            stream = FrameStream(reader, writer, info.peer_id.to_base58(), self.traffic)
             try:
                 await handler(stream)
             except StreamClosed:
@@ -396,7 +424,7 @@ class SwarmNode:
         except (P2PHandlerError, P2PDaemonError, ConnectionError, OSError, ValueError) as e:
             text = str(e) or type(e).__name__
             raise SwarmUnreachableError(explain_daemon_error(text, peer=peer_id, handler=name)) from None
-        return FrameStream(reader, writer, peer_id)
+        return FrameStream(reader, writer, peer_id, self.traffic)
 
     async def shutdown(self, timeout: float = 3.0) -> None:
         """Leave the DHT and stop p2pd within about `timeout` s (+ a kill), however the peers
@@ -432,7 +460,7 @@ def _with_flags(flags: dict) -> type[P2P]:
     return _P2P
 
 
-async def _probe(p2p: P2P, initial_peers: Sequence[str]) -> tuple[str, list]:
+async def _probe(p2p: P2P, initial_peers: Sequence[str], traffic: Traffic) -> tuple[str, list]:
     """Ask up to PROBE_PEERS initial peers to dial this node back (reach.py): the verdict (public, private
     or unknown) and each prober's answer."""
     port = reach_mod.listen_port([str(m) for m in await p2p.get_visible_maddrs()])
@@ -446,7 +474,7 @@ async def _probe(p2p: P2P, initial_peers: Sequence[str]) -> tuple[str, list]:
                                                                      reach_mod.REACH_HANDLER)
         except Exception:  # an older peer, or unreachable: no answer
             return None
-        stream = FrameStream(reader, writer, peer_id)
+        stream = FrameStream(reader, writer, peer_id, traffic)
         try:
             await stream.send(reach_mod.probe_request(port))
             return reach_mod.parse_probe_reply(await stream.recv())
