@@ -209,6 +209,8 @@ def cmd_serve(args) -> int:
         print(f"node {status.peer_id} serves {status.model_id} blocks [{status.start}, {status.end}): "
               f"loaded in {status.load_seconds:.2f} s, {status.throughput:.1f} tokens/s, "
               f"ready {status.startup_seconds:.2f} s after start", flush=True)
+        if config.status_port:
+            print(f"status page: http://127.0.0.1:{config.status_port}/", flush=True)
         _print_ready({"role": "server", "peer_id": status.peer_id, "model": status.model_id,
                       "start": status.start, "end": status.end,
                       "addresses": status.addresses, "load_seconds": status.load_seconds,

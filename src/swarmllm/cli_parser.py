@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --blocks: re-check every ~this many seconds whether moving helps the swarm (0 = never)")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    p.add_argument("--status-port", type=int, default=0, metavar="PORT",
+                   help="serve this node's own status page (what it served, its state) at http://127.0.0.1:PORT/ "
+                        "(loopback only; default 0 = none)")
     p.add_argument("--announce", nargs="*", help="multiaddrs to announce instead of the listening ones (NAT, relays)")
     p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=True,
                    help="when no peer can dial this node (behind a home router), reserve a slot at a relay and be "

@@ -60,6 +60,7 @@ from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
 from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.sessions import SessionTable
+from swarmllm.server.status_http import StatusServer, node_report
 from swarmllm.server.work_log import WorkLog, default_work_log_path
 from swarmllm.swarm import Reach, SwarmNode, claim_identity, dht_time
 from swarmllm.swarm.lan import DEFAULT_SWARM_NAME, LanAdvertiser, check_swarm_name
@@ -111,6 +112,7 @@ class ServerConfig:
     # folder's owner.key (made on first use); "off": announce no owner
     lan: bool = False                           # advertise this node on the local network by mDNS (swarm/lan.py)
     swarm_name: str = DEFAULT_SWARM_NAME        # ... as a peer of this swarm (a label, not a secret)
+    status_port: int = 0                        # the volunteer's status page on 127.0.0.1 (status_http.py); 0 = none
     # Per-peer quotas (server/quotas.py): what one authenticated peer may hold or use here.
     max_sessions_per_peer: int = 32             # sessions one peer may hold open
     max_memory_share: float = 0.5               # share of cache_memory_bytes one peer's sessions may reserve
@@ -155,6 +157,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
         check_swarm_name(self.swarm_name)
+        if not 0 <= self.status_port <= 65535:
+            raise ValueError(f"--status-port must be a TCP port (1-65535), or 0 for no status page; got "
+                             f"{self.status_port}")
         if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
             raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
         if not 0 <= self.price <= MAX_PRICE:
@@ -178,6 +183,8 @@ class NodeStatus:
     relayed: bool = False           # reached through a relay (its addresses lead with /p2p-circuit ones)
     moving_to: Optional[tuple[int, int]] = None  # claimed target while deciding whether to move
     model_id: str = ""              # the model served (chosen by demand when started without --model)
+    state: str = "starting"         # "starting" | "serving" | "paused" | "draining"
+    paused_reason: Optional[str] = None  # why it is paused (volunteer/schedule.py: schedule, machine in use)
 
 
 def torch_dtype_bytes(name: str) -> int:
@@ -197,6 +204,10 @@ class ServerNode:
         self._swarm: Optional[SwarmNode] = None
         self._model_id = ""
         self._certificates: Optional[NodeCertificates] = None  # our owner's certificate for us, in every record
+        # What the status page (status_http.py) reads: set while running, never changed by it.
+        self.started_at = time.time()
+        self.service: Optional[SessionService] = None
+        self.credits: Optional[CreditInbox] = None
 
     async def _model_for(self, start: Optional[int] = None, end: Optional[int] = None) -> str:
         """What to load blocks [start, end) from: the model as given, or (for a URL) a local
@@ -233,7 +244,23 @@ class ServerNode:
         path = local_model_file(resolve_model(self._model).path)
         return FileService(self._model_id, path, partial=False) if path else None
 
+    @property
+    def swarm(self) -> Optional[SwarmNode]:
+        return self._swarm
+
     async def run(self, on_ready=None) -> None:
+        """The node's whole life (module docstring), with its status page open throughout if asked for."""
+        self.started_at = time.time()
+        page = StatusServer(lambda: node_report(self), self.config.status_port) if self.config.status_port else None
+        if page is not None:
+            logger.info("status page: %s", page.url)
+        try:
+            await self._run(on_ready)
+        finally:
+            if page is not None:
+                page.close()
+
+    async def _run(self, on_ready=None) -> None:
         began = time.perf_counter()
         backend_spec = SpanBackend.describe(await self._model_for()) if self._model else None  # UnknownModelError early
         if backend_spec is not None and not re.match(MODEL_ID_PATTERN, backend_spec.model_id):
@@ -279,13 +306,14 @@ class ServerNode:
                                      batch_wait=self.config.batch_wait, quotas=PeerQuotas(self._quota_limits(backend)),
                                      receipts=ReceiptIssuer(identity.sign, swarm.peer_id, work_log))
             self._batcher = service.batcher  # its queue length is announced as load
+            self.service = service
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
             files = self._file_service()
             if files is not None:
                 await swarm.add_stream_handler(FILE_HANDLER, files.serve_file_stream)
-            credits = CreditInbox()  # gateways' signed credit statements for this node (credits_inbox.py)
+            credits = self.credits = CreditInbox()  # gateways' signed credit statements for this node (credits_inbox.py)
             await swarm.add_stream_handler(CREDITS_HANDLER, CreditsHandler(credits, swarm.peer_id).serve)
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()
@@ -296,6 +324,7 @@ class ServerNode:
                 await lan.start(swarm.peer_id, self.status.addresses, role="server", models=[backend.model_id])
             asyncio.get_running_loop().run_in_executor(None, self._preload_head, backend)
             self.status.startup_seconds = time.perf_counter() - began
+            self.status.state = "serving"
             if on_ready is not None:
                 on_ready(self.status)
             await self._serve_until_stopped(swarm, backend, table, service)
@@ -612,6 +641,7 @@ class ServerNode:
                 await self._unless_stopped(self._announce(swarm, backend, table, ServerState.ONLINE))
                 next_announce = time.monotonic() + self.config.announce_period
         # Leaving: tell routers first, then drain in-flight steps.
+        self.status.state = "draining"
         service.accepting = False
         await self._announce(swarm, backend, table, ServerState.LEAVING, timeout=LEAVE_ANNOUNCE_SECONDS)
         deadline = time.monotonic() + self.config.drain_seconds
