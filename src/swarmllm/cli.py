@@ -43,6 +43,7 @@ from typing import Optional, Sequence
 
 from swarmllm.cli_owners import COMMANDS as OWNER_COMMANDS
 from swarmllm.cli_credits import cmd_credits
+from swarmllm.cli_setup import cmd_setup
 from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
 from swarmllm.harness.processes import READY_MARKER
 
@@ -569,6 +570,7 @@ COMMANDS = {"bootstrap": cmd_bootstrap, "serve": cmd_serve, "generate": cmd_gene
             "join": cmd_join}
 COMMANDS.update(OWNER_COMMANDS)  # pair, unpair, trusted
 COMMANDS["credits"] = cmd_credits
+COMMANDS["setup"] = cmd_setup
 
 
 # Import names whose pip package is spelled differently (the rest: "_" -> "-").

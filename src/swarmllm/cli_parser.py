@@ -404,4 +404,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="the statements received (default: $SWARMLLM_HOME/credits-received.sqlite)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_owner_commands(sub)
+    _add_setup(sub)
     return parser
+
+
+def _add_setup(sub) -> None:
+    """`setup --web` (cli_setup.py, volunteer/wizard.py): the local setup wizard page."""
+    p = sub.add_parser("setup", help="the setup wizard: a local web page showing this machine, the swarm's coverage "
+                                     "and what to serve, with the caps as controls and one Start button")
+    p.add_argument("--web", action="store_true", help="serve the wizard page (the only form of setup so far)")
+    p.add_argument("token", nargs="?", help="an invite token (default: --initial-peers, else the swarm on the LAN)")
+    _add_initial_peers(p)
+    _add_lan(p, advertises=False)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface the wizard listens on (default loopback: it can start a node on this machine)")
+    p.add_argument("--port", type=int, default=8641, help="the wizard's port (default 8641)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser (print the URL only)")
+    p.add_argument("--status-port", type=int, default=8642,
+                   help="the started node's own status page, on 127.0.0.1 (default 8642)")
+    p.add_argument("--node-host", help="the interface the started node listens on (default: volunteer's)")
+    p.add_argument("--name", help="the started node's identity name (default: volunteer's, 'node')")
