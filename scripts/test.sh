@@ -15,4 +15,5 @@ if [ -n "$packages" ]; then
     || echo "warning: could not install$packages; the tests that need them will be skipped" >&2
 fi
 .venv/bin/lint-imports
-exec .venv/bin/python -m pytest "$@"
+# The slowest tests are listed at the end, so that a slow CI run says where its time went.
+exec .venv/bin/python -m pytest --durations=30 "$@"

@@ -12,6 +12,7 @@
     swarmllm pair        pair with a friend's machines (and unpair, trusted: cli_owners.py)
     swarmllm audit       the sessions whose step receipts this machine keeps, or one session's receipts
     swarmllm credits     what this machine's nodes earned from gateways; `credits link` gives a key their contribution
+    swarmllm volunteer   donate this machine: detect it, serve what the swarm needs that fits the caps (cli_volunteer.py)
 
 Identities: `serve` and `bootstrap` keep their key (so their peer id, and a bootstrap's
 multiaddr) across restarts, in $SWARMLLM_HOME/identities/NAME.key (default
@@ -43,6 +44,7 @@ from typing import Optional, Sequence
 
 from swarmllm.cli_owners import COMMANDS as OWNER_COMMANDS
 from swarmllm.cli_credits import cmd_credits
+from swarmllm.cli_volunteer import cmd_volunteer
 from swarmllm.cli_setup import cmd_setup
 from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
 from swarmllm.harness.processes import READY_MARKER
@@ -570,6 +572,7 @@ COMMANDS = {"bootstrap": cmd_bootstrap, "serve": cmd_serve, "generate": cmd_gene
             "join": cmd_join}
 COMMANDS.update(OWNER_COMMANDS)  # pair, unpair, trusted
 COMMANDS["credits"] = cmd_credits
+COMMANDS["volunteer"] = cmd_volunteer
 COMMANDS["setup"] = cmd_setup
 
 

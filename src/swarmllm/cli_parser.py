@@ -48,6 +48,20 @@ def _draft_k(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {"": 2**30, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _size(text: str) -> int:
+    """'8GB', '512MiB', '6' (a bare number is GiB) -> bytes (server/partitioner.parse_memory's units)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size like 8GB, 512MiB or 6 (GiB), got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
 def _peer_list(text: str) -> list[str]:
     return [part for part in text.replace(" ", ",").split(",") if part]
 
@@ -154,6 +168,43 @@ def _add_owner_commands(sub) -> None:
     _add_owner_key(p)
 
 
+def _add_volunteer(sub) -> None:
+    """`volunteer` (cli_volunteer.py): detect, choose what the swarm needs that fits, and serve."""
+    p = sub.add_parser("volunteer", help="donate this machine: detect it, join the swarm, serve the model and blocks "
+                                         "the swarm needs most that fit the caps, until Ctrl-C")
+    p.add_argument("token", nargs="?", help="an invite token (swarmllm1...., from `swarmllm join TOKEN` lines); "
+                                            "default: --initial-peers, else the swarm found on the local network")
+    _add_initial_peers(p)
+    _add_lan(p, advertises=True)
+    p.add_argument("--model", help="serve this catalog model (default: the one the swarm needs most that fits; "
+                                   "followed as demand shifts)")
+    caps = p.add_argument_group("caps", "what the volunteer allows the node to use")
+    caps.add_argument("--max-memory", type=_size, metavar="SIZE",
+                      help="memory for weights and KV cache (e.g. 8GB; default: three quarters of what is free)")
+    caps.add_argument("--max-gpu-memory", type=_size, metavar="SIZE",
+                      help="GPU memory (e.g. 6GB); recorded and shown, but spans run on the CPU for now")
+    caps.add_argument("--threads", type=_positive_int, help="compute threads (default: the physical cores)")
+    caps.add_argument("--schedule", metavar="HH:MM-HH:MM[,...]",
+                      help="serve only in these hours of the day, local time (e.g. 22:00-07:00); outside them the "
+                           "node drains its sessions and pauses")
+    caps.add_argument("--when-idle", action="store_true",
+                      help="pause (after draining) while other programs use the CPU, resume when they stop")
+    caps.add_argument("--busy-cpu", type=float, default=50.0, metavar="PERCENT",
+                      help="with --when-idle: other programs' CPU use, in %% of one core, that counts as in use")
+    caps.add_argument("--idle-check", type=float, default=5.0, metavar="SECONDS",
+                      help="with --when-idle: seconds between CPU samples (2 busy samples pause, 6 idle ones resume)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    p.add_argument("--status-port", type=int, default=8642, metavar="PORT",
+                   help="your node's own page (what it served, its state) at http://127.0.0.1:PORT/ (loopback only; "
+                        "default 8642; 0 = none)")
+    p.add_argument("--dry-run", action="store_true", help="print what was detected and what would run; start nothing")
+    p.add_argument("--no-measure", action="store_true",
+                   help="with --dry-run: do not time one block here (the plan's tokens/s is then unknown)")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
+    _add_identity(p, "node")
+
+
 # --- parser --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swarmllm", description="Run LLMs over a P2P swarm of volunteer nodes.")
@@ -204,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory budget for all sessions")
     p.add_argument("--session-timeout", type=float, default=300, help="evict sessions idle this many seconds")
     p.add_argument("--num-threads", type=int, help="torch threads for compute (default: torch's choice)")
+    p.add_argument("--max-memory", type=_size, metavar="SIZE",
+                   help="memory the node may use in all, weights and --cache-memory-mb (e.g. 8GB): without "
+                        "--blocks/--num-blocks the span is sized to fit (default: what is free at start)")
     p.add_argument("--throughput", type=float, help="announce this tokens/s instead of measuring it")
     p.add_argument("--price", type=float, default=0.0,
                    help="credits per 1,000 tokens to announce for computing this node's span (default 0 = free)")
@@ -241,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "days or 1e6 rows). Default: $SWARMLLM_HOME/work/PEER_ID.sqlite; 'off' keeps none")
     _add_identity(p, "node")
     _add_owner_key(p, can_be_off=True)
+
+    _add_volunteer(sub)
 
     p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
     p.add_argument("prompt")

@@ -56,6 +56,12 @@ def test_without_demand_the_least_served_model_on_disk_is_chosen():
     assert choose_model([]) is None
 
 
+def test_a_half_served_model_is_completed_before_an_unserved_one_is_started():
+    half = view(SMOL, 30, [server("a", SMOL, 0, 15, 30)])
+    assert choose_model([half, view(GEMMA, 18, [])]) == SMOL
+    assert choose_model([half, view(GEMMA, 18, [server("b", GEMMA, 0, 17, 18)])]) == GEMMA  # closer to whole
+
+
 def test_a_node_follows_a_clear_demand_shift():
     here = view(SMOL, 30, [server("a", SMOL, 0, 30, 30)], demand=0)
     there = view(GEMMA, 18, [server("b", GEMMA, 0, 18, 18)], demand=1000)

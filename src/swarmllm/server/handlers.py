@@ -69,6 +69,7 @@ class SessionService:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmllm-compute")
         self.batcher = StepBatcher(self.executor, max_batch=max_batch, max_wait=batch_wait)
         self.accepting = True
+        self.refusal = "this node is shutting down; open the session elsewhere"  # why, while not accepting
         self.tokens_processed = 0
 
     # --- stream entry points ---------------------------------------------------------
@@ -173,7 +174,7 @@ class SessionService:
             raise ProtocolError(ErrorCode.VERSION_MISMATCH, f"client speaks protocol v{msg.protocol_version}, this "
                                                             f"node speaks v{PROTOCOL_VERSION}; upgrade swarmllm")
         if not self.accepting:
-            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "this node is shutting down; open the session elsewhere")
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, self.refusal)
         self.table.check_open(msg, self.model_id)
         owner, cost = stream.remote_peer_id, self.table.cost(msg.max_length, msg.end - msg.start)
         self.quotas.admit_session(owner, cost, self.table.budget)

@@ -16,7 +16,8 @@ Pressure of a model = its demand / the throughput it would have without this nod
 lowest summed announced throughput over its blocks, tokens/s). A model with demand and a
 block nobody else serves has infinite pressure. `choose_model` (start-up) takes the model of
 highest pressure, multiplied by `on_disk_bonus` for models on disk; with no demand anywhere,
-the on-disk model whose weakest block is least served. `plan_model_move` (a serving node)
+the on-disk model whose weakest block is least served (of those, the one with the most blocks served
+already: completing it makes a chain). `plan_model_move` (a serving node)
 moves only when the other model's pressure exceeds its own model's by the factor
 (1 + hysteresis), and never when some block of its span has no other server.
 """
@@ -84,7 +85,10 @@ def choose_model(views: Iterable[ModelView], on_disk_bonus: float = ON_DISK_BONU
     def key(view: ModelView):
         weighted = pressure(view) * (on_disk_bonus if view.on_disk else 1.0)
         counts, throughput = block_coverage(view.n_blocks, view.others)
-        return (-weighted, not view.on_disk, min(counts), min(throughput), view.model_id)
+        # Equally pressed and equally weak: the model closest to being whole first (a half-served model
+        # completed gives users a chain; a second half-served model gives nobody one).
+        covered = sum(1 for c in counts if c) / max(1, view.n_blocks)
+        return (-weighted, not view.on_disk, min(counts), -covered, min(throughput), view.model_id)
 
     return min(views, key=key).model_id
 

@@ -89,6 +89,7 @@ class ServerConfig:
     session_timeout: float = 300.0              # idle sessions are evicted after this
     drain_seconds: float = 4.0                  # in-flight steps may finish this long after a stop (a step takes < 1 s)
     num_threads: Optional[int] = None
+    max_memory_bytes: Optional[int] = None      # memory the node may use in all (weights + KV); None: what is free
     identity_path: Optional[str] = None         # the node's key (default: the state folder's, by node_name)
     node_name: str = "node"                     # which identity of the state folder (identity.py); kept across restarts
     throughput: Optional[float] = None          # announce this instead of measuring
@@ -143,7 +144,7 @@ class ServerConfig:
                      "max_in_flight_mb": ("max_bytes_in_flight", lambda mb: int(mb * 2**20)),
                      "initial_peers": ("initial_peers", tuple), "relays": ("relays", tuple),
                      "trusted_gateways": ("trusted_gateways", tuple),
-                     "no_lan": ("lan", lambda off: not off)}
+                     "no_lan": ("lan", lambda off: not off), "max_memory": ("max_memory_bytes", lambda b: b)}
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for flag, value in flags.items():
@@ -204,6 +205,7 @@ class ServerNode:
         self._swarm: Optional[SwarmNode] = None
         self._model_id = ""
         self._certificates: Optional[NodeCertificates] = None  # our owner's certificate for us, in every record
+        self._paused_reason: Optional[str] = None  # set by pause(): announce LEAVING, take no new sessions
         # What the status page (status_http.py) reads: set while running, never changed by it.
         self.started_at = time.time()
         self.service: Optional[SessionService] = None
@@ -249,11 +251,16 @@ class ServerNode:
         return self._swarm
 
     async def run(self, on_ready=None) -> None:
-        """The node's whole life (module docstring), with its status page open throughout if asked for."""
+        """The node's whole life (module docstring), with its status page open throughout if asked for
+        (a port already in use is a warning, not a reason to stop: the page is not the service)."""
         self.started_at = time.time()
-        page = StatusServer(lambda: node_report(self), self.config.status_port) if self.config.status_port else None
-        if page is not None:
-            logger.info("status page: %s", page.url)
+        page = None
+        if self.config.status_port:
+            try:
+                page = StatusServer(lambda: node_report(self), self.config.status_port)
+                logger.info("status page: %s", page.url)
+            except ValueError as e:  # the page is the volunteer's view, not the service: serve without it
+                logger.warning("%s; serving without it", e)
         try:
             await self._run(on_ready)
         finally:
@@ -319,12 +326,15 @@ class ServerNode:
             self.status.addresses = await swarm.visible_addresses()
             self.status.reachability, self.status.relayed = swarm.reachability, swarm.relayed
             self.status.probe_answers = tuple(swarm.probe_answers)
-            await self._announce(swarm, backend, table, ServerState.ONLINE)
+            if self._paused_reason is not None:  # paused before it was ready (e.g. started outside its schedule)
+                service.accepting, service.refusal = False, f"this node is paused ({self._paused_reason})"
+            await self._announce(swarm, backend, table,
+                                 ServerState.LEAVING if self._paused_reason else ServerState.ONLINE)
             if self.config.lan:
                 await lan.start(swarm.peer_id, self.status.addresses, role="server", models=[backend.model_id])
             asyncio.get_running_loop().run_in_executor(None, self._preload_head, backend)
             self.status.startup_seconds = time.perf_counter() - began
-            self.status.state = "serving"
+            self.status.state = "paused" if self._paused_reason else "serving"
             if on_ready is not None:
                 on_ready(self.status)
             await self._serve_until_stopped(swarm, backend, table, service)
@@ -376,6 +386,35 @@ class ServerNode:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    async def wait_stopped(self, timeout: float) -> None:
+        """Return when the node stops or after `timeout` s, whichever comes first."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    @property
+    def paused_reason(self) -> Optional[str]:
+        return self._paused_reason
+
+    def pause(self, reason: str) -> None:
+        """Stop taking sessions without leaving: within a second the serve loop announces LEAVING
+        (routers stop choosing us) and refuses new sessions with `reason`; active sessions finish
+        (drained, not cut); the blocks stay loaded for resume()."""
+        self._paused_reason = self.status.paused_reason = reason
+        if self.status.state in ("serving", "paused"):
+            self.status.state = "paused"
+
+    def resume(self) -> None:
+        """Serve again: the serve loop announces ONLINE and takes sessions within a second."""
+        self._paused_reason = self.status.paused_reason = None
+        if self.status.state == "paused":
+            self.status.state = "serving"
+
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM stop the node; a second one, or HARD_EXIT_SECONDS without having
         exited, ends the process at once (p2pd dies with it, see swarm/daemon.py)."""
@@ -426,7 +465,10 @@ class ServerNode:
     async def _auto_span_length(self, spec, records: list[ServerRecord]) -> int:
         """Span length from this machine's speed relative to the swarm's, within its free memory."""
         block_bytes = spec.block_weights * torch_dtype_bytes(self.config.dtype)
-        free = psutil.virtual_memory().available - self.config.cache_memory_bytes
+        room = psutil.virtual_memory().available
+        if self.config.max_memory_bytes is not None:
+            room = min(room, self.config.max_memory_bytes)
+        free = room - self.config.cache_memory_bytes
         max_blocks = max(1, free // block_bytes)
         online = [r for r in records if r.state == ServerState.ONLINE]
         block_rate = None
@@ -628,6 +670,19 @@ class ServerNode:
             except asyncio.TimeoutError:
                 pass
             service.evict_idle(self.config.session_timeout)
+            paused = self._paused_reason is not None
+            if paused == service.accepting and not self._stop.is_set():  # pause() or resume() since last time
+                service.accepting, service.refusal = not paused, f"this node is paused ({self._paused_reason}); " \
+                    "open the session elsewhere"
+                state = ServerState.LEAVING if paused else ServerState.ONLINE
+                await self._unless_stopped(self._announce(swarm, backend, table, state))
+                next_announce = time.monotonic() + self.config.announce_period
+                continue
+            if paused:  # keep the LEAVING record fresh; no rebalancing while paused
+                if time.monotonic() >= next_announce and not self._stop.is_set():
+                    await self._unless_stopped(self._announce(swarm, backend, table, ServerState.LEAVING))
+                    next_announce = time.monotonic() + self.config.announce_period
+                continue
             if time.monotonic() >= next_rebalance and not self._stop.is_set():
                 moved = await self._maybe_switch_model(swarm, backend, table, service) \
                     if self.config.model is None else None
@@ -643,6 +698,7 @@ class ServerNode:
         # Leaving: tell routers first, then drain in-flight steps.
         self.status.state = "draining"
         service.accepting = False
+        service.refusal = "this node is shutting down; open the session elsewhere"
         await self._announce(swarm, backend, table, ServerState.LEAVING, timeout=LEAVE_ANNOUNCE_SECONDS)
         deadline = time.monotonic() + self.config.drain_seconds
         while any(s.lock.locked() for s in table.sessions.values()) and time.monotonic() < deadline:
