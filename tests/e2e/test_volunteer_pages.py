@@ -169,13 +169,22 @@ def test_the_wizard_shows_the_machine_coverage_and_plan_replans_and_starts_a_nod
     started.append(reply["pid"])
     assert reply["command"][reply["command"].index("volunteer"):] == command.split()[command.split().index("volunteer"):]
     page.wait_for_selector("[data-testid=started-state][data-state=serving]", timeout=240_000)
+    with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/api/node", timeout=10) as r:
+        node = json.loads(r.read())
+    assert node["state"] == "serving" and node["peer_id"]
+    # Once it serves, the wizard reads the swarm again: the coverage map shows the new node's blocks.
+    served = page.locator(f"[data-testid=model-coverage][data-model='{node['model']}'] [data-testid=coverage-cell]")
+    page.wait_for_function(
+        "([model, start, end]) => { const cells = [...document.querySelectorAll("
+        "`[data-testid=model-coverage][data-model='${model}'] [data-testid=coverage-cell]`)];"
+        " return cells.length > 0 && cells.slice(start, end).every((c) => Number(c.dataset.count) >= 1) }",
+        arg=[node["model"], node["start"], node["end"]], timeout=60_000)
+    assert served.count() >= node["end"]
     page.screenshot(path=os.path.join(artifacts_dir, "wizard-started.png"), full_page=True)
     node_page = browser.new_page()
     node_page.goto(page.locator("[data-testid=status-link]").get_attribute("href"))
     node_page.wait_for_selector("[data-testid=node-state][data-state=serving]", timeout=30_000)
     node_page.screenshot(path=os.path.join(artifacts_dir, "wizard-node-page.png"), full_page=True)
-    with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/api/node", timeout=10) as r:
-        node = json.loads(r.read())
-    assert node["state"] == "serving" and node["peer_id"]
+    assert node_page.locator("[data-testid=node-span]").inner_text().startswith(f" · {node['model']} blocks")
     node_page.close()
     page.close()

@@ -144,7 +144,7 @@ class Wizard:
     machine: Any = None
     _views: Optional[list] = None
     _read_at: float = -math.inf
-    _rates: dict = field(default_factory=dict)
+    _rates: dict = field(default_factory=dict)   # (model, threads) -> decode tokens/s through one block
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     child: Optional[subprocess.Popen] = None
     child_log: Optional[Path] = None
@@ -162,17 +162,22 @@ class Wizard:
 
             self.machine = await asyncio.get_running_loop().run_in_executor(None, detect_machine)
         views = await self._swarm_views(refresh)
-        plan, problem = plan_volunteer(self.machine, caps, candidates(views, self._rates), model)
+        plan, problem = plan_volunteer(self.machine, caps, candidates(views, self._rates_for(caps)), model)
         on_disk = {v.model_id for v in views if v.on_disk}
-        if plan is not None and self.measure and plan.model_id in on_disk and plan.model_id not in self._rates:
-            rate = await asyncio.get_running_loop().run_in_executor(None, measure_block_rate, plan.model_id,
-                                                                    plan.threads)
-            self._rates[plan.model_id] = rate
-            plan, problem = plan_volunteer(self.machine, caps, candidates(views, self._rates), model)
+        key = (plan.model_id, plan.threads) if plan is not None else None
+        if key is not None and self.measure and plan.model_id in on_disk and key not in self._rates:
+            # A block's speed depends on the threads: timed once per (model, threads) the volunteer tries.
+            self._rates[key] = await asyncio.get_running_loop().run_in_executor(None, measure_block_rate, *key)
+            plan, problem = plan_volunteer(self.machine, caps, candidates(views, self._rates_for(caps)), model)
         return {"machine": self.machine.to_json(), "coverage": coverage_map(views),
                 "plan": plan.to_json() if plan else None, "problem": problem, "caps": caps.to_json(),
                 "would_run": self.argv(caps, model), "swarm_read_seconds_ago": round(time.monotonic() - self._read_at),
                 "started": self.started()}
+
+    def _rates_for(self, caps: Caps) -> dict:
+        """{model: block rate} timed with the threads these caps give (the planner's rule for them)."""
+        threads = max(1, min(caps.threads or self.machine.physical_cores, self.machine.logical_cores))
+        return {m: r for (m, t), r in self._rates.items() if t == threads and r}
 
     def argv(self, caps: Caps, model: Optional[str]) -> list[str]:
         return volunteer_argv(self.program, caps, model, self.initial_peers, self.status_port, self.extra_args)

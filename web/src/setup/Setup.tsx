@@ -70,13 +70,15 @@ function PlanPanel({ survey }: { survey: Survey }) {
     <div data-testid="plan" data-model={p.model_id} data-start={p.start} data-end={p.end}>
       <p className="recommend" data-testid="plan-summary">
         Serve <strong>{p.model_id}</strong> blocks <strong className="mono">[{p.start}, {p.end})</strong> of {p.n_blocks}{" "}
-        on the {p.device} in {p.dtype}, {p.threads} threads, {fmtBytes(p.memory_bytes)}
+        on the {p.device} in {p.dtype}, {p.threads} thread{p.threads === 1 ? "" : "s"}, {fmtBytes(p.memory_bytes)}
         {p.download_bytes ? `, after fetching ${fmtBytes(p.download_bytes)}` : ""}.
       </p>
       <p data-testid="plan-gain">
         {p.tokens_per_second > 0
-          ? <>It adds <strong>{fmtNum(p.tokens_per_second)} tokens/s</strong> through its span; the model's weakest block goes
-            from {fmtNum(p.weakest_block_before)} to {fmtNum(p.weakest_block_after)} tokens/s.</>
+          ? <>It adds <strong>{fmtNum(p.tokens_per_second)} tokens/s</strong> through its span;{" "}
+            {p.weakest_block_after > 0
+              ? <>the model's weakest block goes from {fmtNum(p.weakest_block_before)} to {fmtNum(p.weakest_block_after)} tokens/s.</>
+              : <>other blocks of the model still need servers before a chain through it can run.</>}</>
           : <>Its speed is measured when it starts (no block of this model is on disk to time yet).</>}
       </p>
       <ul className="reasons">{p.reasons.map((r) => <li key={r}>{r}</li>)}</ul>
@@ -89,17 +91,21 @@ function toSummary(rows: CoverageRow[]): ModelSummary[] {
                             complete: r.covered ?? (r.servers_per_block.length > 0 && Math.min(...r.servers_per_block) > 0) }));
 }
 
-function StartedPanel({ started }: { started: Started }) {
+function StartedPanel({ started, onServing }: { started: Started; onServing: () => void }) {
   const [node, setNode] = useState<NodeReport | null>(null);
   const [why, setWhy] = useState<string>("starting…");
   useEffect(() => {
     let stop = false;
+    let served = false;
     const tick = async () => {
       try {
         const res = await fetch("/api/node", { cache: "no-store" });
         const body = await res.json();
         if (stop) return;
-        if (res.ok) setNode(body as NodeReport); else setWhy(body.error ?? `HTTP ${res.status}`);
+        if (res.ok) {
+          setNode(body as NodeReport);
+          if (body.state === "serving" && !served) { served = true; onServing(); }
+        } else setWhy(body.error ?? `HTTP ${res.status}`);
       } catch (e) { if (!stop) setWhy(String(e)); }
       if (!stop) window.setTimeout(tick, 1000);
     };
@@ -129,13 +135,14 @@ export function Setup() {
   const [started, setStarted] = useState<Started | null>(null);
   const [starting, setStarting] = useState(false);
   const seq = useRef(0);
+  const [refresh, setRefresh] = useState(0);  // > 0: read the swarm again (the started node now serves)
 
   useEffect(() => {  // every cap change re-plans (after a short pause in typing)
     const mine = ++seq.current;
     const timer = window.setTimeout(async () => {
       setPlanning(true);
       try {
-        const body = await jsonOrError<Survey>(await fetch(`/api/survey?${query(caps)}`, { cache: "no-store" }));
+        const body = await jsonOrError<Survey>(await fetch(`/api/survey?${query(caps)}${refresh ? "&refresh=1" : ""}`, { cache: "no-store" }));
         if (mine === seq.current) { setSurvey(body); setError(null); }
       } catch (e) {
         if (mine === seq.current) setError(e instanceof Error ? e.message : String(e));
@@ -144,7 +151,7 @@ export function Setup() {
       }
     }, 300);
     return () => window.clearTimeout(timer);
-  }, [caps]);
+  }, [caps, refresh]);
 
   const start = async () => {
     setStarting(true);
@@ -213,7 +220,7 @@ export function Setup() {
             {started ? "Started" : starting ? "Starting…" : "Start"}
           </button>
         </section>
-        {started && <StartedPanel started={started} />}
+        {started && <StartedPanel started={started} onServing={() => setRefresh((n) => n + 1)} />}
       </main>
     </>
   );
