@@ -28,6 +28,16 @@ def _peers(args) -> list[str]:
     return _initial_peers(args, may_start=True)
 
 
+def volunteer_flags() -> frozenset:
+    """The options `swarmllm volunteer` takes here: the wizard refuses a cap this version has no flag for."""
+    import argparse
+
+    from swarmllm.cli_parser import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return frozenset(flag for action in commands.choices["volunteer"]._actions for flag in action.option_strings)
+
+
 def cmd_setup(args) -> int:
     from swarmllm.cli import UsageError, _LOOPBACK_HOSTS
 
@@ -40,7 +50,7 @@ def cmd_setup(args) -> int:
 
     extra = (["--no-lan"] if args.no_lan else []) + (["--host", args.node_host] if args.node_host else []) \
         + (["--name", args.name] if args.name else [])
-    wizard = Wizard(_peers(args), status_port=args.status_port, extra_args=extra)
+    wizard = Wizard(_peers(args), status_port=args.status_port, extra_args=extra, volunteer_flags=volunteer_flags())
     local = args.host in _LOOPBACK_HOSTS or args.host.startswith("127.")
     if not local:
         print(f"warning: the wizard listens on {args.host}: anyone who can reach this port can start a node here",

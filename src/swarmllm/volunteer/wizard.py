@@ -48,6 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import swarmllm
+from swarmllm.models.catalog import CATALOG
 from swarmllm.state import state_dir
 from swarmllm.volunteer.plan import Caps, plan_volunteer
 from swarmllm.volunteer.run import candidates, coverage_map, measure_block_rate, read_swarm
@@ -102,8 +103,8 @@ def parse_caps(values: Mapping[str, Any]) -> tuple[Caps, Optional[str]]:
                 max_upload_bps=upload * MBIT if upload else None, max_download_bps=download * MBIT if download else None,
                 schedule=schedule, when_idle=bool(when_idle))
     model = values.get("model") or None
-    if model is not None and not isinstance(model, str):
-        raise CapsError("model must be a catalog name")
+    if model is not None and (not isinstance(model, str) or model not in CATALOG):
+        raise CapsError(f"model must be a catalog name ({', '.join(sorted(CATALOG))}), got {str(model)[:60]!r}")
     return caps, model
 
 
@@ -132,6 +133,12 @@ def volunteer_argv(program: Sequence[str], caps: Caps, model: Optional[str], ini
     return argv + ["--status-port", str(status_port), *extra]
 
 
+_CAP_FLAGS = {"max_memory_bytes": "--max-memory", "max_gpu_memory_bytes": "--max-gpu-memory", "threads": "--threads",
+              "max_upload_bps": "--max-upload", "max_download_bps": "--max-download", "schedule": "--schedule",
+              "when_idle": "--when-idle"}
+_CAP_LABELS = {"--max-upload": "Max upload", "--max-download": "Max download", "--max-gpu-memory": "Max GPU memory"}
+
+
 @dataclass
 class Wizard:
     """What the wizard knows: the swarm to join, where the node's page will be, and what it started."""
@@ -141,6 +148,7 @@ class Wizard:
     program: Sequence[str] = (sys.executable, "-m", "swarmllm.cli")
     extra_args: Sequence[str] = ()          # further `volunteer` options (--no-lan, --host, --name ...)
     measure: bool = True                    # time one block of a planned model on disk
+    volunteer_flags: Optional[frozenset] = None  # the options this swarmllm's `volunteer` takes (None: all)
     machine: Any = None
     _views: Optional[list] = None
     _read_at: float = -math.inf
@@ -156,7 +164,17 @@ class Wizard:
                 self._read_at = time.monotonic()
             return self._views
 
+    def check(self, caps: Caps) -> None:
+        """CapsError if a cap has no flag in this swarmllm's `volunteer` (Start would run a refused command)."""
+        if self.volunteer_flags is None:
+            return
+        for name, flag in _CAP_FLAGS.items():
+            if getattr(caps, name) and flag not in self.volunteer_flags:
+                raise CapsError(f"this swarmllm's `volunteer` has no {flag} option yet: leave "
+                                f"{_CAP_LABELS.get(flag, flag)} empty (or upgrade swarmllm)")
+
     async def survey(self, caps: Caps, model: Optional[str], refresh: bool = False) -> dict:
+        self.check(caps)
         if self.machine is None:
             from swarmllm.runtime.machine import detect_machine
 
@@ -198,6 +216,7 @@ class Wizard:
         if self.child is not None and self.child.poll() is None:
             raise RuntimeError(f"this wizard already started a node (pid {self.child.pid}); its page is "
                                f"{self.status_url}")
+        self.check(caps)
         argv = self.argv(caps, model)
         log_dir = state_dir() / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -247,6 +266,8 @@ def create_app(wizard: Wizard, allow_any_host: bool = False, static_dir: Path = 
             return _error(400, str(e))
         try:
             return await wizard.survey(caps, model, refresh=request.query_params.get("refresh") == "1")
+        except CapsError as e:
+            return _error(400, str(e))
         except Exception as e:  # the swarm unreachable, a probe that broke: a sentence, the wizard stays up
             logger.warning("survey failed: %s", e)
             return _error(503, f"could not read the swarm or this machine: {e}")
@@ -264,6 +285,8 @@ def create_app(wizard: Wizard, allow_any_host: bool = False, static_dir: Path = 
             return _error(400, str(e) if isinstance(e, CapsError) else f"the body is not JSON: {e}")
         try:
             return await asyncio.get_running_loop().run_in_executor(None, wizard.start, caps, model)
+        except CapsError as e:
+            return _error(400, str(e))
         except RuntimeError as e:
             return _error(409 if "already started" in str(e) else 500, str(e))
         except OSError as e:

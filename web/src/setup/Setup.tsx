@@ -216,7 +216,7 @@ export function Setup() {
           {survey ? <PlanPanel survey={survey} /> : <p className="muted">planning…</p>}
           {survey && <p className="muted small">Start runs: <span className="mono" data-testid="would-run">{survey.would_run.join(" ")}</span></p>}
           <button className="btn primary" data-testid="start-button" onClick={start}
-                  disabled={!survey?.plan || starting || started !== null || planning}>
+                  disabled={!survey?.plan || starting || started !== null || planning || error !== null}>
             {started ? "Started" : starting ? "Starting…" : "Start"}
           </button>
         </section>
