@@ -22,22 +22,8 @@ import pytest
 from swarmllm.harness.local_swarm import LocalSwarm, free_port
 from swarmllm.harness.processes import ManagedProcess
 
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
-
 pytestmark = pytest.mark.integration
 MODEL = "smollm2-135m"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (scripts/test.sh installs it with apt-get)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
