@@ -1,7 +1,9 @@
 import { defineConfig } from "vite";
 import react from "@vitejs/plugin-react";
 
-// Two pages: "/" -> index.html (chat), "/dashboard" -> dashboard.html.
+// The gateway's two pages: "/" -> index.html (chat), "/dashboard" -> dashboard.html; and two served
+// elsewhere: volunteer.html (a node's own status page, server/status_http.py) and setup.html (the
+// setup wizard, volunteer/wizard.py), which read these built files as plain files.
 // (Input paths are relative to this folder, where `npm run build` runs.)
 // Built files go straight into the gateway package so a fresh machine needs no npm.
 export default defineConfig({
@@ -14,6 +16,8 @@ export default defineConfig({
       input: {
         index: "index.html",
         dashboard: "dashboard.html",
+        volunteer: "volunteer.html",
+        setup: "setup.html",
       },
       // One shared chunk for React + the shared code/CSS, named plainly.
       output: { manualChunks: (id: string) => (id.includes("node_modules") ? "vendor" : undefined) },

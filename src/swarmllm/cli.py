@@ -45,6 +45,7 @@ from typing import Optional, Sequence
 from swarmllm.cli_owners import COMMANDS as OWNER_COMMANDS
 from swarmllm.cli_credits import cmd_credits
 from swarmllm.cli_volunteer import cmd_volunteer
+from swarmllm.cli_setup import cmd_setup
 from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
 from swarmllm.harness.processes import READY_MARKER
 
@@ -211,6 +212,8 @@ def cmd_serve(args) -> int:
         print(f"node {status.peer_id} serves {status.model_id} blocks [{status.start}, {status.end}): "
               f"loaded in {status.load_seconds:.2f} s, {status.throughput:.1f} tokens/s, "
               f"ready {status.startup_seconds:.2f} s after start", flush=True)
+        if config.status_port:
+            print(f"status page: http://127.0.0.1:{config.status_port}/", flush=True)
         _print_ready({"role": "server", "peer_id": status.peer_id, "model": status.model_id,
                       "start": status.start, "end": status.end,
                       "addresses": status.addresses, "load_seconds": status.load_seconds,
@@ -570,6 +573,7 @@ COMMANDS = {"bootstrap": cmd_bootstrap, "serve": cmd_serve, "generate": cmd_gene
 COMMANDS.update(OWNER_COMMANDS)  # pair, unpair, trusted
 COMMANDS["credits"] = cmd_credits
 COMMANDS["volunteer"] = cmd_volunteer
+COMMANDS["setup"] = cmd_setup
 
 
 # Import names whose pip package is spelled differently (the rest: "_" -> "-").

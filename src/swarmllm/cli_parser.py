@@ -230,6 +230,9 @@ def _add_volunteer(sub) -> None:
                       help="with --when-idle: seconds between CPU samples (2 busy samples pause, 6 idle ones resume)")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    p.add_argument("--status-port", type=int, default=8642, metavar="PORT",
+                   help="your node's own page (what it served, its state) at http://127.0.0.1:PORT/ (loopback only; "
+                        "default 8642; 0 = none)")
     p.add_argument("--dry-run", action="store_true", help="print what was detected and what would run; start nothing")
     p.add_argument("--no-measure", action="store_true",
                    help="with --dry-run: do not time one block here (the plan's tokens/s is then unknown)")
@@ -272,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --blocks: re-check every ~this many seconds whether moving helps the swarm (0 = never)")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    p.add_argument("--status-port", type=int, default=0, metavar="PORT",
+                   help="serve this node's own status page (what it served, its state) at http://127.0.0.1:PORT/ "
+                        "(loopback only; default 0 = none)")
     p.add_argument("--announce", nargs="*", help="multiaddrs to announce instead of the listening ones (NAT, relays)")
     p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=True,
                    help="when no peer can dial this node (behind a home router), reserve a slot at a relay and be "
@@ -490,4 +496,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="the statements received (default: $SWARMLLM_HOME/credits-received.sqlite)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_owner_commands(sub)
+    _add_setup(sub)
     return parser
+
+
+def _add_setup(sub) -> None:
+    """`setup --web` (cli_setup.py, volunteer/wizard.py): the local setup wizard page."""
+    p = sub.add_parser("setup", help="the setup wizard: a local web page showing this machine, the swarm's coverage "
+                                     "and what to serve, with the caps as controls and one Start button")
+    p.add_argument("--web", action="store_true", help="serve the wizard page (the only form of setup so far)")
+    p.add_argument("token", nargs="?", help="an invite token (default: --initial-peers, else the swarm on the LAN)")
+    _add_initial_peers(p)
+    _add_lan(p, advertises=False)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface the wizard listens on (default loopback: it can start a node on this machine)")
+    p.add_argument("--port", type=int, default=8641, help="the wizard's port (default 8641)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser (print the URL only)")
+    p.add_argument("--status-port", type=int, default=8642,
+                   help="the started node's own status page, on 127.0.0.1 (default 8642)")
+    p.add_argument("--node-host", help="the interface the started node listens on (default: volunteer's)")
+    p.add_argument("--name", help="the started node's identity name (default: volunteer's, 'node')")

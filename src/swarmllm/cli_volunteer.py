@@ -85,7 +85,7 @@ def cmd_volunteer(args) -> int:
         raise UsageError(found.problem)
     config = server_config(found.plan, caps, peers, args.model, host=args.host, port=args.port,
                            identity_path=args.identity, node_name=args.name, lan=not args.no_lan,
-                           swarm_name=args.swarm_name)
+                           swarm_name=args.swarm_name, status_port=args.status_port)
     argv = serve_argv(config)
     if args.dry_run:
         if args.json:
@@ -105,6 +105,8 @@ def cmd_volunteer(args) -> int:
               f"at {status.throughput:.1f} tokens/s, ready {status.startup_seconds:.1f} s after start"
               + (f"; paused: {status.paused_reason}" if status.paused_reason else "") + ". Ctrl-C drains and leaves.",
               flush=True)
+        if config.status_port:
+            print(f"your node's page: http://127.0.0.1:{config.status_port}/", flush=True)
         _print_ready({"role": "volunteer", "peer_id": status.peer_id, "model": status.model_id,
                       "start": status.start, "end": status.end, "addresses": status.addresses,
                       "throughput": status.throughput, "startup_seconds": status.startup_seconds,

@@ -87,6 +87,13 @@ class CreditInbox:
                 raise RecordRejected(f"statement {s.sequence} of gateway {s.gateway} was already received") from None
         return statement
 
+    def totals(self, node: str) -> dict[str, int]:
+        """{gateway: credits} of every statement kept for `node` (statements are per period: they add up)."""
+        with self._lock:
+            rows = self._connection.execute("SELECT gateway, SUM(credits) FROM statements WHERE node = ? "
+                                            "GROUP BY gateway ORDER BY gateway", (node,)).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
     def close(self) -> None:
         with self._lock:
             self._connection.close()

@@ -64,6 +64,7 @@ class SessionService:
         self.peer_id: str = swarm.peer_id
         self.quotas = quotas if quotas is not None else PeerQuotas()
         self.receipts = receipts if receipts is not None else ReceiptIssuer(swarm.identity.sign, swarm.peer_id)
+        self.sessions_served = self.steps_served = 0  # since start (the status page's counters, status_http.py)
         # One compute thread: the steps of all sessions run there, in batches of up to max_batch.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarmllm-compute")
         self.batcher = StepBatcher(self.executor, max_batch=max_batch, max_wait=batch_wait)
@@ -189,6 +190,7 @@ class SessionService:
             reserved_tokens=cost, client_stream=stream, owner=owner, upstream=msg.upstream,
             report_outputs=msg.report_outputs)
         self.table.add(session)
+        self.sessions_served += 1
         await stream.send(encode_frame(SessionOpened(session_id=msg.session_id, peer_id=self.peer_id,
                                                      start=msg.start, end=msg.end, max_length=msg.max_length)))
 
@@ -243,6 +245,7 @@ class SessionService:
             session.last_step_id = msg.step_id
             session.history[msg.start_position:msg.start_position + n_new] = output[0]
             self.tokens_processed += n_new
+            self.steps_served += 1
             meta, raw = encode_tensor(output, session.wire_dtype)
             # A failover replay stops where the old chain resumes: those servers hold these positions.
             replay_stops_here = msg.replay_end is not None and session.end >= msg.replay_end

@@ -61,6 +61,7 @@ from swarmllm.server.partitioner import node_span_length
 from swarmllm.server.quotas import PeerQuotas, QuotaLimits, step_positions_limit
 from swarmllm.server.receipts import ReceiptIssuer
 from swarmllm.server.sessions import SessionTable
+from swarmllm.server.status_http import StatusServer, node_report
 from swarmllm.server.work_log import WorkLog, default_work_log_path
 from swarmllm.swarm import Reach, SwarmNode, claim_identity, dht_time
 from swarmllm.swarm.bandwidth import Traffic
@@ -114,6 +115,7 @@ class ServerConfig:
     # folder's owner.key (made on first use); "off": announce no owner
     lan: bool = False                           # advertise this node on the local network by mDNS (swarm/lan.py)
     swarm_name: str = DEFAULT_SWARM_NAME        # ... as a peer of this swarm (a label, not a secret)
+    status_port: int = 0                        # the volunteer's status page on 127.0.0.1 (status_http.py); 0 = none
     # Per-peer quotas (server/quotas.py): what one authenticated peer may hold or use here.
     max_sessions_per_peer: int = 32             # sessions one peer may hold open
     max_memory_share: float = 0.5               # share of cache_memory_bytes one peer's sessions may reserve
@@ -163,6 +165,9 @@ class ServerConfig:
         self.quota_limits(self.max_step_positions)  # raises ValueError (a sentence) on an impossible quota
         check_swarm_name(self.swarm_name)
         Traffic(self.max_upload_bps, self.max_download_bps)  # raises ValueError (a sentence) on a cap too low
+        if not 0 <= self.status_port <= 65535:
+            raise ValueError(f"--status-port must be a TCP port (1-65535), or 0 for no status page; got "
+                             f"{self.status_port}")
         if self.throughput is not None and not 0 <= self.throughput <= MAX_THROUGHPUT:
             raise ValueError(f"--throughput must be between 0 and {MAX_THROUGHPUT:.0e} tokens/s, got {self.throughput}")
         if not 0 <= self.price <= MAX_PRICE:
@@ -208,6 +213,10 @@ class ServerNode:
         self._model_id = ""
         self._certificates: Optional[NodeCertificates] = None  # our owner's certificate for us, in every record
         self._paused_reason: Optional[str] = None  # set by pause(): announce LEAVING, take no new sessions
+        # What the status page (status_http.py) reads: set while running, never changed by it.
+        self.started_at = time.time()
+        self.service: Optional[SessionService] = None
+        self.credits: Optional[CreditInbox] = None
 
     async def _model_for(self, start: Optional[int] = None, end: Optional[int] = None) -> str:
         """What to load blocks [start, end) from: the model as given, or (for a URL) a local
@@ -244,7 +253,28 @@ class ServerNode:
         path = local_model_file(resolve_model(self._model).path)
         return FileService(self._model_id, path, partial=False) if path else None
 
+    @property
+    def swarm(self) -> Optional[SwarmNode]:
+        return self._swarm
+
     async def run(self, on_ready=None) -> None:
+        """The node's whole life (module docstring), with its status page open throughout if asked for
+        (a port already in use is a warning, not a reason to stop: the page is not the service)."""
+        self.started_at = time.time()
+        page = None
+        if self.config.status_port:
+            try:
+                page = StatusServer(lambda: node_report(self), self.config.status_port)
+                logger.info("status page: %s", page.url)
+            except ValueError as e:  # the page is the volunteer's view, not the service: serve without it
+                logger.warning("%s; serving without it", e)
+        try:
+            await self._run(on_ready)
+        finally:
+            if page is not None:
+                page.close()
+
+    async def _run(self, on_ready=None) -> None:
         began = time.perf_counter()
         backend_spec = SpanBackend.describe(await self._model_for()) if self._model else None  # UnknownModelError early
         if backend_spec is not None and not re.match(MODEL_ID_PATTERN, backend_spec.model_id):
@@ -291,13 +321,14 @@ class ServerNode:
                                      batch_wait=self.config.batch_wait, quotas=PeerQuotas(self._quota_limits(backend)),
                                      receipts=ReceiptIssuer(identity.sign, swarm.peer_id, work_log))
             self._batcher = service.batcher  # its queue length is announced as load
+            self.service = service
             await swarm.add_stream_handler(SESSION_HANDLER, service.serve_session_stream)
             await swarm.add_stream_handler(PUSH_HANDLER, service.serve_push_stream)
             await swarm.add_stream_handler(PING_HANDLER, service.serve_session_stream)
             files = self._file_service()
             if files is not None:
                 await swarm.add_stream_handler(FILE_HANDLER, files.serve_file_stream)
-            credits = CreditInbox()  # gateways' signed credit statements for this node (credits_inbox.py)
+            credits = self.credits = CreditInbox()  # gateways' signed credit statements for this node (credits_inbox.py)
             await swarm.add_stream_handler(CREDITS_HANDLER, CreditsHandler(credits, swarm.peer_id).serve)
             self.status.peer_id, self.status.start, self.status.end = swarm.peer_id, start, end
             self.status.addresses = await swarm.visible_addresses()

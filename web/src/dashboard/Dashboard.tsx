@@ -32,7 +32,7 @@ function level(count: number): number {
   return count <= 0 ? 0 : Math.min(count, 3);
 }
 
-function Coverage({ models }: { models: ModelSummary[] }) {
+export function Coverage({ models }: { models: ModelSummary[] }) {
   if (!models.length) return <p className="muted">No models announced by the swarm.</p>;
   return (
     <>

@@ -140,3 +140,57 @@ export function shortPeer(peerId: string): string {
 export function fmtNum(x: number | null | undefined, digits = 1): string {
   return x === null || x === undefined || !isFinite(x) ? "–" : x.toFixed(digits);
 }
+
+/** A node's own report: GET /api/node on its local status page (server/status_http.py). */
+export interface NodeReport {
+  peer_id: string | null;
+  model: string | null;
+  start: number;
+  end: number;
+  state: "starting" | "serving" | "paused" | "draining" | string;
+  paused_reason: string | null;
+  uptime_seconds: number;
+  sessions_served: number;
+  sessions_active: number;
+  tokens_served: number;        // positions computed for clients
+  steps_served: number;
+  bytes_up: number;             // stream payload bytes
+  bytes_down: number;
+  max_upload_bps: number | null;    // bits per second; null = no cap
+  max_download_bps: number | null;
+  throughput: number;
+  credits: { total: number; by_gateway: Record<string, number> } | null;
+  version: string;
+  protocol_version: number;
+  update: { available: string | null; state: string } | null;
+}
+
+/** 1536 -> "1.5 KiB". */
+export function fmtBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined || !isFinite(n)) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let x = n;
+  while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+  return `${i === 0 ? x.toFixed(0) : x.toFixed(1)} ${units[i]}`;
+}
+
+/** 1e6 -> "1 Mbit/s" (a rate in bits per second). */
+export function fmtBits(bps: number | null | undefined): string {
+  if (bps === null || bps === undefined || !isFinite(bps)) return "no cap";
+  const units = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s"];
+  let i = 0;
+  let x = bps;
+  while (x >= 1000 && i < units.length - 1) { x /= 1000; i++; }
+  return `${Number(x.toFixed(1))} ${units[i]}`;
+}
+
+/** 3725 -> "1 h 2 min". */
+export function fmtDuration(seconds: number): string {
+  const s = Math.floor(seconds);
+  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  if (d) return `${d} d ${h} h`;
+  if (h) return `${h} h ${m} min`;
+  if (m) return `${m} min ${s % 60} s`;
+  return `${s} s`;
+}
