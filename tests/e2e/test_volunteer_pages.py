@@ -51,6 +51,7 @@ def _number(page, testid: str) -> int:
     return int(page.locator(f"[data-testid={testid}]").inner_text().replace(",", ""))
 
 
+@pytest.mark.extended  # the default suite is over its 20-minute line on CI: `pytest -m extended` runs it
 def test_the_volunteer_page_counts_a_generation_live(browser, swarm, artifacts_dir, tmp_path):
     s, port = swarm
     page = browser.new_page()

@@ -189,6 +189,7 @@ def test_hostile_statements_are_refused_by_the_node(swarm, gateway, node_home):
     assert client.ping([target])  # the node is still serving
 
 
+@pytest.mark.extended  # the default suite is over its 20-minute line on CI: `pytest -m extended` runs it
 def test_a_key_linked_to_a_contributing_node_gets_higher_limits_than_anonymous(swarm, gateway, node_home, tmp_path):
     from fastapi.testclient import TestClient
 

@@ -20,7 +20,7 @@ from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.harness.local_swarm import LocalSwarm, free_port
 from swarmllm.protocol.demand import MAX_QUEUE_LENGTH, MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.extended]  # the default suite is over its 20-minute line on CI: `pytest -m extended` runs it
 
 SMOL, GEMMA = "smollm2-135m", "gemma3-270m"
 REBALANCE = 2.0

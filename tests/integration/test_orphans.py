@@ -19,7 +19,7 @@ import pytest
 
 from swarmllm.harness.local_swarm import LocalSwarm, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.extended]  # the default suite is over its 20-minute line on CI: `pytest -m extended` runs it
 
 MODEL = "smollm2-135m"
 GONE_WITHIN = 20.0  # s: children shut down in parallel, each bounded (~9 s for a node; see server/node.py)

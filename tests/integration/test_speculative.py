@@ -33,7 +33,7 @@ def plain(client):
     return generate_text(MODEL, PROMPT, GREEDY, client=client)
 
 
-@pytest.mark.parametrize("mode", ["ngram", "early-exit"])
+@pytest.mark.parametrize("mode", ["ngram", pytest.param("early-exit", marks=pytest.mark.extended)])
 def test_speculative_greedy_through_the_swarm_equals_plain(client, plain, mode):
     result = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY, speculative=mode), client=client)
     assert result.token_ids == plain.token_ids

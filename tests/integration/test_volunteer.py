@@ -23,7 +23,9 @@ MODEL = "smollm2-135m"
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
-    s = LocalSwarm(MODEL, [(0, 15)], log_dir=tmp_path_factory.mktemp("volunteer"))
+    # node0 announces a low speed, so that the volunteer's span (sized by its speed measured against the
+    # announced ones) always reaches the uncovered end, however loaded the machine is while it measures
+    s = LocalSwarm(MODEL, [(0, 15)], node_args=("--throughput", "1"), log_dir=tmp_path_factory.mktemp("volunteer"))
     s.start(timeout=240)
     try:
         yield s
@@ -44,7 +46,7 @@ def _generate(swarm):
 def _wait_for(proc: ManagedProcess, text: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while text not in proc.log_path.read_text():
-        if time.monotonic() > deadline or not proc.alive():
+        if time.monotonic() > deadline or not proc.alive:
             pytest.fail(f"no {text!r} in the volunteer's log:\n{proc.log_tail(30)}")
         time.sleep(0.5)
 
@@ -70,7 +72,7 @@ def test_serves_pauses_while_the_machine_is_busy_resumes_and_leaves(swarm):
     volunteer = ManagedProcess("volunteer", [
         sys.executable, "-m", "swarmllm.cli", "volunteer", "--initial-peers", ",".join(swarm.initial_peers),
         "--no-lan", "--host", "127.0.0.1", "--threads", "1", "--max-memory", "2GB", "--when-idle",
-        "--busy-cpu", "170", "--idle-check", "2", "--identity", str(swarm.identity_path("volunteer"))],
+        "--busy-cpu", "170", "--idle-check", "2", "--status-port", "0", "--identity", str(swarm.identity_path("volunteer"))],
         swarm.log_dir / "volunteer.log")
     volunteer.start(swarm._env())
     swarm.nodes.append(volunteer)  # stopped with the swarm
