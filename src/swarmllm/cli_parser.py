@@ -53,7 +53,8 @@ _SIZE_UNITS = {"": 2**30, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 1
 
 
 def _size(text: str) -> int:
-    """'8GB', '512MiB', '6' (a bare number is GiB) -> bytes (server/partitioner.parse_memory's units)."""
+    """'8GB', '512MiB', '6' (a bare number is GiB) -> bytes: partitioner.parse_memory, spelled out (that module
+    imports torch, which would slow every command down); tests/unit/test_cli_parser.py keeps them equal."""
     import re
 
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)

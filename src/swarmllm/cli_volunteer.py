@@ -40,7 +40,7 @@ def _caps(args):
 
     parse_schedule(args.schedule)  # a ValueError sentence before anything starts
     return Caps(max_memory_bytes=args.max_memory, max_gpu_memory_bytes=args.max_gpu_memory, threads=args.threads,
-                max_upload_bps=getattr(args, "max_upload", None), max_download_bps=getattr(args, "max_download", None),
+                max_upload_bps=args.max_upload, max_download_bps=args.max_download,
                 schedule=args.schedule, when_idle=args.when_idle, busy_cpu_percent=args.busy_cpu)
 
 

@@ -12,6 +12,9 @@ from swarmllm.protocol import WIRE_DTYPES
 def test_spelled_out_constants_match():
     assert cli.WIRE_DTYPES == WIRE_DTYPES
     assert cli.QUANT_MODES == QUANT_MODES
+    from swarmllm.server.partitioner import _UNITS, parse_memory
+    assert cli._SIZE_UNITS == _UNITS  # --max-memory reads sizes as `swarmllm plan` does
+    assert all(cli._size(text) == parse_memory(text, "x") for text in ("8GB", "512MiB", "6", "1.5gib"))
 
 
 def test_building_the_parser_imports_no_torch():

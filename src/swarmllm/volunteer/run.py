@@ -123,15 +123,12 @@ def server_config(plan: VolunteerPlan, caps: Caps, initial_peers: Sequence[str],
                   **flags) -> ServerConfig:
     """The node the plan describes. Without a pinned model the node chooses (and later moves) by demand,
     with the same memory cap."""
-    fields = {f.name for f in dataclasses.fields(ServerConfig)}
     # The span length is the node's own choice by the same rule (partitioner.node_span_length, within
     # max_memory_bytes), measured again at start: the plan's is what the survey saw a moment earlier.
     values = dict(model=pinned_model, initial_peers=tuple(initial_peers), num_threads=plan.threads,
                   cache_memory_bytes=plan.cache_memory_bytes, max_memory_bytes=caps.max_memory_bytes,
                   max_upload_bps=caps.max_upload_bps, max_download_bps=caps.max_download_bps)
-    values.update(flags)
-    # Fields another part of the package adds (bandwidth caps, status port, auto-update) are passed when present.
-    return ServerConfig(**{k: v for k, v in values.items() if k in fields and v is not None or k == "model"})
+    return ServerConfig(**values, **flags)
 
 
 def serve_argv(config: ServerConfig) -> list[str]:
@@ -149,12 +146,13 @@ def serve_argv(config: ServerConfig) -> list[str]:
     if config.max_memory_bytes:
         argv += ["--max-memory", f"{config.max_memory_bytes / 2**20:.0f}MiB"]
     for name, flag in (("max_upload_bps", "--max-upload"), ("max_download_bps", "--max-download")):
-        value = getattr(config, name, None)
+        value = getattr(config, name)
         if value:
             argv += [flag, f"{value:.0f}"]
-    port = getattr(config, "status_port", 0)
-    if port:
-        argv += ["--status-port", str(port)]
+    if config.status_port:
+        argv += ["--status-port", str(config.status_port)]
+    if not config.lan:
+        argv += ["--no-lan"]
     return argv
 
 
