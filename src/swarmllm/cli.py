@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 
 from swarmllm.cli_owners import COMMANDS as OWNER_COMMANDS
 from swarmllm.cli_credits import cmd_credits
+from swarmllm.cli_release import cmd_release
 from swarmllm.cli_volunteer import cmd_volunteer
 from swarmllm.cli_setup import cmd_setup
 from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
@@ -203,6 +204,7 @@ def cmd_id(args) -> int:
 # --- serve ---------------------------------------------------------------------------
 def cmd_serve(args) -> int:
     from swarmllm.server.node import ServerConfig, ServerNode
+    from swarmllm.volunteer.updater import config_from_flags, restart, run_node
 
     config = ServerConfig.from_flags({**vars(args), "no_lan": not _lan_enabled(args, args.host)})
     config = dataclasses.replace(config, initial_peers=tuple(_initial_peers(args, may_start=True,
@@ -221,12 +223,19 @@ def cmd_serve(args) -> int:
                       "reachability": status.reachability, "probe_answers": list(status.probe_answers),
                       "relayed": status.relayed})
 
-    async def main() -> None:
+    try:
+        update = config_from_flags(args.auto_update, args.update_check, args.release_index)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    async def main() -> bool:
         node = ServerNode(config)
         node.install_signal_handlers()
-        await node.run(on_ready=on_ready)
+        return await run_node(node, on_ready, update)
 
-    asyncio.run(main())
+    if asyncio.run(main()):
+        print("restarting into the new release", file=sys.stderr, flush=True)
+        restart()
     return 0
 
 
@@ -574,6 +583,7 @@ COMMANDS.update(OWNER_COMMANDS)  # pair, unpair, trusted
 COMMANDS["credits"] = cmd_credits
 COMMANDS["volunteer"] = cmd_volunteer
 COMMANDS["setup"] = cmd_setup
+COMMANDS["release"] = cmd_release
 
 
 # Import names whose pip package is spelled differently (the rest: "_" -> "-").

@@ -203,6 +203,18 @@ def _add_owner_commands(sub) -> None:
     _add_owner_key(p)
 
 
+def _add_auto_update(p, default: bool) -> None:
+    """--auto-update and its options (volunteer/updater.py): install releases the project signed."""
+    p.add_argument("--auto-update", action=argparse.BooleanOptionalAction, default=default,
+                   help="install new releases signed by the project's release key, between sessions, and restart "
+                        f"as the same node (default {'on' if default else 'off'}; docs/updates.md)")
+    p.add_argument("--update-check", type=float, default=3600.0, metavar="SECONDS",
+                   help="with --auto-update: seconds between looks for a release (about; default 3600)")
+    p.add_argument("--release-index", metavar="URL",
+                   help="with --auto-update: where release.json and the wheels are when the DHT has no release "
+                        "(http(s):// or file://; default: the project's release page; 'off' = the DHT only)")
+
+
 def _add_volunteer(sub) -> None:
     """`volunteer` (cli_volunteer.py): detect, choose what the swarm needs that fits, and serve."""
     p = sub.add_parser("volunteer", help="donate this machine: detect it, join the swarm, serve the model and blocks "
@@ -238,7 +250,31 @@ def _add_volunteer(sub) -> None:
     p.add_argument("--no-measure", action="store_true",
                    help="with --dry-run: do not time one block here (the plan's tokens/s is then unknown)")
     p.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
+    _add_auto_update(p, default=True)
     _add_identity(p, "node")
+
+
+def _add_release(sub) -> None:
+    """`release` (cli_release.py): the release key's side of auto-update."""
+    p = sub.add_parser("release", help="make a release key, sign a wheel's release record, publish it in the DHT, "
+                                       "or show the release a swarm, an index or a file holds (docs/updates.md)")
+    rs = p.add_subparsers(dest="release_command", required=True)
+    r = rs.add_parser("keygen", help="make a release key (Ed25519) and print its public half")
+    r.add_argument("--out", required=True, metavar="PATH", help="where to write the private key (0600; keep it offline)")
+    r = rs.add_parser("sign", help="write release.json for a wheel: version and protocol range read from the wheel")
+    r.add_argument("wheel", help="the .whl file")
+    r.add_argument("--key", required=True, metavar="PATH", help="the release key file (swarmllm release keygen)")
+    r.add_argument("--url", help="where nodes fetch the wheel (default: its name, relative to the index)")
+    r.add_argument("--notes", default="", help="a sentence for the people who run nodes")
+    r.add_argument("--days", type=float, default=365.0, help="how long the signed record stays valid (at most 400)")
+    r.add_argument("--out", metavar="PATH", help="where to write it (default: release.json beside the wheel)")
+    r = rs.add_parser("publish", help="store a signed release.json in a swarm's DHT (anyone may: it is signed)")
+    r.add_argument("file", help="a release.json")
+    _add_initial_peers(r)
+    r = rs.add_parser("show", help="verify and print a release from a file, an index URL, or the swarm's DHT")
+    r.add_argument("source", nargs="?", help="a release.json path or an index URL (default: the swarm's DHT)")
+    _add_initial_peers(r)
+    r.add_argument("--json", action="store_true")
 
 
 # --- parser --------------------------------------------------------------------------
@@ -330,10 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-log", metavar="PATH",
                    help="SQLite log of the steps computed for whom (hashes and sizes, no content; pruned after 30 "
                         "days or 1e6 rows). Default: $SWARMLLM_HOME/work/PEER_ID.sqlite; 'off' keeps none")
+    _add_auto_update(p, default=False)
     _add_identity(p, "node")
     _add_owner_key(p, can_be_off=True)
 
     _add_volunteer(sub)
+    _add_release(sub)
 
     p = sub.add_parser("generate", help="generate text through the swarm (or --local in-process)")
     p.add_argument("prompt")

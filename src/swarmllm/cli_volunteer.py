@@ -71,6 +71,7 @@ def cmd_volunteer(args) -> int:
     from swarmllm.cli import UsageError, _install
     from swarmllm.models.catalog import CATALOG
     from swarmllm.volunteer.run import run_volunteer, serve_argv, server_config, survey
+    from swarmllm.volunteer.updater import config_from_flags, restart
 
     caps = _caps(args)
     peers = _peers(args)
@@ -86,7 +87,11 @@ def cmd_volunteer(args) -> int:
     config = server_config(found.plan, caps, peers, args.model, host=args.host, port=args.port,
                            identity_path=args.identity, node_name=args.name, lan=not args.no_lan,
                            swarm_name=args.swarm_name, status_port=args.status_port)
-    argv = serve_argv(config)
+    try:
+        update = config_from_flags(args.auto_update, args.update_check, args.release_index)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    argv = serve_argv(config, auto_update=update is not None)
     if args.dry_run:
         if args.json:
             print(json.dumps({**found.to_json(), "caps": caps.to_json(), "would_run": argv}, indent=2))
@@ -112,6 +117,8 @@ def cmd_volunteer(args) -> int:
                       "throughput": status.throughput, "startup_seconds": status.startup_seconds,
                       "state": status.state, "paused_reason": status.paused_reason})
 
-    asyncio.run(run_volunteer(config, caps, on_ready, args.idle_check))
+    if asyncio.run(run_volunteer(config, caps, on_ready, args.idle_check, update)):
+        print("restarting into the new release", file=sys.stderr, flush=True)
+        restart()
     print("left the swarm", file=sys.stderr, flush=True)
     return 0

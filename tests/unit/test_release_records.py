@@ -4,10 +4,11 @@ import time
 
 import pytest
 
-from swarmllm.protocol.envelope import RecordRejected, seal
+from swarmllm.protocol.envelope import RecordRejected, SignedRecord, seal, with_key
+from swarmllm.protocol.records import check_record
 from swarmllm.protocol.releases import (
-    PROJECT_RELEASE_KEYS, RELEASE_KEY, ReleaseRecord, parse_release_keys, sign_release, trusted_signers,
-    verify_release,
+    PROJECT_RELEASE_KEYS, RELEASE_KEY, ReleaseRecord, parse_release_keys, read_release_file, release_file,
+    sign_release, trusted_signers, verify_release, version_key,
 )
 from swarmllm.swarm.identity import Identity
 
@@ -69,3 +70,40 @@ def test_keys_parse_and_the_project_key_is_always_trusted():
     with pytest.raises(ValueError, match="not a release public key"):
         parse_release_keys("zz")
     assert len(trusted_signers()) == 1 and len(trusted_signers([key])) == 2
+
+
+def test_a_release_file_carries_the_same_signed_envelope():
+    key = Identity.generate()
+    envelope = sign_release(_release(), public_key=key.public_key, sign=key.sign, expiration=NOW + 86400)
+    value = read_release_file(release_file(envelope))
+    assert value == envelope.to_value()
+    assert verify_release(value, trusted_signers([_key(key)]), now=NOW).wheel_sha256 == "ab" * 32
+    for junk in ("[]", "{", '{"body": "not base64!"}', "x" * 20000):
+        with pytest.raises(RecordRejected):
+            read_release_file(junk)
+
+
+def test_versions_order_as_numbers_with_prereleases_first():
+    ordered = ["0.1.0", "0.1.1rc1", "0.1.1", "0.9.1", "0.10.0", "1.0"]
+    assert sorted(reversed(ordered), key=version_key) == ordered
+    assert version_key("1.0") == version_key("1.0.0")
+    with pytest.raises(ValueError, match="not a release version"):
+        version_key("1.0-beta")
+
+
+def test_dht_validators_take_releases_only_from_trusted_keys_and_for_long():
+    key, hostile = Identity.generate(), Identity.generate()
+    trusted = trusted_signers([_key(key)])
+    year = NOW + 365 * 86400  # far beyond MAX_RECORD_TTL: releases alone may live that long
+    good = sign_release(_release(), public_key=key.public_key, sign=key.sign, expiration=year).to_value()
+    assert check_record(good, RELEASE_KEY, key.peer_id, now=NOW,
+                        release_signers=trusted).version == "0.1.1"
+    forged = sign_release(_release(version="9.9.9"), public_key=hostile.public_key, sign=hostile.sign,
+                          expiration=year).to_value()
+    with pytest.raises(RecordRejected, match="not a trusted release key"):
+        check_record(forged, RELEASE_KEY, hostile.peer_id, now=NOW, release_signers=trusted)
+    with pytest.raises(RecordRejected, match="not a trusted release key"):  # no keys given: nothing is trusted
+        check_record(good, RELEASE_KEY, key.peer_id, now=NOW)
+    with pytest.raises(RecordRejected, match="stored under"):
+        check_record(with_key(SignedRecord.model_validate(good), "swarmllm.v1.models").to_value(), RELEASE_KEY,
+                     key.peer_id, now=NOW, release_signers=trusted)

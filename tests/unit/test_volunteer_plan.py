@@ -137,6 +137,9 @@ class FakeNode:
         self.paused_reason = None
         self.calls.append("resume")
 
+    def paused_by(self, source):
+        return self.paused_reason if source == "schedule" else None
+
     async def wait_stopped(self, timeout):
         self._left -= 1
 

@@ -25,7 +25,10 @@ by every reader (`parse_records`, `parse_model_records`). A record is refused wh
   not verify, or is not valid at `now`;
 - a pairing record (pairing.py) is not its signer's, or is stored under a key of another shape;
 - a demand record (demand.py) is not its signer's, is stored under another model's demand key,
-  or holds values outside its bounds.
+  or holds values outside its bounds;
+- a release record (releases.py) is not signed by one of the checker's trusted release keys
+  (`release_signers`), or fails `verify_release`. Releases alone may be stored for longer than
+  MAX_RECORD_TTL (up to releases.MAX_RELEASE_TTL): their signer is the project, not a peer.
 Passing says only that the writer wrote it: throughput, free cache and the rest are the
 writer's claims, which routing weighs against its own measurements.
 
@@ -48,6 +51,7 @@ from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelo
 from swarmllm.protocol.messages import PROTOCOL_VERSION
 from swarmllm.protocol.owners import OwnerCertificate, verify_certificate
 from swarmllm.protocol.pairing import PairingRecord, check_pairing_record
+from swarmllm.protocol.releases import RELEASE_KIND, ReleaseRecord, verify_release
 
 MODEL_REGISTRY_KEY = "swarmllm.v1.models"
 _KEY_PREFIX = "swarmllm.v1."
@@ -81,6 +85,7 @@ class RecordKind(str, Enum):
     MODEL = "model"     # a ModelRecord, under MODEL_REGISTRY_KEY
     PAIRING = "pairing"  # a PairingRecord (pairing.py), under pairing_key(rendezvous), while `swarmllm pair` waits
     DEMAND = "demand"    # a DemandRecord (demand.py), under demand_key(model), subkey = the gateway
+    RELEASE = "release"  # a ReleaseRecord (releases.py), under RELEASE_KEY, subkey = the release key's id
 
 
 class ServerState(str, Enum):
@@ -208,7 +213,7 @@ class ModelRecord(BaseModel):
     n_blocks: int = Field(gt=0, le=MAX_MODEL_BLOCKS)
 
 
-Body = Union[ServerRecord, ModelRecord, PairingRecord, DemandRecord]
+Body = Union[ServerRecord, ModelRecord, PairingRecord, DemandRecord, ReleaseRecord]
 _BODY_TYPES: dict[RecordKind, type[BaseModel]] = {RecordKind.SERVER: ServerRecord, RecordKind.MODEL: ModelRecord,
                                                   RecordKind.PAIRING: PairingRecord, RecordKind.DEMAND: DemandRecord}
 
@@ -230,12 +235,15 @@ def _stored_under_covered_key(record: ServerRecord, key: str) -> bool:
 
 
 def check_record(value: Any, key: str, subkey: Any, *, now: float,
-                 known_n_blocks: Mapping[str, int] = {}) -> Body:
+                 known_n_blocks: Mapping[str, int] = {}, release_signers: frozenset[str] = frozenset()) -> Body:
     """The body of a DHT value stored under (key, subkey), if it passes every rule (module
-    docstring); RecordRejected saying which it fails otherwise. `now` is the checker's DHT time."""
+    docstring); RecordRejected saying which it fails otherwise. `now` is the checker's DHT time;
+    `release_signers`: the peer ids of the release keys it trusts (releases.trusted_signers)."""
     envelope: SignedRecord = open_envelope(value, subkey)
     if envelope.key != key:
         raise RecordRejected(f"addressed to key {envelope.key!r}, stored under {key!r}")
+    if envelope.kind == RELEASE_KIND:
+        return verify_release(envelope, release_signers, now=now)
     if envelope.expiration > now + MAX_RECORD_TTL + MAX_CLOCK_SKEW:
         raise RecordRejected(f"expires {envelope.expiration - now:.0f} s from now; the limit is {MAX_RECORD_TTL:.0f} s")
     try:

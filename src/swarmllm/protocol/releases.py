@@ -14,11 +14,21 @@ the caller). `verify_release` refuses, with a sentence saying why:
   MAX_RELEASE_TTL, a body with unknown fields or out-of-range values.
 Passing says the release key holder published it; whether to install it (newer, compatible,
 node idle) is the updater's policy (volunteer/updater.py), not this module's.
+
+On a package index a release is the file `RELEASE_FILE` beside the wheel: the same envelope as
+JSON with its byte fields in base64 (`release_file` / `read_release_file`), so the signature a
+node checks is the one the DHT carries. DHT validators take a release record only when a trusted
+key signed it (records.py `check_record`), and it may stay stored for up to MAX_RELEASE_TTL:
+nodes that know a release re-store the envelope as it is, keeping it alive without the key.
+`version_key` orders versions ("0.10.0" > "0.9.1" > "0.9.1rc1").
 Pure: no I/O, no clock (callers pass `now`), no environment reading.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from typing import Any, Callable, Collection, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,8 +43,10 @@ RELEASE_KEY = "swarmllm.v1.releases"   # the one DHT key releases are stored und
 MAX_RELEASE_TTL = 400 * 86400.0        # s an envelope may stay valid: a release is re-published at least yearly
 # The project's release public keys (raw Ed25519, hex). The private key never enters the repository.
 PROJECT_RELEASE_KEYS: tuple[str, ...] = (
-    "be5ec920a8aace724045f8ba2950a5757426a1c48ca86c4a5184a1a08c96e19b",  # made 2026-12-02 (issue 15)
+    "06c1b002a1a4e5fe8bc2cb63e1af38d9a9b0fd9c9e62943246663b3f5b54b088",  # made 2026-12-03 (the 2026-12-02 key was lost)
 )
+RELEASE_FILE = "release.json"    # the signed release beside the wheels of a release index (the fallback to the DHT)
+MAX_RELEASE_FILE_BYTES = 16384   # a release file is one envelope; anything bigger is not read
 _VERSION = r"^[0-9]+(\.[0-9]+){0,3}([a-z]+[0-9]*)?$"   # "0.1.1", "1.2.0rc1": what the updater compares
 _WHEEL = r"^[A-Za-z0-9_.+-]{1,200}\.whl$"
 
@@ -109,3 +121,38 @@ def verify_release(value: Any, trusted: Collection[str], *, now: float) -> Relea
     if release.min_protocol_version > release.protocol_version:
         raise RecordRejected(f"protocol range {release.min_protocol_version}-{release.protocol_version} is empty")
     return release
+
+
+def version_key(version: str) -> tuple:
+    """A sort key for release versions of `_VERSION`'s shape: numbers compare as numbers, and a
+    pre-release ("1.2.0rc1") sorts before its release ("1.2.0"). ValueError for another shape."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+){0,3})([a-z]+)?([0-9]*)", version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a release version (e.g. 0.1.1 or 1.2.0rc1)")
+    numbers = tuple(int(n) for n in match.group(1).split("."))
+    numbers += (0,) * (4 - len(numbers))
+    pre = (0, match.group(2), int(match.group(3) or 0)) if match.group(2) else (1, "", 0)
+    return numbers + pre
+
+
+_BYTE_FIELDS = ("body", "public_key", "signature")
+
+
+def release_file(envelope: SignedRecord) -> str:
+    """The signed release as the JSON text of a release index's RELEASE_FILE."""
+    value = envelope.to_value()
+    return json.dumps({k: base64.b64encode(v).decode() if k in _BYTE_FIELDS else v for k, v in value.items()},
+                      indent=1, sort_keys=True) + "\n"
+
+
+def read_release_file(text: str | bytes) -> dict[str, Any]:
+    """The envelope value of a RELEASE_FILE's text, for `verify_release`; RecordRejected if it is not one."""
+    if len(text) > MAX_RELEASE_FILE_BYTES:
+        raise RecordRejected(f"a release file is at most {MAX_RELEASE_FILE_BYTES} bytes")
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        return {k: base64.b64decode(v, validate=True) if k in _BYTE_FIELDS else v for k, v in data.items()}
+    except (ValueError, TypeError) as e:
+        raise RecordRejected(f"not a release file ({e})") from None

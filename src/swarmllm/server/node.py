@@ -213,10 +213,12 @@ class ServerNode:
         self._model_id = ""
         self._certificates: Optional[NodeCertificates] = None  # our owner's certificate for us, in every record
         self._paused_reason: Optional[str] = None  # set by pause(): announce LEAVING, take no new sessions
+        self._pauses: dict[str, str] = {}  # source -> reason, of every pause() not yet resumed
         # What the status page (status_http.py) reads: set while running, never changed by it.
         self.started_at = time.time()
         self.service: Optional[SessionService] = None
         self.credits: Optional[CreditInbox] = None
+        self.update_state = None  # the updater's state (volunteer/updater.py) when auto-update is on
 
     async def _model_for(self, start: Optional[int] = None, end: Optional[int] = None) -> str:
         """What to load blocks [start, end) from: the model as given, or (for a URL) a local
@@ -410,19 +412,30 @@ class ServerNode:
     def paused_reason(self) -> Optional[str]:
         return self._paused_reason
 
-    def pause(self, reason: str) -> None:
+    @property
+    def active_sessions(self) -> int:
+        return len(self.service.table.sessions) if self.service is not None else 0
+
+    def pause(self, reason: str, source: str = "schedule") -> None:
         """Stop taking sessions without leaving: within a second the serve loop announces LEAVING
         (routers stop choosing us) and refuses new sessions with `reason`; active sessions finish
-        (drained, not cut); the blocks stay loaded for resume()."""
-        self._paused_reason = self.status.paused_reason = reason
+        (drained, not cut); the blocks stay loaded for resume(). Each `source` (the schedule, the
+        updater) pauses and resumes for itself: the node serves when none holds it paused."""
+        self._pauses[source] = reason
+        self._paused_reason = self.status.paused_reason = next(iter(self._pauses.values()))
         if self.status.state in ("serving", "paused"):
             self.status.state = "paused"
 
-    def resume(self) -> None:
-        """Serve again: the serve loop announces ONLINE and takes sessions within a second."""
-        self._paused_reason = self.status.paused_reason = None
-        if self.status.state == "paused":
+    def resume(self, source: str = "schedule") -> None:
+        """Lift `source`'s pause: the serve loop announces ONLINE and takes sessions within a second,
+        unless another source still holds the node paused."""
+        self._pauses.pop(source, None)
+        self._paused_reason = self.status.paused_reason = next(iter(self._pauses.values()), None)
+        if self.status.state == "paused" and self._paused_reason is None:
             self.status.state = "serving"
+
+    def paused_by(self, source: str) -> Optional[str]:
+        return self._pauses.get(source)
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM stop the node; a second one, or HARD_EXIT_SECONDS without having

@@ -9,6 +9,8 @@ from swarmllm.swarm.identity import Identity, IdentityError, claim_identity, def
 from swarmllm.swarm.loop import BackgroundLoop
 from swarmllm.swarm.reach import Reach
 from swarmllm.swarm.node import FrameStream, StreamClosed, SwarmNode, SwarmUnreachableError, dht_time
+from swarmllm.swarm.validation import trusted_release_signers
 
 __all__ = ["BackgroundLoop", "FrameStream", "Identity", "IdentityError", "Reach", "StreamClosed", "SwarmNode",
-           "SwarmUnreachableError", "claim_identity", "default_identity_path", "dht_time", "load_or_create"]
+           "SwarmUnreachableError", "claim_identity", "default_identity_path", "dht_time", "load_or_create",
+           "trusted_release_signers"]

@@ -381,6 +381,12 @@ class SwarmNode:
                                              expiration_time, subkeys=[self.peer_id] * len(envelopes))
         return all(results.values())
 
+    async def store_signed(self, envelope: SignedRecord) -> bool:
+        """Store an envelope someone else signed (a release: its key is the project's, not ours) as it
+        is, under its own key, signer and expiration; True if some DHT node took it."""
+        return bool(await self._dht.store(envelope.key, envelope.to_value(), envelope.expiration,
+                                          subkey=envelope.peer_id))
+
     async def get_records(self, keys: Sequence[str]) -> dict[str, dict[str, dict]]:
         """For each key, {subkey: value} of unexpired entries (empty if none). The values passed this
         node's validator; readers still verify them (protocol.parse_records) with what they know."""

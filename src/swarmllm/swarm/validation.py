@@ -7,7 +7,8 @@ gateways) through `install(dht_node)`:
 - `RecordValidator` (hivemind's `RecordValidatorBase`) runs when a peer asks this node to
   store a value and on every value a peer returns to this node's lookups. It accepts only
   values that pass `protocol.records.check_record` (signature, subkey = signer, span, key,
-  n_blocks, clocks, bounds: see that module) and whose DHT key hash and expiration time are
+  n_blocks, clocks, bounds, and for releases a trusted release key: see that module; the keys
+  are `trusted_release_signers()`) and whose DHT key hash and expiration time are
   the ones the envelope names and signs. Plain (subkey-less) values are refused: a plain
   value with a far expiration would otherwise shadow a whole key's records. It never raises.
 - `BoundedStorage` replaces the node's storage: at most MAX_SUBKEYS_PER_KEY writers under a
@@ -23,8 +24,9 @@ newcomers (hivemind's replication), so the sender of a store is often not the wr
 from __future__ import annotations
 
 import heapq
+import os
 from collections import Counter
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 from hivemind.dht.node import DHTNode
 from hivemind.dht.routing import DHTID
@@ -33,14 +35,23 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils import MSGPackSerializer, get_dht_time
 
 from swarmllm.protocol.envelope import MAX_RECORD_BYTES
+from swarmllm.protocol.releases import parse_release_keys, trusted_signers
 from swarmllm.protocol.records import (
     MAX_RECORDS_PER_PEER, MAX_STORED_RECORDS, MAX_SUBKEYS_PER_KEY, RecordRejected, check_record,
 )
 
 
+def trusted_release_signers() -> frozenset[str]:
+    """The release keys this process trusts: the project's, plus SWARMLLM_RELEASE_KEYS (hex keys,
+    comma- or space-separated) for a private swarm or a test. A bad key there is an error, said."""
+    return trusted_signers(parse_release_keys(os.environ.get("SWARMLLM_RELEASE_KEYS", "")))
+
+
 class RecordValidator(RecordValidatorBase):
-    def __init__(self, known_n_blocks: Mapping[str, int], clock: Callable[[], float] = get_dht_time):
+    def __init__(self, known_n_blocks: Mapping[str, int], clock: Callable[[], float] = get_dht_time,
+                 release_signers: Optional[frozenset[str]] = None):
         self.known_n_blocks, self.clock = dict(known_n_blocks), clock
+        self.release_signers = trusted_release_signers() if release_signers is None else release_signers
         self.rejected = 0  # for tests and logs: how many values this node has refused
 
     def validate(self, record: DHTRecord) -> bool:
@@ -54,7 +65,8 @@ class RecordValidator(RecordValidatorBase):
                 raise RecordRejected("the envelope names another key than the one it is stored under")
             if value.get("expiration") != record.expiration_time:
                 raise RecordRejected("stored with another expiration time than the one it signs")
-            check_record(value, key, subkey, now=self.clock(), known_n_blocks=self.known_n_blocks)
+            check_record(value, key, subkey, now=self.clock(), known_n_blocks=self.known_n_blocks,
+                         release_signers=self.release_signers)
             return True
         except Exception:  # RecordRejected, or whatever malformed bytes make the decoder raise
             self.rejected += 1

@@ -131,7 +131,7 @@ def server_config(plan: VolunteerPlan, caps: Caps, initial_peers: Sequence[str],
     return ServerConfig(**values, **flags)
 
 
-def serve_argv(config: ServerConfig) -> list[str]:
+def serve_argv(config: ServerConfig, auto_update: bool = False) -> list[str]:
     """The `swarmllm serve` command line equivalent to `config` (what --dry-run shows)."""
     argv = ["swarmllm", "serve"]
     if config.model:
@@ -153,13 +153,19 @@ def serve_argv(config: ServerConfig) -> list[str]:
         argv += ["--status-port", str(config.status_port)]
     if not config.lan:
         argv += ["--no-lan"]
+    if auto_update:
+        argv += ["--auto-update"]
     return argv
 
 
-async def run_volunteer(config: ServerConfig, caps: Caps, on_ready=None, sample_seconds: float = 5.0) -> None:
-    """Run the node until stopped (signals drain and leave), paused and resumed by the schedule and use."""
+async def run_volunteer(config: ServerConfig, caps: Caps, on_ready=None, sample_seconds: float = 5.0,
+                        update=None) -> bool:
+    """Run the node until stopped (signals drain and leave), paused and resumed by the schedule and use,
+    updated when `update` (an updater.UpdateConfig) is given; True when it stopped to restart into a
+    newly installed release (updater.run_node)."""
     from swarmllm.server.node import ServerNode
     from swarmllm.volunteer.schedule import UseDetector, control, parse_schedule
+    from swarmllm.volunteer.updater import run_node
 
     node = ServerNode(config)
     node.install_signal_handlers()
@@ -167,7 +173,7 @@ async def run_volunteer(config: ServerConfig, caps: Caps, on_ready=None, sample_
     controller = asyncio.ensure_future(control(node, schedule, caps.when_idle,
                                                  UseDetector(caps.busy_cpu_percent), sample_seconds))
     try:
-        await node.run(on_ready=on_ready)
+        return await run_node(node, on_ready, update)
     finally:
         node.stop()
         controller.cancel()

@@ -134,10 +134,10 @@ async def control(node, schedule: Optional[Schedule], when_idle: bool, detector:
     while not node.stopped:
         in_use = detector.feed(cpu()) if when_idle else False
         reason = serving_verdict(schedule, in_use, clock())
-        if reason is not None and node.paused_reason != reason:
+        if reason is not None and node.paused_by("schedule") != reason:
             logger.warning("pausing: %s", reason)
             node.pause(reason)
-        elif reason is None and node.paused_reason is not None:
+        elif reason is None and node.paused_by("schedule") is not None:
             logger.warning("resuming: %s", "back in the schedule" if schedule else "the machine is idle again")
             node.resume()
         await node.wait_stopped(sample_seconds)
