@@ -84,6 +84,10 @@ def test_an_unreadable_open_session_of_a_newer_incompatible_peer_is_a_version_mi
     with pytest.raises(ProtocolError) as newer:
         decode_frame(_json_frame({**header, "protocol_version": 10, "min_protocol_version": 10}))
     assert newer.value.code == ErrorCode.VERSION_MISMATCH and "upgrade this node" in str(newer.value)
+    nested = b"[" * 60_000  # under MAX_HEADER_BYTES, so it reaches the parsers
+    with pytest.raises(ProtocolError) as deep:  # too deep for json too: still only malformed
+        decode_frame(LAYOUT_JSON + struct.pack("<I", len(nested)) + nested)
+    assert deep.value.code == ErrorCode.MALFORMED
     # Within our range an unknown field is a real defect: the peer should not have sent it.
     with pytest.raises(ProtocolError) as same:
         decode_frame(_json_frame({**header, "protocol_version": 9, "min_protocol_version": 8}))

@@ -258,7 +258,7 @@ def _server_record(raw: str) -> ServerRecord:
     except ValidationError:
         try:
             fields = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             fields = None
         newer = isinstance(fields, dict) and type(fields.get("protocol_version")) is int and \
             fields["protocol_version"] > PROTOCOL_VERSION

@@ -63,7 +63,7 @@ def unreadable_open_session(header: bytes, ours: VersionRange = OUR_RANGE) -> Op
     Reads only `type`, `protocol_version` and `min_protocol_version`, the fields that never change."""
     try:
         fields = json.loads(header)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     if not isinstance(fields, dict) or fields.get("type") != "open_session":
         return None
