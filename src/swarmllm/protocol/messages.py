@@ -105,7 +105,6 @@ MIN_PROTOCOL_VERSION = 8   # the oldest version this code still speaks: [MIN_PRO
 MAX_VERSION_NUMBER = 2**16  # a bound on any version number a peer sends
 
 
-
 def fill_pre_v8_minimum(data):
     """A message or record of a peer from before v8 has no min_protocol_version: such a peer speaks its
     own version only (its range is [protocol_version, protocol_version]), not [MIN_PROTOCOL_VERSION, ...]."""
