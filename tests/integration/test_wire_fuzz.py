@@ -68,7 +68,7 @@ def plausible(name: str) -> st.SearchStrategy:
     if name.endswith("session_id"):
         return st.one_of(st.sampled_from(LIVE_IDS or ["x" * 16]), st.text(min_size=8, max_size=64))
     if name in ("step_id", "start_position", "position", "token_id", "nonce", "start", "end", "max_length",
-                "offset", "length", "replay_positions", "draws", "max_tokens", "protocol_version", "total_size"):
+                "offset", "length", "replay_positions", "draws", "max_tokens", "protocol_version", "min_protocol_version", "total_size"):
         return st.one_of(st.integers(0, 64), st.integers(-2, 2**40))
     if name == "tensor":
         return st.builds(lambda d, s: {"dtype": d, "shape": s}, st.sampled_from(["float32", "bfloat16", "int8",

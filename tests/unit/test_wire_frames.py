@@ -20,7 +20,7 @@ META = {"dtype": "int8", "shape": (1, 1, 576)}
 EVERY_MESSAGE = [
     OpenSession(session_id=SID, model_id="m", start=0, end=3, max_length=16, wire_dtype="int8",
                 next_hop=NextHop(peer_id="QmPeer", session_id=SID)),
-    SessionOpened(session_id=SID, peer_id="p", start=0, end=3, max_length=16),
+    SessionOpened(session_id=SID, peer_id="p", start=0, end=3, max_length=16, protocol_version=8),
     Step(session_id=SID, step_id=123, start_position=456, tensor=META),
     Step(session_id=SID, step_id=2**40, start_position=0, tensor={"dtype": "float32", "shape": (1, 7, 640)},
          replay_end=20),

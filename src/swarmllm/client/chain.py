@@ -39,6 +39,7 @@ class Hop:
     stream: object = None
     reader: Optional[asyncio.Task] = None
     warm: bool = True  # False while a replacement's KV cache has not been rebuilt yet
+    protocol_version: int = 0  # the version the server negotiated (SessionOpened); 0 until it answered
 
     @property
     def peer_id(self) -> str:

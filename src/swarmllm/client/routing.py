@@ -24,6 +24,10 @@ Reputation and load spreading (hooks for client/reputation.py and verification):
   opened there, and the record's capped claim); a hop's compute counts load.load_factor(load) times,
   so concurrent sessions spread over parallel chains instead of piling onto the fastest.
 
+Versions: a server is used only when its record's protocol range overlaps ours (protocol/versions.py);
+when blocks are served only by servers of other versions, IncompatibleVersionsError (a MissingBlocksError)
+names their versions and ours and says who must upgrade.
+
 Price ceiling: a record's `price` is credits per 1,000 tokens for its span; a chain costs the sum
 of its hops' prices. With `max_price`, servers dearer than it are never used, and if the fastest
 chain of the rest still costs more, the cheapest chain is planned instead; if even that is over the
@@ -39,8 +43,9 @@ from typing import Iterable, Mapping, Optional
 
 from swarmllm.client.estimates import DEFAULT_RTT, HOP_OVERHEAD, capped_priors
 from swarmllm.client.load import load_factor
+import swarmllm
 from swarmllm.protocol import ServerRecord, ServerState, SwarmError
-from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.protocol.versions import OUR_RANGE, UPGRADE_COMMAND, overlaps, range_text
 
 
 class MissingBlocksError(SwarmError):
@@ -56,6 +61,28 @@ class MissingBlocksError(SwarmError):
         super().__init__(f"no online server hosts blocks {spans} of {model_id} (of {n_blocks} blocks){why}; start a "
                          f"node with --blocks covering them, or wait for nodes to join")
         self.missing, self.unavailable = missing, dict(unavailable or {})
+
+
+class IncompatibleVersionsError(MissingBlocksError):
+    """Some blocks are served only by servers whose protocol range does not overlap ours."""
+
+    def __init__(self, model_id: str, n_blocks: int, missing: list[tuple[int, int]],
+                 servers: Iterable[ServerRecord]):
+        servers = list(servers)
+        theirs = sorted({(r.protocol_range, r.software_version) for r in servers})
+        low, high = min(r.min_protocol_version for r in servers), max(r.protocol_version for r in servers)
+        spans = ", ".join(f"[{a}, {b})" for a, b in missing)
+        speak = ", ".join(f"{range_text(versions)} (swarmllm {software or 'unknown'})" for versions, software in theirs)
+        if low > OUR_RANGE[1]:  # they are newer than anything we speak
+            advice = f"upgrade swarmllm ({UPGRADE_COMMAND})"
+        elif high < OUR_RANGE[0]:
+            advice = "those servers must upgrade swarmllm"
+        else:
+            advice = "this client or those servers must upgrade swarmllm"
+        SwarmError.__init__(self, f"no route to blocks {spans} of {model_id}: its servers speak protocol {speak} and "
+                                  f"this client {range_text(OUR_RANGE)} (swarmllm {swarmllm.__version__}): {advice}")
+        self.missing = missing
+        self.unavailable = {r.peer_id: f"protocol {range_text(r.protocol_range)}" for r in servers}
 
 
 class PriceUnavailableError(SwarmError):
@@ -83,8 +110,13 @@ class ChainLink:
         return self.record.peer_id
 
 
+def compatible(record: ServerRecord) -> bool:
+    """Whether we can talk to the server: its protocol range overlaps ours (protocol/versions.py)."""
+    return overlaps(OUR_RANGE, record.protocol_range)
+
+
 def usable(record: ServerRecord, max_length: int = 1) -> bool:
-    return (record.state == ServerState.ONLINE and record.protocol_version == PROTOCOL_VERSION
+    return (record.state == ServerState.ONLINE and compatible(record)
             and record.max_session_length >= max_length)
 
 
@@ -93,8 +125,8 @@ def unavailable_reason(record: ServerRecord, max_length: int, excluded: set[str]
         return "failed recently"
     if record.state != ServerState.ONLINE:
         return record.state.value
-    if record.protocol_version != PROTOCOL_VERSION:
-        return f"protocol v{record.protocol_version}"
+    if not compatible(record):
+        return f"protocol {range_text(record.protocol_range)}"
     return f"sessions up to {record.max_session_length} tokens"
 
 
@@ -163,6 +195,12 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
              for r in candidates}
     gaps = missing_spans(n_blocks, candidates, start, end)
     if gaps:
+        # Where only the protocol version stands in the way, say so: which versions, and who must upgrade.
+        other_versions = [r for r in records if not compatible(r) and r.peer_id not in excluded
+                          and r.state == ServerState.ONLINE and r.max_session_length >= max_length]
+        if not missing_spans(n_blocks, candidates + other_versions, start, end):
+            raise IncompatibleVersionsError(model_id, n_blocks, gaps, [
+                r for r in other_versions if any(r.start < b and a < r.end for a, b in gaps)])
         raise MissingBlocksError(model_id, n_blocks, gaps, {
             r.peer_id: unavailable_reason(r, max_length, excluded) for r in records
             if any(r.start < b and a < r.end for a, b in gaps)})

@@ -3,7 +3,8 @@
 Opening sends `OpenSession` to every server of the chain on its own stream, each naming
 the next server as its `next_hop` and the previous one as its `upstream` (the only peer it
 will take Steps from; the first server takes them from us), and waits until all have
-reserved KV cache. Servers take CloseSession, Reroute, SetUpstream and RingStop only from
+reserved KV cache (and answered with a protocol version within ours; a server that refuses ours,
+`version_mismatch`, fails the opening and the caller routes around it). Servers take CloseSession, Reroute, SetUpstream and RingStop only from
 the peer that opened the session, so only this client can steer it. A step sends
 hidden states to the first server only; the output arrives from the last server.
 
@@ -47,6 +48,7 @@ from swarmllm.protocol import (
 )
 from swarmllm.protocol.messages import token_bytes
 from swarmllm.protocol.receipts import digest
+from swarmllm.protocol.versions import OUR_RANGE, range_text
 
 __all__ = ["FailoverEvent", "Hop", "InferenceSession", "RemoteStepError", "RingChannel", "PREFILL_CHUNK"]
 
@@ -188,6 +190,10 @@ class InferenceSession:
                 raise RemoteStepError(hop.peer_id, reply.code, reply.message)
             if not isinstance(reply, SessionOpened):
                 raise RemoteStepError(hop.peer_id, ErrorCode.MALFORMED, f"expected session_opened, got {reply.type}")
+            if not OUR_RANGE[0] <= reply.protocol_version <= OUR_RANGE[1]:  # it must pick a version we speak
+                raise RemoteStepError(hop.peer_id, ErrorCode.VERSION_MISMATCH, f"the server opened the session at "
+                                      f"protocol v{reply.protocol_version}, outside this client's {range_text(OUR_RANGE)}")
+            hop.protocol_version = reply.protocol_version
             hop.reader = asyncio.create_task(self._read(hop))
 
         results = await asyncio.gather(*(open_one(i, hop) for i, hop in enumerate(hops)), return_exceptions=True)

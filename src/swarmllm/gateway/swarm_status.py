@@ -117,6 +117,7 @@ class SwarmStatus:
             "nodes": [{"peer_id": r.peer_id, "model_id": r.model_id, "start": r.start, "end": r.end,
                        "throughput": r.throughput, "state": r.state.value, "active_sessions": r.active_sessions,
                        "free_cache_tokens": r.free_cache_tokens, "protocol_version": r.protocol_version,
+                       "min_protocol_version": r.min_protocol_version,
                        "compute_dtype": r.compute_dtype, "quant": r.quant, "kv_dtype": r.kv_dtype, "ring": r.ring,
                        "compute_class": r.compute_class.key,
                        "rtt_ms": round(self.client.rtts[r.peer_id] * 1000, 2) if r.peer_id in self.client.rtts else None,

@@ -7,6 +7,7 @@ compute, no clock. Client and server meet here and nowhere else.
 
 from swarmllm.protocol.errors import ErrorCode, ProtocolError, QuotaError, SwarmError
 from swarmllm.protocol.messages import (
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     FILE_HANDLER,
     MAX_RANGE_BYTES,
@@ -37,6 +38,7 @@ from swarmllm.protocol.messages import (
     TensorMeta,
     WIRE_DTYPES,
 )
+from swarmllm.protocol.versions import OUR_RANGE, VersionRange, negotiate
 from swarmllm.protocol.codec import decode_frame, encode_frame, encode_tensor, decode_tensor
 from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, peer_id_from_public_key, seal
 from swarmllm.protocol.records import (
@@ -46,7 +48,7 @@ from swarmllm.protocol.records import (
 )
 
 __all__ = [
-    "PROTOCOL_VERSION", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "QuotaError", "SwarmError",
+    "MIN_PROTOCOL_VERSION", "OUR_RANGE", "PROTOCOL_VERSION", "VersionRange", "negotiate", "WIRE_DTYPES", "ErrorCode", "ProtocolError", "QuotaError", "SwarmError",
     "FILE_HANDLER", "MAX_RANGE_BYTES", "RangeData", "ReadRange",
     "CloseSession", "ErrorReply", "Message", "NextHop", "OpenSession", "Ping", "Pong", "Reroute", "RingSampling", "RingSpec", "RingStop", "RingToken", "TokenResult", "PING_HANDLER", "PUSH_HANDLER", "QuotaInfo",
     "SESSION_HANDLER", "SessionOpened", "SetUpstream", "Step", "StepReceipt",

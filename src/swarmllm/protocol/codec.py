@@ -16,7 +16,9 @@ from a swarmllm older than the layout byte starts with its u32 header length and
 rejected the same way). Decoding validates every header, binary or JSON, against the
 message schema, and the payload length against the header's `TensorMeta` (or a
 `RangeData`'s length), so handlers only ever see well-formed messages; anything else raises
-`ProtocolError(MALFORMED)`.
+`ProtocolError(MALFORMED)`, except an OpenSession this version cannot parse from a peer whose
+protocol range does not overlap ours: that raises VERSION_MISMATCH saying who must upgrade
+(versions.py), so a much newer client hears why rather than "malformed".
 
 Tensor payloads are raw little-endian elements in the wire dtype, except "int8": blockwise
 int8 with a few outliers per row, for slow links (see int8_wire.py). The float16 wire
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from swarmllm.protocol import compact_header, int8_wire, receipts
+from swarmllm.protocol import compact_header, int8_wire, receipts, versions
 from swarmllm.protocol.errors import ErrorCode, ProtocolError
 from swarmllm.protocol.messages import Message, RangeData, Step, StepReceipt, StepResult, TensorMeta
 
@@ -79,7 +81,8 @@ def decode_frame(frame: bytes) -> tuple[object, memoryview]:
         if header_len > MAX_HEADER_BYTES or header_end > len(frame):
             raise ProtocolError(ErrorCode.MALFORMED, f"header length {header_len} does not fit a frame of "
                                                      f"{len(frame)} bytes")
-        message = _validated(lambda: _MESSAGE_ADAPTER.validate_json(frame[start:header_end]))
+        message = _validated(lambda: _MESSAGE_ADAPTER.validate_json(frame[start:header_end]),
+                             header=frame[start:header_end])
     else:
         known = ", ".join(repr(chr(b)) for b in (LAYOUT_JSON[0], *_BINARY_CLASSES, receipts.LAYOUT_RECEIPT[0]))
         raise ProtocolError(ErrorCode.MALFORMED, f"unknown frame layout byte 0x{layout:02x} (this node reads {known}); "
@@ -94,11 +97,15 @@ def decode_frame(frame: bytes) -> tuple[object, memoryview]:
     return message, payload
 
 
-def _validated(parse):
-    """Run a pydantic parse; a validation error becomes MALFORMED naming the first bad field."""
+def _validated(parse, header: bytes | None = None):
+    """Run a pydantic parse; a validation error becomes MALFORMED naming the first bad field (or, for an
+    OpenSession of an incompatible newer peer, VERSION_MISMATCH saying who must upgrade: versions.py)."""
     try:
         return parse()
     except ValidationError as e:
+        refusal = versions.unreadable_open_session(bytes(header)) if header is not None else None
+        if refusal is not None:
+            raise refusal from None
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "message"
         raise ProtocolError(ErrorCode.MALFORMED, f"invalid message header: {where}: {first.get('msg')}") from None

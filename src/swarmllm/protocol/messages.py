@@ -59,13 +59,27 @@ output hash); a step counts as done only when its result and every receipt of th
 A peer over one of a server's per-peer quotas (sessions, KV memory, compute time, streams,
 bytes in flight, positions per step, rollbacks) gets `ErrorReply(over_quota)` naming the
 limit in `ErrorReply.quota`.
+
+Versions (v8, versions.py). Every peer speaks the range [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION];
+two peers interoperate when their ranges overlap, and speak the highest version both know. The
+client sends its range in `OpenSession` (protocol_version, min_protocol_version: those two fields
+keep their names and meaning in every version), the server negotiates and answers with the
+version in `SessionOpened.protocol_version`, or refuses with `ErrorReply(version_mismatch)` and a
+sentence naming both ranges and which side must upgrade. Server records carry the same range
+(records.py), so a client only routes through servers it can talk to. How releases move the range:
+- a release that only adds optional fields (with defaults) raises PROTOCOL_VERSION and keeps
+  MIN_PROTOCOL_VERSION, and sends the new fields only in sessions whose negotiated version has
+  them (an OpenSession's new fields only to servers whose record's range includes that version);
+  readers of older versions parse what it sends, since every field they know is still there;
+- a release that changes a meaning or removes something raises MIN_PROTOCOL_VERSION above the
+  versions it can no longer serve: peers of those versions are refused with the clear error.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding.
 # 3: DHT values are signed envelopes (envelope.py: Ed25519, subkey = the signer's peer id), record
@@ -83,7 +97,23 @@ from pydantic import BaseModel, ConfigDict, Field
 #    "pairing" (protocol/pairing.py). `Step.token_ids`: a lite client's token ids, embedded by the first server.
 # v7: server records announce load (`queued_steps`) and a `price` per 1,000 tokens (records.py); records
 #    reject unknown fields, so v6 peers could not read them.
-PROTOCOL_VERSION = 7
+# v8: versions are negotiated (module docstring, versions.py): OpenSession.min_protocol_version,
+#    SessionOpened.protocol_version, ServerRecord.min_protocol_version; readers accept server records of newer
+#    versions with fields they do not know (records.py). Older peers could not negotiate: v8 is the minimum.
+PROTOCOL_VERSION = 8       # the newest version this code speaks
+MIN_PROTOCOL_VERSION = 8   # the oldest version this code still speaks: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]
+MAX_VERSION_NUMBER = 2**16  # a bound on any version number a peer sends
+
+
+def fill_pre_v8_minimum(data):
+    """A message or record of a peer from before v8 has no min_protocol_version: such a peer speaks its
+    own version only (its range is [protocol_version, protocol_version]), not [MIN_PROTOCOL_VERSION, ...]."""
+    if isinstance(data, dict) and "min_protocol_version" not in data:
+        newest = data.get("protocol_version")
+        if type(newest) is int and newest < MIN_PROTOCOL_VERSION:
+            return {**data, "min_protocol_version": newest}
+    return data
+
 
 SESSION_HANDLER = "swarmllm.v1.session"   # client -> each server of the chain
 PUSH_HANDLER = "swarmllm.v1.push"         # server -> next server of the chain
@@ -122,7 +152,9 @@ class OpenSession(_Wire):
     """Client -> server: reserve KV cache for a session over blocks [start, end)."""
 
     type: Literal["open_session"] = "open_session"
-    protocol_version: int = PROTOCOL_VERSION  # must equal the server's PROTOCOL_VERSION
+    protocol_version: int = Field(PROTOCOL_VERSION, ge=1, le=MAX_VERSION_NUMBER)  # the newest version the client
+    # speaks; with min_protocol_version, its range (module docstring: these two fields never change meaning)
+    min_protocol_version: int = Field(MIN_PROTOCOL_VERSION, ge=1, le=MAX_VERSION_NUMBER)  # the oldest it speaks (v8)
     session_id: str = Field(min_length=8, max_length=64)  # random, chosen by the client
     model_id: str                     # catalog id of the model, e.g. "smollm2-135m"
     start: int = Field(ge=0)          # first block to run (inclusive)
@@ -135,6 +167,17 @@ class OpenSession(_Wire):
     report_outputs: bool = False        # also send the client every step's output as a StepResult (a chain's middle
     # servers and a ring's last one too): what a verifying client checks this server's span against (v5)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _before_v8(cls, data):
+        return fill_pre_v8_minimum(data)
+
+    @model_validator(mode="after")
+    def _range_not_empty(self) -> "OpenSession":
+        if self.min_protocol_version > self.protocol_version:
+            raise ValueError(f"protocol range v{self.min_protocol_version} to v{self.protocol_version} is empty")
+        return self
+
 
 class SessionOpened(_Wire):
     """Server -> client: the session is ready; KV cache for max_length is reserved."""
@@ -145,6 +188,7 @@ class SessionOpened(_Wire):
     start: int
     end: int
     max_length: int
+    protocol_version: int = Field(ge=1, le=MAX_VERSION_NUMBER)  # the negotiated version: the session speaks it (v8)
 
 
 class RingSampling(_Wire):

@@ -32,6 +32,13 @@ by every reader (`parse_records`, `parse_model_records`). A record is refused wh
 Passing says only that the writer wrote it: throughput, free cache and the rest are the
 writer's claims, which routing weighs against its own measurements.
 
+Forward compatibility (v8): a server record whose `protocol_version` is above ours was written
+by a newer release, which may have added optional fields (messages.py: such releases keep
+MIN_PROTOCOL_VERSION). Its unknown top-level fields are dropped before it is validated, so
+readers still see it and can route through it when its [min_protocol_version, protocol_version]
+range overlaps theirs, or name its version when it does not; every other rule holds as above,
+and any other body with an unknown field is refused.
+
 Storage bounds (`MAX_SUBKEYS_PER_KEY`, `MAX_RECORDS_PER_PEER`, `MAX_STORED_RECORDS`) are
 constants here so that every node enforces the same ones (swarm/validation.py).
 """
@@ -39,6 +46,7 @@ constants here so that every node enforces the same ones (swarm/validation.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import Counter
 from enum import Enum
@@ -48,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from swarmllm.protocol.demand import DemandRecord, check_demand_record, demand_key
 from swarmllm.protocol.envelope import RecordRejected, SignedRecord, open_envelope, validation_detail
-from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.protocol.messages import MAX_VERSION_NUMBER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, fill_pre_v8_minimum
 from swarmllm.protocol.owners import OwnerCertificate, verify_certificate
 from swarmllm.protocol.pairing import PairingRecord, check_pairing_record
 from swarmllm.protocol.releases import RELEASE_KIND, ReleaseRecord, verify_release
@@ -155,7 +163,9 @@ class ServerRecord(BaseModel):
     # keeps its chain under the sum of its hops' prices (client/routing.py).
     price: float = Field(default=0.0, ge=0, le=MAX_PRICE)
     compute_class: ComputeClass = ComputeClass()  # what decides its outputs bit for bit (dtype, quant, kernels)
-    protocol_version: int = PROTOCOL_VERSION
+    protocol_version: int = Field(PROTOCOL_VERSION, ge=1, le=MAX_VERSION_NUMBER)  # the newest version it speaks
+    # v8: the oldest version it speaks; routing uses it when the two ranges overlap (protocol/versions.py)
+    min_protocol_version: int = Field(MIN_PROTOCOL_VERSION, ge=1, le=MAX_VERSION_NUMBER)
     addresses: tuple[str, ...] = Field((), max_length=MAX_ADDRESSES)  # multiaddrs the node is reachable at
     announced_at: float = 0.0         # DHT time of this announcement: the newest record of a peer wins
     # Set while the node is about to move to another span (a claim, so that two nodes do not
@@ -169,8 +179,15 @@ class ServerRecord(BaseModel):
     # check_record; None = no owner (the node counts as public in every trust radius).
     owner: Optional[OwnerCertificate] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _before_v8(cls, data):
+        return fill_pre_v8_minimum(data)
+
     @model_validator(mode="after")
     def _spans_within_the_model(self) -> "ServerRecord":
+        if self.min_protocol_version > self.protocol_version:
+            raise ValueError(f"protocol range v{self.min_protocol_version} to v{self.protocol_version} is empty")
         if not self.start < self.end <= self.n_blocks:
             raise ValueError(f"span [{self.start}, {self.end}) is empty or outside the model's {self.n_blocks} blocks")
         if self.moving_to is not None and not 0 <= self.moving_to[0] < self.moving_to[1] <= self.n_blocks:
@@ -178,6 +195,10 @@ class ServerRecord(BaseModel):
         if any(len(address) > 256 for address in self.addresses):
             raise ValueError("a multiaddr is longer than 256 characters")
         return self
+
+    @property
+    def protocol_range(self) -> tuple[int, int]:
+        return self.min_protocol_version, self.protocol_version
 
     @property
     def span_length(self) -> int:
@@ -234,6 +255,23 @@ def _stored_under_covered_key(record: ServerRecord, key: str) -> bool:
     return record.covers(block) or (record.moving_to is not None and record.moving_to[0] <= block < record.moving_to[1])
 
 
+def _server_record(raw: str) -> ServerRecord:
+    """A ServerRecord body; one of a newer protocol version loses its unknown top-level fields first
+    (module docstring: forward compatibility). Raises ValueError (a ValidationError) otherwise."""
+    try:
+        return ServerRecord.model_validate_json(raw)
+    except ValidationError:
+        try:
+            fields = json.loads(raw)
+        except (ValueError, RecursionError):
+            fields = None
+        newer = isinstance(fields, dict) and type(fields.get("protocol_version")) is int and \
+            fields["protocol_version"] > PROTOCOL_VERSION
+        if not newer:
+            raise
+        return ServerRecord.model_validate({k: v for k, v in fields.items() if k in ServerRecord.model_fields})
+
+
 def check_record(value: Any, key: str, subkey: Any, *, now: float,
                  known_n_blocks: Mapping[str, int] = {}, release_signers: frozenset[str] = frozenset()) -> Body:
     """The body of a DHT value stored under (key, subkey), if it passes every rule (module
@@ -248,7 +286,8 @@ def check_record(value: Any, key: str, subkey: Any, *, now: float,
         raise RecordRejected(f"expires {envelope.expiration - now:.0f} s from now; the limit is {MAX_RECORD_TTL:.0f} s")
     try:
         kind = RecordKind(envelope.kind)
-        body = _BODY_TYPES[kind].model_validate_json(envelope.body)
+        body = _server_record(envelope.body) if kind == RecordKind.SERVER else \
+            _BODY_TYPES[kind].model_validate_json(envelope.body)
     except ValueError as e:
         detail = validation_detail(e) if isinstance(e, ValidationError) else f"unknown kind {envelope.kind!r}"
         raise RecordRejected(f"invalid {envelope.kind} record: {detail}") from None

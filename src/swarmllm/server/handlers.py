@@ -20,6 +20,10 @@ Receipts (v4, receipts.py): after every step it computes, once the output is on 
 sends the session's client a signed `StepReceipt` on the client's stream and logs the step in its
 work log (work_log.py).
 
+Versions (protocol/versions.py): an OpenSession is served at the highest protocol version both
+the client's range and this node's speak (the session keeps it; SessionOpened says it), or refused
+with `ErrorReply(version_mismatch)` naming both ranges and who must upgrade.
+
 Ring decoding (ring.py): the node at the end of the chain samples after a ring step and sends
 the token to the first node (`RingToken` on a push stream) and to the client (`TokenResult`);
 the first node embeds it and runs it like a step from the client.
@@ -41,7 +45,8 @@ from swarmllm.protocol import (
     Reroute, RingStop, RingToken, SessionOpened, SetUpstream, Step, StepResult, TensorMeta, TokenResult, decode_frame,
     decode_tensor, encode_frame, encode_tensor,
 )
-from swarmllm.protocol.messages import PROTOCOL_VERSION, token_bytes
+from swarmllm.protocol.messages import token_bytes
+from swarmllm.protocol.versions import OUR_RANGE, negotiate
 from swarmllm.protocol.records import block_key, parse_records
 from swarmllm.protocol.receipts import digest
 from swarmllm.server.batching import StepBatcher
@@ -170,9 +175,9 @@ class SessionService:
 
     # --- operations --------------------------------------------------------------------
     async def _open(self, msg: OpenSession, stream) -> None:
-        if msg.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolError(ErrorCode.VERSION_MISMATCH, f"client speaks protocol v{msg.protocol_version}, this "
-                                                            f"node speaks v{PROTOCOL_VERSION}; upgrade swarmllm")
+        # The client's range against ours (versions.py): the highest common version, or a refusal naming both
+        # ranges and who must upgrade.
+        version = negotiate(OUR_RANGE, (msg.min_protocol_version, msg.protocol_version))
         if not self.accepting:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, self.refusal)
         self.table.check_open(msg, self.model_id)
@@ -188,11 +193,12 @@ class SessionService:
             session_id=msg.session_id, start=msg.start, end=msg.end, max_length=msg.max_length,
             wire_dtype=msg.wire_dtype, next_hop=msg.next_hop, cache=cache, history=history,
             reserved_tokens=cost, client_stream=stream, owner=owner, upstream=msg.upstream,
-            report_outputs=msg.report_outputs)
+            report_outputs=msg.report_outputs, protocol_version=version)
         self.table.add(session)
         self.sessions_served += 1
         await stream.send(encode_frame(SessionOpened(session_id=msg.session_id, peer_id=self.peer_id,
-                                                     start=msg.start, end=msg.end, max_length=msg.max_length)))
+                                                     start=msg.start, end=msg.end, max_length=msg.max_length,
+                                                     protocol_version=version)))
 
     async def _step(self, msg: Step, payload=None, hidden: Optional[torch.Tensor] = None, sender: str = "",
                     ring_token: bool = False) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from swarmllm.protocol import ErrorCode, NextHop, OpenSession, ProtocolError, Step
-from swarmllm.protocol.messages import MAX_POSITIONS_PER_STEP
+from swarmllm.protocol.messages import MAX_POSITIONS_PER_STEP, PROTOCOL_VERSION
 
 
 @dataclass
@@ -42,6 +42,7 @@ class ServerSession:
     owner: str = ""            # peer id that opened the session: the only one that may close, reroute, re-upstream it
     upstream: Optional[str] = None  # peer id whose Steps it takes (the previous server); None: the owner's
     report_outputs: bool = False  # every step's output also goes to the client (OpenSession.report_outputs)
+    protocol_version: int = PROTOCOL_VERSION  # the version negotiated with the opener: what the session sends
     ring_source: Optional[str] = None  # while a ring runs from this (first) node: the peer its RingTokens come from
     ring_steps: range = range(0)       # ... and the step ids they may carry
     rollbacks: deque = field(default_factory=deque)  # when recent steps rolled the cache back (quotas.py)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import swarmllm
-from swarmllm.protocol.messages import PROTOCOL_VERSION
+from swarmllm.protocol.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from swarmllm.server.node import ServerNode
@@ -81,6 +81,7 @@ def node_report(node: "ServerNode", now: Optional[float] = None) -> dict[str, An
         "throughput": round(status.throughput, 2),
         "credits": _credits(node),
         "version": swarmllm.__version__, "protocol_version": PROTOCOL_VERSION,
+        "min_protocol_version": MIN_PROTOCOL_VERSION,
         "update": update,
     }
 
