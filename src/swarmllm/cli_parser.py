@@ -63,27 +63,35 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
-_RATE_UNITS = {"": 1, "bit": 1, "bps": 1, "kbit": 1e3, "kbps": 1e3, "mbit": 1e6, "mbps": 1e6, "gbit": 1e9,
-               "gbps": 1e9, "b": 8, "kb": 8e3, "mb": 8e6, "gb": 8e9}
+_RATE_PREFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
 def bandwidth_rate(text: str) -> float:
-    """A rate in bits per second: "1Mbit", "500kbit", "1.5Mbit/s", "2MB" (megabytes/s, x8), "250KB", or a
-    plain number (bits/s). Decimal prefixes, as links are sold. Used by `serve` and `volunteer`."""
+    """A rate in bits per second: "1Mbit", "500kbit", "1.5Mbit/s", "10Mbps" and "10Mb" (megabits, as
+    links are sold), "2MB" or "2MBps" (megabytes/s, x8: a capital B is a byte), or a plain number
+    (bits/s). Decimal prefixes, any case. Used by `serve` and `volunteer`."""
     cleaned = text.strip().replace(" ", "")
     unit_start = len(cleaned)
     while unit_start > 0 and not (cleaned[unit_start - 1].isdigit() or cleaned[unit_start - 1] == "."):
         unit_start -= 1
     number, unit = cleaned[:unit_start], cleaned[unit_start:]
-    unit = unit[:-2] if unit.lower().endswith("/s") else unit
-    scale = _RATE_UNITS.get(unit.lower() if unit[-1:] != "B" else unit[:-1].lower() + "b")
+    for per_second in ("/s", "ps"):
+        if unit.lower().endswith(per_second) and len(unit) > len(per_second):
+            unit = unit[:-len(per_second)]
+            break
+    if unit.lower().endswith("bit"):
+        prefix, scale = unit[:-3].lower(), 1.0
+    elif unit.endswith(("b", "B")):
+        prefix, scale = unit[:-1].lower(), 8.0 if unit.endswith("B") else 1.0
+    else:
+        prefix, scale = (None, 1.0) if unit else ("", 1.0)
     try:
-        value = float(number) * scale if scale is not None else -1.0
-    except ValueError:
+        value = float(number) * _RATE_PREFIXES[prefix] * scale
+    except (KeyError, ValueError):
         value = -1.0
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(
-            f"expected a rate such as 1Mbit, 500kbit, 1.5Mbit/s, 2MB (megabytes per second) or a number of "
+            f"expected a rate such as 1Mbit, 500kbit, 10Mbps, 2MB (megabytes per second) or a number of "
             f"bits per second, got {text!r}")
     return value
 

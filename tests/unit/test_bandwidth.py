@@ -101,7 +101,9 @@ def test_chunks_cover_the_buffer():
 
 
 @pytest.mark.parametrize("text,bps", [("1Mbit", 1e6), ("500kbit", 5e5), ("1.5Mbit/s", 1.5e6), ("2MB", 16e6),
-                                      ("250KB", 2e6), ("64000", 64000.0), ("10 mbps", 1e7), ("1Gbit", 1e9)])
+                                      ("250KB", 2e6), ("64000", 64000.0), ("10 mbps", 1e7), ("1Gbit", 1e9),
+                                      # b = bit, B = byte, whatever the prefix's case ("1Mb" was once 8 Mbit/s)
+                                      ("1Mb", 1e6), ("1mb", 1e6), ("1MBps", 8e6), ("1MB/s", 8e6), ("8bps", 8.0)])
 def test_rate_parser_accepts(text, bps):
     assert bandwidth_rate(text) == pytest.approx(bps)
 

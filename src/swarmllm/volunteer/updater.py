@@ -12,7 +12,8 @@ trusted release keys (the project's, plus SWARMLLM_RELEASE_KEYS), whatever the s
 What is installed (`choose_update`, pure): the newest verified release whose version is above the
 running one and has not failed here before. An older or equal version is never installed (no
 downgrade by replaying an old signed release). Nothing is installed while swarmllm runs from a
-source checkout (an editable install): the updater says so and only reports what is available.
+source checkout (an editable install) or from read-only packages (a hardened service, a container
+image): the updater says so and only reports what is available.
 
 How (`Updater.run`, a task beside `ServerNode.run`):
 1. every `check_seconds` (+-10% so that a swarm's nodes do not all look at once), look up releases;
@@ -82,7 +83,7 @@ class UpdateState:
     """What the updater is doing, for the volunteer's page and the logs."""
 
     state: str = "starting"              # starting | up to date | available | downloading | waiting for sessions
-    # to end | installing | restarting | failed | source checkout
+    # to end | installing | restarting | failed | source checkout | read-only install
     current: str = swarmllm.__version__  # the running version
     available: Optional[str] = None      # the newest verified release above it, if any
     source: Optional[str] = None         # where that release was found: "dht" or "index"
@@ -111,6 +112,13 @@ def editable_install() -> bool:
     except metadata.PackageNotFoundError:
         return True
     return bool(direct) and bool(json.loads(direct).get("dir_info", {}).get("editable"))
+
+
+def install_writable() -> bool:
+    """Whether pip could write this interpreter's packages (a service's or container's may be read-only)."""
+    import sysconfig
+
+    return os.access(sysconfig.get_paths()["purelib"], os.W_OK)
 
 
 def releases_from_dht(found: dict, trusted: frozenset[str], now: float) -> list[Found]:
@@ -277,6 +285,11 @@ class Updater:
         if editable_install():
             state.state = "source checkout"
             state.error = "swarmllm runs from a source checkout: update it with git, not the updater"
+            return
+        if not install_writable():
+            state.state = "read-only install"
+            state.error = ("this environment's packages are read-only (a service or a container): update the package "
+                           "or pull the new image; releases are still checked and shown")
             return
         release = chosen.release
         logger.warning("swarmllm %s is available (running %s): downloading it", release.version, state.current)
