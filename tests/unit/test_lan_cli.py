@@ -56,3 +56,16 @@ def test_serve_flags_map_onto_lan_config():
     assert not ServerConfig(model="m").lan  # programmatic nodes (tests) stay off the LAN unless asked
     with pytest.raises(ValueError, match="--swarm-name"):
         ServerConfig(model="m", swarm_name="a b")
+
+
+def test_a_volunteer_falls_back_to_the_public_bootstrap_list_then_starts_a_swarm(monkeypatch, capsys):
+    from swarmllm.cli_volunteer import _peers
+
+    args = build_parser().parse_args(["volunteer", "--no-lan"])
+    monkeypatch.setenv("SWARMLLM_BOOTSTRAP_PEERS", "/ip4/10.0.0.9/tcp/1/p2p/A, /ip4/10.0.0.8/tcp/1/p2p/B")
+    assert _peers(args) == ["/ip4/10.0.0.9/tcp/1/p2p/A", "/ip4/10.0.0.8/tcp/1/p2p/B"]
+    assert "public swarm through 2 bootstrap" in capsys.readouterr().err
+    explicit = build_parser().parse_args(["volunteer", "--no-lan", "--initial-peers", "/ip4/10.0.0.1/tcp/1/p2p/X"])
+    assert _peers(explicit) == ["/ip4/10.0.0.1/tcp/1/p2p/X"]  # what the volunteer names comes first
+    monkeypatch.setenv("SWARMLLM_BOOTSTRAP_PEERS", "")
+    assert _peers(args) == [] and "starts a swarm of its own" in capsys.readouterr().err

