@@ -132,6 +132,7 @@ def plain_api(gateway_swarm):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+@pytest.mark.extended  # a second gateway (~14 s); ring decoding == plain is in test_swarm's default cases
 def test_ring_gateway_streams_the_same_reply(api, plain_api, reference):
     ring_api, api = api, plain_api  # the default gateway rings; compare it with a plain one
     stream = ring_api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],

@@ -100,7 +100,7 @@ def setup(tmp_path_factory):
     swarm = LocalSwarm(MODEL, [], log_dir=root / "logs", env=env)
     swarm.start(timeout=120)
     port = free_port()
-    node = swarm.add_node(0, 30, name="volunteer", program=[str(python), "-m", "swarmllm.cli"],
+    node = swarm.add_node(0, 30, name="volunteer", program=["env", "-u", "PYTHONPATH", str(python), "-m", "swarmllm.cli"],
                           extra_args=["--auto-update", "--update-check", "3", "--release-index", index.as_uri() + "/",
                                       "--status-port", str(port), "--throughput", "1"])
     swarm.wait_ready([node], timeout=180)
@@ -203,6 +203,8 @@ def test_a_signed_release_is_installed_between_sessions_and_the_node_comes_back(
         time.sleep(1)
     with SwarmClient.connect(swarm.initial_peers) as client:
         result = generate_text(MODEL, PROMPT, GenerationOptions(sampling=GREEDY, ring=False), client=client)
+    served = page(setup)  # the restarted node's own counters (its page): the generation went through it
+    assert served["tokens_served"] > 0 and served["bytes_up"] > 0 and served["bytes_down"] > 0
     reference = generate_text(MODEL, PROMPT, GREEDY)
     assert result.text == reference.text and tokens.token_ids == reference.token_ids
     print(f"update: published -> serving 0.9.1 in {took:.1f} s")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+# extended: a minute of traffic; benchmarks/bandwidth_cap.py is the measurement (docs/bandwidth.md) and
+# tests/unit/test_bandwidth.py checks the pacing of real streams in the default run.
+pytestmark = [pytest.mark.integration, pytest.mark.extended]
 
 if os.geteuid() != 0:
     pytest.skip("the bandwidth lab needs root (a network namespace and a veth pair)", allow_module_level=True)

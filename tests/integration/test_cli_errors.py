@@ -77,6 +77,7 @@ def partial_swarm(tmp_path_factory):
         swarm.stop()
 
 
+@pytest.mark.extended  # its own swarm (~20 s); routing's missing-blocks sentences are unit-tested (test_routing)
 def test_missing_blocks_then_server_out_of_memory(partial_swarm):
     out = swarmllm("generate", "--initial-peers", ",".join(partial_swarm.initial_peers), "hi")
     assert out.returncode == 2

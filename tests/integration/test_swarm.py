@@ -239,6 +239,7 @@ LONG_PROMPT = " ".join(["The history of the bicycle starts in the early nineteen
     " Summarise the text above in one sentence."
 
 
+@pytest.mark.extended  # ~19 s; the default run's swarm == local cases prefill through the same chain
 def test_pipelined_prefill_of_a_long_prompt_equals_local(client):
     params = SamplingParams(max_new_tokens=16)
     local = generate_text(MODEL, LONG_PROMPT, params)  # chunked like the swarm: same computation

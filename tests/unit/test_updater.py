@@ -77,3 +77,20 @@ def test_flags_make_the_config():
     with pytest.raises(ValueError, match="positive"):
         config_from_flags(True, 0, None)
     assert UpdateState().to_json()["state"] == "starting"
+
+
+def test_blocking_work_runs_on_a_daemon_thread_and_errors_come_back():
+    import asyncio
+    import threading
+
+    from swarmllm.volunteer.updater import in_daemon_thread
+
+    def where():
+        return threading.current_thread().daemon
+
+    def fails():
+        raise OSError("network is unreachable")
+
+    assert asyncio.run(in_daemon_thread(where)) is True
+    with pytest.raises(OSError, match="unreachable"):
+        asyncio.run(in_daemon_thread(fails))

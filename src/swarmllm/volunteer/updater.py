@@ -195,6 +195,26 @@ def restart(argv: Optional[Sequence[str]] = None) -> None:
     os.execv(sys.executable, [sys.executable, "-m", "swarmllm", *args])
 
 
+async def in_daemon_thread(fn, *args):
+    """`fn(*args)` on a daemon thread: a fetch hanging on a dead network must not hold up the node's exit
+    (the event loop's default executor is joined at exit; a daemon thread is not)."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as e:  # handed to the awaiting task
+            loop.call_soon_threadsafe(lambda error=e: future.done() or future.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
+
+    threading.Thread(target=run, name=f"updater-{getattr(fn, '__name__', 'task')}", daemon=True).start()
+    return await future
+
+
 @dataclasses.dataclass(frozen=True)
 class UpdateConfig:
     check_seconds: float = DEFAULT_CHECK_SECONDS
@@ -251,8 +271,7 @@ class Updater:
                 logger.info("could not read releases from the DHT: %s", e)
         if self.config.index is not None:
             try:
-                found.append(await asyncio.get_running_loop().run_in_executor(
-                    None, release_from_index, self.config.index, self.trusted, now))
+                found.append(await in_daemon_thread(release_from_index, self.config.index, self.trusted, now))
             except (OSError, ValueError) as e:
                 logger.info("the release index %s gave no release: %s", self.config.index, e)
         await self._republish(found)
@@ -294,10 +313,9 @@ class Updater:
         release = chosen.release
         logger.warning("swarmllm %s is available (running %s): downloading it", release.version, state.current)
         state.state = "downloading"
-        loop = asyncio.get_running_loop()
         try:
-            wheel = await loop.run_in_executor(None, fetch_wheel, release, wheel_location(release, self.config.index),
-                                               self.folder)
+            wheel = await in_daemon_thread(fetch_wheel, release, wheel_location(release, self.config.index),
+                                           self.folder)
         except (RecordRejected, OSError, ValueError) as e:
             self._failed(release.version, str(e))
             return
@@ -305,7 +323,7 @@ class Updater:
             return
         state.state = "installing"
         try:
-            await loop.run_in_executor(None, pip_install, wheel)
+            await in_daemon_thread(pip_install, wheel)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             self._failed(release.version, str(e))
             self.node.resume("update")
