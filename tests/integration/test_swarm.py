@@ -171,6 +171,7 @@ def test_out_of_capacity_is_a_clear_error(swarm3, client):
     stream.close(), stream2.close()
 
 
+@pytest.mark.extended  # a fourth node (~10 s); overlapping spans are planned in tests/unit/test_routing.py
 def test_overlapping_fourth_node_does_not_break_routing(swarm3, client, local_reference):
     extra = swarm3.add_node(5, 25, name="overlap")
     swarm3.wait_ready([extra], timeout=180)

@@ -72,7 +72,7 @@ def test_serves_pauses_while_the_machine_is_busy_resumes_and_leaves(swarm):
     volunteer = ManagedProcess("volunteer", [
         sys.executable, "-m", "swarmllm.cli", "volunteer", "--initial-peers", ",".join(swarm.initial_peers),
         "--no-lan", "--host", "127.0.0.1", "--threads", "1", "--max-memory", "2GB", "--when-idle",
-        "--busy-cpu", "170", "--idle-check", "2", "--status-port", "0", "--identity", str(swarm.identity_path("volunteer"))],
+        "--busy-cpu", "170", "--idle-check", "1", "--status-port", "0", "--identity", str(swarm.identity_path("volunteer"))],
         swarm.log_dir / "volunteer.log")
     volunteer.start(swarm._env())
     swarm.nodes.append(volunteer)  # stopped with the swarm
