@@ -86,6 +86,20 @@ def test_bad_requests_get_openai_errors(gateway_swarm, body, status):
     assert r.json()["error"]["message"]
 
 
+def test_content_type_missing_is_json_and_another_is_refused_with_what_to_send(gateway_swarm):
+    _, url = gateway_swarm
+    body = b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, ' \
+           b'"an_unknown_field": {"ignored": true}}'
+    r = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"content-type": ""})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None, r.text
+    r = httpx.post(f"{url}/v1/chat/completions", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "send Content-Type: application/json" in r.json()["error"]["message"]
+    r = httpx.post(f"{url}/v1/chat/completionz", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 404 and r.json()["error"]["message"]  # unknown routes too: OpenAI's error shape
+    r = httpx.get(f"{url}/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"]
+
+
 def test_oversized_body_is_413(gateway_swarm):
     _, url = gateway_swarm
     r = httpx.post(f"{url}/v1/chat/completions", content=b"x" * 2_000_000, headers={"content-type": "application/json"})

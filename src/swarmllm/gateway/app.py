@@ -46,7 +46,7 @@ from swarmllm.client.routing import PriceUnavailableError
 from swarmllm.client.swarm_client import OutsideRadiusError, SwarmClient
 from swarmllm.client.verification import VerificationError
 from swarmllm.gateway.api_keys import ApiKeys, bearer_token
-from swarmllm.gateway.body_limit import BodyLimit
+from swarmllm.gateway.body_limit import BodyLimit, JsonByDefault
 from swarmllm.gateway.credit_links import CreditLinks
 from swarmllm.gateway.free_tier import FreeTierPolicy, admission_priority, contributor_limits
 from swarmllm.gateway.clients import IPNetwork, address_key, client_address, forwarded_chain
@@ -168,6 +168,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     app.state.service, app.state.status, app.state.admission = service, status, admission
     app.state.limiter, app.state.slots = limiter, slots
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JsonByDefault)
 
     # --- errors -------------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -176,6 +177,12 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError):
+        # No Content-Type: FastAPI reads the body as JSON (as OpenAI's API does). Another type: the body was
+        # never parsed, so say what to send rather than which field "is missing".
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind and not (kind == "application/json" or kind.endswith("+json")):
+            return _error_response(415, f"the body was sent as {kind}; send Content-Type: application/json with a "
+                                        "JSON body", "invalid_request_error", "unsupported_media_type")
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":
             return _error_response(400, "the request body is not valid JSON", "invalid_request_error", "invalid_json")

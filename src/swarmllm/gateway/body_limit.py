@@ -1,4 +1,6 @@
-"""ASGI middleware: request bodies over a size limit get 413, counted on the stream.
+"""ASGI middleware: request bodies over a size limit get 413, counted on the stream; JSON by default.
+
+`JsonByDefault` reads a POST without a Content-Type as JSON.
 
 A Content-Length over the limit is refused before a byte of the body is read. Otherwise
 (chunked bodies, or a Content-Length that lies low) the `http.request` chunks are counted
@@ -56,3 +58,18 @@ class BodyLimit:
             return chunks.pop(0) if chunks else await receive()
 
         await self.app(scope, replay, send)
+
+
+class JsonByDefault:
+    """A POST with no (or an empty) Content-Type is read as JSON, as OpenAI's API reads it: curl -d and
+    some SDKs send none. Any other declared type is left alone (the app answers 415 saying what to send)."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if not (k == b"content-type" and not v.strip())]
+            if not any(k == b"content-type" for k, _ in headers):
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
