@@ -243,6 +243,7 @@ def cmd_serve(args) -> int:
 def cmd_generate(args) -> int:
     from swarmllm.client.generation import GenerationOptions, Generator
     from swarmllm.engine.sampling import SamplingParams
+    from swarmllm.models.catalog import sampling_options
 
     if args.ring and args.local:
         raise UsageError("--ring needs a swarm; --local has no chain to ring around")
@@ -255,8 +256,8 @@ def cmd_generate(args) -> int:
                          "(swarmllm serve --quant)")
     model = _local_model_path(args) if args.model.startswith(("http://", "https://")) and not args.lite else args.model
     options = GenerationOptions(
-        sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ())),
+        sampling=SamplingParams(**sampling_options(vars(args), args.model if args.recommended else None),
+                                seed=args.seed, max_new_tokens=args.max_new_tokens, stop=tuple(args.stop or ())),
         max_length=args.max_length, wire_dtype=args.wire_dtype, speculative=args.speculative, draft_k=args.draft_k,
         draft_blocks=args.draft_blocks, ring=args.ring, verify=args.verify,
         radius=None if args.local else args.radius, privacy=args.privacy, max_price=args.max_price)

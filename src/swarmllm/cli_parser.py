@@ -419,9 +419,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="credits per 1,000 tokens the chain may cost in all (servers announce --price); "
                         "default: any price")
     p.add_argument("--max-length", type=int, help="session length to reserve (default: prompt + max-new-tokens)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    sampling = p.add_argument_group(
+        "sampling", "unset options are greedy decoding's (temperature 0, no filter, no penalty), or with --recommended "
+                    "the model's recommended values (`swarmllm models --json` lists them; the API applies them itself)")
+    sampling.add_argument("--recommended", action="store_true",
+                          help="use the model's recommended sampling for every option not given")
+    sampling.add_argument("--temperature", type=float, help="0 = greedy")
+    sampling.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 = all)")
+    sampling.add_argument("--top-p", type=float, help="keep the most likely tokens up to this total probability")
+    sampling.add_argument("--min-p", type=float, help="drop tokens less likely than this times the most likely one")
+    sampling.add_argument("--repetition-penalty", type=float,
+                          help="divide (positive) logits of tokens seen in the last --penalty-last-n by this; 1 = none")
+    sampling.add_argument("--frequency-penalty", type=float,
+                          help="subtract this per occurrence in the last --penalty-last-n tokens (-2..2)")
+    sampling.add_argument("--presence-penalty", type=float,
+                          help="subtract this once for a token present in the last --penalty-last-n tokens (-2..2)")
+    sampling.add_argument("--penalty-last-n", type=int,
+                          help="how many context tokens the penalties look at (default 64; -1 = all)")
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", nargs="*", help="stop strings")
     p.add_argument("--system", help="system message for the chat template")

@@ -1,17 +1,18 @@
-"""Two protocol versions in one real swarm: compatible ones interoperate, incompatible ones refuse clearly.
+"""Protocol versions in one real swarm: compatible ones interoperate, incompatible ones refuse clearly.
 
-Three builds of this code, each run as real node processes: this one (protocol v8, swarmllm
-as it is), a "v9" copy that only raised PROTOCOL_VERSION (what a release that adds optional
-fields does: its range is v8 to v9) and a "v10" copy that raised MIN_PROTOCOL_VERSION to 10 (a
-release that changed a meaning). Each copy is the source tree under tmp_path with its
-constants patched, run with PYTHONPATH pointing at it.
+Three builds of this code, each run as real node processes: this one (its range [MIN_PROTOCOL_VERSION,
+PROTOCOL_VERSION], v8 to v9 today), an "old" copy that speaks MIN_PROTOCOL_VERSION only (as the release before
+the last optional fields did) and a "newest" copy whose MIN_PROTOCOL_VERSION is two above ours (a release that
+changed a meaning). Each copy is the source tree under tmp_path with its constants patched, run with PYTHONPATH
+pointing at it.
 
-- This node [0, 15) and the v9 node [15, 30) serve the model together: greedy tokens through
-  them equal one process's, and raw sessions negotiate the highest common version.
-- The v10 node, also on [15, 30), is never routed through, and refuses a session of ours with
-  `version_mismatch` saying this side must upgrade; our node refuses a v10 OpenSession it cannot
-  even parse the same way.
-- With the v9 node gone, the client's error names both versions and says to upgrade.
+- This node [0, 15) and the old node [15, 30) serve the model together: greedy tokens through them equal one
+  process's, raw sessions negotiate the highest common version, and sampling with penalties (whose ring fields
+  are v9's) is decoded the plain way through them, with the same tokens.
+- The newest node, also on [15, 30), is never routed through, and refuses a session of ours with
+  `version_mismatch` saying this side must upgrade; our node refuses a newer OpenSession it cannot even parse
+  the same way.
+- With the old node gone, the client's error names both versions and says to upgrade.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from pathlib import Path
 import pytest
 
 import swarmllm
-from swarmllm.client.generation import generate_text
+from swarmllm.client.generation import GenerationOptions, generate_text
 from swarmllm.client.routing import IncompatibleVersionsError
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.harness.local_swarm import LocalSwarm
 from swarmllm.protocol import (
-    SESSION_HANDLER, ErrorReply, OpenSession, ServerState, SessionOpened, decode_frame, encode_frame,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, SESSION_HANDLER, ErrorReply, OpenSession, ServerState, SessionOpened, decode_frame, encode_frame,
 )
 from swarmllm.protocol.codec import LAYOUT_JSON
 
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.integration
 MODEL, N_BLOCKS = "smollm2-135m", 30
 PROMPT = "Write a short story about a robot who learns to paint."
 GREEDY = SamplingParams(max_new_tokens=8)
+PENALIZED = SamplingParams(temperature=0.6, seed=4, repetition_penalty=1.3, presence_penalty=0.5, max_new_tokens=12)
 
 
 def build(tmp_path: Path, name: str, protocol_version: int, min_protocol_version: int, version: str) -> Path:
@@ -100,67 +102,76 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def test_two_versions_interoperate_and_an_incompatible_one_refuses_clearly(tmp_path):
-    v9 = build(tmp_path, "v9", 9, 8, "0.2.0")
-    v10 = build(tmp_path, "v10", 10, 10, "0.3.0")
+    low, high = MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+    assert low < high, "this test wants a range of two versions at least"
+    top = high + 2
+    ours_text, old_text, top_text = f"v{low} to v{high}", f"v{low}", f"v{top}"
+    old_build = build(tmp_path, "old", low, low, "0.1.0")
+    newest_build = build(tmp_path, "newest", top, top, "0.3.0")
     swarm = LocalSwarm(MODEL, [], log_dir=tmp_path / "logs")
     try:
         swarm.start(timeout=120)
         one_thread = ["--num-threads", "1"]
-        ours = swarm.add_node(0, 15, name="v8", extra_args=one_thread)
-        newer = swarm.add_node(15, 30, name="v9", extra_args=one_thread, program=program(v9))
-        newest = swarm.add_node(15, 30, name="v10", extra_args=one_thread, program=program(v10))
-        swarm.wait_ready([ours, newer, newest], timeout=180)
-        peer = {p.name: p.ready["peer_id"] for p in (ours, newer, newest)}
+        ours = swarm.add_node(0, 15, name="ours", extra_args=one_thread)
+        old = swarm.add_node(15, 30, name="old", extra_args=one_thread, program=program(old_build))
+        newest = swarm.add_node(15, 30, name="newest", extra_args=one_thread, program=program(newest_build))
+        swarm.wait_ready([ours, old, newest], timeout=180)
+        peer = {p.name: p.ready["peer_id"] for p in (ours, old, newest)}
         reference = generate_text(MODEL, PROMPT, GREEDY)
+        penalized_reference = generate_text(MODEL, PROMPT, PENALIZED)
 
         with SwarmClient.connect(swarm.initial_peers, keep_state=False) as client:
             records = wait_for(lambda: (lambda r: r if set(peer.values()) <= set(r) else None)(records_by_peer(client)),
                                30, "the three nodes' records did not show")
             # Each node runs the build it was given (its record says so).
-            assert records[peer["v8"]].protocol_range == (8, 8)
-            assert records[peer["v9"]].protocol_range == (8, 9)
-            assert records[peer["v9"]].software_version == "0.2.0"
-            assert records[peer["v10"]].protocol_range == (10, 10)
+            assert records[peer["ours"]].protocol_range == (low, high)
+            assert records[peer["old"]].protocol_range == (low, low)
+            assert records[peer["old"]].software_version == "0.1.0"
+            assert records[peer["newest"]].protocol_range == (top, top)
 
-            # v8 and v9 serve the model together; the v10 node is never on the route.
+            # Ours and the old node serve the model together; the newest node is never on the route.
             result = generate_text(MODEL, PROMPT, GREEDY, client=client)
             assert result.token_ids == reference.token_ids and result.text == reference.text
-            assert [hop.peer_id for hop in result.route] == [peer["v8"], peer["v9"]]
+            assert [hop.peer_id for hop in result.route] == [peer["ours"], peer["old"]]
+            # The old last server cannot read a ring's penalties: the client samples, the same tokens come out.
+            penalized = generate_text(MODEL, PROMPT, GenerationOptions(sampling=PENALIZED), client=client)
+            assert penalized.token_ids == penalized_reference.token_ids
+            assert penalized.ring is not None and penalized.ring.plain_fallback
 
             # Raw sessions: the highest version both ends speak.
-            opened = raw_open(client, peer["v9"], open_frame("a" * 16, 15, 30))
-            assert isinstance(opened, SessionOpened) and opened.protocol_version == 8
-            opened = raw_open(client, peer["v9"], open_frame("b" * 16, 15, 30, protocol_version=9))
-            assert isinstance(opened, SessionOpened) and opened.protocol_version == 9
-            opened = raw_open(client, peer["v8"], open_frame("c" * 16, 0, 15, protocol_version=9))
-            assert isinstance(opened, SessionOpened) and opened.protocol_version == 8
+            opened = raw_open(client, peer["old"], open_frame("a" * 16, 15, 30))
+            assert isinstance(opened, SessionOpened) and opened.protocol_version == low
+            opened = raw_open(client, peer["ours"], open_frame("b" * 16, 0, 15))
+            assert isinstance(opened, SessionOpened) and opened.protocol_version == high
+            opened = raw_open(client, peer["ours"], open_frame("c" * 16, 0, 15, protocol_version=low))
+            assert isinstance(opened, SessionOpened) and opened.protocol_version == low
 
-            # The v10 node refuses our range and says that we must upgrade.
-            refused = raw_open(client, peer["v10"], open_frame("d" * 16, 15, 30))
+            # The newest node refuses our range and says that we must upgrade.
+            refused = raw_open(client, peer["newest"], open_frame("d" * 16, 15, 30))
             assert isinstance(refused, ErrorReply) and refused.code == "version_mismatch"
-            assert refused.message == ("this node speaks protocol v10 and the client v8: the client must upgrade "
-                                       "(pip install -U swarmllm)")
-            # Ours refuses a v10 OpenSession carrying a field it does not know: a version error, not "malformed".
+            assert refused.message == (f"this node speaks protocol {top_text} and the client {ours_text}: the client "
+                                       "must upgrade (pip install -U swarmllm)")
+            # Ours refuses a newer OpenSession carrying a field it does not know: a version error, not "malformed".
             header = {**json.loads(OpenSession(session_id="e" * 16, model_id=MODEL, start=0, end=15, max_length=8,
-                                               protocol_version=10, min_protocol_version=10).model_dump_json()),
-                      "a_field_of_v10": True}
+                                               protocol_version=top, min_protocol_version=top).model_dump_json()),
+                      "a_field_of_the_future": True}
             raw = json.dumps(header).encode()
-            refused = raw_open(client, peer["v8"], LAYOUT_JSON + struct.pack("<I", len(raw)) + raw)
+            refused = raw_open(client, peer["ours"], LAYOUT_JSON + struct.pack("<I", len(raw)) + raw)
             assert isinstance(refused, ErrorReply) and refused.code == "version_mismatch"
-            assert refused.message == ("this node speaks protocol v8 and the client v10: upgrade this node "
-                                       "(pip install -U swarmllm)")
+            assert refused.message == (f"this node speaks protocol {ours_text} and the client {top_text}: upgrade "
+                                       "this node (pip install -U swarmllm)")
 
-        # The v9 node leaves: only the v10 node serves [15, 30) now.
-        newer.terminate()
-        newer.finish(time.monotonic() + 15)
+        # The old node leaves: only the newest node serves [15, 30) now.
+        old.terminate()
+        old.finish(time.monotonic() + 15)
         with SwarmClient.connect(swarm.initial_peers, keep_state=False) as client:
-            wait_for(lambda: (lambda r: r.get(peer["v9"]) is None or r[peer["v9"]].state != ServerState.ONLINE)(
-                records_by_peer(client)), 30, "the v9 node still announced itself online")
+            wait_for(lambda: (lambda r: r.get(peer["old"]) is None or r[peer["old"]].state != ServerState.ONLINE)(
+                records_by_peer(client)), 30, "the old node still announced itself online")
             with pytest.raises(IncompatibleVersionsError) as error:
                 generate_text(MODEL, PROMPT, GREEDY, client=client)
-            assert str(error.value) == (f"no route to blocks [15, 30) of {MODEL}: its servers speak protocol v10 "
-                                        f"(swarmllm 0.3.0) and this client v8 (swarmllm {swarmllm.__version__}): "
-                                        f"upgrade swarmllm (pip install -U swarmllm)")
+            assert str(error.value) == (f"no route to blocks [15, 30) of {MODEL}: its servers speak protocol {top_text} "
+                                        f"(swarmllm 0.3.0) and this client {ours_text} (swarmllm "
+                                        f"{swarmllm.__version__}): upgrade swarmllm (pip install -U swarmllm)")
         assert ours.alive and newest.alive
     finally:
         swarm.stop()

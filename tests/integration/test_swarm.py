@@ -49,6 +49,21 @@ def test_swarm_greedy_equals_local(swarm3, client, local_reference, ring):
     assert (result.decoding == "ring") == (ring is None)  # through a swarm whose ends offer it, ring is the default
 
 
+PENALIZED = SamplingParams(temperature=0.7, top_p=0.95, min_p=0.05, seed=11, repetition_penalty=1.3,
+                           frequency_penalty=0.3, presence_penalty=0.2, penalty_last_n=16, max_new_tokens=40)
+
+
+@pytest.mark.parametrize("ring", [False, None], ids=["plain", "ring"])
+def test_penalties_and_min_p_through_the_swarm_equal_local(swarm3, client, ring):
+    """The ring's last server samples with the penalties from the context window the ring carries (protocol v9)."""
+    local = generate_text(MODEL, PROMPT, PENALIZED)
+    result = generate_text(MODEL, PROMPT, GenerationOptions(sampling=PENALIZED, ring=ring), client=client)
+    assert result.token_ids == local.token_ids and result.text == local.text
+    assert result.decoding == ("ring" if ring is None else "plain")
+    unpenalized = generate_text(MODEL, PROMPT, SamplingParams(temperature=0.7, top_p=0.95, seed=11, max_new_tokens=40))
+    assert unpenalized.token_ids != local.token_ids  # the penalties changed the text
+
+
 def test_chain_uses_the_three_nodes(swarm3, client):
     chain = client.plan(MODEL, 30)
     assert [(link.start, link.end) for link in chain] == [(0, 10), (10, 20), (20, 30)]

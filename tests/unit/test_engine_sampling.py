@@ -116,3 +116,85 @@ def test_tiny_top_p_keeps_the_most_likely_token():
     logits = torch.randn(4096, generator=torch.Generator().manual_seed(0))
     sampler = Sampler(SamplingParams(temperature=1.0, top_p=5e-324, seed=3))
     assert sampler.sample(logits) == int(torch.argmax(logits))
+
+
+# --- penalties and min-p (llama.cpp's / Ollama's semantics) ---------------------------------------
+def _reference_penalties(logits: list[float], context: list[int], params: SamplingParams) -> list[float]:
+    """llama.cpp's llama_sampler_penalties_apply, written out token by token."""
+    n = len(context) if params.penalty_last_n == -1 else params.penalty_last_n
+    window = context[-n:] if n else []
+    out = list(logits)
+    for token in set(window):
+        count = window.count(token)
+        if out[token] > 0:
+            out[token] /= params.repetition_penalty
+        else:
+            out[token] *= params.repetition_penalty
+        out[token] -= count * params.frequency_penalty + params.presence_penalty
+    return out
+
+
+@pytest.mark.parametrize("last_n", [64, 5, -1, 0])
+def test_penalties_match_llama_cpps_formula(last_n):
+    from swarmllm.engine.sampling import apply_penalties
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(50, generator=gen) * 3  # positive and negative logits
+    context = torch.randint(0, 50, (40,), generator=gen).tolist() + [7, 7, 7]
+    params = SamplingParams(repetition_penalty=1.3, frequency_penalty=0.4, presence_penalty=0.25, penalty_last_n=last_n)
+    got = apply_penalties(logits, params, context)
+    expected = torch.tensor(_reference_penalties(logits.tolist(), context, params))
+    assert torch.allclose(got, expected, atol=1e-6)
+    if last_n == 0:
+        assert got is logits  # nothing to do
+
+
+def test_greedy_with_a_repetition_penalty_leaves_a_loop():
+    logits = torch.tensor([0.0, 5.0, 4.8, 1.0])
+    plain, penalized = Sampler(SamplingParams()), Sampler(SamplingParams(repetition_penalty=1.1))
+    assert plain.sample(logits, [1, 1]) == 1
+    assert penalized.sample(logits, [1, 1]) == 2  # 5.0 / 1.1 < 4.8
+    assert penalized.sample(logits, []) == 1      # nothing seen: nothing penalized
+    assert penalized.sample(logits, [3, 99]) == 1  # an id outside the vocabulary counts for nothing
+
+
+def test_frequency_counts_occurrences_and_presence_counts_once():
+    logits = torch.tensor([3.0, 2.0, 0.0])
+    freq = Sampler(SamplingParams(frequency_penalty=0.6))
+    pres = Sampler(SamplingParams(presence_penalty=0.6))
+    assert freq.sample(logits, [0]) == 0 and freq.sample(logits, [0, 0]) == 1  # 3 - 1.2 < 2
+    assert pres.sample(logits, [0, 0, 0, 0]) == 0                               # 3 - 0.6 > 2
+
+
+def test_min_p_drops_what_is_far_less_likely_than_the_best():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    probs = Sampler(SamplingParams(temperature=1.0, min_p=0.2)).distribution(logits)
+    assert probs[3] == 0 and probs[2] > 0  # 0.05 < 0.2 * 0.5 <= 0.15
+    assert torch.isclose(probs.sum(), torch.tensor(1.0))
+    only_best = Sampler(SamplingParams(temperature=1.0, min_p=0.99)).distribution(logits)
+    assert only_best.tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_the_distribution_takes_the_penalties_only_with_a_context():
+    logits = torch.tensor([2.0, 1.0])
+    sampler = Sampler(SamplingParams(temperature=1.0, repetition_penalty=2.0))
+    assert torch.allclose(sampler.distribution(logits), torch.softmax(logits, -1))
+    assert torch.allclose(sampler.distribution(logits, [0]), torch.softmax(torch.tensor([1.0, 1.0]), -1))
+
+
+@pytest.mark.parametrize("bad, says", [(dict(min_p=1.0), "min_p"), (dict(repetition_penalty=0.0), "repetition_penalty"),
+                                       (dict(frequency_penalty=2.5), "frequency_penalty"),
+                                       (dict(presence_penalty=-3), "presence_penalty"),
+                                       (dict(penalty_last_n=-2), "penalty_last_n")])
+def test_out_of_range_penalties_are_clear(bad, says):
+    with pytest.raises(ValueError, match=says):
+        SamplingParams(**bad)
+
+
+def test_generation_with_penalties_is_replayable_from_the_context():
+    """iter_generate passes prompt + generated tokens: the same tokens come out of a fresh sampler fed them."""
+    head = ScriptedHead([1, 1, 1, 1, 1, 1])  # a model that wants token 1 forever
+    params = SamplingParams(repetition_penalty=10, presence_penalty=2, max_new_tokens=4, penalty_last_n=1)
+    out = generate(head, FakeTokenizer(), lambda hidden, position: hidden, [2], params)
+    # right after itself token 1's logit is 10 / 10 - 2 < 0: token 0 (logit 0, the first of the rest) comes between
+    assert out.token_ids == [1, 0, 1, 0]

@@ -112,3 +112,42 @@ def test_a_ring_starting_step_travels_as_json_and_plain_steps_stay_binary():
     assert encode_frame(plain, raw)[:1] == b"S"
     assert encode_frame(ring, raw)[:1] == b"J"
     assert decode_frame(encode_frame(ring, raw))[0] == ring
+
+
+PENALIZED = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=5, min_p=0.05, repetition_penalty=1.3,
+                           frequency_penalty=0.5, presence_penalty=0.2, penalty_last_n=6)
+
+
+def test_a_ring_with_penalties_samples_like_the_client_given_the_same_context():
+    """The ring carries the penalty window of the context; the last server appends what it samples."""
+    from swarmllm.client.ring import _sampling
+
+    prompt = [5, 9, 9, 17, 250, 3, 3, 3]
+    spec = RingSpec(sampling=_sampling(PENALIZED, 0, prompt), max_tokens=20, first_hop=NextHop(peer_id="A", session_id="s" * 8),
+                    last_peer_id="C")
+    assert spec.sampling.history == tuple(prompt[-6:])
+    ring = RingState.start(spec, step_id=0)
+    client, context = Sampler(PENALIZED), list(prompt)
+
+    def logits(i):  # a model that keeps wanting token 3
+        return _logits(i) + 12 * torch.nn.functional.one_hot(torch.tensor(3), 300)
+
+    for i in range(20):
+        token, _ = ring.next_token(_Head(), logits(i), next_position=100 + i, max_length=1000)
+        expected = client.sample(logits(i), context)
+        assert token == expected
+        context.append(expected)
+    unpenalized = Sampler(SAMPLED)
+    assert [unpenalized.sample(logits(i)) for i in range(20)].count(3) > context[len(prompt):].count(3) + 5
+
+
+def test_ring_sampling_without_penalties_is_v8s_bytes():
+    """v9's fields are left out while they hold their defaults, so a v8 server (extra fields forbidden) parses it."""
+    v8_fields = {"temperature", "top_k", "top_p", "seed", "draws"}
+    plain = RingSampling(temperature=0.7, top_k=3, seed=2, draws=4)
+    assert set(plain.model_dump()) == v8_fields and not plain.needs_v9
+    penalized = RingSampling(repetition_penalty=1.1, history=(1, 2))
+    assert set(penalized.model_dump()) == v8_fields | {"repetition_penalty", "history"} and penalized.needs_v9
+    assert RingSampling.model_validate_json(penalized.model_dump_json()) == penalized
+    with pytest.raises(ValueError):
+        RingSampling(history=(-1,))

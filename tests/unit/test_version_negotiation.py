@@ -22,8 +22,8 @@ A = Identity.generate()
 KEY3 = block_key("m", 3)
 
 
-def test_this_version_is_v8_the_first_that_negotiates():
-    assert (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION) == OUR_RANGE == (8, 8)
+def test_this_version_speaks_v8_the_first_that_negotiates_to_v9_the_ring_penalties():
+    assert (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION) == OUR_RANGE == (8, 9)
 
 
 def test_overlapping_ranges_speak_the_highest_common_version():
@@ -100,15 +100,16 @@ def _check(body: dict):
 
 def test_a_record_of_a_newer_version_is_read_without_its_new_fields():
     record = server_record(A)
-    newer = body_dict(record, protocol_version=9, a_field_of_v9=[1, 2], another={"x": 1})
+    future = PROTOCOL_VERSION + 1
+    newer = body_dict(record, protocol_version=future, a_field_of_the_future=[1, 2], another={"x": 1})
     parsed = _check(newer)
-    assert isinstance(parsed, ServerRecord) and parsed.protocol_range == (8, 9)
-    assert parsed == record.model_copy(update={"protocol_version": 9})
+    assert isinstance(parsed, ServerRecord) and parsed.protocol_range == (MIN_PROTOCOL_VERSION, future)
+    assert parsed == record.model_copy(update={"protocol_version": future})
     # Strict otherwise: unknown fields at our version, nested unknown fields, bad values of known ones.
-    for body in (body_dict(record, a_field_of_v9=1),
-                 body_dict(record, protocol_version=9, compute_class={"a_field_of_v9": 1}),
-                 body_dict(record, protocol_version=9, a_field_of_v9=1, throughput=-1.0),
-                 body_dict(record, protocol_version=9, min_protocol_version=10)):
+    for body in (body_dict(record, a_field_of_the_future=1),
+                 body_dict(record, protocol_version=future, compute_class={"a_field_of_the_future": 1}),
+                 body_dict(record, protocol_version=future, a_field_of_the_future=1, throughput=-1.0),
+                 body_dict(record, protocol_version=future, min_protocol_version=future + 1)):
         with pytest.raises(RecordRejected):
             _check(body)
 
@@ -137,7 +138,7 @@ def test_blocks_held_only_by_other_versions_name_the_versions_and_who_upgrades()
         plan_chain("smollm2-135m", 30, [_rec("a", 0, 15), _rec("b", 15, 30, (10, 10), "0.3.0")])
     assert isinstance(newer.value, MissingBlocksError) and newer.value.missing == [(15, 30)]
     assert str(newer.value) == (f"no route to blocks [15, 30) of smollm2-135m: its servers speak protocol v10 "
-                                f"(swarmllm 0.3.0) and this client v8 (swarmllm {swarmllm.__version__}): upgrade "
+                                f"(swarmllm 0.3.0) and this client {range_text(OUR_RANGE)} (swarmllm {swarmllm.__version__}): upgrade "
                                 f"swarmllm (pip install -U swarmllm)")
     with pytest.raises(IncompatibleVersionsError, match=r"protocol v7 \(swarmllm 0.0.9\) .*those servers must "
                                                         r"upgrade swarmllm"):

@@ -34,11 +34,11 @@ from swarmllm.client.swarm_client import RemoteSession, SwarmClient
 from swarmllm.client.verification import VERIFY_MODES
 from swarmllm.client.verified_decoding import RewindingDecoder
 from swarmllm.engine.generation import PREFILL_CHUNK, Decoder, GenerationStep, iter_generate
-from swarmllm.engine.sampling import SamplingParams
+from swarmllm.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
 from swarmllm.engine.speculative import (
     MAX_DRAFT_TOKENS, DraftLength, NgramDrafter, Speculation, SpeculationStats, early_exit_drafter,
 )
-from swarmllm.models.catalog import UnknownModelError, list_catalog
+from swarmllm.models.catalog import UnknownModelError, list_catalog, recommended_sampling, sampling_options
 from swarmllm.protocol import WIRE_DTYPES
 from swarmllm.protocol.records import MAX_PRICE
 from swarmllm.runtime import ClientModel, LocalModel, PromptTooLongError, load_span
@@ -46,7 +46,8 @@ from swarmllm.runtime import ClientModel, LocalModel, PromptTooLongError, load_s
 __all__ = [
     "ClientModel", "Generation", "GenerationOptions", "GenerationResult", "GenerationStep", "Generator",
     "LocalModel", "PromptTooLongError", "RouteHop", "SamplingParams", "SPECULATIVE_MODES", "Timings",
-    "UnknownModelError", "VerificationReport", "generate_text", "list_catalog",
+    "UnknownModelError", "VerificationReport", "generate_text", "list_catalog", "recommended_sampling",
+    "sampling_options",
 ]
 
 SPECULATIVE_MODES = ("off", "ngram", "early-exit")
@@ -71,6 +72,8 @@ class GenerationOptions:
     # widenings ("trusted+public"); None = any server (client/radius.py)
     privacy: Optional[str] = None             # radius of the chain's ends (token ids, embeddings); None = narrowest
     max_price: Optional[float] = None         # credits per 1,000 tokens the chain may cost in all; None = any
+    logprobs: Optional[int] = None            # 0..20: each step carries its token's log-probability and this many
+    # alternatives' (the client samples every token then: plain decoding, never a ring or speculation)
 
     def __post_init__(self) -> None:
         if self.speculative not in SPECULATIVE_MODES:
@@ -90,6 +93,12 @@ class GenerationOptions:
         if self.max_price is not None and not (0 <= self.max_price <= MAX_PRICE):  # NaN fails too
             raise ValueError(f"max_price must be between 0 and {MAX_PRICE:.0e} credits per 1,000 tokens, got "
                              f"{self.max_price}")
+        if self.logprobs is not None:
+            if not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+                raise ValueError(f"logprobs must be 0..{MAX_TOP_LOGPROBS}, got {self.logprobs}")
+            if self.ring or self.speculative != "off":
+                raise ValueError("log-probabilities need the client to sample every token: no ring decoding and no "
+                                 "speculative decoding with them")
         if self.wire_dtype is not None and self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"unknown wire dtype {self.wire_dtype!r}; use one of {', '.join(WIRE_DTYPES)}")
 
@@ -201,7 +210,7 @@ class Generation:
         self._started = time.perf_counter()
         try:
             for event in iter_generate(self.model.head, self.model.tokenizer, self._forward_fn, self.prompt_ids,
-                                       self.options.sampling, self.length, self._decoder):
+                                       self.options.sampling, self.length, self._decoder, self.options.logprobs):
                 if self._first_at is None:
                     self._first_at = time.perf_counter()
                 if event.retracted_tokens:
@@ -318,6 +327,8 @@ class Generator:
 
     def _start_swarm(self, prompt_ids, options: GenerationOptions, length: int, chain=None) -> Generation:
         lite = self.is_lite
+        if lite and options.logprobs is not None:
+            raise LiteError("a lite client has no LM head here, so no log-probabilities: it decodes in a ring only")
         if lite and (options.verify != "off" or options.speculative != "off" or options.ring is False):
             raise LiteError("a lite client decodes in a ring only: no --verify (it needs the LM head), no "
                             "--speculative, no --no-ring")
@@ -335,7 +346,7 @@ class Generator:
         if options.verify != "off" and speculation is None:
             # regenerates from the last verified position after a late conviction; checks all before the end
             decoder = RewindingDecoder(session.verify_all, self.model.tokenizer)
-        wants_ring = options.ring if options.ring is not None else speculation is None
+        wants_ring = options.ring if options.ring is not None else speculation is None and options.logprobs is None
         if lite and not session.session.ring_supported:
             session.close()
             raise LiteError("the chain's ends cannot ring, and a lite client cannot decode otherwise")

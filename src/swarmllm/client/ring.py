@@ -38,7 +38,7 @@ from swarmllm.client.session import InferenceSession, RemoteStepError, committed
 from swarmllm.client.verification import Rewind
 from swarmllm.engine.generation import Retract
 from swarmllm.engine.head import ModelHead
-from swarmllm.engine.sampling import Sampler, SamplingParams
+from swarmllm.engine.sampling import Sampler, SamplingParams, penalty_window
 from swarmllm.protocol import ErrorCode, RingSampling, RingSpec
 
 
@@ -50,23 +50,35 @@ class RingStats:
     plain_fallback: bool = False  # the rest was decoded the plain way (a chain end could not ring)
 
 
-def _sampling(params: SamplingParams, draws: int) -> RingSampling:
+def _sampling(params: SamplingParams, draws: int, context: Sequence[int]) -> RingSampling:
     return RingSampling(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                        seed=params.seed if params.seed is not None else 0, draws=draws)
+                        seed=params.seed if params.seed is not None else 0, draws=draws, min_p=params.min_p,
+                        repetition_penalty=params.repetition_penalty, frequency_penalty=params.frequency_penalty,
+                        presence_penalty=params.presence_penalty, penalty_last_n=params.penalty_last_n,
+                        history=tuple(penalty_window(params, context)))
+
+
+def _speaks(session: InferenceSession, version: int) -> bool:
+    """Whether every server of the session's chain negotiated `version` or later (each parses the RingSpec)."""
+    return all(hop.protocol_version >= version for hop in session.hops)
 
 
 async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.Tensor, position: int,
                       params: SamplingParams, max_tokens: int, eos_token_ids: Sequence[int] = (),
                       draws: int = 0, stats: Optional["RingStats"] = None,
-                      is_last: Callable[[int, int], bool] = lambda token, produced: False) -> AsyncIterator[int]:
+                      is_last: Callable[[int, int], bool] = lambda token, produced: False,
+                      context: Sequence[int] = ()) -> AsyncIterator[int]:
     """Up to max_tokens tokens after running `inputs` [1, T, D] at positions position.. .
 
-    draws: the sampler's RNG state before the first token (see engine/sampling.py).
+    draws: the sampler's RNG state before the first token (see engine/sampling.py). context: the token
+    ids before the first token (prompt and tokens so far), for the penalties; the ring carries their window.
     stats: counts ring starts and whether the rest fell back to plain decoding.
     is_last(token, produced): whether the consumer stops after this token (a stop string; under
     verification the end is checked before it). Verified sessions may also yield `Retract(keep)`."""
     stats = stats if stats is not None else RingStats()
     produced = 0
+    context = list(context)  # grows with each token produced (and shrinks with a Retract)
+    n_context = len(context)
     first_output = position + inputs.shape[1] - 1  # token k is sampled from the output at first_output + k
     draws_before: list[int] = []  # the RNG state before each token produced
     verifier = session.verifier
@@ -76,13 +88,14 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
     stopper = None  # (hop, session id) of the running ring's last server: told to stop if we end early
     try:
         while produced < max_tokens:
-            if not session.ring_supported:
-                stats.plain_fallback = True
+            sampling = _sampling(params, draws, context)
+            if not session.ring_supported or (sampling.needs_v9 and not _speaks(session, 9)):
+                stats.plain_fallback = True  # (a v8 server cannot sample with penalties)
                 async for token in _plain(session, head, inputs, position, params, max_tokens - produced,
-                                          eos_token_ids, draws):
+                                          eos_token_ids, draws, context):
                     yield token
                 return
-            spec = RingSpec(sampling=_sampling(params, draws), max_tokens=max_tokens - produced,
+            spec = RingSpec(sampling=sampling, max_tokens=max_tokens - produced,
                             eos_token_ids=tuple(eos_token_ids), first_hop=session.first_hop(),
                             last_peer_id=session.chain[-1].peer_id)
             stopper = session.ring_stopper()
@@ -99,11 +112,12 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                     if verifier is not None:
                         await _verify_ring_step(session, head, params, draws, token, position, n_new,
                                                 token.finished or produced + 1 >= max_tokens or
-                                                is_last(token.token_id, produced + 1))
+                                                is_last(token.token_id, produced + 1), context)
                     session.complete_step(position, n_new, time.perf_counter() - started, failed_at)
                     failed_at, attempt = None, 0
                     draws_before.append(draws)
                     produced, draws, position = produced + 1, token.draws, position + n_new
+                    context.append(token.token_id)
                     if token.finished:
                         stopper = None
                     yield token.token_id
@@ -119,7 +133,7 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                 keep = max(0, min(produced, rewind.position - first_output))
                 if keep < produced:
                     draws = draws_before[keep]
-                    del draws_before[keep:]
+                    del draws_before[keep:], context[n_context + keep:]
                     produced = keep
                     yield Retract(keep)
                 position = rewind.position
@@ -131,7 +145,7 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
                     stopper = None
                     stats.plain_fallback = True
                     async for token in _plain(session, head, inputs, position, params, max_tokens - produced,
-                                              eos_token_ids, draws):
+                                              eos_token_ids, draws, context):
                         yield token
                     return
                 attempt += 1
@@ -145,7 +159,7 @@ async def ring_tokens(session: InferenceSession, head: ModelHead, inputs: torch.
 
 
 async def _verify_ring_step(session: InferenceSession, head: ModelHead, params: SamplingParams, draws: int,
-                            token, position: int, n_new: int, last: bool) -> None:
+                            token, position: int, n_new: int, last: bool, context: Sequence[int] = ()) -> None:
     """Check a ring step under verification: its token against the last server's reported hidden states
     (sampled here with the same RNG state), then its hidden states against the witnesses (every server,
     or sampled ones; all of them up to the end before the last token). Raises RemoteStepError(mismatch)
@@ -154,7 +168,7 @@ async def _verify_ring_step(session: InferenceSession, head: ModelHead, params: 
     last_hop = session.hops[-1]
     hidden = verifier.logs[last_hop.session_id][position + n_new - 1]
     logits = head.logits(hidden.reshape(1, 1, -1))[0, -1]
-    expected = Sampler(params, draws=draws).sample(logits)
+    expected = Sampler(params, draws=draws).sample(logits, context)
     if not token_agrees(logits, expected, token.token_id, last_hop.link.record.compute_class.key):
         verifier.convict_ring_token(last_hop, position + n_new - 1)
         raise RemoteStepError(last_hop.peer_id, ErrorCode.MISMATCH, f"its ring token at position {position + n_new} "
@@ -183,14 +197,16 @@ async def _prefill_all_but_last_chunk(session: InferenceSession, inputs: torch.T
 
 
 async def _plain(session: InferenceSession, head: ModelHead, inputs: torch.Tensor, position: int,
-                 params: SamplingParams, max_tokens: int, eos_token_ids: Sequence[int], draws: int
-                 ) -> AsyncIterator[int]:
+                 params: SamplingParams, max_tokens: int, eos_token_ids: Sequence[int], draws: int,
+                 context: Sequence[int] = ()) -> AsyncIterator[int]:
     """Client-side sampling from the same RNG state: what the ring would have produced."""
     sampler = Sampler(params, draws=draws)
+    context = list(context)
     for produced in range(max_tokens):
         hidden = await session.step(inputs, position)
         position += inputs.shape[1]
-        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1])
+        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1], context)
+        context.append(token)
         yield token
         if token in eos_token_ids:
             return
@@ -223,7 +239,7 @@ class RingDecoder:
                 any(stop in self.tokenizer.decode(self._generated + [token]) for stop in stops)
 
         stream = ring_tokens(self.session, head, head.embed([list(prompt_ids)]), 0, sampler.params, max_tokens,
-                             self.eos_token_ids, sampler.draws, self.stats, is_last)
+                             self.eos_token_ids, sampler.draws, self.stats, is_last, context=prompt_ids)
         try:
             while True:
                 try:

@@ -43,7 +43,7 @@ class RewindingDecoder:
             draws = sampler.draws
             try:
                 hidden = forward_fn(head.embed([sequence[position:]]), position)
-                token = sampler.sample(head.logits(hidden[:, -1:])[0, -1])
+                token = sampler.sample(head.logits(hidden[:, -1:])[0, -1], sequence)
                 if self._ends(token, sequence, len(prompt_ids), limit, max_new_tokens, sampler.params.stop):
                     self.verify_all()
             except Rewind as rewind:

@@ -22,6 +22,7 @@ cannot be the start of a stop string and do not end in a partial UTF-8 character
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
@@ -68,6 +69,8 @@ class GenerationStep:
     finish_reason: str | None = None  # set on the last step: "stop" or "length"
     retracted_tokens: int = 0  # tokens yielded before that were wrong: drop them before this one
     retracted_chars: int = 0   # characters of text yielded before that were wrong: drop them before text_delta
+    logprob: float | None = None  # with `logprobs`: the token's log-probability under the model (before sampling's
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # changes), and the most likely (token id, log-probability)s
 
 
 @dataclass(frozen=True)
@@ -112,23 +115,33 @@ def iter_generate(
     params: SamplingParams,
     max_length: int | None = None,
     decoder: Decoder | None = None,
+    logprobs: int | None = None,
 ) -> Iterator[GenerationStep]:
     """Yield one GenerationStep per sampled token; the last one carries finish_reason.
 
     With a `decoder`, tokens come from it, e.g. a `Speculation`'s draft-and-verify rounds
-    (several per forward_fn call; its `stats` say how many were drafted and accepted)."""
+    (several per forward_fn call; its `stats` say how many were drafted and accepted).
+    With `logprobs` (0 to 20), each step carries its token's log-probability and that many of the most likely
+    tokens'; only decoders that sample each token here just before yielding it can say them (plain decoding
+    and its verified variant, not a ring or speculation: the caller chooses)."""
     if not prompt_ids:
         raise ValueError("The prompt is empty; give at least one token.")
     limit = max_length or head.config.context_length
     if len(prompt_ids) >= limit:
         raise ValueError(f"The prompt has {len(prompt_ids)} tokens; this model accepts at most {limit - 1}.")
-    sampler = Sampler(params)
+    sampler = Sampler(params, logprobs=logprobs)
     if decoder is None:
         tokens = _plain_tokens(head, forward_fn, prompt_ids, sampler)
     else:
         tokens = decoder.tokens(head, forward_fn, prompt_ids, sampler, limit, params.max_new_tokens)
     try:
-        yield from _steps(tokens, tokenizer, prompt_ids, params, limit)
+        steps = _steps(tokens, tokenizer, prompt_ids, params, limit)
+        if logprobs is None:
+            yield from steps
+        else:
+            for step in steps:
+                chosen, top = sampler.last_logprobs
+                yield dataclasses.replace(step, logprob=chosen, top_logprobs=top)
     finally:
         close = getattr(tokens, "close", None)
         if close is not None:
@@ -185,11 +198,12 @@ def _common_prefix(a: str, b: str) -> int:
 
 def _plain_tokens(head: ModelHead, forward_fn: ForwardFn, prompt_ids: Sequence[int], sampler: Sampler) -> Iterator[int]:
     """Prefill, then one position per forward_fn call."""
-    position, tokens_in = 0, list(prompt_ids)
+    position, tokens_in, context = 0, list(prompt_ids), list(prompt_ids)
     while True:
         hidden = forward_fn(head.embed([tokens_in]), position)
         position += len(tokens_in)
-        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1])
+        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1], context)
+        context.append(token)
         yield token
         tokens_in = [token]
 

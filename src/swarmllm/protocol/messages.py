@@ -79,7 +79,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 # 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding.
 # 3: DHT values are signed envelopes (envelope.py: Ed25519, subkey = the signer's peer id), record
@@ -100,7 +100,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # v8: versions are negotiated (module docstring, versions.py): OpenSession.min_protocol_version,
 #    SessionOpened.protocol_version, ServerRecord.min_protocol_version; readers accept server records of newer
 #    versions with fields they do not know (records.py). Older peers could not negotiate: v8 is the minimum.
-PROTOCOL_VERSION = 8       # the newest version this code speaks
+# v9: RingSampling carries min_p, the penalties and the context tokens they look at (`history`), so that a ring's
+#    last server samples as the client would with them; sent only when they differ from their defaults, so a
+#    session without them is v8's bytes. A client rings with penalties only through a chain that speaks v9.
+PROTOCOL_VERSION = 9       # the newest version this code speaks
 MIN_PROTOCOL_VERSION = 8   # the oldest version this code still speaks: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]
 MAX_VERSION_NUMBER = 2**16  # a bound on any version number a peer sends
 
@@ -203,6 +206,29 @@ class RingSampling(_Wire):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = Field(default=0, ge=0, lt=2**63)
     draws: int = Field(default=0, ge=0)               # random draws already made in this session
+    # v9 (engine/sampling.py): omitted from the frame while they hold their defaults (see _omit_defaults).
+    min_p: float = Field(default=0.0, ge=0.0, lt=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    penalty_last_n: int = Field(default=64, ge=-1, le=MAX_SESSION_LENGTH)
+    # the last penalty_last_n context tokens before the ring's first token; the server appends what it samples
+    history: tuple[Annotated[int, Field(ge=0, lt=2**31)], ...] = Field(default=(), max_length=MAX_SESSION_LENGTH)
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler):
+        data = handler(self)
+        for name in V9_RING_FIELDS:
+            if getattr(self, name) == RingSampling.model_fields[name].default:
+                data.pop(name, None)
+        return data
+
+    @property
+    def needs_v9(self) -> bool:
+        return any(getattr(self, name) != RingSampling.model_fields[name].default for name in V9_RING_FIELDS)
+
+
+V9_RING_FIELDS = ("min_p", "repetition_penalty", "frequency_penalty", "presence_penalty", "penalty_last_n", "history")
 
 
 class RingSpec(_Wire):

@@ -14,12 +14,12 @@ No networking here: handlers.py moves the messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from swarmllm.engine.head import ModelHead
-from swarmllm.engine.sampling import Sampler, SamplingParams
+from swarmllm.engine.sampling import Sampler, SamplingParams, penalty_window
 from swarmllm.protocol import RingSpec
 
 
@@ -30,12 +30,15 @@ class RingState:
     sampler: Sampler
     produced: int = 0       # tokens sampled so far
     stopped: bool = False   # RingStop received
+    history: list[int] = field(default_factory=list)  # the context tokens the penalties look at (v9)
 
     @classmethod
     def start(cls, spec: RingSpec, step_id: int) -> "RingState":
         s = spec.sampling
-        params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed)
-        return cls(spec, step_id, Sampler(params, draws=s.draws))
+        params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed, min_p=s.min_p,
+                                repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
+                                presence_penalty=s.presence_penalty, penalty_last_n=s.penalty_last_n)
+        return cls(spec, step_id, Sampler(params, draws=s.draws), history=list(s.history))
 
     def covers(self, step_id: int) -> bool:
         """Whether `step_id` is one of this ring's steps."""
@@ -46,7 +49,9 @@ class RingState:
         """(token sampled from the output at the step's last position, whether the ring ends with it).
 
         next_position: where the token goes; the ring also ends when the session has no room for it."""
-        token = self.sampler.sample(head.logits(last_hidden.reshape(1, 1, -1))[0, -1])
+        token = self.sampler.sample(head.logits(last_hidden.reshape(1, 1, -1))[0, -1], self.history)
+        if self.sampler.params.penalized:
+            self.history = penalty_window(self.sampler.params, [*self.history, token])
         self.produced += 1
         finished = (token in self.spec.eos_token_ids or self.produced >= self.spec.max_tokens
                     or next_position >= max_length)

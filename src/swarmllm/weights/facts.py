@@ -64,7 +64,7 @@ def catalog_rows(measure: bool = True) -> list[dict[str, Any]]:
             "default_dtype": entry.default_dtype, "default_quant": entry.default_quant,
             "file_quantization": entry.file_quantization, "n_blocks": entry.n_blocks,
             "file_bytes_per_block": entry.file_bytes_per_block, "params_per_block": entry.params_per_block,
-            "chat_template": entry.chat_template, "draft": entry.draft,
+            "chat_template": entry.chat_template, "draft": entry.draft, "sampling": dict(entry.sampling),
         }
         if measure and path is not None:
             facts = model_file_facts(path)
