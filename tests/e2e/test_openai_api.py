@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from swarmllm.client.generation import generate_text
+from swarmllm.client.generation import ClientModel, GenerationOptions, Generator, generate_text, sampling_options
 from swarmllm.client.swarm_client import SwarmClient
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.harness.local_swarm import free_port
@@ -25,12 +25,18 @@ def api(gateway_swarm):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+# What a request with temperature 0 and nothing else gets: greedy with the model's recommended penalty
+# (catalog.py: repetition_penalty 1.1 for smollm2-135m). The greedy tests below check that it was applied.
+RECOMMENDED_GREEDY = SamplingParams(**sampling_options({"temperature": 0}, MODEL), max_new_tokens=24)
+
+
 @pytest.fixture(scope="module")
 def reference(gateway_swarm):
     """Greedy reply computed directly through the swarm, without the gateway."""
+    assert RECOMMENDED_GREEDY.repetition_penalty == 1.1
     swarm, _ = gateway_swarm
     with SwarmClient.connect(swarm.initial_peers) as client:
-        return generate_text(MODEL, QUESTION, SamplingParams(max_new_tokens=24), client=client)
+        return generate_text(MODEL, QUESTION, RECOMMENDED_GREEDY, client=client)
 
 
 def test_models_lists_the_served_model(api):
@@ -77,7 +83,10 @@ def test_unknown_model_is_404(api):
     (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', 400),
     (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400),
     (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}', 400),
-    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "n": 2}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "n": 9}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "frequency_penalty": 3}', 400),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "min_p": 1}', 400),
 ])
 def test_bad_requests_get_openai_errors(gateway_swarm, body, status):
     _, url = gateway_swarm
@@ -185,3 +194,70 @@ def test_the_verify_extension_field(gateway_swarm, reference):
     assert off["swarmllm"]["verification"]["mode"] == "off"
     bad = httpx.post(f"{url}/v1/chat/completions", json={**body, "verify": "sometimes"}, timeout=30)
     assert bad.status_code in (400, 422)
+
+
+def test_logprobs_n_include_usage_and_user(api, gateway_swarm):
+    """OpenAI's logprobs / top_logprobs, n > 1 (seed, seed + 1, ...), stream_options.include_usage and user."""
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=12, temperature=0.8, seed=5)
+    reply = api.chat.completions.create(**ask, n=3, logprobs=True, top_logprobs=3, user="tester-1")
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    texts = [c.message.content for c in reply.choices]
+    assert len(set(texts)) > 1  # different seeds
+    assert reply.usage.completion_tokens == sum(len(c.logprobs.content) for c in reply.choices)
+    for choice in reply.choices:
+        entries = choice.logprobs.content
+        assert "".join(e.token for e in entries).strip() == choice.message.content.strip()
+        for e in entries:
+            assert e.logprob <= 0 and len(e.top_logprobs) == 3
+            assert e.top_logprobs[0].logprob >= e.top_logprobs[-1].logprob
+            assert e.logprob <= e.top_logprobs[0].logprob + 1e-6
+            assert bytes(e.bytes).decode("utf-8", "replace") == e.token
+    # choice 1 is what a request with seed + 1 gets alone; the log-probabilities are those of the model
+    alone = api.chat.completions.create(**{**ask, "seed": 6})
+    assert alone.choices[0].message.content == texts[1]
+    swarm, _ = gateway_swarm
+    with SwarmClient.connect(swarm.initial_peers) as client:
+        sampling = SamplingParams(**sampling_options({"temperature": 0.8}, MODEL), seed=5, max_new_tokens=12)
+        local = generate_text(MODEL, QUESTION, GenerationOptions(sampling=sampling, logprobs=3), client=client)
+    assert local.text == texts[0]
+
+    stream = api.chat.completions.create(**ask, n=2, stream=True, stream_options={"include_usage": True},
+                                         logprobs=True)
+    chunks = list(stream)
+    streamed = {0: "", 1: ""}
+    tokens = {0: 0, 1: 0}
+    for c in chunks:
+        for choice in c.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            tokens[choice.index] += len(choice.logprobs.content) if choice.logprobs else 0
+    assert streamed[0] == texts[0] and streamed[1] == texts[1]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == tokens[0] + tokens[1]
+
+    legacy = api.completions.create(model=MODEL, prompt="The sky is", max_tokens=6, temperature=0, logprobs=2)
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    assert all(len(alternatives) <= 2 for alternatives in lp.top_logprobs)
+
+
+def test_penalties_and_recommended_defaults_through_the_api(api, gateway_swarm):
+    """OpenAI's penalties and the llama.cpp extensions reach the sampler: the reply equals the swarm client's with
+    the same options; a request that sets nothing gets the catalog's recommendation, not temperature 1."""
+    swarm, _ = gateway_swarm
+    extra = {"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.3, "repeat_last_n": 32}  # llama.cpp's names too
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Write a haiku about the sea."}], max_tokens=40,
+               temperature=0.7, seed=3, frequency_penalty=0.5, presence_penalty=0.4)
+    reply = api.chat.completions.create(**ask, extra_body=extra)
+    sampling = SamplingParams(temperature=0.7, top_p=0.9, seed=3, frequency_penalty=0.5, presence_penalty=0.4, top_k=40,
+                              min_p=0.05, repetition_penalty=1.3, penalty_last_n=32, max_new_tokens=40)
+    with SwarmClient.connect(swarm.initial_peers) as client:
+        generator = Generator.swarm(ClientModel.load(MODEL), client)
+        ids = generator.model.chat_ids(ask["messages"])
+        expected = generator.generate(ids, GenerationOptions(sampling=sampling))
+    assert reply.choices[0].message.content == expected.text
+    assert reply.model_extra["swarmllm"]["ring"]  # the ring carried the penalties
+    bare = api.chat.completions.create(model=MODEL, messages=ask["messages"], max_tokens=40, seed=3)
+    recommended = SamplingParams(**sampling_options({}, MODEL), seed=3, max_new_tokens=40)
+    assert recommended.temperature == 0.2
+    with SwarmClient.connect(swarm.initial_peers) as client:
+        generator = Generator.swarm(ClientModel.load(MODEL), client)
+        assert bare.choices[0].message.content == generator.generate(ids, GenerationOptions(sampling=recommended)).text

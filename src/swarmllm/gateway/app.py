@@ -56,9 +56,10 @@ from swarmllm.gateway.limits import (
     Admission, ClientBusyError, ClientSlots, Limits, RateLimiter, SaturatedError, Ticket, declared_tokens,
 )
 from swarmllm.gateway.schemas import (
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    ChunkDelta, Completion, CompletionChunk, CompletionRequest, ErrorBody, ErrorResponse, ModelCard, ModelList,
-    RouteHop, SwarmInfo, TextChoice, Usage, VerificationInfo,
+    SAMPLING_FIELDS, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
+    ChatCompletionRequest, ChatLogprobs, ChunkDelta, Completion, CompletionChunk, CompletionRequest, ErrorBody,
+    ErrorResponse, ModelCard, ModelList, RouteHop, SwarmInfo, TextChoice, TextLogprobs, TokenLogprob, TopLogprob,
+    Usage, VerificationInfo,
 )
 from swarmllm.gateway.service import GenerationService, PreparedGeneration
 from swarmllm.gateway.swarm_status import SwarmStatus
@@ -248,7 +249,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         if body.max_tokens is not None and body.max_tokens > settings.max_new_tokens:
             raise ApiError(400, f"max_tokens is {body.max_tokens}; this gateway allows at most "
                                 f"{settings.max_new_tokens}", "invalid_request_error", "context_length_exceeded")
-        declared = declared_tokens(characters, body.max_tokens, settings.max_new_tokens)
+        declared = declared_tokens(characters, body.max_tokens, settings.max_new_tokens) * body.n
         ticket = limiter.admit(who.key, declared, who.limits)
         if not isinstance(ticket, Ticket):
             raise _rate_limited(who, ticket)
@@ -257,21 +258,27 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
         check_model(body.model)
         return ticket
 
-    async def _prepare(who: Caller, ticket: Ticket, body, messages, prompt) -> PreparedGeneration:
+    async def _prepare(who: Caller, ticket: Ticket, body, messages, prompt) -> list[PreparedGeneration]:
+        """The request's n choices (each its own generation: seed, seed + 1, ...), tokenized once."""
+        sampling = {name: getattr(body, name) for name in SAMPLING_FIELDS}
         try:
             job = await asyncio.to_thread(service.prepare, body.model, messages, prompt, max_tokens=body.max_tokens,
-                                          temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                                          stop=body.stop or [], verify=body.verify, radius=body.radius,
-                                          privacy=body.privacy, max_price=body.max_price)
+                                          sampling=sampling, seed=body.seed, stop=body.stop or [], verify=body.verify,
+                                          radius=body.radius, privacy=body.privacy, max_price=body.max_price,
+                                          logprobs=body.logprob_count)
         except UnknownModelError as e:
             raise ApiError(404, f"the gateway cannot load {body.model!r}: {e}", "invalid_request_error",
                            "model_not_found") from None
         except PromptTooLongError as e:
             raise ApiError(400, str(e), "invalid_request_error", "context_length_exceeded") from None
-        wait = limiter.settle(ticket, job.budget_tokens, who.limits)
+        except ValueError as e:  # a combination of sampling options that cannot be (each was in range)
+            raise ApiError(400, str(e), "invalid_request_error", "invalid_value") from None
+        wait = limiter.settle(ticket, job.budget_tokens * body.n, who.limits)
         if wait:
             raise _rate_limited(who, wait)
-        return job
+        if body.user:
+            logger.info("request for %s from %s (user %r, n=%d)", body.model, who.label, body.user, body.n)
+        return [job] + [job.variant(i) for i in range(1, body.n)]
 
     async def _queue(request: Request, priority: float = 0.0) -> None:
         """A slot of the global admission queue; given up if the client leaves while waiting."""
@@ -307,40 +314,88 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
 
         streaming = False
         try:
-            job = await _prepare(who, ticket, body, messages, prompt)
+            jobs = await _prepare(who, ticket, body, messages, prompt)
             if who.key_digest is not None:  # a linked key's spending (docs/free-tier.md)
-                settings.credit_ledger.record_spending(who.key_digest, job.budget_tokens, time.time())
+                settings.credit_ledger.record_spending(who.key_digest, sum(j.budget_tokens for j in jobs), time.time())
             await _queue(request, who.priority)
             held.append(admission.release)
-            try:
-                await asyncio.to_thread(service.open, job)
-            except VerificationError as e:  # the request's verify mode cannot be met by this swarm
-                raise ApiError(400, f"{e}; ask for \"verify\": \"sample\" or \"off\"", "invalid_request_error",
-                               "verification_unavailable") from None
-            except OutsideRadiusError as e:  # the request's radius cannot serve the model
-                raise ApiError(400, str(e), "invalid_request_error", "radius_unavailable") from None
-            except PriceUnavailableError as e:  # no chain under the request's max_price: the message names the cheapest
-                raise ApiError(400, str(e), "invalid_request_error", e.code) from None
-            except (SwarmError, ConnectionError) as e:
-                raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
-                               "swarm_unavailable", "5") from None
-            cancel = threading.Event()
-            held += [lambda: service.abandon(job), cancel.set]
+            # The choices run one after another in the request's admission slot: n costs its caller time, not
+            # the swarm n parallel sessions. Each opens its session just before it runs; the first one opens here,
+            # so that a swarm that cannot serve is a clean HTTP error, not a broken stream.
+            await _open(body, jobs[0])
+            cancels = [threading.Event() for _ in jobs]  # one per choice: a stream's end sets its own
+            held += [*(c.set for c in cancels), *(lambda j=j: service.abandon(j) for j in jobs)]
             completion_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-            deltas = service.stream(job, cancel)
             if body.stream:
                 streaming = True  # from here the response gives everything back when it ends, however it ends
-                return ReleasingStream(_sse(completion_id, body.model, chat, deltas, job, release), release,
-                                        media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-            try:
-                await generate_unless_disconnected(request, deltas, cancel)
-            except (SwarmError, ConnectionError) as e:
-                raise ApiError(503, f"the swarm failed during generation: {e}", "server_error",
-                               "swarm_failed") from None
-            return _full_response(completion_id, body.model, chat, job.result)
+                include_usage = body.stream_options is not None and body.stream_options.include_usage
+                return ReleasingStream(_sse(completion_id, body, chat, jobs, cancels, release, include_usage),
+                                       release, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            for index, (job, cancel) in enumerate(zip(jobs, cancels)):
+                if index:
+                    if await request.is_disconnected():  # the client left: the other choices are not run
+                        break
+                    await _open(body, job)
+                try:
+                    await generate_unless_disconnected(request, service.stream(job, cancel), cancel)
+                except (SwarmError, ConnectionError) as e:
+                    raise ApiError(503, f"the swarm failed during generation: {e}", "server_error",
+                                   "swarm_failed") from None
+            return _full_response(completion_id, body.model, chat, jobs)
         finally:
             if not streaming:
                 await release()
+
+    async def _open(body, job: PreparedGeneration) -> None:
+        try:
+            await asyncio.to_thread(service.open, job)
+        except VerificationError as e:  # the request's verify mode cannot be met by this swarm
+            raise ApiError(400, f"{e}; ask for \"verify\": \"sample\" or \"off\"", "invalid_request_error",
+                           "verification_unavailable") from None
+        except OutsideRadiusError as e:  # the request's radius cannot serve the model
+            raise ApiError(400, str(e), "invalid_request_error", "radius_unavailable") from None
+        except PriceUnavailableError as e:  # no chain under the request's max_price: the message names the cheapest
+            raise ApiError(400, str(e), "invalid_request_error", e.code) from None
+        except (SwarmError, ConnectionError) as e:
+            raise ApiError(503, f"the swarm cannot serve {body.model} right now: {e}", "server_error",
+                           "swarm_unavailable", "5") from None
+
+    async def _sse(completion_id, body, chat, jobs: list[PreparedGeneration], cancels, release, include_usage: bool):
+        model = body.model
+        try:
+            for index, (job, cancel) in enumerate(zip(jobs, cancels)):
+                if index:
+                    try:
+                        await _open(body, job)
+                    except ApiError as e:
+                        raise SwarmError(e.message) from None
+                if chat:
+                    yield _event(_text_chunk(completion_id, model, chat, None, role=True, index=index))
+                pending: list = []  # log-probabilities of tokens whose text is held back (a stop string may follow)
+                async for delta in service.stream(job, cancel):
+                    if delta.retracted_chars:  # a stream cannot take text back: end it, saying why
+                        raise SwarmError("text already sent was computed from wrong outputs of a server that "
+                                         "verification has now caught and banned; the text above is not reliable, "
+                                         "retry the request")
+                    if delta.logprob is not None:
+                        pending.append(delta.logprob)
+                    if delta.text:
+                        yield _event(_text_chunk(completion_id, model, chat, delta.text, index=index,
+                                                 logprobs=_logprobs(chat, pending, len(delta.text))))
+                        pending = []
+                final = _text_chunk(completion_id, model, chat, None, job.result.finish_reason, index=index,
+                                    logprobs=_logprobs(chat, pending, 0) if pending else None)
+                final.usage, final.swarmllm = _usage([job]), _swarm_info(job.result)
+                yield _event(final)
+            if include_usage:
+                yield _event(_usage_chunk(completion_id, model, chat, jobs))
+        except (SwarmError, ConnectionError) as e:
+            error = ErrorResponse(error=ErrorBody(message=f"the swarm failed during generation: {e}",
+                                                  type="server_error", code="swarm_failed"))
+            yield f"data: {error.model_dump_json()}\n\n"
+        finally:
+            await release()
+        yield "data: [DONE]\n\n"
 
     @app.post("/v1/chat/completions", responses=ERROR_RESPONSES)
     async def chat_completions(request: Request, body: ChatCompletionRequest, who: Caller = Depends(caller)):
@@ -402,52 +457,64 @@ def _swarm_info(result: GenerationResult) -> SwarmInfo:
                          retracted_tokens=v.retracted_tokens, unverifiable=list(v.unverifiable)))
 
 
-def _usage(result: GenerationResult) -> Usage:
-    return Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.generated_tokens,
-                 total_tokens=result.prompt_tokens + result.generated_tokens)
+def _usage(jobs: list[PreparedGeneration]) -> Usage:
+    """The request's usage: the prompt once, every choice's completion tokens."""
+    results = [job.result for job in jobs if job.result is not None]
+    prompt = results[0].prompt_tokens if results else 0
+    completion = sum(r.generated_tokens for r in results)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _event(chunk) -> str:
     return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
 
+def _top(entry) -> list[TopLogprob]:
+    return [TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in entry.top]
+
+
+def _logprobs(chat: bool, entries: list, text_length: int, offset: int = 0):
+    """OpenAI's logprobs object for `entries` (TokenLogprob): chat's list of tokens or the legacy parallel lists."""
+    if not entries:
+        return None
+    if chat:
+        return ChatLogprobs(content=[TokenLogprob(token=e.token, logprob=e.logprob, bytes=list(e.token.encode()),
+                                                  top_logprobs=_top(e)) for e in entries])
+    offsets, at = [], offset
+    for e in entries:
+        offsets.append(at)
+        at += len(e.token)
+    return TextLogprobs(tokens=[e.token for e in entries], token_logprobs=[e.logprob for e in entries],
+                        top_logprobs=[dict(e.top) for e in entries], text_offset=offsets)
+
+
 def _text_chunk(completion_id: str, model: str, chat: bool, text: Optional[str], finish: Optional[str] = None,
-                role: bool = False):
+                role: bool = False, index: int = 0, logprobs=None):
     common = {"id": completion_id, "created": int(time.time()), "model": model}
     if chat:
         delta = ChunkDelta(role="assistant", content="") if role else ChunkDelta(content=text)
-        return ChatCompletionChunk(choices=[ChatChunkChoice(delta=delta, finish_reason=finish)], **common)
-    return CompletionChunk(choices=[TextChoice(text=text or "", finish_reason=finish)], **common)
+        return ChatCompletionChunk(choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish,
+                                                            logprobs=logprobs)], **common)
+    return CompletionChunk(choices=[TextChoice(index=index, text=text or "", finish_reason=finish,
+                                               logprobs=logprobs)], **common)
 
 
-async def _sse(completion_id, model, chat, deltas, job: PreparedGeneration, release):
-    try:
-        if chat:
-            yield _event(_text_chunk(completion_id, model, chat, None, role=True))
-        async for delta in deltas:
-            if delta.retracted_chars:  # a stream cannot take text back: end it, saying why
-                raise SwarmError("text already sent was computed from wrong outputs of a server that verification "
-                                 "has now caught and banned; the text above is not reliable, retry the request")
-            if delta.text:
-                yield _event(_text_chunk(completion_id, model, chat, delta.text))
-        final = _text_chunk(completion_id, model, chat, None, job.result.finish_reason)
-        final.usage, final.swarmllm = _usage(job.result), _swarm_info(job.result)
-        yield _event(final)
-    except (SwarmError, ConnectionError) as e:
-        error = ErrorResponse(error=ErrorBody(message=f"the swarm failed during generation: {e}", type="server_error",
-                                              code="swarm_failed"))
-        yield f"data: {error.model_dump_json()}\n\n"
-    finally:
-        await release()
-    yield "data: [DONE]\n\n"
+def _usage_chunk(completion_id: str, model: str, chat: bool, jobs: list[PreparedGeneration]):
+    """stream_options.include_usage: the last chunk, with no choices and the whole request's usage."""
+    common = {"id": completion_id, "created": int(time.time()), "model": model, "usage": _usage(jobs)}
+    return ChatCompletionChunk(choices=[], **common) if chat else CompletionChunk(choices=[], **common)
 
 
-def _full_response(completion_id: str, model: str, chat: bool, result: GenerationResult) -> dict:
-    common = {"id": completion_id, "created": int(time.time()), "model": model, "usage": _usage(result),
-              "swarmllm": _swarm_info(result)}
+def _full_response(completion_id: str, model: str, chat: bool, jobs: list[PreparedGeneration]) -> dict:
+    done = [job for job in jobs if job.result is not None]
+    common = {"id": completion_id, "created": int(time.time()), "model": model, "usage": _usage(done),
+              "swarmllm": _swarm_info(done[0].result)}
+    logprobs = [_logprobs(chat, job.logprobs, 0) if job.options.logprobs is not None else None for job in done]
     if chat:
-        reply = ChatCompletion(choices=[ChatChoice(message=AssistantMessage(content=result.text),
-                                                   finish_reason=result.finish_reason)], **common)
+        reply = ChatCompletion(choices=[ChatChoice(index=i, message=AssistantMessage(content=job.result.text),
+                                                   finish_reason=job.result.finish_reason, logprobs=logprobs[i])
+                                        for i, job in enumerate(done)], **common)
     else:
-        reply = Completion(choices=[TextChoice(text=result.text, finish_reason=result.finish_reason)], **common)
-    return reply.model_dump()
+        reply = Completion(choices=[TextChoice(index=i, text=job.result.text, finish_reason=job.result.finish_reason,
+                                               logprobs=logprobs[i]) for i, job in enumerate(done)], **common)
+    return reply.model_dump(exclude_none=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from swarmllm.client.radius import parse_radius
 from swarmllm.protocol.records import MAX_PRICE
@@ -23,17 +23,41 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=200_000)
 
 
+MAX_CHOICES = 8  # `n` at most: each choice is a generation through the swarm
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty",
+                   "presence_penalty", "penalty_last_n")  # engine/sampling.py's names
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False  # a last chunk, before [DONE], with empty choices and the usage of the request
+
+
 class _SamplingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)
     max_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Sampling: what a request leaves out (None) is the model's recommended value (catalog.py; `swarmllm models
+    # --json`), else OpenAI's default (temperature 1, top_p 1, no penalty).
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    # Extensions with llama.cpp's / Ollama's meaning (and their names for two of them):
+    top_k: Optional[int] = Field(default=None, ge=0)
+    min_p: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
+    repetition_penalty: Optional[float] = Field(default=None, gt=0.0, le=10.0,
+                                                validation_alias=AliasChoices("repetition_penalty", "repeat_penalty"))
+    penalty_last_n: Optional[int] = Field(default=None, ge=-1, le=131072,
+                                          validation_alias=AliasChoices("penalty_last_n", "repeat_last_n"))
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)   # choices, each its own generation (seed, seed + 1, ...)
     stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = Field(default=None, max_length=256)  # the caller's end user, as OpenAI takes it: logged
     # Our extension: how the servers' work is checked (docs/verification.md); None = the gateway's default.
     verify: Optional[Literal["off", "sample", "strict"]] = None
     # Our extension: the trust radius of the chain ("local", "trusted", "public", or with widenings such as
@@ -65,6 +89,19 @@ class ChatCompletionRequest(_SamplingRequest):
         {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 3}]})
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    logprobs: bool = False                                   # each token's log-probability in choices[].logprobs
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)  # ... and this many alternatives' (needs logprobs)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def logprob_count(self) -> Optional[int]:
+        """None: no log-probabilities; n: the token's and n alternatives'."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_SamplingRequest):
@@ -72,6 +109,19 @@ class CompletionRequest(_SamplingRequest):
         {"model": "smollm2-135m", "prompt": "Once upon a time", "max_tokens": 3, "stream": True}]})
 
     prompt: str = Field(max_length=200_000)
+    logprobs: Optional[int] = Field(default=None, ge=0, le=5)  # the legacy API's: the token's and n alternatives'
+    echo: bool = Field(default=False)
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value):
+        if value:
+            raise ValueError("echo is not supported: the reply holds the completion only")
+        return value
+
+    @property
+    def logprob_count(self) -> Optional[int]:
+        return self.logprobs
 
 
 class Usage(BaseModel):
@@ -114,17 +164,43 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat shape: one entry per generated token."""
+
+    content: Optional[list[TokenLogprob]]
+    refusal: Optional[list[TokenLogprob]] = None
+
+
+class TextLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: Optional[ChatLogprobs] = None
     finish_reason: Optional[str]
 
 
 class TextChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: Optional[TextLogprobs] = None
     finish_reason: Optional[str]
 
 
@@ -158,7 +234,7 @@ class ChunkDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta
-    logprobs: None = None
+    logprobs: Optional[ChatLogprobs] = None
     finish_reason: Optional[str] = None
 
 

@@ -14,18 +14,22 @@ heads and tokenizers); the app decides which of them the swarm serves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import AsyncIterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping, Optional
 
 from swarmllm.client.generation import (
     ClientModel, Generation, GenerationOptions, GenerationResult, Generator, PromptTooLongError, SamplingParams,
-    UnknownModelError, list_catalog,
+    UnknownModelError, list_catalog, sampling_options,
 )
 from swarmllm.client.lite import LiteError
 from swarmllm.client.swarm_client import SwarmClient
+
+
+OPENAI_TEMPERATURE = 1.0  # what a request that sets no temperature gets for a model with no recommendation
 
 
 @dataclass
@@ -39,6 +43,13 @@ class PreparedGeneration:
     generation: Optional[Generation] = None
     result: Optional[GenerationResult] = None
     streamed: bool = False  # its stream started: the stream closes its session
+    logprobs: list = field(default_factory=list)  # with options.logprobs: a TokenLogprob per token of the result
+
+    def variant(self, index: int) -> "PreparedGeneration":
+        """Choice `index` of an n > 1 request: the same prompt, the next seed."""
+        sampling = dataclasses.replace(self.options.sampling, seed=(self.options.sampling.seed + index) % 2**63)
+        return PreparedGeneration(self.model_id, self.generator, self.prompt_ids,
+                                  dataclasses.replace(self.options, sampling=sampling))
 
     @property
     def budget_tokens(self) -> int:
@@ -51,6 +62,21 @@ class Delta:
     text: str
     finish_reason: Optional[str] = None
     retracted_chars: int = 0  # characters of text sent before that were wrong (verification caught a liar late)
+    logprob: Optional["TokenLogprob"] = None  # with logprobs: this token's
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and its most likely alternatives, as text (the API's shapes)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+def token_logprob(tokenizer, step) -> TokenLogprob:
+    text = lambda i: tokenizer.decode([i], skip_special_tokens=False)  # noqa: E731
+    return TokenLogprob(text(step.token_id), step.logprob, tuple((text(i), lp) for i, lp in step.top_logprobs))
 
 
 class GenerationService:
@@ -85,9 +111,12 @@ class GenerationService:
             return self._generators[model_id]
 
     def prepare(self, model_id: str, messages: Optional[list[dict]], prompt: Optional[str], *, max_tokens: Optional[int],
-                temperature: float, top_p: float, seed: Optional[int], stop: list[str],
+                sampling: Mapping[str, Any], seed: Optional[int], stop: list[str],
                 verify: Optional[str] = None, radius: Optional[str] = None,
-                privacy: Optional[str] = None, max_price: Optional[float] = None) -> PreparedGeneration:
+                privacy: Optional[str] = None, max_price: Optional[float] = None,
+                logprobs: Optional[int] = None) -> PreparedGeneration:
+        """sampling: the request's sampling options (None = unset: the model's recommended value, else OpenAI's
+        default, temperature 1)."""
         generator = self.generator(model_id)
         model = generator.model
         prompt_ids = model.chat_ids(messages) if messages is not None else model.tokenizer.encode(prompt or "")
@@ -98,10 +127,14 @@ class GenerationService:
                                      f"{self.max_prompt_tokens}")
         if max_tokens is not None and max_tokens > self.max_new_tokens:
             raise PromptTooLongError(f"max_tokens is {max_tokens}; this gateway allows at most {self.max_new_tokens}")
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_tokens or self.max_new_tokens,
+        chosen = {"temperature": OPENAI_TEMPERATURE, **sampling_options(sampling, model_id)}
+        params = SamplingParams(**chosen, max_new_tokens=max_tokens or self.max_new_tokens,
                                 stop=tuple(stop), seed=seed if seed is not None else random.getrandbits(31))
-        options = GenerationOptions(sampling=params, ring=None if self.ring else False, verify=verify or self.verify,
-                                    radius=radius or self.radius, privacy=privacy, max_price=max_price)
+        if logprobs is not None and self.lite:
+            raise PromptTooLongError("this gateway is a lite client (no LM head): it cannot give log-probabilities")
+        options = GenerationOptions(sampling=params, ring=None if self.ring and logprobs is None else False,
+                                    verify=verify or self.verify, radius=radius or self.radius, privacy=privacy,
+                                    max_price=max_price, logprobs=logprobs)
         model.session_length(len(prompt_ids), params.max_new_tokens)  # PromptTooLongError before any session
         return PreparedGeneration(model_id, generator, prompt_ids, options)
 
@@ -125,10 +158,17 @@ class GenerationService:
 
         def work() -> None:
             try:
+                tokenizer = job.generator.model.tokenizer
                 for event in generation:
                     self.tokens_generated += 1
+                    logprob = None
+                    if job.options.logprobs is not None:
+                        if event.retracted_tokens:
+                            del job.logprobs[len(job.logprobs) - event.retracted_tokens:]
+                        logprob = token_logprob(tokenizer, event)
+                        job.logprobs.append(logprob)
                     loop.call_soon_threadsafe(queue.put_nowait, Delta(event.text_delta, event.finish_reason,
-                                                                      event.retracted_chars))
+                                                                      event.retracted_chars, logprob))
                     if cancel.is_set():
                         self.cancelled += 1
                         break
