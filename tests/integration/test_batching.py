@@ -42,6 +42,8 @@ def batch_stats(swarm: LocalSwarm) -> list[tuple[int, int]]:
     return found
 
 
+@pytest.mark.extended  # ~24 s; the default run keeps the engine's batched == sequential (unit/test_engine_batching.py)
+# and concurrent sessions through the servers' batcher (test_chaos: 2 at a time; test_hostile_peers: a greedy peer)
 def test_concurrent_sessions_generate_what_sequential_ones_do(tmp_path):
     model = ClientModel.load(MODEL)
     swarm = LocalSwarm(MODEL, even_spans(30, 3), log_dir=tmp_path, env={"SWARMLLM_LOG_LEVEL": "INFO"})

@@ -20,6 +20,7 @@ from hostile_peer import HostilePeer
 from signed_records import body_dict, envelope, forged, server_record
 from swarmllm.client.generation import GenerationOptions, generate_text
 from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.harness.local_swarm import LocalSwarm, even_spans
 from swarmllm.engine.sampling import SamplingParams
 from swarmllm.protocol import MODEL_REGISTRY_KEY, ModelRecord, ServerState, block_key
 from swarmllm.protocol.records import MAX_RECORDS_PER_PEER, MAX_SUBKEYS_PER_KEY
@@ -31,6 +32,14 @@ MODEL, N_BLOCKS = "smollm2-135m", 30
 PROMPT = "Write a short story about a robot who learns to paint."
 GREEDY = SamplingParams(max_new_tokens=16)
 EVIL = Identity.generate()
+
+
+@pytest.fixture(scope="module")
+def swarm3(tmp_path_factory):
+    """This module's own swarm: the hostile peer's valid records stay in its DHT, which no other module should
+    route by."""
+    with LocalSwarm(MODEL, even_spans(N_BLOCKS, 3), log_dir=tmp_path_factory.mktemp("hostile-records")).start(180) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
