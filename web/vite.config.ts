@@ -19,8 +19,13 @@ export default defineConfig({
         volunteer: "volunteer.html",
         setup: "setup.html",
       },
-      // One shared chunk for React + the shared code/CSS, named plainly.
-      output: { manualChunks: (id: string) => (id.includes("node_modules") ? "vendor" : undefined) },
+      // One shared chunk for React + the shared code/CSS, named plainly; the chat page's markdown
+      // libraries (marked, DOMPurify, highlight.js) in their own, so the other pages never load them.
+      output: {
+        manualChunks: (id: string) =>
+          !id.includes("node_modules") ? undefined
+            : /node_modules\/(marked|dompurify|highlight\.js)\//.test(id) ? "markdown" : "vendor",
+      },
     },
   },
   server: {

@@ -1,22 +1,24 @@
-import { type ReactNode, useCallback, useEffect, useRef, useState } from "react";
-import {
-  ApiError, type ChatMessage, type SwarmInfo, errorFromResponse, fmtNum, readSSE, shortPeer,
-} from "../shared/api";
-
-interface Turn {
-  role: "user" | "assistant";
-  content: string;
-  streaming?: boolean;
-  stopped?: boolean;
-  finishReason?: string | null;
-  info?: SwarmInfo;
-  error?: string;
-}
+/**
+ * The chat page: conversations kept in this browser (sidebar), a system prompt per conversation,
+ * sampling controls, and replies streamed from the gateway with their route, speed and the
+ * context they use. The pieces live beside it: conversations.ts / useConversations.ts (storage),
+ * stream.ts (the request), Markdown.tsx, Messages.tsx, SamplingPanel.tsx, context.ts.
+ */
+import { useCallback, useEffect, useRef, useState } from "react";
+import { errorFromResponse } from "../shared/api";
+import { type ModelCard, contextLimit, contextUse } from "./context";
+import type { Turn } from "./conversations";
+import { AssistantMessage, UserMessage } from "./Messages";
+import { SamplingPanel } from "./SamplingPanel";
+import { type SamplingValues, samplingFields, samplingProblem } from "./sampling";
+import { Sidebar } from "./Sidebar";
+import { describeError, messagesFor, streamChat } from "./stream";
+import { useConversations } from "./useConversations";
 
 const MODELS_RETRY_MS = 10_000;
 
 function useModels() {
-  const [models, setModels] = useState<string[] | null>(null); // null = still loading
+  const [cards, setCards] = useState<ModelCard[] | null>(null); // null = still loading
   const [loadError, setLoadError] = useState<string | null>(null);
   useEffect(() => {
     let cancelled = false;
@@ -26,14 +28,14 @@ function useModels() {
         const res = await fetch("/v1/models");
         if (!res.ok) throw await errorFromResponse(res);
         const body = await res.json();
-        const ids: string[] = (body?.data ?? []).map((m: { id: string }) => m.id);
+        const data: ModelCard[] = body?.data ?? [];
         if (cancelled) return;
-        setModels(ids);
+        setCards(data);
         setLoadError(null);
-        if (ids.length === 0) timer = window.setTimeout(load, MODELS_RETRY_MS);
+        if (data.length === 0) timer = window.setTimeout(load, MODELS_RETRY_MS);
       } catch (e) {
         if (cancelled) return;
-        setModels([]);
+        setCards([]);
         setLoadError(e instanceof Error ? e.message : String(e));
         timer = window.setTimeout(load, MODELS_RETRY_MS);
       }
@@ -41,53 +43,28 @@ function useModels() {
     load();
     return () => { cancelled = true; window.clearTimeout(timer); };
   }, []);
-  return { models, loadError };
+  return { cards, loadError };
 }
 
-function ReplyMeta({ turn }: { turn: Turn }) {
-  if (turn.streaming) return null;
-  const info = turn.info;
-  const parts: ReactNode[] = [];
-  if (info?.route?.length) {
-    parts.push(
-      <span key="route">
-        served by{" "}
-        {info.route.map((hop, i) => (
-          <span className="hop" key={i}>
-            {i > 0 && " → "}
-            <span className="mono" title={hop.peer_id}>{shortPeer(hop.peer_id)}</span> [{hop.start},{hop.end})
-          </span>
-        ))}
-      </span>,
-    );
-  }
-  if (info) {
-    parts.push(<span key="tps">{fmtNum(info.tokens_per_second)} tok/s</span>);
-    parts.push(<span key="ttft">TTFT {fmtNum(info.time_to_first_token, 2)} s</span>);
-    if (info.completion_tokens != null) parts.push(<span key="n">{info.completion_tokens} tokens</span>);
-  }
-  if (turn.finishReason === "length") parts.push(<span key="len">stopped at max tokens</span>);
-  if (turn.stopped) parts.push(<span key="stop">stopped by you</span>);
-  if (!parts.length) return null;
-  return (
-    <div className="reply-meta" data-testid="reply-meta">
-      {parts.map((p, i) => <span key={i}>{i > 0 && " · "}{p}</span>)}
-    </div>
-  );
+/** The turns with the last one changed (the reply being streamed into). */
+function patchLast(turns: Turn[], patch: (t: Turn) => Turn): Turn[] {
+  return turns.length ? [...turns.slice(0, -1), patch(turns[turns.length - 1])] : turns;
 }
 
 export function Chat() {
-  const { models, loadError } = useModels();
+  const { cards, loadError } = useModels();
+  const conversations = useConversations();
+  const conversation = conversations.current;
   const [model, setModel] = useState("");
-  const [turns, setTurns] = useState<Turn[]>([]);
   const [input, setInput] = useState("");
-  const [maxTokens, setMaxTokens] = useState(256);
-  const [temperature, setTemperature] = useState(0.7);
+  const [sampling, setSampling] = useState<SamplingValues>({});
+  const [samplingOpen, setSamplingOpen] = useState(false);
   const [radius, setRadius] = useState(""); // "" = the gateway's default
   const [streaming, setStreaming] = useState(false);
   const abortRef = useRef<AbortController | null>(null);
   const listRef = useRef<HTMLDivElement>(null);
   const inputRef = useRef<HTMLTextAreaElement>(null);
+  const models = cards?.map((c) => c.id) ?? null;
 
   // Keep the picked model valid as the list of servable models changes.
   useEffect(() => {
@@ -99,11 +76,7 @@ export function Chat() {
   useEffect(() => {
     const el = listRef.current;
     if (el && stickToBottom.current) el.scrollTop = el.scrollHeight;
-  }, [turns]);
-
-  const updateLast = useCallback((patch: (t: Turn) => Turn) => {
-    setTurns((ts) => (ts.length ? [...ts.slice(0, -1), patch(ts[ts.length - 1])] : ts));
-  }, []);
+  }, [conversation]);
 
   // Grow the input with its text, up to the CSS max-height.
   useEffect(() => {
@@ -114,62 +87,36 @@ export function Chat() {
   }, [input]);
 
   const noModel = models !== null && models.length === 0;
-  const canSend = !streaming && !!model && !noModel && input.trim().length > 0;
+  const problem = samplingProblem(sampling);
+  const ready = !streaming && !!model && !noModel && !problem;
+  const canSend = ready && input.trim().length > 0;
 
-  async function send() {
-    if (!canSend) return;
-    const text = input.trim();
-    // The whole history goes with every turn; failed or empty replies are left out.
-    const history: ChatMessage[] = [
-      ...turns.filter((t) => t.content).map((t) => ({ role: t.role, content: t.content })),
-      { role: "user", content: text },
-    ];
-    setTurns((ts) => [...ts, { role: "user", content: text }, { role: "assistant", content: "", streaming: true }]);
-    setInput("");
+  /** Streams a reply to `history` (which ends with a user turn) into the conversation. */
+  async function generate(history: Turn[]) {
+    const id = conversation.id;
+    const body = {
+      model, messages: messagesFor(conversation.systemPrompt, history), ...samplingFields(sampling),
+      ...(radius ? { radius } : {}),
+    };
+    const updateLast = (patch: (t: Turn) => Turn) =>
+      conversations.update(id, (c) => ({ ...c, turns: patchLast(c.turns, patch) }));
+    conversations.update(id, (c) => ({ ...c, turns: [...history, { role: "assistant", content: "", streaming: true }] }));
     setStreaming(true);
     stickToBottom.current = true;
     const ctrl = new AbortController();
     abortRef.current = ctrl;
     try {
-      const res = await fetch("/v1/chat/completions", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-        body: JSON.stringify({
-          model, messages: history, stream: true, max_tokens: maxTokens, temperature, ...(radius ? { radius } : {}),
-        }),
-        signal: ctrl.signal,
-      });
-      if (!res.ok) throw await errorFromResponse(res);
-      if (!res.body) throw new Error("the response has no body");
-      for await (const data of readSSE(res.body)) {
-        if (data === "[DONE]") break;
-        let chunk;
-        try { chunk = JSON.parse(data); } catch { continue; }
-        if (chunk.error) throw new Error(chunk.error.message ?? "the swarm failed during generation");
-        const choice = chunk.choices?.[0];
-        const piece: string = choice?.delta?.content ?? "";
-        const finish = choice?.finish_reason ?? null;
-        const info: SwarmInfo | undefined = chunk.swarmllm;
-        if (piece || finish || info) {
-          updateLast((t) => ({
-            ...t,
-            content: t.content + piece,
-            finishReason: finish ?? t.finishReason,
-            info: info ?? t.info,
-          }));
-        }
-      }
+      await streamChat(body, ctrl.signal, (u) => updateLast((t) => ({
+        ...t,
+        content: t.content + u.piece,
+        finishReason: u.finishReason ?? t.finishReason,
+        info: u.info ?? t.info,
+        usage: u.usage ?? t.usage,
+      })));
       updateLast((t) => ({ ...t, streaming: false }));
     } catch (e) {
-      if (ctrl.signal.aborted) {
-        updateLast((t) => ({ ...t, streaming: false, stopped: true }));
-      } else {
-        let msg = e instanceof Error ? e.message : String(e);
-        if (e instanceof ApiError) {
-          msg = `${msg} (HTTP ${e.status}${e.retryAfter != null ? `, retry after ${e.retryAfter} s` : ""})`;
-        }
-        updateLast((t) => ({ ...t, streaming: false, error: msg }));
-      }
+      if (ctrl.signal.aborted) updateLast((t) => ({ ...t, streaming: false, stopped: true }));
+      else updateLast((t) => ({ ...t, streaming: false, error: describeError(e) }));
     } finally {
       abortRef.current = null;
       setStreaming(false);
@@ -177,14 +124,31 @@ export function Chat() {
     }
   }
 
-  function stop() {
-    abortRef.current?.abort();
+  function send() {
+    if (!canSend) return;
+    generate([...conversation.turns, { role: "user", content: input.trim() }]);
+    setInput("");
   }
 
-  function newChat() {
-    stop();
-    setTurns([]);
+  /** Replaces the user message at `index` and everything after it, then asks again. */
+  function editAt(index: number, text: string) {
+    if (!ready) return;
+    generate([...conversation.turns.slice(0, index), { role: "user", content: text }]);
   }
+
+  function regenerate() {
+    if (!ready) return;
+    generate(conversation.turns.slice(0, -1));
+  }
+
+  const stop = useCallback(() => abortRef.current?.abort(), []);
+  // Leaving a conversation stops its reply (what arrived so far is kept, marked stopped).
+  const leaveTo = (go: () => void) => { stop(); stickToBottom.current = true; go(); };
+
+  const turns = conversation.turns;
+  const lastIndex = turns.length - 1;
+  const use = contextUse(conversation);
+  const limit = contextLimit(model, cards?.find((c) => c.id === model));
 
   return (
     <div className="chat-app">
@@ -203,20 +167,6 @@ export function Chat() {
             {models?.map((m) => <option key={m} value={m}>{m}</option>)}
           </select>
         </label>
-        <label className="field">
-          Max tokens
-          <input
-            type="number" min={1} max={4096} value={maxTokens} data-testid="max-tokens"
-            onChange={(e) => setMaxTokens(Math.max(1, Number(e.target.value) || 1))}
-          />
-        </label>
-        <label className="field">
-          Temperature
-          <input
-            type="number" min={0} max={2} step={0.1} value={temperature} data-testid="temperature"
-            onChange={(e) => setTemperature(Math.min(2, Math.max(0, Number(e.target.value) || 0)))}
-          />
-        </label>
         <label className="field" title="Which machines may compute the reply: local = yours, trusted = also owners you paired with, public = anyone">
           Radius
           <select data-testid="radius-select" value={radius} disabled={streaming} onChange={(e) => setRadius(e.target.value)}>
@@ -228,10 +178,7 @@ export function Chat() {
           </select>
         </label>
         <span className="spacer" />
-        <span className="nav">
-          <button className="btn" onClick={newChat} disabled={!turns.length}>New chat</button>
-          <a href="/dashboard">Dashboard →</a>
-        </span>
+        <span className="nav"><a href="/dashboard">Dashboard →</a></span>
       </header>
       {noModel && (
         <div className="notice" data-testid="no-model-notice">
@@ -240,64 +187,94 @@ export function Chat() {
           {loadError && <> ({loadError})</>}
         </div>
       )}
-      <main className="chat">
-        <div
-          className="messages"
-          ref={listRef}
-          onScroll={(e) => {
-            const el = e.currentTarget;
-            stickToBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
-          }}
-        >
-          {turns.length === 0 && (
-            <div className="empty">
-              <p>Ask anything. Each reply is generated by a chain of swarm nodes,<br />each running a span of the model's layers.</p>
-            </div>
-          )}
-          {turns.map((t, i) =>
-            t.role === "user" ? (
-              <div className="msg user" key={i} data-testid="user-message">
-                <div className="bubble">{t.content}</div>
-              </div>
-            ) : (
-              <div className="msg assistant" key={i}>
-                {(t.content || t.streaming || !t.error) && (
-                  <div className={"bubble" + (t.streaming ? " pending" : "")} data-testid="assistant-message">
-                    {t.content}
-                  </div>
-                )}
-                {t.error && <div className="error-box" data-testid="chat-error">{t.error}</div>}
-                <ReplyMeta turn={t} />
-              </div>
-            ),
-          )}
-        </div>
-        <form
-          className="composer"
-          onSubmit={(e) => { e.preventDefault(); send(); }}
-        >
-          <textarea
-            ref={inputRef}
-            data-testid="chat-input"
-            rows={1}
-            placeholder={noModel ? "No model available" : "Message (Enter to send, Shift+Enter for a new line)"}
-            value={input}
-            disabled={noModel}
-            onChange={(e) => setInput(e.target.value)}
-            onKeyDown={(e) => {
-              if (e.key === "Enter" && !e.shiftKey && !e.nativeEvent.isComposing) {
-                e.preventDefault();
-                send();
-              }
+      <div className="chat-body">
+        <Sidebar
+          conversations={conversations.conversations}
+          currentId={conversation.id}
+          storageOk={conversations.storageOk}
+          onSelect={(id) => leaveTo(() => conversations.select(id))}
+          onCreate={() => leaveTo(conversations.create)}
+          onDelete={(id) => (id === conversation.id ? leaveTo(() => conversations.remove(id)) : conversations.remove(id))}
+        />
+        <main className="chat">
+          <div className="settings">
+            <textarea
+              className="system-prompt" data-testid="system-prompt" rows={1}
+              placeholder="System prompt (optional): how the assistant should behave in this conversation"
+              value={conversation.systemPrompt}
+              disabled={streaming}
+              onChange={(e) => {
+                const systemPrompt = e.target.value;
+                conversations.update(conversation.id, (c) => ({ ...c, systemPrompt }));
+              }}
+            />
+            <SamplingPanel
+              values={sampling}
+              onChange={(name, text) => setSampling((s) => ({ ...s, [name]: text }))}
+              onReset={() => setSampling({})}
+              open={samplingOpen}
+              onToggle={() => setSamplingOpen((o) => !o)}
+              disabled={streaming}
+            />
+          </div>
+          <div
+            className="messages"
+            ref={listRef}
+            onScroll={(e) => {
+              const el = e.currentTarget;
+              stickToBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
             }}
-          />
-          {streaming ? (
-            <button type="button" className="btn danger" data-testid="stop-button" onClick={stop}>Stop</button>
-          ) : (
-            <button type="submit" className="btn primary" data-testid="send-button" disabled={!canSend}>Send</button>
-          )}
-        </form>
-      </main>
+          >
+            {turns.length === 0 && (
+              <div className="empty">
+                <p>Ask anything. Each reply is generated by a chain of swarm nodes,<br />each running a span of the model's layers.</p>
+              </div>
+            )}
+            {turns.map((t, i) =>
+              t.role === "user" ? (
+                <UserMessage key={i} turn={t} onEdit={ready ? (text) => editAt(i, text) : undefined} />
+              ) : (
+                <AssistantMessage key={i} turn={t} onRegenerate={i === lastIndex && ready ? regenerate : undefined} />
+              ),
+            )}
+          </div>
+          <form className="composer" onSubmit={(e) => { e.preventDefault(); send(); }}>
+            <div className="composer-row">
+              <textarea
+                ref={inputRef}
+                data-testid="chat-input"
+                rows={1}
+                placeholder={noModel ? "No model available" : "Message (Enter to send, Shift+Enter for a new line)"}
+                value={input}
+                disabled={noModel}
+                onChange={(e) => setInput(e.target.value)}
+                onKeyDown={(e) => {
+                  if (e.key === "Enter" && !e.shiftKey && !e.nativeEvent.isComposing) {
+                    e.preventDefault();
+                    send();
+                  }
+                }}
+              />
+              {streaming ? (
+                <button type="button" className="btn danger" data-testid="stop-button" onClick={stop}>Stop</button>
+              ) : (
+                <button type="submit" className="btn primary" data-testid="send-button" disabled={!canSend}>Send</button>
+              )}
+            </div>
+            <div className="composer-foot small">
+              {problem ? <span className="stale" data-testid="sampling-problem">{problem}</span> : <span />}
+              <span
+                className={"context-meter" + (use.tokens >= limit ? " full" : use.tokens >= 0.8 * limit ? " near" : "")}
+                data-testid="context-meter" data-exact={use.exact ? "true" : "false"}
+                title={use.exact ? "Tokens of the last reply (prompt + completion) of the model's context"
+                  : "Estimated from the conversation's length (about 4 characters per token)"}
+              >
+                {use.exact ? "" : "~"}{use.tokens} / {limit} tokens
+              </span>
+            </div>
+          </form>
+        </main>
+      </div>
     </div>
   );
 }
