@@ -100,6 +100,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # v8: versions are negotiated (module docstring, versions.py): OpenSession.min_protocol_version,
 #    SessionOpened.protocol_version, ServerRecord.min_protocol_version; readers accept server records of newer
 #    versions with fields they do not know (records.py). Older peers could not negotiate: v8 is the minimum.
+#    Server records also carry the node's counters, optional claims for dashboards: uptime_seconds,
+#    memory_bytes, cpu_percent, tokens_served, bytes_sent, bytes_received (records.py).
 PROTOCOL_VERSION = 8       # the newest version this code speaks
 MIN_PROTOCOL_VERSION = 8   # the oldest version this code still speaks: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]
 MAX_VERSION_NUMBER = 2**16  # a bound on any version number a peer sends
