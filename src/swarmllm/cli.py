@@ -413,12 +413,12 @@ def cmd_gateway(args) -> int:
                                trusted_proxies=trusted,
                                forwarded_header=args.forwarded_header, api_keys=api_keys,
                                allow_anonymous=args.allow_anonymous)
-    client = SwarmClient.connect(_initial_peers(args, may_start=False))
+    initial_peers = _initial_peers(args, may_start=False)
+    settings = dataclasses.replace(settings, initial_peers=tuple(initial_peers))  # the dashboard's join command
+    client = SwarmClient.connect(initial_peers)
     issuer = None
     try:
         if args.credit_period > 0 and client.receipts is not None:  # credits for verified work (docs/free-tier.md)
-            import dataclasses
-
             from swarmllm.client.credit_issuer import CreditIssuer
             from swarmllm.client.credit_ledger import CreditLedger
             from swarmllm.gateway.credit_links import CreditLinks

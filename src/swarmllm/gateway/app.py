@@ -94,6 +94,7 @@ class GatewaySettings:
     credit_links: Optional[CreditLinks] = None    # which keys speak for which nodes (credit_links.py)
     free_tier: FreeTierPolicy = FreeTierPolicy()  # how much more a contributor gets (free_tier.py)
     demand_period: float = 5.0                   # s between publications of the demand seen per model (0: never)
+    initial_peers: tuple[str, ...] = ()          # where the gateway entered the swarm: the dashboard's join command
 
     @property
     def default_limits(self) -> Limits:
@@ -141,7 +142,8 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
     catalog = set(list_catalog())
     ledger = settings.credit_ledger
     status = SwarmStatus(client, lambda: service.tokens_generated, period=settings.status_period,
-                         demand_models=sorted(catalog), credits_of=ledger.totals if ledger is not None else None)
+                         demand_models=sorted(catalog), credits_of=ledger.totals if ledger is not None else None,
+                         chains_of=service.active_chains, initial_peers=settings.initial_peers)
     limiter = RateLimiter(max_keys=settings.limiter_max_keys)
     slots = ClientSlots()
     admission = Admission(settings.max_active, settings.max_queue)

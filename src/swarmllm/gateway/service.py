@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping, Optional
@@ -92,6 +93,29 @@ class GenerationService:
         # never hold up tokenizing and session opening, which run on asyncio's default pool.
         self.workers = ThreadPoolExecutor(max_workers=max_active, thread_name_prefix="swarmllm-generation")
         self.cancelled = 0  # generations stopped early because their HTTP client went away
+        self._running: dict[int, tuple[PreparedGeneration, float]] = {}  # opened, not closed: id -> (job, since)
+        self._running_lock = threading.Lock()  # not _lock: that one is held while a model loads
+
+    def active_chains(self) -> list[dict]:
+        """The chains of the generations in progress now (the dashboard's "chains in use"), oldest first."""
+        with self._running_lock:
+            running = sorted(self._running.values(), key=lambda item: item[1])
+        chains = []
+        for job, since in running:
+            generation = job.generation
+            if generation is None:
+                continue
+            try:
+                route = [{"peer_id": h.peer_id, "start": h.start, "end": h.end} for h in generation.route]
+            except RuntimeError:  # the chain changed while it was read (a failover): next refresh
+                continue
+            chains.append({"model_id": job.model_id, "route": route, "since": since,
+                           "tokens": len(generation.token_ids), "decoding": generation.decoding})
+        return chains
+
+    def _finished(self, job: PreparedGeneration) -> None:
+        with self._running_lock:
+            self._running.pop(id(job), None)
 
     def generator(self, model_id: str) -> Generator:
         """The model's generator, its head and tokenizer loaded once (UnknownModelError for names we cannot load).
@@ -141,12 +165,15 @@ class GenerationService:
     def open(self, job: PreparedGeneration) -> Generation:
         """Open the session on every server of a chain (blocking; raises SwarmError when it cannot)."""
         job.generation = job.generator.start(job.prompt_ids, job.options)
+        with self._running_lock:
+            self._running[id(job)] = (job, time.time())
         return job.generation
 
     def abandon(self, job: PreparedGeneration) -> None:
         """Close the session of a job whose stream never started (its client left first), off the event loop."""
         if job.generation is not None and not job.streamed:
             job.streamed = True
+            self._finished(job)
             threading.Thread(target=job.generation.close, name="close-abandoned", daemon=True).start()
 
     async def stream(self, job: PreparedGeneration, cancel: threading.Event) -> AsyncIterator[Delta]:
@@ -177,6 +204,7 @@ class GenerationService:
             except BaseException as e:  # delivered to the request handler, never lost in a thread
                 loop.call_soon_threadsafe(queue.put_nowait, e)
             finally:
+                self._finished(job)
                 generation.close()
 
         worker = loop.run_in_executor(self.workers, work)

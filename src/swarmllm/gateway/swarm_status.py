@@ -10,6 +10,13 @@ node serves, the gateways' published demand (their DemandRecords: claims, summed
 against the supply the nodes announce (`model_supply`: the weakest block's summed throughput, a
 claim too), and a warning for a model that is demanded but not covered; each node row carries the
 credits this gateway's ledger settled for it (`credits_of`, None without a ledger).
+
+Issue 16's dashboard, additive fields: each node row carries the counters its record announces
+(uptime, memory, CPU, tokens served, bytes up and down: claims) and the tokens/s derived from them;
+`timeline`, `coverage_history` and `announced_throughput_history` come from swarm_history.py
+(bounded); `chains` are the routes of this gateway's generations in progress (`chains_of`); `join`
+is the command that lets another machine join this swarm (`join_command`, from the peers the
+gateway was started with).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from swarmllm.client.routing import usable
 from swarmllm.client.swarm_client import SwarmClient
+from swarmllm.gateway.swarm_history import SwarmHistory
 from swarmllm.protocol.demand import DemandRecord
 from swarmllm.protocol.records import ServerRecord
 
@@ -52,17 +60,43 @@ def model_supply(model_id: str, n_blocks: int, records: Iterable[ServerRecord],
             "supply_tokens_per_minute": round(supply, 1), "warning": warning}
 
 
+def join_command(initial_peers: Sequence[str], models: Sequence[str] = (), swarm: str = "default",
+                 now: Optional[float] = None) -> dict:
+    """What the dashboard's "Join this swarm" box shows: `swarmllm volunteer TOKEN` with an invite to the
+    swarm at `initial_peers` (protocol/invite.py), and the same by address; without peers, the local
+    network's swarm (what `swarmllm volunteer` finds by itself)."""
+    from swarmllm.protocol.invite import encode_invite, make_invite
+
+    peers = [p for p in initial_peers if p]
+    if not peers:
+        return {"command": "swarmllm volunteer", "token": None, "by_address": None,
+                "note": "this gateway was started without --initial-peers: the command joins the swarm on the local "
+                        "network"}
+    token = encode_invite(make_invite(peers, list(models), swarm, now=time.time() if now is None else now))
+    local_only = all("/ip4/127." in p or "/ip6/::1/" in p for p in peers)
+    return {"command": f"swarmllm volunteer {token}", "token": token, "join": f"swarmllm join {token}",
+            "by_address": f"swarmllm volunteer --initial-peers {','.join(peers)}",
+            "note": "loopback addresses only: only this machine can use it" if local_only else None}
+
+
 class SwarmStatus:
     def __init__(self, client: SwarmClient, tokens_counter: Callable[[], int], period: float = 2.0,
                  history_seconds: float = 300.0, demand_models: Iterable[str] = (),
-                 credits_of: Optional[Callable[[], dict[str, int]]] = None):
+                 credits_of: Optional[Callable[[], dict[str, int]]] = None,
+                 chains_of: Optional[Callable[[], list[dict]]] = None, initial_peers: Sequence[str] = ()):
         """`demand_models`: models whose demand is read even when nobody serves them (the catalog);
-        `credits_of`: {node peer id: credits} from the gateway's ledger, if it keeps one."""
+        `credits_of`: {node peer id: credits} from the gateway's ledger, if it keeps one; `chains_of`: the
+        routes of the gateway's generations in progress; `initial_peers`: where the gateway entered the
+        swarm (for the join command)."""
         self.client, self.tokens_counter, self.period = client, tokens_counter, period
-        self.demand_models, self.credits_of = list(demand_models), credits_of
+        self.demand_models, self.credits_of, self.chains_of = list(demand_models), credits_of, chains_of
+        self.initial_peers = list(initial_peers)
         self.history: deque = deque(maxlen=max(2, int(history_seconds / period)))
+        self.swarm_history = SwarmHistory(max_samples=max(2, int(history_seconds / period)))
+        self._join: Optional[tuple[tuple[str, ...], dict, float]] = None
         self.snapshot: dict = {"updated_at": 0.0, "models": [], "nodes": [], "throughput_history": [],
-                               "active_sessions": 0, "demand": []}
+                               "active_sessions": 0, "demand": [], **self.swarm_history.to_json(), "chains": [],
+                               "join": join_command(self.initial_peers)}
         self._last_tokens = (time.time(), tokens_counter())
         self._last_ping = 0.0
         self.changed = asyncio.Event()
@@ -111,6 +145,12 @@ class SwarmStatus:
         last_t, last_tokens = self._last_tokens
         self.history.append({"t": now, "tokens_per_second": (tokens - last_tokens) / max(now - last_t, 1e-6)})
         self._last_tokens = (now, tokens)
+        self.swarm_history.observe(nodes, {m: n for m, (n, _) in by_model.items()}, now)
+        try:
+            chains = self.chains_of() if self.chains_of is not None else []
+        except Exception as e:  # the dashboard still shows the rest
+            logger.warning("listing the active chains failed: %s", e)
+            chains = []
         self.snapshot = {
             "updated_at": now,
             "models": models,
@@ -122,13 +162,31 @@ class SwarmStatus:
                        "compute_class": r.compute_class.key,
                        "rtt_ms": round(self.client.rtts[r.peer_id] * 1000, 2) if r.peer_id in self.client.rtts else None,
                        "software_version": r.software_version, "price": r.price,
-                       "credits": None if credits is None else credits.get(r.peer_id, 0)}
+                       "credits": None if credits is None else credits.get(r.peer_id, 0),
+                       **self._counters(r)}
                       for r in sorted(nodes, key=lambda r: (r.model_id, r.start))],
             "throughput_history": list(self.history),
             "active_sessions": sum(r.active_sessions for r in nodes),
             "demand": economy,
+            **self.swarm_history.to_json(),
+            "chains": chains,
+            "join": self._join_command(sorted(by_model)),
         }
         return self.snapshot
+
+    def _counters(self, r: ServerRecord) -> dict:
+        """A node row's announced counters (claims) and the tokens/s derived from them (swarm_history.py)."""
+        rate = self.swarm_history.node_rate(r.peer_id, r.model_id)
+        return {"uptime_seconds": r.uptime_seconds, "memory_bytes": r.memory_bytes, "cpu_percent": r.cpu_percent,
+                "tokens_served": r.tokens_served, "bytes_sent": r.bytes_sent, "bytes_received": r.bytes_received,
+                "announced_tokens_per_second": None if rate is None else round(rate, 2)}
+
+    def _join_command(self, models: list[str]) -> dict:
+        """The join command, made again when the models served change (and at most once an hour)."""
+        key = tuple(models)
+        if self._join is None or self._join[0] != key or time.time() - self._join[2] > 3600:
+            self._join = (key, join_command(self.initial_peers, models), time.time())
+        return self._join[1]
 
     async def run(self) -> None:
         while True:

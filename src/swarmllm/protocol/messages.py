@@ -103,6 +103,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 # v9: RingSampling carries min_p, the penalties and the context tokens they look at (`history`), so that a ring's
 #    last server samples as the client would with them; sent only when they differ from their defaults, so a
 #    session without them is v8's bytes. A client rings with penalties only through a chain that speaks v9.
+#    Server records carry the node's counters, claims for dashboards: uptime_seconds, memory_bytes,
+#    cpu_percent, tokens_served, bytes_sent, bytes_received (records.py); v8 readers drop them (newer record).
 PROTOCOL_VERSION = 9       # the newest version this code speaks
 MIN_PROTOCOL_VERSION = 8   # the oldest version this code still speaks: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]
 MAX_VERSION_NUMBER = 2**16  # a bound on any version number a peer sends

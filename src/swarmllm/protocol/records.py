@@ -71,6 +71,9 @@ MAX_THROUGHPUT = 1e9        # tokens/s a record may claim: finite and bounded, n
 MAX_ADDRESSES = 8           # multiaddrs in one record
 MAX_PRICE = 1e6             # credits per 1,000 tokens a record may announce (finite and bounded)
 MAX_LOAD = 2**20            # sessions or queued steps a record may claim (routing caps what it believes: load.py)
+MAX_COUNTER = 2**62         # tokens or bytes a node's announced counters may claim (finite and bounded)
+MAX_UPTIME = 10 * 365 * 86400.0  # s a node may claim to have been up (ten years)
+MAX_CPU_PERCENT = 100.0 * 4096   # process CPU a node may claim (100 = one core busy)
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"  # catalog names and file stems
 PEER_ID_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{1,128}$"        # base58
 
@@ -178,6 +181,14 @@ class ServerRecord(BaseModel):
     # Whose machine this is: its owner's certificate for this peer id (owners.py), checked by
     # check_record; None = no owner (the node counts as public in every trust radius).
     owner: Optional[OwnerCertificate] = None
+    # v9: the node's counters when it announced, for dashboards (server/counters.py). Claims, never used by
+    # routing; readers show them as "announced" and bound what they believe of them (gateway/swarm_history.py).
+    uptime_seconds: float = Field(default=0.0, ge=0, le=MAX_UPTIME)   # since the node's process started
+    memory_bytes: int = Field(default=0, ge=0, le=MAX_COUNTER)         # the process's resident memory (RSS)
+    cpu_percent: float = Field(default=0.0, ge=0, le=MAX_CPU_PERCENT)  # process CPU over the last announce period
+    tokens_served: int = Field(default=0, ge=0, le=MAX_COUNTER)        # positions computed through its span since start
+    bytes_sent: int = Field(default=0, ge=0, le=MAX_COUNTER)           # stream payload bytes up since start
+    bytes_received: int = Field(default=0, ge=0, le=MAX_COUNTER)       # stream payload bytes down since start
 
     @model_validator(mode="before")
     @classmethod

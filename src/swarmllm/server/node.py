@@ -55,6 +55,7 @@ from swarmllm.server.block_selection import block_coverage, choose_span, contest
 from swarmllm.server.model_choice import ModelView, choose_model, plan_model_move, pressure
 from swarmllm.server.model_moves import candidate_models, read_views
 from swarmllm.server.file_sharing import FileService, SwarmRangeSource, local_model_file
+from swarmllm.server.counters import NodeCounters
 from swarmllm.server.credits_inbox import CreditInbox, CreditsHandler
 from swarmllm.server.handlers import SessionService
 from swarmllm.server.partitioner import node_span_length
@@ -216,6 +217,7 @@ class ServerNode:
         self._pauses: dict[str, str] = {}  # source -> reason, of every pause() not yet resumed
         # What the status page (status_http.py) reads: set while running, never changed by it.
         self.started_at = time.time()
+        self.counters = NodeCounters(self.started_at)  # uptime, memory, CPU, tokens and bytes, in every record
         self.service: Optional[SessionService] = None
         self.credits: Optional[CreditInbox] = None
         self.update_state = None  # the updater's state (volunteer/updater.py) when auto-update is on
@@ -263,6 +265,7 @@ class ServerNode:
         """The node's whole life (module docstring), with its status page open throughout if asked for
         (a port already in use is a warning, not a reason to stop: the page is not the service)."""
         self.started_at = time.time()
+        self.counters = NodeCounters(self.started_at)
         page = None
         if self.config.status_port:
             try:
@@ -657,7 +660,9 @@ class ServerNode:
             announced_at=dht_time(), moving_to=self.status.moving_to,
             ring=backend.source is not None and backend.ends_a_chain,
             relayed=self._swarm is not None and self._swarm.relayed,
-            owner=self._certificates.current(dht_time()) if self._certificates is not None else None)
+            owner=self._certificates.current(dht_time()) if self._certificates is not None else None,
+            **self.counters.sample(self.service.tokens_processed if self.service is not None else 0,
+                                   self._swarm.traffic if self._swarm is not None else None))
 
     async def _announce(self, swarm: SwarmNode, backend, table: SessionTable, state: ServerState,
                         extra_blocks: range = range(0), timeout: Optional[float] = None) -> None:

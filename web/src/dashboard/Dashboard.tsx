@@ -1,5 +1,8 @@
 import { useEffect, useState } from "react";
-import { type ModelDemand, type ModelSummary, type NodeInfo, type SwarmSnapshot, fmtNum, shortPeer } from "../shared/api";
+import { type ModelDemand, type ModelSummary, type NodeInfo, fmtBytes, fmtDuration, fmtNum, shortPeer } from "../shared/api";
+import "./dashboard.css";
+import { Chains, CoverageOverTime, JoinBox, Timeline } from "./History";
+import type { DashboardSnapshot, NodeCounters } from "./types";
 import { type ConnMode, useSwarm } from "./useSwarm";
 
 const STALE_AFTER_S = 10;
@@ -77,7 +80,8 @@ function fmtClock(t: number): string {
   return new Date(t * 1000).toLocaleTimeString();
 }
 
-function ThroughputChart({ history }: { history: SwarmSnapshot["throughput_history"] }) {
+function ThroughputChart({ history, testid = "throughput-chart", label = "swarm throughput over time" }:
+  { history: { t: number; tokens_per_second: number }[]; testid?: string; label?: string }) {
   const W = 600, H = 160;
   const pts = [...history].sort((a, b) => a.t - b.t);
   const maxV = Math.max(1, ...pts.map((p) => p.tokens_per_second)) * 1.15;
@@ -91,9 +95,9 @@ function ThroughputChart({ history }: { history: SwarmSnapshot["throughput_histo
   const line = xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ");
   const area = xy.length ? `M${xy[0][0]},${H} L${line.replace(/ /g, " L")} L${xy[xy.length - 1][0]},${H} Z` : "";
   return (
-    <div className="chart" data-testid="throughput-chart">
+    <div className="chart" data-testid={testid}>
       <div className="chart-axis"><span>{fmtNum(maxV, 1)} tok/s</span></div>
-      <svg viewBox={`0 0 ${W} ${H}`} preserveAspectRatio="none" role="img" aria-label="swarm throughput over time">
+      <svg viewBox={`0 0 ${W} ${H}`} preserveAspectRatio="none" role="img" aria-label={label}>
         {[0.25, 0.5, 0.75].map((f) => <line key={f} className="grid" x1={0} x2={W} y1={H * f} y2={H * f} />)}
         <line className="grid" x1={0} x2={W} y1={H - 0.5} y2={H - 0.5} />
         {xy.length > 0 && <path className="area" d={area} />}
@@ -121,7 +125,17 @@ export function precision(n: NodeInfo): string {
   return parts.join(" · ");
 }
 
-function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
+/** A count in human units: 1234567 -> "1.2 M". */
+export function fmtCount(n: number | null | undefined): string {
+  if (n === null || n === undefined || !isFinite(n)) return "–";
+  const units = ["", " k", " M", " G", " T"];
+  let i = 0;
+  let x = n;
+  while (x >= 1000 && i < units.length - 1) { x /= 1000; i++; }
+  return i === 0 ? `${Math.round(x)}` : `${x.toFixed(1)}${units[i]}`;
+}
+
+function NodesTable({ nodes }: { nodes: NodeCounters[] }) {
   const sorted = [...nodes].sort((a, b) => a.model_id.localeCompare(b.model_id) || a.start - b.start || a.end - b.end);
   if (!sorted.length) return <p className="muted">No nodes found in the swarm.</p>;
   return (
@@ -137,6 +151,12 @@ function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
             <th className="num">RTT (ms)</th><th>Version</th>
             <th className="num" title="credits per 1,000 tokens the node asks (0 = free)">Price</th>
             <th className="num" title="credits this gateway settled for the node's verified work">Credits</th>
+            <th className="num" title="since the node's process started (announced by the node)">Uptime <span className="announced">announced</span></th>
+            <th className="num" title="the node process's resident memory (announced)">Memory <span className="announced">announced</span></th>
+            <th className="num" title="process CPU over its last announce period; 100% = one core (announced)">CPU <span className="announced">announced</span></th>
+            <th className="num" title="positions computed through the node's span since it started (announced)">Tokens served <span className="announced">announced</span></th>
+            <th className="num" title="tokens/s through its span, from consecutive records' counters, capped by its announced throughput">tok/s <span className="announced">from counters</span></th>
+            <th className="num" title="stream payload bytes sent / received since start (announced)">Bytes up / down <span className="announced">announced</span></th>
           </tr>
         </thead>
         <tbody>
@@ -155,6 +175,15 @@ function NodesTable({ nodes }: { nodes: NodeInfo[] }) {
               <td className="muted">{n.software_version}</td>
               <td className="num">{n.price ? fmtNum(n.price) : "free"}</td>
               <td className="num" data-testid="node-credits">{n.credits == null ? "–" : n.credits.toLocaleString()}</td>
+              <td className="num" data-testid="node-uptime" data-value={n.uptime_seconds ?? ""}>
+                {n.uptime_seconds == null ? "–" : fmtDuration(n.uptime_seconds)}</td>
+              <td className="num" data-testid="node-memory" data-value={n.memory_bytes ?? ""}>{fmtBytes(n.memory_bytes)}</td>
+              <td className="num" data-testid="node-cpu" data-value={n.cpu_percent ?? ""}>
+                {n.cpu_percent == null ? "–" : `${fmtNum(n.cpu_percent, 0)}%`}</td>
+              <td className="num" data-testid="node-tokens" data-value={n.tokens_served ?? ""}>{fmtCount(n.tokens_served)}</td>
+              <td className="num" data-testid="node-rate">{fmtNum(n.announced_tokens_per_second)}</td>
+              <td className="num" data-testid="node-bytes" data-up={n.bytes_sent ?? ""} data-down={n.bytes_received ?? ""}>
+                {fmtBytes(n.bytes_sent)} / {fmtBytes(n.bytes_received)}</td>
             </tr>
           ))}
         </tbody>
@@ -217,13 +246,16 @@ function useNow(): number {
 }
 
 export function Dashboard() {
-  const { snap, mode, error } = useSwarm();
+  const { snap: raw, mode, error } = useSwarm();
+  const snap = raw as DashboardSnapshot | null;
   const now = useNow();
   const age = snap ? Math.max(0, now - snap.updated_at) : null;
   const hist = snap?.throughput_history ?? [];
   const currentTps = hist.length ? [...hist].sort((a, b) => a.t - b.t)[hist.length - 1].tokens_per_second : null;
   const online = snap?.nodes.filter((n) => n.state === "online").length ?? 0;
   const servable = snap?.models.filter((m) => m.complete).length ?? 0;
+  const announced = snap?.announced_throughput_history ?? [];
+  const announcedTps = announced.length ? announced[announced.length - 1].tokens_per_second : null;
 
   return (
     <>
@@ -260,6 +292,11 @@ export function Dashboard() {
             <div className="value">{fmtNum(currentTps)} <span className="muted" style={{ fontSize: "0.9rem" }}>tok/s</span></div>
           </div>
           <div className="card">
+            <div className="label" title="from the nodes' announced tokens_served counters (claims, bounded)">
+              Swarm-wide <span className="announced">announced</span></div>
+            <div className="value" data-testid="announced-tps">{fmtNum(announcedTps)} <span className="muted" style={{ fontSize: "0.9rem" }}>tok/s</span></div>
+          </div>
+          <div className="card">
             <div className="label">Models servable</div>
             <div className="value">{snap ? `${servable} / ${snap.models.length}` : "–"}</div>
           </div>
@@ -269,8 +306,26 @@ export function Dashboard() {
           {snap ? <Coverage models={snap.models} /> : <p className="muted">loading…</p>}
         </section>
         <section className="panel">
+          <h2>Coverage over time</h2>
+          <CoverageOverTime history={snap?.coverage_history ?? []} />
+        </section>
+        <section className="panel">
           <h2>Swarm throughput (output tokens/s)</h2>
           <ThroughputChart history={hist} />
+          <p className="source">Source: tokens this gateway generated (measured here; other gateways' traffic is not in it).</p>
+          <h2 style={{ marginTop: 14 }}>Swarm-wide throughput (tokens/s through each model, announced)</h2>
+          <ThroughputChart history={announced} testid="announced-throughput-chart" label="swarm-wide throughput from the nodes' counters" />
+          <p className="source">Source: the nodes' announced tokens_served counters, per node between consecutive records
+            (a counter going back = a restart; each node capped at 64× its announced throughput), weighted by span /
+            blocks so that a token through a chain counts once. Claims, not measurements.</p>
+        </section>
+        <section className="panel">
+          <h2>Chains in use now (this gateway's generations)</h2>
+          <Chains chains={snap?.chains ?? []} now={now} />
+        </section>
+        <section className="panel">
+          <h2>Joins and departures</h2>
+          <Timeline events={snap?.timeline ?? []} />
         </section>
         <section className="panel">
           <h2>Demand and supply per model</h2>
@@ -279,6 +334,10 @@ export function Dashboard() {
         <section className="panel">
           <h2>Nodes</h2>
           {snap ? <NodesTable nodes={snap.nodes} /> : <p className="muted">loading…</p>}
+        </section>
+        <section className="panel">
+          <h2>Join this swarm</h2>
+          <JoinBox join={snap?.join} />
         </section>
       </main>
     </>
