@@ -340,6 +340,8 @@ def cmd_up(args) -> int:
                   f"Generate from a terminal:\n  swarmllm generate --model {args.model} --initial-peers {peers} "
                   f"\"Tell me about bees\"\nJoin with another node (or a gateway: add --client):\n"
                   f"  {join_line(summary.initial_peers, [plan.model_id])}\n{_lan_join_hint(args)}", flush=True)
+            print("OpenAI-compatible tools (SDKs, agents, `llm`, LangChain...) read these:\n"
+                  + agent_env_lines(url, plan.model_id) + "\n", flush=True)
             if args.prompt:
                 print(f"> {args.prompt}", flush=True)
                 up.generate(args.prompt, args.max_new_tokens, sys.stdout)
@@ -447,6 +449,8 @@ def cmd_gateway(args) -> int:
             while not app.state.status.ready and time.monotonic() < deadline and not task.done():
                 await asyncio.sleep(0.05)
             print(f"swarmllm gateway: chat {url}/  dashboard {url}/dashboard  API {url}/v1", flush=True)
+            print("OpenAI-compatible tools (SDKs, agents, `llm`, LangChain...) read these:\n"
+                  + agent_env_lines(url, keyed=api_keys is not None), flush=True)
             _print_ready({"role": "gateway", "url": url})
             await task
 
@@ -456,6 +460,16 @@ def cmd_gateway(args) -> int:
             issuer.stop()
         client.close()
     return 0
+
+
+def agent_env_lines(url: str, model: Optional[str] = None, keyed: bool = False) -> str:
+    """The environment lines OpenAI-compatible tools read, for a gateway at `url` (docs/agents.md)."""
+    key = "<your key from the gateway's --api-keys file>" if keyed else "none"
+    lines = [f"  export OPENAI_BASE_URL={url}/v1", f"  export OPENAI_API_BASE={url}/v1    # older tools' name",
+             f"  export OPENAI_API_KEY={key}" + ("" if keyed else "    # no key needed: any value")]
+    if model:
+        lines.append(f"  export OPENAI_MODEL={model}")
+    return "\n".join(lines)
 
 
 def _mb(value) -> str:

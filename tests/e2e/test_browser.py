@@ -58,10 +58,12 @@ def test_chat_streams_a_reply(browser, site, artifacts_dir):
     page.close()
 
 
-def _ask(url: str) -> None:
-    """One small completion: demand this gateway counts and publishes (issue 14)."""
-    body = json.dumps({"model": "smollm2-135m", "prompt": "Hi", "max_tokens": 2}).encode()
-    request = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+def _ask(url: str, prompt: str = "Hi", max_tokens: int = 2, chat: bool = False) -> None:
+    """One completion: demand this gateway counts and publishes (issue 14), tokens the nodes count."""
+    body = json.dumps({"model": "smollm2-135m", "max_tokens": max_tokens, "temperature": 0.7, "seed": 1,
+                       **({"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt})}).encode()
+    request = urllib.request.Request(url + ("/v1/chat/completions" if chat else "/v1/completions"), body,
+                                     {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as reply:
         assert reply.status == 200
 
@@ -83,7 +85,30 @@ def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_
         "() => { const r = document.querySelector('[data-testid=demand-row][data-model=\"smollm2-135m\"]');"
         " return r && Number(r.dataset.demand) > 0 && r.querySelector('[data-testid=demand-status]').innerText.includes('ok') }",
         timeout=30_000)
+    # What the nodes announce of themselves (claims, marked so on the page): uptime, memory, CPU, tokens, bytes.
+    page.wait_for_function(
+        "() => { const rows = [...document.querySelectorAll('[data-testid=node-row]')];"
+        " const v = (r, id) => Number(r.querySelector(`[data-testid=${id}]`).dataset.value || 0);"
+        " return rows.length === 3 && rows.every(r => v(r, 'node-uptime') > 0 && v(r, 'node-memory') > 10e6)"
+        " && rows.every(r => v(r, 'node-tokens') > 0) }", timeout=30_000)  # the completion above went through all
+    assert page.locator("[data-testid=node-bytes]").first.get_attribute("data-up") not in ("", "0")
+    # The timeline has the three nodes (seen at the gateway's first look), coverage over time, the join box.
+    assert page.locator("[data-testid=timeline-event]").count() >= 3
+    page.wait_for_function("() => Number(document.querySelector('[data-testid=coverage-history]').dataset.samples) >= 2",
+                           timeout=30_000)
+    join = page.locator("[data-testid=join-box]").inner_text()
+    assert "swarmllm volunteer swarmllm1." in join and "--initial-peers /ip4/127.0.0.1/" in join
+    env = page.locator("[data-testid=agent-env-lines]").inner_text()
+    assert f"OPENAI_BASE_URL={url}/v1" in env and "OPENAI_API_KEY=none" in env and "OPENAI_MODEL=smollm2-135m" in env
+    # A long generation in progress: its chain shows, live.
+    import threading
+
+    long = threading.Thread(target=_ask, args=(url, "Write a long story about the sea.", 200, True), daemon=True)
+    long.start()
+    page.wait_for_selector("[data-testid=chain-row]", timeout=30_000)
+    assert "[0,10)" in page.locator("[data-testid=chain-row]").first.inner_text().replace(" ", "")
     page.screenshot(path=os.path.join(artifacts_dir, "dashboard-complete.png"), full_page=True)
+    long.join(timeout=120)
 
     swarm.nodes[1].signal(signal.SIGTERM)  # graceful leave: blocks [10, 20) become uncovered
     page.wait_for_function(
@@ -94,5 +119,6 @@ def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_
     page.wait_for_function(  # still demanded (60 s window), no longer covered: the warning
         "() => { const r = document.querySelector('[data-testid=demand-row][data-model=\"smollm2-135m\"]');"
         " return r && r.innerText.includes('demanded but not covered') }", timeout=30_000)
+    page.wait_for_selector("[data-testid=timeline-event][data-kind=departed]", timeout=30_000)  # the departure, live
     page.screenshot(path=os.path.join(artifacts_dir, "dashboard-gap.png"), full_page=True)
     page.close()

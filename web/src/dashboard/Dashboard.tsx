@@ -1,7 +1,7 @@
 import { useEffect, useState } from "react";
 import { type ModelDemand, type ModelSummary, type NodeInfo, fmtBytes, fmtDuration, fmtNum, shortPeer } from "../shared/api";
 import "./dashboard.css";
-import { Chains, CoverageOverTime, JoinBox, Timeline } from "./History";
+import { AgentEnv, Chains, CoverageOverTime, JoinBox, Timeline } from "./History";
 import type { DashboardSnapshot, NodeCounters } from "./types";
 import { type ConnMode, useSwarm } from "./useSwarm";
 
@@ -338,6 +338,10 @@ export function Dashboard() {
         <section className="panel">
           <h2>Join this swarm</h2>
           <JoinBox join={snap?.join} />
+        </section>
+        <section className="panel">
+          <h2>Use it from your tools</h2>
+          <AgentEnv models={snap?.models.filter((m) => m.complete).map((m) => m.model_id) ?? []} />
         </section>
       </main>
     </>

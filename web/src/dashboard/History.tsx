@@ -109,7 +109,7 @@ function CopyLine({ text, testid }: { text: string; testid: string }) {
   };
   return (
     <div className="copy-line">
-      <code data-testid={testid}>{text}</code>
+      <code data-testid={testid} style={{ whiteSpace: "pre-wrap" }}>{text}</code>
       <button type="button" onClick={copy}>{copied ? "copied" : "copy"}</button>
     </div>
   );
@@ -127,6 +127,22 @@ export function JoinBox({ join }: { join: JoinCommand | null | undefined }) {
         <CopyLine text={join.by_address} testid="join-by-address" />
       </>}
       {join.note && <p className="muted">{join.note}</p>}
+    </div>
+  );
+}
+
+/** The environment lines OpenAI-compatible tools read, for this gateway as the browser reaches it
+ * (the same lines `swarmllm up` and `swarmllm gateway` print). */
+export function AgentEnv({ models }: { models: string[] }) {
+  const base = `${window.location.origin}/v1`;
+  const lines = [`export OPENAI_BASE_URL=${base}`, `export OPENAI_API_BASE=${base}`,
+    "export OPENAI_API_KEY=none", ...(models.length ? [`export OPENAI_MODEL=${models[0]}`] : [])];
+  return (
+    <div className="join-box" data-testid="agent-env">
+      <p>Point OpenAI-compatible tools (SDKs, agents, <code>llm</code>, LangChain…) at this gateway
+        {models.length > 1 && <> (models: {models.join(", ")})</>}:</p>
+      <CopyLine text={lines.join("\n")} testid="agent-env-lines" />
+      <p className="muted">No key is needed unless the gateway runs with <code>--api-keys</code>.</p>
     </div>
   );
 }
