@@ -129,12 +129,15 @@ def test_sampling_regenerate_edit_and_system_prompt_with_the_real_model(page, si
     meter = page.inner_text("[data-testid=context-meter]")
     assert re.fullmatch(r"\d+ / 8192 tokens", meter), meter  # exact: the reply's usage
     assert int(meter.split()[0]) > 12
+    # The gateway's default verification ran: the reply says what was checked.
+    assert "verified (sample)" in page.inner_text("[data-testid=reply-verification]")
 
+    page.select_option("[data-testid=verify-select]", "off")
     page.click("[data-testid=sampling-toggle]")
     page.fill("[data-testid=temperature]", "0")
     page.fill("[data-testid=repetition-penalty]", "1.3")
     second = _send(page, "And another one?")
-    assert second["temperature"] == 0 and second["repetition_penalty"] == 1.3
+    assert second["temperature"] == 0 and second["repetition_penalty"] == 1.3 and second["verify"] == "off"
     assert "top_p" not in second and "top_k" not in second and "seed" not in second
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
     _wait_replies(page, 2)

@@ -60,6 +60,7 @@ export function Chat() {
   const [sampling, setSampling] = useState<SamplingValues>({});
   const [samplingOpen, setSamplingOpen] = useState(false);
   const [radius, setRadius] = useState(""); // "" = the gateway's default
+  const [verify, setVerify] = useState(""); // "" = the gateway's default (sample)
   const [streaming, setStreaming] = useState(false);
   const abortRef = useRef<AbortController | null>(null);
   const listRef = useRef<HTMLDivElement>(null);
@@ -96,7 +97,7 @@ export function Chat() {
     const id = conversation.id;
     const body = {
       model, messages: messagesFor(conversation.systemPrompt, history), ...samplingFields(sampling),
-      ...(radius ? { radius } : {}),
+      ...(radius ? { radius } : {}), ...(verify ? { verify } : {}),
     };
     const updateLast = (patch: (t: Turn) => Turn) =>
       conversations.update(id, (c) => ({ ...c, turns: patchLast(c.turns, patch) }));
@@ -175,6 +176,15 @@ export function Chat() {
             <option value="trusted">trusted (paired owners)</option>
             <option value="trusted+public">trusted, else public</option>
             <option value="public">public</option>
+          </select>
+        </label>
+        <label className="field" title="How the servers' work is checked: sample = a share of steps re-computed on independent servers (the default), strict = every step before its token is shown, off = trust them">
+          Verify
+          <select data-testid="verify-select" value={verify} disabled={streaming} onChange={(e) => setVerify(e.target.value)}>
+            <option value="">gateway default</option>
+            <option value="sample">sample</option>
+            <option value="strict">strict</option>
+            <option value="off">off</option>
           </select>
         </label>
         <span className="spacer" />

@@ -29,6 +29,16 @@ export function ReplyMeta({ turn }: { turn: Turn }) {
     parts.push(<span key="tps">{fmtNum(info.tokens_per_second)} tok/s</span>);
     parts.push(<span key="ttft">TTFT {fmtNum(info.time_to_first_token, 2)} s</span>);
     if (info.completion_tokens != null) parts.push(<span key="n">{info.completion_tokens} tokens</span>);
+    const v = info.verification;
+    if (v && v.mode !== "off") {
+      const unchecked = v.unverifiable?.length ? `, ${v.unverifiable.length} span(s) had no second server` : "";
+      parts.push(
+        <span key="verify" data-testid="reply-verification" title="re-computed on independent servers (docs/verification.md)">
+          verified ({v.mode}): {v.steps_checked} checked, {v.mismatches} mismatch{v.mismatches === 1 ? "" : "es"}
+          {v.banned?.length ? `, ${v.banned.length} liar(s) banned` : ""}{unchecked}
+        </span>,
+      );
+    }
   }
   if (turn.finishReason === "length") parts.push(<span key="len">stopped at max tokens</span>);
   if (turn.stopped) parts.push(<span key="stop">stopped by you</span>);

@@ -17,6 +17,10 @@ export interface SwarmInfo {
   tokens_per_second: number | null;
   time_to_first_token: number | null;
   completion_tokens: number | null;
+  decoding?: string;                 // "ring", "speculative" or "plain"
+  verification?: {                   // what was checked of the servers' work (docs/verification.md)
+    mode: string; steps_checked: number; mismatches: number; banned: string[]; unverifiable: string[];
+  } | null;
 }
 
 export interface ModelSummary {
