@@ -63,9 +63,12 @@ def compare_defaults(models: list[str], seeds: int, tokens: int) -> list[dict]:
     for model in models:
         generator = Generator.local(model)
         after = sampling_options({}, model)
+        greedy = {"temperature": 0.0}
         for prompt in PROMPTS:
-            for label, sampling in (("before", OPENAI_DEFAULTS), ("after", after)):
-                replies = [generate(generator, prompt, sampling, seed, tokens) for seed in range(seeds)]
+            for label, sampling in (("before", OPENAI_DEFAULTS), ("after", after), ("greedy", greedy),
+                                    ("greedy+penalty", sampling_options(greedy, model))):
+                runs = 1 if sampling.get("temperature") == 0 else seeds  # greedy: one reply whatever the seed
+                replies = [generate(generator, prompt, sampling, seed, tokens) for seed in range(runs)]
                 rows.append({"model": model, "prompt": prompt, "defaults": label, "sampling": sampling,
                              "replies": replies,
                              "hit_max_tokens": sum(r["finish_reason"] == "length" for r in replies),

@@ -16,7 +16,6 @@ import re
 import pytest
 expect = pytest.importorskip("playwright.sync_api").expect
 
-from .conftest import swarm_with_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +33,9 @@ MARKDOWN = (
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with swarm_with_gateway(tmp_path_factory.mktemp("chat-page-swarm")) as pair:
-        yield pair
+def site(gateway_swarm):
+    """The API tests' swarm and gateway (tests/e2e/conftest.py): these tests only read it."""
+    return gateway_swarm
 
 
 @pytest.fixture

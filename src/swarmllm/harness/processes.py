@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,23 @@ class ManagedProcess:
         self.ready = None
         # Read readiness only from what this run writes: the log may hold earlier runs.
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        if self._zygote_can_start(env):
+            from swarmllm.harness.zygote import zygote
+
+            self.process = zygote().spawn(self.args[3:], env, self.log_path)  # a fork of a pre-imported process
+            return
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(child_command(self.args), stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         log.close()
+
+    def _zygote_can_start(self, env: dict) -> bool:
+        """`python -m swarmllm.cli ...` under an environment the zygote's imports agree with (zygote.py)."""
+        if self.args[:3] != [sys.executable, "-m", "swarmllm.cli"]:
+            return False
+        from swarmllm.harness import zygote
+
+        return zygote.enabled() and zygote.zygote().accepts(env)
 
     @property
     def alive(self) -> bool:

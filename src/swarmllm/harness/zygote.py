@@ -1,0 +1,238 @@
+"""Start `python -m swarmllm.cli ...` children of the harness without paying for their imports each time.
+
+A swarmllm process spends ~3.5 s of CPU importing torch and hivemind before it does anything; a test
+run starts a few hundred of them on a 2-core machine. The zygote is one process that imports them
+once, then forks a child per command: the child is a real process of its own (own pid, session, log
+file, environment, working folder) that runs `swarmllm.cli` as `python -m swarmllm.cli` would, and
+dies with the zygote, which dies with the process that started it (lifeline.py's PDEATHSIG).
+
+    process = zygote().spawn(["serve", "--model", ...], env, log_path)   # a Popen-like handle
+
+Only commands whose environment agrees with the zygote's on what is read at import time (ZYGOTE_ENV:
+PYTHONPATH, OpenMP and torch settings) are forked; `ManagedProcess` starts the others, and everything
+else, with subprocess as before. It is on where SWARMLLM_ZYGOTE=1 (the test suite sets it); `swarmllm up`
+starts its processes the plain way unless asked.
+
+The zygote is single-threaded (forking a process with threads can leave a lock held in the child):
+it reads one JSON request per line on stdin, forks, answers {"pid": N}, and reports each child's end
+as {"exit": N, "code": C} (negative: killed by that signal), waking on SIGCHLD through a pipe.
+Standard library only on the caller's side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from swarmllm.lifeline import die_with_parent
+
+# What the children read when their modules are imported, which happens once, in the zygote.
+ZYGOTE_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
+              "TORCH_NUM_THREADS", "HIVEMIND_LOGLEVEL", "LD_PRELOAD", "LD_LIBRARY_PATH")
+IMPORT_DEFAULTS = {"HIVEMIND_LOGLEVEL": "WARNING"}  # what swarm/node.py sets when it is unset
+PRELOAD = ("torch", "numpy", "swarmllm.swarm.hivemind_core", "hivemind.dht.node", "hivemind.p2p", "pydantic",
+           "cryptography.hazmat.primitives.asymmetric.ed25519", "psutil", "gguf")  # not swarmllm.cli: it runs as __main__
+
+
+def enabled() -> bool:
+    return os.environ.get("SWARMLLM_ZYGOTE", "0") == "1" and sys.platform.startswith("linux")
+
+
+class ZygoteProcess:
+    """The part of subprocess.Popen that ManagedProcess uses, for a child of the zygote."""
+
+    def __init__(self, owner: "Zygote", pid: int):
+        self._owner, self.pid = owner, pid
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            self.returncode = self._owner.exit_code(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._owner.changed:
+            while self.poll() is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(f"zygote child {self.pid}", timeout)
+                self._owner.changed.wait(left if left is not None else 1.0)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Zygote:
+    def __init__(self) -> None:
+        self.env = {k: v for k, v in os.environ.items()}
+        self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as LocalSwarm gives its nodes
+        self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      env=self.env, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+        self._spawn_lock = threading.Lock()
+        self.changed = threading.Condition()
+        self._exits: dict[int, int] = {}
+        self._pids: list[int] = []
+        self._reader = threading.Thread(target=self._read, name="zygote-reader", daemon=True)
+        self._reader.start()
+
+    def accepts(self, env: dict) -> bool:
+        def value(e: dict, k: str):
+            return e.get(k, IMPORT_DEFAULTS.get(k))
+        return self._proc.poll() is None and all(value(env, k) == value(self.env, k) for k in ZYGOTE_ENV)
+
+    def spawn(self, args: list[str], env: dict, log_path: Path, cwd: Optional[str] = None) -> ZygoteProcess:
+        request = {"args": list(args), "env": dict(env), "log": str(log_path), "cwd": cwd or os.getcwd()}
+        with self._spawn_lock, self.changed:
+            before = len(self._pids)
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
+            self._proc.stdin.flush()
+            while len(self._pids) == before:
+                if self._proc.poll() is not None:
+                    raise RuntimeError("the harness's zygote process died")
+                self.changed.wait(1.0)
+            return ZygoteProcess(self, self._pids[-1])
+
+    def exit_code(self, pid: int) -> Optional[int]:
+        with self.changed:
+            if pid in self._exits:
+                return self._exits[pid]
+            return -signal.SIGKILL if self._proc.poll() is not None else None  # the zygote died: so did they
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            message = json.loads(line)
+            with self.changed:
+                if "pid" in message:
+                    self._pids.append(message["pid"])
+                else:
+                    self._exits[message["exit"]] = message["code"]
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+
+_zygote: Optional[Zygote] = None
+_zygote_lock = threading.Lock()
+
+
+def zygote() -> Zygote:
+    """This process's zygote, started on first use."""
+    global _zygote
+    with _zygote_lock:
+        if _zygote is None or _zygote._proc.poll() is not None:
+            _zygote = Zygote()
+        return _zygote
+
+
+# --- the zygote process ---------------------------------------------------------------------
+def _child(request: dict, with_parent) -> None:
+    """In the forked child: become the command, as `python -m swarmllm.cli ARGS` would be."""
+    code = 1
+    try:
+        os.setsid()
+        if with_parent is not None:
+            with_parent()  # dies with the zygote, as a ManagedProcess child with its starter
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 4096)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        import random
+
+        random.seed()  # the zygote's state would give every child the same draws
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.argv = [sys.argv[0], *request["args"]]
+        import runpy
+
+        try:
+            runpy.run_module("swarmllm.cli", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _serve() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    out = sys.stdout.buffer
+    stdin = sys.stdin.buffer.raw
+    with_parent = die_with_parent(signal.SIGTERM)  # made here: it names the zygote as the parent
+    pending = b""
+    while True:
+        ready, _, _ = select.select([stdin, wake_r], [], [], 1.0)
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+        while True:  # reap every child that ended
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            out.write((json.dumps({"exit": pid, "code": code}) + "\n").encode())
+            out.flush()
+        if stdin in ready:
+            chunk = os.read(stdin.fileno(), 65536)
+            if not chunk:
+                return  # the harness closed the pipe: its children get SIGTERM as the zygote exits
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                pid = os.fork()
+                if pid == 0:
+                    _child(json.loads(line), with_parent)
+                out.write((json.dumps({"pid": pid}) + "\n").encode())
+                out.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,77 @@
+"""The harness's zygote (harness/zygote.py): forked children behave as `python -m swarmllm.cli` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from swarmllm.harness.processes import ManagedProcess
+from swarmllm.harness.zygote import Zygote
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the zygote forks (Linux)")
+
+
+@pytest.fixture(scope="module")
+def zygote():
+    z = Zygote()
+    yield z
+    z._proc.kill()
+    z._proc.wait(10)
+
+
+def test_a_child_runs_the_cli_with_its_own_environment_folder_and_log(zygote, tmp_path):
+    env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home")}
+    log = tmp_path / "id.log"
+    child = zygote.spawn(["id", "--name", "probe", "--verbose"], env, log, cwd=str(tmp_path))
+    assert child.wait(60) == 0, log.read_text()
+    text = log.read_text()
+    assert text.splitlines()[0].startswith("12D3KooW")          # stdout, the peer id
+    assert str(tmp_path / "home") in text                         # stderr too; its SWARMLLM_HOME, not ours
+    assert child.pid != os.getpid() and child.pid != zygote._proc.pid
+
+
+def test_exit_codes_and_signals_are_reported(zygote, tmp_path):
+    bad = zygote.spawn(["serve", "--no-such-flag"], dict(os.environ), tmp_path / "bad.log")
+    assert bad.wait(60) == 2 and "unrecognized arguments" in (tmp_path / "bad.log").read_text()
+    env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home2")}
+    server = zygote.spawn(["bootstrap", "--port", "0", "--no-lan", "--host", "127.0.0.1"], env, tmp_path / "b.log")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "b.log").exists() or "swarmllm-ready" not in (tmp_path / "b.log").read_text():
+        assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "b.log").read_text()
+        time.sleep(0.1)
+    assert os.getsid(server.pid) == server.pid  # its own session, as ManagedProcess's children
+    server.kill()
+    assert server.wait(30) == -signal.SIGKILL
+    with pytest.raises(subprocess.TimeoutExpired):
+        zygote.spawn(["bootstrap", "--port", "0", "--no-lan", "--host", "127.0.0.1"], env,
+                     tmp_path / "c.log").wait(0.5)
+
+
+def test_children_die_with_the_zygote(tmp_path):
+    z = Zygote()
+    env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home")}
+    child = z.spawn(["bootstrap", "--port", "0", "--no-lan", "--host", "127.0.0.1"], env, tmp_path / "b.log")
+    time.sleep(1)
+    z._proc.kill()
+    z._proc.wait(10)
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(child.pid) and psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "a zygote's child outlived it"
+        time.sleep(0.2)
+    assert child.poll() is not None  # and its handle says so
+
+
+def test_managed_processes_use_it_only_for_the_cli_under_a_matching_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWARMLLM_ZYGOTE", "1")
+    cli = ManagedProcess("cli", [sys.executable, "-m", "swarmllm.cli", "id"], tmp_path / "a.log")
+    other = ManagedProcess("other", [sys.executable, "-c", "print(1)"], tmp_path / "b.log")
+    assert cli._zygote_can_start(dict(os.environ)) and not other._zygote_can_start(dict(os.environ))
+    assert not cli._zygote_can_start({**os.environ, "PYTHONPATH": "/elsewhere"})  # read at import: not forked
+    monkeypatch.setenv("SWARMLLM_ZYGOTE", "0")
+    assert not cli._zygote_can_start(dict(os.environ))
