@@ -75,7 +75,7 @@ def compare_defaults(models: list[str], seeds: int, tokens: int) -> list[dict]:
                              "mean_repeated_line_share": round(sum(r["repeated_line_share"] for r in replies)
                                                                / len(replies), 3),
                              "worst_repeated_run": max(r["longest_repeated_run"] for r in replies)})
-                print(f"{model} {label:6} {prompt[:40]!r}: {rows[-1]['hit_max_tokens']}/{seeds} at max_tokens, "
+                print(f"{model} {label:6} {prompt[:40]!r}: {rows[-1]['hit_max_tokens']}/{len(replies)} at max_tokens, "
                       f"repeated lines {rows[-1]['mean_repeated_line_share']:.2f}", flush=True)
     return rows
 

@@ -38,8 +38,11 @@ EVIL = Identity.generate()
 def swarm3(tmp_path_factory):
     """This module's own swarm: the hostile peer's valid records stay in its DHT, which no other module should
     route by."""
-    with LocalSwarm(MODEL, even_spans(N_BLOCKS, 3), log_dir=tmp_path_factory.mktemp("hostile-records")).start(180) as s:
-        yield s
+    swarm = LocalSwarm(MODEL, even_spans(N_BLOCKS, 3), log_dir=tmp_path_factory.mktemp("hostile-records"))
+    try:
+        yield swarm.start(timeout=180)
+    finally:
+        swarm.stop()
 
 
 @pytest.fixture(scope="module")
