@@ -87,7 +87,7 @@ def test_dashboard_shows_nodes_and_coverage_then_a_gap(browser, site, artifacts_
         timeout=30_000)
     # What the nodes announce of themselves (claims, marked so on the page): uptime, memory, CPU, tokens, bytes.
     page.wait_for_function(
-        "() => { const rows = [...document.querySelectorAll('[data-testid=node-row]')];"
+        "() => { const rows = [...document.querySelectorAll('[data-testid=node-counters-row]')];"
         " const v = (r, id) => Number(r.querySelector(`[data-testid=${id}]`).dataset.value || 0);"
         " return rows.length === 3 && rows.every(r => v(r, 'node-uptime') > 0 && v(r, 'node-memory') > 10e6)"
         " && rows.every(r => v(r, 'node-tokens') > 0) }", timeout=30_000)  # the completion above went through all

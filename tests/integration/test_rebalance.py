@@ -16,6 +16,9 @@ pytestmark = pytest.mark.integration
 AUTO = ("--num-blocks", "10", "--rebalance-period", "2")
 
 
+@pytest.mark.extended  # ~47 s: four nodes one after another; the default run keeps the choice of blocks and spans
+# (unit/test_server_sessions.py, integration/test_join.py: a node fills the gap) and the span length by speed
+# (integration/test_auto_span_length.py); moving to re-cover a lost span is in -m extended only
 def test_auto_nodes_fill_gaps_then_recover_a_lost_span(tmp_path):
     with LocalSwarm("smollm2-135m", [], log_dir=tmp_path) as swarm:
         nodes = []

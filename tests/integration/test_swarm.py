@@ -53,15 +53,20 @@ PENALIZED = SamplingParams(temperature=0.7, top_p=0.95, min_p=0.05, seed=11, rep
                            frequency_penalty=0.3, presence_penalty=0.2, penalty_last_n=16, max_new_tokens=40)
 
 
+@pytest.fixture(scope="module")
+def penalized_reference():
+    return generate_text(MODEL, PROMPT, PENALIZED)
+
+
 @pytest.mark.parametrize("ring", [False, None], ids=["plain", "ring"])
-def test_penalties_and_min_p_through_the_swarm_equal_local(swarm3, client, ring):
-    """The ring's last server samples with the penalties from the context window the ring carries (protocol v9)."""
-    local = generate_text(MODEL, PROMPT, PENALIZED)
+def test_penalties_and_min_p_through_the_swarm_equal_local(swarm3, client, penalized_reference, ring):
+    """The ring's last server samples with the penalties from the context window the ring carries (protocol v9);
+    unit/test_ring.py shows on the same sampler that the penalties change what is drawn."""
+    local = penalized_reference
     result = generate_text(MODEL, PROMPT, GenerationOptions(sampling=PENALIZED, ring=ring), client=client)
     assert result.token_ids == local.token_ids and result.text == local.text
     assert result.decoding == ("ring" if ring is None else "plain")
-    unpenalized = generate_text(MODEL, PROMPT, SamplingParams(temperature=0.7, top_p=0.95, seed=11, max_new_tokens=40))
-    assert unpenalized.token_ids != local.token_ids  # the penalties changed the text
+    assert result.ring is None or not result.ring.plain_fallback  # a v9 chain: the ring itself sampled
 
 
 def test_chain_uses_the_three_nodes(swarm3, client):

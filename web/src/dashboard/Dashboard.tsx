@@ -136,7 +136,7 @@ export function fmtCount(n: number | null | undefined): string {
 }
 
 function NodesTable({ nodes }: { nodes: NodeCounters[] }) {
-  const sorted = [...nodes].sort((a, b) => a.model_id.localeCompare(b.model_id) || a.start - b.start || a.end - b.end);
+  const sorted = sortNodes(nodes);
   if (!sorted.length) return <p className="muted">No nodes found in the swarm.</p>;
   return (
     <div className="table-wrap">
@@ -151,12 +151,6 @@ function NodesTable({ nodes }: { nodes: NodeCounters[] }) {
             <th className="num">RTT (ms)</th><th>Version</th>
             <th className="num" title="credits per 1,000 tokens the node asks (0 = free)">Price</th>
             <th className="num" title="credits this gateway settled for the node's verified work">Credits</th>
-            <th className="num" title="since the node's process started (announced by the node)">Uptime <span className="announced">announced</span></th>
-            <th className="num" title="the node process's resident memory (announced)">Memory <span className="announced">announced</span></th>
-            <th className="num" title="process CPU over its last announce period; 100% = one core (announced)">CPU <span className="announced">announced</span></th>
-            <th className="num" title="positions computed through the node's span since it started (announced)">Tokens served <span className="announced">announced</span></th>
-            <th className="num" title="tokens/s through its span, from consecutive records' counters, capped by its announced throughput">tok/s <span className="announced">from counters</span></th>
-            <th className="num" title="stream payload bytes sent / received since start (announced)">Bytes up / down <span className="announced">announced</span></th>
           </tr>
         </thead>
         <tbody>
@@ -175,6 +169,42 @@ function NodesTable({ nodes }: { nodes: NodeCounters[] }) {
               <td className="muted">{n.software_version}</td>
               <td className="num">{n.price ? fmtNum(n.price) : "free"}</td>
               <td className="num" data-testid="node-credits">{n.credits == null ? "–" : n.credits.toLocaleString()}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+function sortNodes(nodes: NodeCounters[]): NodeCounters[] {
+  return [...nodes].sort((a, b) => a.model_id.localeCompare(b.model_id) || a.start - b.start || a.end - b.end);
+}
+
+/** What each node announces of itself: claims, shown as such, never used by routing. */
+function NodeCountersTable({ nodes }: { nodes: NodeCounters[] }) {
+  const sorted = sortNodes(nodes);
+  if (!sorted.length) return null;
+  return (
+    <div className="table-wrap">
+      <table>
+        <thead>
+          <tr>
+            <th>Peer ID</th><th>Model</th><th>Span</th>
+            <th className="num" title="since the node's process started">Uptime</th>
+            <th className="num" title="the node process's resident memory">Memory</th>
+            <th className="num" title="process CPU over its last announce period; 100% = one core">CPU</th>
+            <th className="num" title="positions computed through the node's span since it started">Tokens served</th>
+            <th className="num" title="tokens/s through its span, from consecutive records' counters, capped by its announced throughput">tok/s <span className="announced">from counters</span></th>
+            <th className="num" title="stream payload bytes sent / received since start">Bytes up / down</th>
+          </tr>
+        </thead>
+        <tbody>
+          {sorted.map((n) => (
+            <tr key={n.peer_id + n.model_id + n.start} data-testid="node-counters-row" data-peer-id={n.peer_id}>
+              <td className="mono" title={n.peer_id}>{shortPeer(n.peer_id)}</td>
+              <td>{n.model_id}</td>
+              <td className="mono">[{n.start}, {n.end})</td>
               <td className="num" data-testid="node-uptime" data-value={n.uptime_seconds ?? ""}>
                 {n.uptime_seconds == null ? "–" : fmtDuration(n.uptime_seconds)}</td>
               <td className="num" data-testid="node-memory" data-value={n.memory_bytes ?? ""}>{fmtBytes(n.memory_bytes)}</td>
@@ -334,6 +364,8 @@ export function Dashboard() {
         <section className="panel">
           <h2>Nodes</h2>
           {snap ? <NodesTable nodes={snap.nodes} /> : <p className="muted">loading…</p>}
+          <h2 style={{ marginTop: 14 }}>What the nodes announce of themselves <span className="announced">announced</span></h2>
+          {snap && <NodeCountersTable nodes={snap.nodes} />}
         </section>
         <section className="panel">
           <h2>Join this swarm</h2>

@@ -1,1 +1,0 @@
-import"./api-DLbNfxwu.js";import{n as e,r as t,t as n}from"./vendor-DctBZRDK.js";import{n as r}from"./Dashboard-COO3JD24.js";var i=t(),a=e(),o=n();(0,a.createRoot)(document.getElementById(`root`)).render((0,o.jsx)(i.StrictMode,{children:(0,o.jsx)(r,{})}));
