@@ -241,9 +241,8 @@ def cmd_serve(args) -> int:
 
 # --- generate ------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    from swarmllm.client.generation import GenerationOptions, Generator
+    from swarmllm.client.generation import GenerationOptions, Generator, sampling_options
     from swarmllm.engine.sampling import SamplingParams
-    from swarmllm.models.catalog import sampling_options
 
     if args.ring and args.local:
         raise UsageError("--ring needs a swarm; --local has no chain to ring around")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from swarmllm.client.lite import LiteError, LiteHead
 from swarmllm.client.radius import parse_radius
@@ -34,11 +34,11 @@ from swarmllm.client.swarm_client import RemoteSession, SwarmClient
 from swarmllm.client.verification import VERIFY_MODES
 from swarmllm.client.verified_decoding import RewindingDecoder
 from swarmllm.engine.generation import PREFILL_CHUNK, Decoder, GenerationStep, iter_generate
-from swarmllm.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
+from swarmllm.engine.sampling import MAX_TOP_LOGPROBS, SAMPLING_OPTIONS, SamplingParams
 from swarmllm.engine.speculative import (
     MAX_DRAFT_TOKENS, DraftLength, NgramDrafter, Speculation, SpeculationStats, early_exit_drafter,
 )
-from swarmllm.models.catalog import UnknownModelError, list_catalog, recommended_sampling, sampling_options
+from swarmllm.models.catalog import UnknownModelError, list_catalog, recommended_sampling
 from swarmllm.protocol import WIRE_DTYPES
 from swarmllm.protocol.records import MAX_PRICE
 from swarmllm.runtime import ClientModel, LocalModel, PromptTooLongError, load_span
@@ -47,10 +47,18 @@ __all__ = [
     "ClientModel", "Generation", "GenerationOptions", "GenerationResult", "GenerationStep", "Generator",
     "LocalModel", "PromptTooLongError", "RouteHop", "SamplingParams", "SPECULATIVE_MODES", "Timings",
     "UnknownModelError", "VerificationReport", "generate_text", "list_catalog", "recommended_sampling",
-    "sampling_options",
+    "SAMPLING_OPTIONS", "sampling_options",
 ]
 
 SPECULATIVE_MODES = ("off", "ngram", "early-exit")
+
+
+def sampling_options(given: Mapping[str, object], model: Optional[str] = None) -> dict[str, object]:
+    """SamplingParams keyword arguments: the options `given` that are set (not None), then `model`'s
+    recommended values (the catalog's) for the rest (none when model is None); what is left keeps
+    SamplingParams' defaults."""
+    chosen = {name: given[name] for name in SAMPLING_OPTIONS if given.get(name) is not None}
+    return {**{k: v for k, v in recommended_sampling(model).items() if k not in chosen}, **chosen}
 DEFAULT_DRAFT_BLOCKS = 8
 
 

@@ -38,7 +38,7 @@ from swarmllm.client.session import InferenceSession, RemoteStepError, committed
 from swarmllm.client.verification import Rewind
 from swarmllm.engine.generation import Retract
 from swarmllm.engine.head import ModelHead
-from swarmllm.engine.sampling import Sampler, SamplingParams, penalty_window
+from swarmllm.engine.sampling import SAMPLING_OPTIONS, Sampler, SamplingParams, penalty_window
 from swarmllm.protocol import ErrorCode, RingSampling, RingSpec
 
 
@@ -51,10 +51,8 @@ class RingStats:
 
 
 def _sampling(params: SamplingParams, draws: int, context: Sequence[int]) -> RingSampling:
-    return RingSampling(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                        seed=params.seed if params.seed is not None else 0, draws=draws, min_p=params.min_p,
-                        repetition_penalty=params.repetition_penalty, frequency_penalty=params.frequency_penalty,
-                        presence_penalty=params.presence_penalty, penalty_last_n=params.penalty_last_n,
+    return RingSampling(**{name: getattr(params, name) for name in SAMPLING_OPTIONS},
+                        seed=params.seed if params.seed is not None else 0, draws=draws,
                         history=tuple(penalty_window(params, context)))
 
 

@@ -26,6 +26,12 @@ from typing import Sequence
 import torch
 
 
+# The SamplingParams fields that a request may set, a catalog model recommends and a ring carries (besides
+# the seed): every layer names these, and only these, the same way.
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                    "presence_penalty", "penalty_last_n")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop."""

@@ -41,7 +41,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swarmllm.client.credit_ledger import CreditLedger
-from swarmllm.client.generation import GenerationResult, PromptTooLongError, UnknownModelError, list_catalog
+from swarmllm.client.generation import (
+    SAMPLING_OPTIONS, GenerationResult, PromptTooLongError, UnknownModelError, list_catalog,
+)
 from swarmllm.client.routing import PriceUnavailableError
 from swarmllm.client.swarm_client import OutsideRadiusError, SwarmClient
 from swarmllm.client.verification import VerificationError
@@ -56,7 +58,7 @@ from swarmllm.gateway.limits import (
     Admission, ClientBusyError, ClientSlots, Limits, RateLimiter, SaturatedError, Ticket, declared_tokens,
 )
 from swarmllm.gateway.schemas import (
-    SAMPLING_FIELDS, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
     ChatCompletionRequest, ChatLogprobs, ChunkDelta, Completion, CompletionChunk, CompletionRequest, ErrorBody,
     ErrorResponse, ModelCard, ModelList, RouteHop, SwarmInfo, TextChoice, TextLogprobs, TokenLogprob, TopLogprob,
     Usage, VerificationInfo,
@@ -262,7 +264,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
 
     async def _prepare(who: Caller, ticket: Ticket, body, messages, prompt) -> list[PreparedGeneration]:
         """The request's n choices (each its own generation: seed, seed + 1, ...), tokenized once."""
-        sampling = {name: getattr(body, name) for name in SAMPLING_FIELDS}
+        sampling = {name: getattr(body, name) for name in SAMPLING_OPTIONS}
         try:
             job = await asyncio.to_thread(service.prepare, body.model, messages, prompt, max_tokens=body.max_tokens,
                                           sampling=sampling, seed=body.seed, stop=body.stop or [], verify=body.verify,
@@ -374,6 +376,7 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
                 if chat:
                     yield _event(_text_chunk(completion_id, model, chat, None, role=True, index=index))
                 pending: list = []  # log-probabilities of tokens whose text is held back (a stop string may follow)
+                offset = 0  # characters of this choice's text sent so far (the legacy shape's text_offset)
                 async for delta in service.stream(job, cancel):
                     if delta.retracted_chars:  # a stream cannot take text back: end it, saying why
                         raise SwarmError("text already sent was computed from wrong outputs of a server that "
@@ -383,10 +386,10 @@ def create_app(client: SwarmClient, settings: GatewaySettings = GatewaySettings(
                         pending.append(delta.logprob)
                     if delta.text:
                         yield _event(_text_chunk(completion_id, model, chat, delta.text, index=index,
-                                                 logprobs=_logprobs(chat, pending, len(delta.text))))
-                        pending = []
+                                                 logprobs=_logprobs(chat, pending, offset)))
+                        pending, offset = [], offset + len(delta.text)
                 final = _text_chunk(completion_id, model, chat, None, job.result.finish_reason, index=index,
-                                    logprobs=_logprobs(chat, pending, 0) if pending else None)
+                                    logprobs=_logprobs(chat, pending, offset))
                 final.usage, final.swarmllm = _usage([job]), _swarm_info(job.result)
                 yield _event(final)
             if include_usage:
@@ -475,7 +478,7 @@ def _top(entry) -> list[TopLogprob]:
     return [TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in entry.top]
 
 
-def _logprobs(chat: bool, entries: list, text_length: int, offset: int = 0):
+def _logprobs(chat: bool, entries: list, offset: int = 0):
     """OpenAI's logprobs object for `entries` (TokenLogprob): chat's list of tokens or the legacy parallel lists."""
     if not entries:
         return None
@@ -511,7 +514,7 @@ def _full_response(completion_id: str, model: str, chat: bool, jobs: list[Prepar
     done = [job for job in jobs if job.result is not None]
     common = {"id": completion_id, "created": int(time.time()), "model": model, "usage": _usage(done),
               "swarmllm": _swarm_info(done[0].result)}
-    logprobs = [_logprobs(chat, job.logprobs, 0) if job.options.logprobs is not None else None for job in done]
+    logprobs = [_logprobs(chat, job.logprobs) for job in done]
     if chat:
         reply = ChatCompletion(choices=[ChatChoice(index=i, message=AssistantMessage(content=job.result.text),
                                                    finish_reason=job.result.finish_reason, logprobs=logprobs[i])

@@ -24,8 +24,6 @@ class ChatMessage(BaseModel):
 
 
 MAX_CHOICES = 8  # `n` at most: each choice is a generation through the swarm
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty",
-                   "presence_penalty", "penalty_last_n")  # engine/sampling.py's names
 
 
 class StreamOptions(BaseModel):

@@ -155,7 +155,7 @@ class GenerationService:
         params = SamplingParams(**chosen, max_new_tokens=max_tokens or self.max_new_tokens,
                                 stop=tuple(stop), seed=seed if seed is not None else random.getrandbits(31))
         if logprobs is not None and self.lite:
-            raise PromptTooLongError("this gateway is a lite client (no LM head): it cannot give log-probabilities")
+            raise ValueError("this gateway is a lite client (no LM head): it cannot give log-probabilities")
         options = GenerationOptions(sampling=params, ring=None if self.ring and logprobs is None else False,
                                     verify=verify or self.verify, radius=radius or self.radius, privacy=privacy,
                                     max_price=max_price, logprobs=logprobs)

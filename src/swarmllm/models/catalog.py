@@ -220,21 +220,10 @@ _ENTRIES = [
 CATALOG: dict[str, CatalogEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
-SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
-                    "presence_penalty", "penalty_last_n")
-
-
 def recommended_sampling(model: str | None) -> dict[str, float]:
     """The catalog's recommended sampling for `model` ({} for a model outside the catalog)."""
     entry = CATALOG.get(model or "")
     return dict(entry.sampling) if entry is not None else {}
-
-
-def sampling_options(given: Mapping[str, object], model: str | None = None) -> dict[str, object]:
-    """SamplingParams keyword arguments: the options `given` that are set (not None), then `model`'s
-    recommended values for the rest (none when model is None); what is left keeps SamplingParams' defaults."""
-    chosen = {name: given[name] for name in SAMPLING_OPTIONS if given.get(name) is not None}
-    return {**{k: v for k, v in recommended_sampling(model).items() if k not in chosen}, **chosen}
 
 
 def list_catalog() -> list[str]:

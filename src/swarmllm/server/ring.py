@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from swarmllm.engine.head import ModelHead
-from swarmllm.engine.sampling import Sampler, SamplingParams, penalty_window
+from swarmllm.engine.sampling import SAMPLING_OPTIONS, Sampler, SamplingParams
 from swarmllm.protocol import RingSpec
 
 
@@ -35,9 +35,7 @@ class RingState:
     @classmethod
     def start(cls, spec: RingSpec, step_id: int) -> "RingState":
         s = spec.sampling
-        params = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed, min_p=s.min_p,
-                                repetition_penalty=s.repetition_penalty, frequency_penalty=s.frequency_penalty,
-                                presence_penalty=s.presence_penalty, penalty_last_n=s.penalty_last_n)
+        params = SamplingParams(**{name: getattr(s, name) for name in SAMPLING_OPTIONS}, seed=s.seed)
         return cls(spec, step_id, Sampler(params, draws=s.draws), history=list(s.history))
 
     def covers(self, step_id: int) -> bool:
@@ -51,7 +49,10 @@ class RingState:
         next_position: where the token goes; the ring also ends when the session has no room for it."""
         token = self.sampler.sample(head.logits(last_hidden.reshape(1, 1, -1))[0, -1], self.history)
         if self.sampler.params.penalized:
-            self.history = penalty_window(self.sampler.params, [*self.history, token])
+            self.history.append(token)
+            keep = self.sampler.params.penalty_last_n
+            if keep > 0 and len(self.history) > 2 * keep:  # trimmed now and then, not on every token
+                del self.history[:-keep]
         self.produced += 1
         finished = (token in self.spec.eos_token_ids or self.produced >= self.spec.max_tokens
                     or next_position >= max_length)
