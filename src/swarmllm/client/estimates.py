@@ -67,6 +67,8 @@ class SpeedEstimates:
             return  # a hop we know nothing about (no record): nothing to scale from
         predicted = {peer: blocks * current[peer] for peer, blocks in hops}
         total = sum(predicted.values())
+        if not total > 0:
+            return  # estimates that shrank to nothing (steps always quicker than their links) scale nothing
         links = sum(rtts.get(peer, DEFAULT_RTT) / 2 + HOP_OVERHEAD for peer, _ in hops)
         compute = max(seconds - links, MIN_COMPUTE_SHARE * total)
         ratio = compute / total
