@@ -82,6 +82,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 # What each version changed: versions.HISTORY (a new version adds its line there; docs/protocol.md shows it).
+
 PROTOCOL_VERSION = 9       # the newest version this code speaks
 MIN_PROTOCOL_VERSION = 8   # the oldest version this code still speaks: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]
 MAX_VERSION_NUMBER = 2**16  # a bound on any version number a peer sends
@@ -291,7 +292,7 @@ class StepReceipt(_Wire):
     compute_class: str = Field(max_length=255)    # ComputeClass.key of the server that computed it
     peer_id: str = Field(min_length=1, max_length=128)  # the signer: must be the stream's authenticated peer id
     time: float = Field(allow_inf_nan=False)      # server's wall clock (unix seconds) when it signed
-    signature: bytes = Field(min_length=64, max_length=64)  # Ed25519 over receipts.signing_payload(...)
+    signature: bytes = Field(min_length=64, max_length=64)  # Ed25519 over receipts.DOMAIN + receipts.payload_of(...)
 
 
 class RingToken(_Wire):
