@@ -72,8 +72,9 @@ def _versions(spec) -> list[str]:
 
 
 def _overview(spec, models: set[str]) -> list[str]:
-    lines = ["## Streams", "", "Each stream carries length-prefixed frames (the transport's prefix: "
-             "swarm/node.py); a handler name never changes meaning, a new protocol takes a new name.", ""]
+    lines = ["## Streams", "", "The libp2p stream handlers of this package (`*_HANDLER`). Each stream carries "
+             "length-prefixed frames; the prefix and its size cap are the transport's (swarm/node.py), not this "
+             "package's.", ""]
     handlers = [c for c in _all(spec, "constants") if c.name.endswith("_HANDLER")]
     lines += table(("handler", "constant", "who talks"),
                    [(code(c.value.strip('"')), code(f"{c.module}.{c.name}"), text(c.comment)) for c in handlers])
