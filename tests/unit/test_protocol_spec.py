@@ -97,6 +97,7 @@ def test_record_kinds_keys_layouts_handlers_and_versions_are_listed(document):
     assert f"speaks protocol versions v{low} to v{high}" in document and versions.UPGRADE_COMMAND in document
     for version in versions.HISTORY:
         assert f"| v{version} | " in document
+    assert "| *What a DHT node stores for others (swarm/validation.py)" in document  # a constants group's note
 
 
 def test_history_is_contiguous_and_ends_at_the_current_version():

@@ -127,6 +127,7 @@ class ConstantSpec:
     value: str
     comment: str
     expression: str = ""  # as the source writes it, where that is not the value itself
+    section: str = ""     # the note of the group of constants this one starts
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,8 @@ def module_spec(module: types.ModuleType) -> ModuleSpec:
                 unions.append(UnionSpec(name, short, discriminator, tuple(m.__name__ for m in members)))
             elif _CONSTANT.match(name) and _simple(value):
                 constants.append(ConstantSpec(name, short, json_text(value), notes[name].comment,
-                                              _expression(source, statement, json_text(value))))
+                                              _expression(source, statement, json_text(value)),
+                                              notes[name].section))
     return ModuleSpec(short, inspect.cleandoc(module.__doc__ or ""), tuple(unions), tuple(models), tuple(enums),
                       tuple(constants))
 

@@ -157,9 +157,13 @@ def _module(module, models: set[str]) -> list[str]:
         lines += [f"### {enum.name}", "", "See [Error codes](#error-codes).", ""] if shown_above else _enum(enum)
     if module.constants:
         lines += [f"### Constants of {module.name}.py", ""]
-        lines += table(("name", "value", "comment"),
-                       [(code(c.name), code(c.value) + (f" = {code(c.expression)}" if c.expression else ""),
-                         text(c.comment)) for c in module.constants]) + [""]
+        rows = []
+        for constant in module.constants:
+            if constant.section:
+                rows.append((f"*{text(constant.section)}*", "", ""))
+            value = code(constant.value) + (f" = {code(constant.expression)}" if constant.expression else "")
+            rows.append((code(constant.name), value, text(constant.comment)))
+        lines += table(("name", "value", "comment"), rows) + [""]
     return lines
 
 
