@@ -15,5 +15,7 @@ if [ -n "$packages" ]; then
     || echo "warning: could not install$packages; the tests that need them will be skipped" >&2
 fi
 .venv/bin/lint-imports
+# docs/protocol.md is generated from the protocol's schemas; fail when it no longer matches them.
+.venv/bin/python -m swarmllm.protocol.spec --check
 # The slowest tests are listed at the end, so that a slow CI run says where its time went.
 exec .venv/bin/python -m pytest --durations=30 "$@"

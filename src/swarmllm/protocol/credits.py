@@ -45,6 +45,11 @@ def credits_key(node: str) -> str:
     return f"swarmllm.v1.credits.{node}"
 
 
+def link_key(node: str) -> str:
+    """The key a credit link's envelope names (links travel as files, not through the DHT)."""
+    return f"swarmllm.v1.link.{node}"
+
+
 def api_key_digest(api_key: str) -> str:
     """What a link names instead of the key itself (hex sha256): a link file gives no key away."""
     return hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).hexdigest()
@@ -82,7 +87,7 @@ def sign_credit_statement(statement: CreditStatement, *, public_key: bytes,
 
 
 def sign_credit_link(link: CreditLink, *, public_key: bytes, sign: Callable[[bytes], bytes]) -> SignedRecord:
-    return seal(LINK_KIND, link.model_dump_json().encode(), key=f"swarmllm.v1.link.{link.node}",
+    return seal(LINK_KIND, link.model_dump_json().encode(), key=link_key(link.node),
                 expiration=link.linked_at + STATEMENT_TTL, public_key=public_key, sign=sign)
 
 

@@ -45,6 +45,7 @@ ENVELOPE_VERSION = 1
 MAX_RECORD_BYTES = 4096        # a whole envelope, encoded; bigger values are refused before they are parsed
 MAX_BODY_BYTES = 3072          # the body's JSON
 MAX_KEY_LENGTH = 256           # a DHT key string
+
 # libp2p's protobuf PublicKey{key_type: Ed25519 (1), data: 32 bytes}: field 1 varint 1, field 2 length 32.
 ED25519_PUBLIC_KEY_PREFIX = b"\x08\x01\x12\x20"
 ED25519_PUBLIC_KEY_LENGTH = len(ED25519_PUBLIC_KEY_PREFIX) + 32

@@ -81,30 +81,8 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-# 2: frames start with a layout byte (binary Step headers), int8 v2, ring decoding.
-# 3: DHT values are signed envelopes (envelope.py: Ed25519, subkey = the signer's peer id), record
-#    bodies refuse unknown fields, registry entries are one per serving peer (subkey = peer id);
-#    sessions bound to authenticated peers (OpenSession.upstream, SetUpstream, RingSpec.last_peer_id),
-#    per-peer quotas (ErrorReply.quota).
-# 4: every server signs a `StepReceipt` for every step it computes and sends it to the session's client
-#    (frame layout b"V", receipts.py); server records carry a `ComputeClass` (records.py) instead of the loose
-#    compute_dtype / quant / kv_dtype / software_version fields.
-# 5: OpenSession.report_outputs: a session opened with it sends the client every step's output (a StepResult
-#    from every server of the chain, not only the last; beside the ring's TokenResult too), so a verifying client
-#    can re-run each span from its own inputs on an independent server (client/verification.py).
-# v6: server records say whether the node is reached through a relay (`relayed`, its addresses lead with
-#    /p2p-circuit ones) and carry its owner's certificate (`owner`, protocol/owners.py); new record kind
-#    "pairing" (protocol/pairing.py). `Step.token_ids`: a lite client's token ids, embedded by the first server.
-# v7: server records announce load (`queued_steps`) and a `price` per 1,000 tokens (records.py); records
-#    reject unknown fields, so v6 peers could not read them.
-# v8: versions are negotiated (module docstring, versions.py): OpenSession.min_protocol_version,
-#    SessionOpened.protocol_version, ServerRecord.min_protocol_version; readers accept server records of newer
-#    versions with fields they do not know (records.py). Older peers could not negotiate: v8 is the minimum.
-# v9: RingSampling carries min_p, the penalties and the context tokens they look at (`history`), so that a ring's
-#    last server samples as the client would with them; sent only when they differ from their defaults, so a
-#    session without them is v8's bytes. A client rings with penalties only through a chain that speaks v9.
-#    Server records carry the node's counters, claims for dashboards: uptime_seconds, memory_bytes,
-#    cpu_percent, tokens_served, bytes_sent, bytes_received (records.py); v8 readers drop them (newer record).
+# What each version changed: versions.HISTORY (a new version adds its line there; docs/protocol.md shows it).
+
 PROTOCOL_VERSION = 9       # the newest version this code speaks
 MIN_PROTOCOL_VERSION = 8   # the oldest version this code still speaks: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]
 MAX_VERSION_NUMBER = 2**16  # a bound on any version number a peer sends
@@ -314,7 +292,7 @@ class StepReceipt(_Wire):
     compute_class: str = Field(max_length=255)    # ComputeClass.key of the server that computed it
     peer_id: str = Field(min_length=1, max_length=128)  # the signer: must be the stream's authenticated peer id
     time: float = Field(allow_inf_nan=False)      # server's wall clock (unix seconds) when it signed
-    signature: bytes = Field(min_length=64, max_length=64)  # Ed25519 over receipts.signing_payload(...)
+    signature: bytes = Field(min_length=64, max_length=64)  # Ed25519 over receipts.DOMAIN + receipts.payload_of(...)
 
 
 class RingToken(_Wire):

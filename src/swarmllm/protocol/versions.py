@@ -25,6 +25,35 @@ VersionRange = tuple[int, int]  # (oldest, newest) protocol version a peer speak
 OUR_RANGE: VersionRange = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
 UPGRADE_COMMAND = "pip install -U swarmllm"
 
+# What each protocol version changed, oldest first: data, rendered into docs/protocol.md. A release that
+# raises PROTOCOL_VERSION adds its line here (a unit test asserts the newest entry is PROTOCOL_VERSION).
+HISTORY: dict[int, str] = {
+    1: "frames are [u32 header length, little endian][header JSON][payload], without a layout byte; int8 v1.",
+    2: "frames start with a layout byte (binary Step headers), int8 v2, ring decoding.",
+    3: "DHT values are signed envelopes (envelope.py: Ed25519, subkey = the signer's peer id), record bodies refuse "
+       "unknown fields, registry entries are one per serving peer (subkey = peer id); sessions bound to authenticated "
+       "peers (OpenSession.upstream, SetUpstream, RingSpec.last_peer_id), per-peer quotas (ErrorReply.quota).",
+    4: "every server signs a `StepReceipt` for every step it computes and sends it to the session's client (frame "
+       "layout b\"V\", receipts.py); server records carry a `ComputeClass` (records.py) instead of the loose "
+       "compute_dtype / quant / kv_dtype / software_version fields.",
+    5: "OpenSession.report_outputs: a session opened with it sends the client every step's output (a StepResult from "
+       "every server of the chain, not only the last; beside the ring's TokenResult too), so a verifying client can "
+       "re-run each span from its own inputs on an independent server (client/verification.py).",
+    6: "server records say whether the node is reached through a relay (`relayed`, its addresses lead with "
+       "/p2p-circuit ones) and carry its owner's certificate (`owner`, protocol/owners.py); new record kind "
+       "\"pairing\" (protocol/pairing.py). `Step.token_ids`: a lite client's token ids, embedded by the first server.",
+    7: "server records announce load (`queued_steps`) and a `price` per 1,000 tokens (records.py); records reject "
+       "unknown fields, so v6 peers could not read them.",
+    8: "versions are negotiated (messages.py's docstring, versions.py): OpenSession.min_protocol_version, "
+       "SessionOpened.protocol_version, ServerRecord.min_protocol_version; readers accept server records of newer "
+       "versions with fields they do not know (records.py). Older peers could not negotiate: v8 is the minimum.",
+    9: "RingSampling carries min_p, the penalties and the context tokens they look at (`history`), so that a ring's "
+       "last server samples as the client would with them; sent only when they differ from their defaults, so a "
+       "session without them is v8's bytes. A client rings with penalties only through a chain that speaks v9. "
+       "Server records carry the node's counters, claims for dashboards: uptime_seconds, memory_bytes, cpu_percent, "
+       "tokens_served, bytes_sent, bytes_received (records.py); v8 readers drop them (newer record).",
+}
+
 
 def range_text(versions: VersionRange) -> str:
     """"v8", or "v8 to v9" for a range of several versions."""
