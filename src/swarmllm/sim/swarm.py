@@ -7,9 +7,10 @@ to move with plan_move, claiming the move first and yielding to a lower peer id 
 Records are real `ServerRecord`s, announced every `announce_period` and visible until they expire
 (`record_ttl` after the announcement): a crashed node's record outlives it, as in the DHT.
 
-Compute: a node serves the steps queued for it one batch at a time (all queued single-position
-steps together when batching is on, up to `max_batch`; longer steps alone), for the seconds its
-hardware class gives (hardware.py). Nodes that share a host share its cores: a batch started
+Compute: a node serves the steps queued for it one batch at a time, as server/batching.py does: with
+batching on, what is queued in order up to `max_batch` steps and 1,024 positions, after waiting up to
+5 ms for the steps of the other sessions open there; for the seconds its hardware class gives
+(hardware.py). Nodes that share a host share its cores: a batch started
 while other work runs there takes max(1, busy threads / cores) times longer.
 """
 
@@ -71,6 +72,7 @@ class SimNode:
     joined_at: float = 0.0
     queue: deque = field(default_factory=deque)
     busy: bool = False
+    waiting: Optional[object] = None     # set while the batcher waits for company (max_wait)
     sessions: int = 0
     moving_to: Optional[tuple[int, int]] = None
     epoch: int = 0                       # bumped when the node leaves or moves: in-flight work is lost
@@ -95,6 +97,7 @@ class SimSwarm:
         self.loop, self.shape, self.rng = loop, shape, rng
         self.announce_period, self.record_ttl, self.rebalance_period = announce_period, record_ttl, rebalance_period
         self.batching, self.max_batch, self.disk_gbps = batching, max_batch, disk_gbps
+        self.max_batch_positions, self.max_wait = 1024, 0.005   # server/batching.py StepBatcher's defaults
         self.claim_wait = 1.5   # s, server/node.py ServerConfig.claim_wait: a move claim is re-read after it
         self.nodes: dict[str, SimNode] = {}
         self._records: dict[str, tuple[ServerRecord, float]] = {}   # peer -> (record, expires at)
@@ -284,22 +287,40 @@ class SimSwarm:
             return False
         node.queue.append(job)
         if not node.busy:
-            self._next_batch(node)
+            if node.waiting is None:
+                self._next_batch(node)
+            elif len(node.queue) >= self._company(node):
+                node.waiting = None          # everyone expected is here: no need to wait longer
+                self._next_batch(node, waited=True)
         return True
 
-    def _next_batch(self, node: SimNode) -> None:
+    def _company(self, node: SimNode) -> int:
+        """Steps server/batching.py waits for: one per session open here, up to max_batch."""
+        return min(self.max_batch, max(1, node.sessions))
+
+    def _waited(self, node: SimNode, token: object) -> None:
+        if node.waiting is token and not node.busy:
+            node.waiting = None
+            self._next_batch(node, waited=True)
+
+    def _next_batch(self, node: SimNode, waited: bool = False) -> None:
         if not node.queue or not node.online:
             node.busy = False
             return
-        first = node.queue.popleft()
-        batch = [first]
-        if self.batching and first.positions == 1:
-            rest = deque()
-            while node.queue and len(batch) < self.max_batch:
-                job = node.queue.popleft()
-                (batch if job.positions == 1 else rest).append(job)
-            rest.extend(node.queue)
-            node.queue = rest
+        if self.batching and not waited and len(node.queue) < self._company(node):
+            # StepBatcher._wait_for_company: up to max_wait for the other sessions' steps.
+            token = node.waiting = object()
+            node.busy = False
+            self.loop.after(self.max_wait, self._waited, node, token)
+            return
+        # StepBatcher._take: what is queued, in order, up to max_batch steps and max_batch_positions positions.
+        batch = [node.queue.popleft()]
+        if self.batching:
+            positions = batch[0].positions
+            while node.queue and len(batch) < self.max_batch and positions + node.queue[0].positions <= \
+                    self.max_batch_positions:
+                positions += node.queue[0].positions
+                batch.append(node.queue.popleft())
         alone = node.hardware.step_seconds(self.shape, node.end - node.start, [j.positions for j in batch],
                                            [j.context for j in batch])
         threads = node.hardware.threads
