@@ -73,3 +73,32 @@ def test_block_coverage_counts_what_the_loop_counted(seed):
     expected_counts, expected_throughput = reference_coverage(40, records)
     assert counts == expected_counts
     assert throughput == pytest.approx(expected_throughput, abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_linear_planner_finds_the_same_cost_as_the_exhaustive_one(seed):
+    records, rtts = swarm(120, 50, seed)
+    estimates = routing.capped_priors(records)
+    loads = {r.peer_id: float(i % 3) for i, r in enumerate(records)}
+
+    def cost(r, i, j):
+        return routing.hop_cost(r, i, j, rtts, estimates, loads[r.peer_id]) * routing.tie_factor(seed, r.peer_id)
+
+    def total(chain):
+        return sum(cost(link.record, link.start, link.end) for link in chain)
+
+    for start, end in ((0, 50), (7, 31)):
+        covering = [r for r in records if r.start < end and start < r.end]
+        if routing.missing_spans(50, covering, start, end):
+            continue
+        linear = routing._shortest_linear(covering, start, end, cost)
+        assert [(l.start, l.end) for l in linear][0][0] == start and linear[-1].end == end
+        assert all(a.end == b.start for a, b in zip(linear, linear[1:]))
+        assert all(l.record.start <= l.start and l.end <= l.record.end for l in linear)
+        old_limit = routing.PRUNE_ABOVE
+        try:
+            routing.PRUNE_ABOVE = 10**9
+            exhaustive = routing._shortest(covering, start, end, cost)
+        finally:
+            routing.PRUNE_ABOVE = old_limit
+        assert total(linear) == pytest.approx(total(exhaustive), rel=1e-9)
