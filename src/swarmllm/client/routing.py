@@ -217,20 +217,21 @@ def plan_chain(model_id: str, n_blocks: int, records: Iterable[ServerRecord], rt
     def latency(r: ServerRecord, i: int, j: int) -> float:
         return hop_cost(r, i, j, rtts, block_seconds, loads.get(r.peer_id, 0.0)) * scale[r.peer_id]
 
-    if len(candidates) > PRUNE_ABOVE:
+    many = len(candidates) > PRUNE_ABOVE
+    if many:
         candidates = prune(candidates, start, end, lambda r: latency(r, r.start, r.start),
                            lambda r: latency(r, r.start, r.start + 1) - latency(r, r.start, r.start),
                            priced=max_price is not None)
 
     if max_price is None:
-        return _shortest(candidates, start, end, latency)
+        return _shortest(candidates, start, end, latency, many)
     affordable = [r for r in candidates if r.price <= max_price]
     if not missing_spans(n_blocks, affordable, start, end):
-        chain = _shortest(affordable, start, end, latency)
+        chain = _shortest(affordable, start, end, latency, many)
         if chain_price(chain) <= max_price:
             return chain
     # The fastest affordable chain is over the ceiling (or there is none): the cheapest chain, speed breaking ties.
-    cheapest = _shortest(candidates, start, end, lambda r, i, j: r.price + 1e-9 * latency(r, i, j))
+    cheapest = _shortest(candidates, start, end, lambda r, i, j: r.price + 1e-9 * latency(r, i, j), many)
     if chain_price(cheapest) <= max_price:
         return cheapest
     raise PriceUnavailableError(model_id, max_price, chain_price(cheapest))
@@ -259,11 +260,11 @@ def prune(candidates: list[ServerRecord], start: int, end: int, fixed, per_block
     return [r for r in candidates if r.peer_id in kept]
 
 
-def _shortest(candidates: list[ServerRecord], start: int, end: int, cost) -> list[ChainLink]:
+def _shortest(candidates: list[ServerRecord], start: int, end: int, cost, many: bool = False) -> list[ChainLink]:
     """Dijkstra over block boundaries; from boundary i a server covering i can take us to any j <= its end.
-    `cost(record, i, j)` prices the hop; the candidates must cover [start, end). Many candidates: the same
-    answer by _shortest_linear, which needs far fewer hop prices."""
-    if len(candidates) > PRUNE_ABOVE:
+    `cost(record, i, j)` prices the hop; the candidates must cover [start, end). `many` (the swarm had more
+    than PRUNE_ABOVE usable servers): the same answer by _shortest_linear, which needs far fewer hop prices."""
+    if many:
         return _shortest_linear(candidates, start, end, cost)
     best: dict[int, float] = {start: 0.0}
     back: dict[int, tuple[int, ServerRecord]] = {}

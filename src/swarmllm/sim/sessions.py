@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional
 
-from swarmllm.client.estimates import SpeedEstimates, capped_priors
+from swarmllm.client.estimates import SpeedEstimates
 from swarmllm.client.load import server_loads
 from swarmllm.client.reputation import banned, is_banned, mismatched, new_record, routing_penalty, sample_probability, \
     verified
@@ -292,9 +292,8 @@ class SimSession:
         seconds = self.sim.loop.now - self.sent_at
         self.timeouts.observe(seconds, self.step_positions)
         if self.step_positions == 1 and self.failing_since is None and not self.sim.ring:  # a ring's steps go untimed
-            records = [self.sim.swarm.record_of(self._node(i)) for i in range(len(self.chain))]
             self.client.estimates.observe([(link.peer_id, link.end - link.start) for link in self.chain], seconds,
-                                          self.client.rtts, capped_priors(records))
+                                          self.client.rtts, self.sim.swarm.priors())
         if self.failing_since is not None:
             self.out.failover_seconds.append(self.sim.loop.now - self.failing_since)
             self.failing_since = None
@@ -316,7 +315,9 @@ class SimSession:
                          and n.covers(link.start, link.end) and not n.liar]
             if not witnesses:
                 continue            # unverifiable span: no independent server covers it
-            witness = min(witnesses, key=lambda n: (len(n.queue), n.peer_id))
+            # The client opens its witness where a chain for that span would go: the quickest server there.
+            witness = min(witnesses, key=lambda n: (n.hardware.step_seconds(self.sim.shape, 1, [1], [0]) *
+                                                    (1 + len(n.queue)), n.peer_id))
             key = (witness.peer_id, link.start, link.end)
             jobs.append((index, link.peer_id, witness, max(1, end - self.witnessed.get(key, 0))))
             self.witnessed[key] = end

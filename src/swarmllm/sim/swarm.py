@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from swarmllm.client.estimates import capped_priors
 from swarmllm.protocol import ServerRecord, ServerState
 from swarmllm.server.block_selection import choose_span, contested_by, plan_move, planning_view
 from swarmllm.server.partitioner import node_span_length
@@ -103,6 +104,7 @@ class SimSwarm:
         self._records: dict[str, tuple[ServerRecord, float]] = {}   # peer -> (record, expires at)
         self._visible: Optional[list[ServerRecord]] = None
         self._visible_at = -1.0
+        self._priors_of, self._priors = None, {}
         self.block_counts = [0] * shape.n_blocks
         self._first_block: dict[int, dict[str, SimNode]] = {}   # start block -> online nodes whose span starts there
         self.covered_since: Optional[float] = None
@@ -134,6 +136,13 @@ class SimSwarm:
             self._visible = [record for record, _ in self._records.values()]
             self._visible_at = now
         return self._visible
+
+    def priors(self) -> dict[str, float]:
+        """capped_priors over the visible records (what SwarmClient._timed passes), cached per read."""
+        records = self.visible_records()
+        if self._priors_of is not records:
+            self._priors_of, self._priors = records, capped_priors(records)
+        return self._priors
 
     def online_records(self) -> list[ServerRecord]:
         return [r for r in self.visible_records() if r.state == ServerState.ONLINE]
