@@ -53,6 +53,29 @@ def test_exit_codes_and_signals_are_reported(zygote, tmp_path):
                      tmp_path / "c.log").wait(0.5)
 
 
+def _ignored_signals(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+
+
+def test_a_child_ignores_the_signals_a_fresh_interpreter_ignores(zygote, tmp_path):
+    """Python starts with SIGPIPE (and SIGXFSZ) ignored: a child with SIGPIPE at its default died
+    of the first write to a stream whose peer had been killed (the chaos run's nodes did)."""
+    env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home")}
+    child = zygote.spawn(["bootstrap", "--port", "0", "--no-lan", "--host", "127.0.0.1"], env, tmp_path / "b.log")
+    fresh = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(1)
+        assert child.poll() is None, (tmp_path / "b.log").read_text()
+        assert _ignored_signals(child.pid) & (1 << (signal.SIGPIPE - 1))
+        assert _ignored_signals(child.pid) == _ignored_signals(fresh.pid)
+    finally:
+        fresh.kill()
+        child.kill()
+        child.wait(30)
+        fresh.wait(10)
+
+
 def test_children_die_with_the_zygote(tmp_path):
     z = Zygote()
     env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home")}

@@ -143,7 +143,22 @@ def zygote() -> Zygote:
 
 
 # --- the zygote process ---------------------------------------------------------------------
-def _child(request: dict, with_parent) -> None:
+def _signal_dispositions() -> dict[int, object]:
+    """Every signal's handler as this interpreter has it now: in the zygote, before it installs its own,
+    what a fresh `python -m swarmllm.cli` also starts with (SIGPIPE and SIGXFSZ ignored, SIGINT raising
+    KeyboardInterrupt, plus whatever the preloaded modules set)."""
+    dispositions = {}
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+        except (OSError, ValueError):
+            continue
+        if handler is not None:  # None: set outside Python, left as it is
+            dispositions[sig] = handler
+    return dispositions
+
+
+def _child(request: dict, with_parent, dispositions: dict[int, object]) -> None:
     """In the forked child: become the command, as `python -m swarmllm.cli ARGS` would be."""
     code = 1
     try:
@@ -157,8 +172,11 @@ def _child(request: dict, with_parent) -> None:
         os.dup2(log, 2)
         os.closerange(3, 4096)
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, handler in dispositions.items():
+            # Not SIG_DFL for all: with SIGPIPE at its default, a write to a peer that went away (a
+            # killed node's stream) kills the writer, where Python ignores it and raises BrokenPipeError.
+            if signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -199,6 +217,7 @@ def _serve() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    dispositions = _signal_dispositions()  # before the zygote's own SIGCHLD handler below
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -230,7 +249,7 @@ def _serve() -> None:
                 line, pending = pending.split(b"\n", 1)
                 pid = os.fork()
                 if pid == 0:
-                    _child(json.loads(line), with_parent)
+                    _child(json.loads(line), with_parent, dispositions)
                 out.write((json.dumps({"pid": pid}) + "\n").encode())
                 out.flush()
 
