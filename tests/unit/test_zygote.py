@@ -76,6 +76,29 @@ def test_a_child_ignores_the_signals_a_fresh_interpreter_ignores(zygote, tmp_pat
         fresh.wait(10)
 
 
+TORCH_THREADS_AFTER_FORK = """
+import os, threading
+from swarmllm.harness.zygote import _preload
+_preload()
+import torch
+pid = os.fork()
+if pid == 0:  # as a node: --num-threads set from its loading thread, then compute on its main thread
+    loader = threading.Thread(target=torch.set_num_threads, args=(1,))
+    loader.start()
+    loader.join()
+    os._exit(torch.get_num_threads())
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_takes_the_torch_thread_count_it_sets_as_a_fresh_process_does():
+    """A fresh process's main thread takes the count set from another thread at its first torch op;
+    torch's own after-fork hook would fix it at the default in the zygote's children."""
+    out = subprocess.run([sys.executable, "-c", TORCH_THREADS_AFTER_FORK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"
+
+
 def test_children_die_with_the_zygote(tmp_path):
     z = Zygote()
     env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home")}

@@ -209,14 +209,39 @@ def _child(request: dict, with_parent, dispositions: dict[int, object]) -> None:
             os._exit(code)
 
 
-def _serve() -> None:
+def _preload() -> None:
+    """Import PRELOAD, without torch's after-fork hook.
+
+    torch registers `torch.get_num_threads` to run in every forked child (for children of a parent
+    whose OpenMP pool already ran; the zygote never runs a torch op). That call fixes the forking
+    thread's OpenMP thread count at the default, and the forking thread is the child's main thread:
+    the `--num-threads` a node then sets from its loading thread never reaches it, so its event
+    loop's compute ran with 2 threads where a fresh process uses 1, and it announced another compute
+    class (runtime/compute_class.py). Witnesses are chosen by class, so in the colluding-liars test the
+    forked honest nodes lost their turn to a colluder of the fresh processes' class."""
     import importlib
 
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    register = os.register_at_fork
+
+    def register_all_but_torch_threads(**hooks) -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and hooks.get("after_in_child") is getattr(torch, "get_num_threads", None):
+            return
+        register(**hooks)
+
+    os.register_at_fork = register_all_but_torch_threads
+    try:
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+    finally:
+        os.register_at_fork = register
+
+
+def _serve() -> None:
+    _preload()
     dispositions = _signal_dispositions()  # before the zygote's own SIGCHLD handler below
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
