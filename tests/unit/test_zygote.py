@@ -99,6 +99,35 @@ def test_a_child_takes_the_torch_thread_count_it_sets_as_a_fresh_process_does():
     assert out.stdout.split()[-1] == "1"
 
 
+EXIT_AS_THE_INTERPRETER = """
+import atexit, os, runpy, sys, threading, time
+from swarmllm.harness import zygote
+
+def command(*args, **kwargs):  # stands for swarmllm.cli: leaves work to a thread and to atexit
+    def late():
+        time.sleep(0.5)
+        print("thread done")
+    threading.Thread(target=late).start()
+    atexit.register(print, "atexit ran")
+    sys.stdout.write("no newline")
+
+runpy.run_module = command
+pid = os.fork()
+if pid == 0:
+    zygote._child({"args": [], "env": dict(os.environ), "log": sys.argv[1], "cwd": os.getcwd()}, None, {})
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_exits_as_the_interpreter_does(tmp_path):
+    """Its command's non-daemon threads are waited for, atexit functions run, output is flushed."""
+    log = tmp_path / "child.log"
+    out = subprocess.run([sys.executable, "-c", EXIT_AS_THE_INTERPRETER, str(log)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "0", out.stderr
+    assert log.read_text().splitlines() == ["no newlinethread done", "atexit ran"]
+
+
 def test_children_die_with_the_zygote(tmp_path):
     z = Zygote()
     env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home")}

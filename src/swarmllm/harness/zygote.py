@@ -203,10 +203,28 @@ def _child(request: dict, with_parent, dispositions: dict[int, object]) -> None:
             code = 1
     finally:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _shut_down_as_the_interpreter_does()
         finally:
             os._exit(code)
+
+
+def _shut_down_as_the_interpreter_does() -> None:
+    """What Python does after `__main__` ends, before the process exits: wait for non-daemon threads
+    (and run what threading._register_atexit holds, e.g. concurrent.futures joining its workers), run
+    the atexit functions, flush stdout and stderr. os._exit alone would cut all of that short."""
+    import atexit
+
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:  # a Ctrl-C while waiting, as at a real interpreter's exit: stop waiting
+        pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
 
 
 def _preload() -> None:
