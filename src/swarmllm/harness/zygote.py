@@ -36,9 +36,14 @@ from typing import Optional
 from swarmllm.lifeline import die_with_parent
 
 # What the children read when their modules are imported, which happens once, in the zygote.
-ZYGOTE_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
-              "TORCH_NUM_THREADS", "HIVEMIND_LOGLEVEL", "LD_PRELOAD", "LD_LIBRARY_PATH")
-IMPORT_DEFAULTS = {"HIVEMIND_LOGLEVEL": "WARNING"}  # what swarm/node.py sets when it is unset
+# (hivemind reads its HIVEMIND_* and the two others at import, MKL its settings when it starts.)
+ZYGOTE_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "MKL_CBWR",
+              "TORCH_NUM_THREADS", "HIVEMIND_LOGLEVEL", "HIVEMIND_COLORS", "HIVEMIND_ALWAYS_LOG_CALLER",
+              "HIVEMIND_DHT_NUM_WORKERS", "HIVEMIND_MEMORY_SHARING_STRATEGY", "USE_LEGACY_BFLOAT16",
+              "QUANTIZATION_THREADS", "LD_PRELOAD", "LD_LIBRARY_PATH")
+# What an unset variable amounts to in a child: swarm/node.py sets HIVEMIND_LOGLEVEL when it is unset; hivemind
+# colours its log when stderr is a terminal, which a child's log file never is (the zygote's stderr may be).
+IMPORT_DEFAULTS = {"HIVEMIND_LOGLEVEL": "WARNING", "HIVEMIND_COLORS": "0"}
 PRELOAD = ("torch", "numpy", "swarmllm.swarm.hivemind_core", "hivemind.dht.node", "hivemind.p2p", "pydantic",
            "cryptography.hazmat.primitives.asymmetric.ed25519", "psutil", "gguf")  # not swarmllm.cli: it runs as __main__
 
@@ -84,6 +89,7 @@ class Zygote:
     def __init__(self) -> None:
         self.env = {k: v for k, v in os.environ.items()}
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as LocalSwarm gives its nodes
+        self.env.setdefault("HIVEMIND_COLORS", IMPORT_DEFAULTS["HIVEMIND_COLORS"])
         self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       env=self.env, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         self._spawn_lock = threading.Lock()
@@ -178,6 +184,8 @@ def _child(request: dict, with_parent, dispositions: dict[int, object]) -> None:
             if signal.getsignal(sig) is not handler:
                 signal.signal(sig, handler)
         os.chdir(request["cwd"])
+        if not getattr(sys.flags, "safe_path", False):  # `python -m` looks first in its working folder
+            sys.path[0] = request["cwd"]
         os.environ.clear()
         os.environ.update(request["env"])
         import random
