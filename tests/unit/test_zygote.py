@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 
 import psutil
 import pytest
@@ -126,6 +129,28 @@ def test_a_child_exits_as_the_interpreter_does(tmp_path):
                          timeout=120)
     assert out.returncode == 0 and out.stdout.split()[-1] == "0", out.stderr
     assert log.read_text().splitlines() == ["no newlinethread done", "atexit ran"]
+
+
+def test_a_child_given_an_earlier_childs_pid_is_not_taken_for_that_one_ended():
+    """pids are reused (pid_max 32768 here; a suite run goes round it): the zygote reports an end before it
+    forks a later child that gets the same pid, and that child is running until its own end is reported."""
+    z = Zygote.__new__(Zygote)  # its bookkeeping only, fed the zygote's reports through a pipe
+    z.changed, z._running, z._spawned, z.closed = threading.Condition(), {}, [], False
+    read_end, write_end = os.pipe()
+    z._proc = types.SimpleNamespace(stdout=open(read_end, "rb"))
+    reader = threading.Thread(target=z._read, daemon=True)
+    reader.start()
+    reports = open(write_end, "wb", buffering=0)
+    for message in ({"pid": 4242}, {"exit": 4242, "code": -9}, {"pid": 4242}):
+        reports.write((json.dumps(message) + "\n").encode())
+    with z.changed:
+        assert z.changed.wait_for(lambda: len(z._spawned) == 2, 10)
+    old, new = z._spawned
+    assert old.poll() == -signal.SIGKILL and new.poll() is None
+    reports.write(b'{"exit": 4242, "code": 0}\n')
+    assert new.wait(10) == 0
+    reports.close()
+    reader.join(10)
 
 
 def test_children_die_with_the_zygote(tmp_path):

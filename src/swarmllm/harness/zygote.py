@@ -53,16 +53,18 @@ def enabled() -> bool:
 
 
 class ZygoteProcess:
-    """The part of subprocess.Popen that ManagedProcess uses, for a child of the zygote."""
+    """The part of subprocess.Popen that ManagedProcess uses, for a child of the zygote. Its return code is
+    set by the zygote's report of its end; its pid may be reused by a later child after that."""
 
     def __init__(self, owner: "Zygote", pid: int):
         self._owner, self.pid = owner, pid
         self.returncode: Optional[int] = None
 
     def poll(self) -> Optional[int]:
-        if self.returncode is None:
-            self.returncode = self._owner.exit_code(self.pid)
-        return self.returncode
+        with self._owner.changed:
+            if self.returncode is None and self._owner.closed:
+                self.returncode = -signal.SIGKILL  # the zygote died without reporting it: it died with the zygote
+            return self.returncode
 
     def wait(self, timeout: Optional[float] = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -94,8 +96,11 @@ class Zygote:
                                       env=self.env, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         self._spawn_lock = threading.Lock()
         self.changed = threading.Condition()
-        self._exits: dict[int, int] = {}
-        self._pids: list[int] = []
+        # Children by pid while they run. Not a table of exit codes by pid: pids are reused (pid_max is
+        # 32768 here, and a suite run goes round it), and a new child must not inherit an old one's end.
+        self._running: dict[int, ZygoteProcess] = {}
+        self._spawned: list[ZygoteProcess] = []
+        self.closed = False  # the zygote's output ended: every report it made has been read
         self._reader = threading.Thread(target=self._read, name="zygote-reader", daemon=True)
         self._reader.start()
 
@@ -106,33 +111,40 @@ class Zygote:
 
     def spawn(self, args: list[str], env: dict, log_path: Path, cwd: Optional[str] = None) -> ZygoteProcess:
         request = {"args": list(args), "env": dict(env), "log": str(log_path), "cwd": cwd or os.getcwd()}
-        with self._spawn_lock, self.changed:
-            before = len(self._pids)
-            self._proc.stdin.write((json.dumps(request) + "\n").encode())
-            self._proc.stdin.flush()
-            while len(self._pids) == before:
-                if self._proc.poll() is not None:
-                    raise RuntimeError("the harness's zygote process died")
-                self.changed.wait(1.0)
-            return ZygoteProcess(self, self._pids[-1])
-
-    def exit_code(self, pid: int) -> Optional[int]:
-        with self.changed:
-            if pid in self._exits:
-                return self._exits[pid]
-            return -signal.SIGKILL if self._proc.poll() is not None else None  # the zygote died: so did they
+        with self._spawn_lock:
+            with self.changed:
+                before = len(self._spawned)
+            try:
+                self._proc.stdin.write((json.dumps(request) + "\n").encode())
+                self._proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                raise RuntimeError("the harness's zygote process died") from None
+            with self.changed:
+                while len(self._spawned) == before:
+                    if self.closed:
+                        raise RuntimeError("the harness's zygote process died")
+                    self.changed.wait(1.0)
+                return self._spawned[before]
 
     def _read(self) -> None:
-        for line in self._proc.stdout:
-            message = json.loads(line)
+        """Reports arrive in order: a child's end before any later child that reuses its pid is forked."""
+        try:
+            for line in self._proc.stdout:
+                message = json.loads(line)
+                with self.changed:
+                    if "pid" in message:
+                        child = ZygoteProcess(self, message["pid"])
+                        self._running[child.pid] = child
+                        self._spawned.append(child)
+                    else:
+                        child = self._running.pop(message["exit"], None)
+                        if child is not None:
+                            child.returncode = message["code"]
+                    self.changed.notify_all()
+        finally:
             with self.changed:
-                if "pid" in message:
-                    self._pids.append(message["pid"])
-                else:
-                    self._exits[message["exit"]] = message["code"]
+                self.closed = True
                 self.changed.notify_all()
-        with self.changed:
-            self.changed.notify_all()
 
 
 _zygote: Optional[Zygote] = None
