@@ -9,14 +9,25 @@ dies with the zygote, which dies with the process that started it (lifeline.py's
     process = zygote().spawn(["serve", "--model", ...], env, log_path)   # a Popen-like handle
 
 Only commands whose environment agrees with the zygote's on what is read at import time (ZYGOTE_ENV:
-PYTHONPATH, OpenMP and torch settings) are forked; `ManagedProcess` starts the others, and everything
-else, with subprocess as before. It is on only where SWARMLLM_ZYGOTE=1 (an experiment, off in the test
-suite: with it, a 3-node swarm starts in ~5 s instead of ~11 on 2 cores, but the suite's chaos run and
-several e2e tests failed in one full run, for reasons not yet found; tests/unit/test_zygote.py passes).
+PYTHONPATH, OpenMP, MKL, torch and hivemind settings) are forked; `ManagedProcess` starts the others,
+and everything else, with subprocess as before. It is on where SWARMLLM_ZYGOTE=1, which the test suite
+sets (tests/conftest.py; SWARMLLM_ZYGOTE=0 turns it off): a 3-node swarm starts in ~5 s instead of ~11
+on 2 cores.
 
-The zygote is single-threaded (forking a process with threads can leave a lock held in the child):
-it reads one JSON request per line on stdin, forks, answers {"pid": N}, and reports each child's end
-as {"exit": N, "code": C} (negative: killed by that signal), waking on SIGCHLD through a pipe.
+What a child must not inherit from the zygote (the first two made tests fail before they were fixed):
+- signal dispositions other than a fresh interpreter's (`_signal_dispositions`): with SIGPIPE at its
+  default, a node writing to a killed peer's stream died of it (the chaos run's "crashed by others");
+- torch's after-fork hook (`_preload`): it fixed the child's main-thread OpenMP count before the node's
+  `--num-threads`, so forked nodes announced another compute class than fresh ones (the liars) and
+  verification chose colluders as each other's witnesses;
+- the ends of earlier children: pids are reused within a suite run (pid_max 32768), so a child's end
+  is recorded on its own handle, not by pid.
+A child also ends as the interpreter would (non-daemon threads, atexit, flush), not by os._exit alone.
+
+The zygote runs one thread (numpy's OpenBLAS worker is shut down by OpenBLAS's own fork handler), as
+forking a process with threads can leave a lock held in the child: it reads one JSON request per line
+on stdin, forks, answers {"pid": N}, and reports each child's end as {"exit": N, "code": C} (negative:
+killed by that signal), waking on SIGCHLD through a pipe; an end is always reported before a later fork.
 Standard library only on the caller's side.
 """
 
