@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 
 import psutil
 import pytest
@@ -51,6 +54,103 @@ def test_exit_codes_and_signals_are_reported(zygote, tmp_path):
     with pytest.raises(subprocess.TimeoutExpired):
         zygote.spawn(["bootstrap", "--port", "0", "--no-lan", "--host", "127.0.0.1"], env,
                      tmp_path / "c.log").wait(0.5)
+
+
+def _ignored_signals(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+
+
+def test_a_child_ignores_the_signals_a_fresh_interpreter_ignores(zygote, tmp_path):
+    """Python starts with SIGPIPE (and SIGXFSZ) ignored: a child with SIGPIPE at its default died
+    of the first write to a stream whose peer had been killed (the chaos run's nodes did)."""
+    env = {**os.environ, "SWARMLLM_HOME": str(tmp_path / "home")}
+    child = zygote.spawn(["bootstrap", "--port", "0", "--no-lan", "--host", "127.0.0.1"], env, tmp_path / "b.log")
+    fresh = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(1)
+        assert child.poll() is None, (tmp_path / "b.log").read_text()
+        assert _ignored_signals(child.pid) & (1 << (signal.SIGPIPE - 1))
+        assert _ignored_signals(child.pid) == _ignored_signals(fresh.pid)
+    finally:
+        fresh.kill()
+        child.kill()
+        child.wait(30)
+        fresh.wait(10)
+
+
+TORCH_THREADS_AFTER_FORK = """
+import os, threading
+from swarmllm.harness.zygote import _preload
+_preload()
+import torch
+pid = os.fork()
+if pid == 0:  # as a node: --num-threads set from its loading thread, then compute on its main thread
+    loader = threading.Thread(target=torch.set_num_threads, args=(1,))
+    loader.start()
+    loader.join()
+    os._exit(torch.get_num_threads())
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_takes_the_torch_thread_count_it_sets_as_a_fresh_process_does():
+    """A fresh process's main thread takes the count set from another thread at its first torch op;
+    torch's own after-fork hook would fix it at the default in the zygote's children."""
+    out = subprocess.run([sys.executable, "-c", TORCH_THREADS_AFTER_FORK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"
+
+
+EXIT_AS_THE_INTERPRETER = """
+import atexit, os, runpy, sys, threading, time
+from swarmllm.harness import zygote
+
+def command(*args, **kwargs):  # stands for swarmllm.cli: leaves work to a thread and to atexit
+    def late():
+        time.sleep(0.5)
+        print("thread done")
+    threading.Thread(target=late).start()
+    atexit.register(print, "atexit ran")
+    sys.stdout.write("no newline")
+
+runpy.run_module = command
+pid = os.fork()
+if pid == 0:
+    zygote._child({"args": [], "env": dict(os.environ), "log": sys.argv[1], "cwd": os.getcwd()}, None, {})
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_exits_as_the_interpreter_does(tmp_path):
+    """Its command's non-daemon threads are waited for, atexit functions run, output is flushed."""
+    log = tmp_path / "child.log"
+    out = subprocess.run([sys.executable, "-c", EXIT_AS_THE_INTERPRETER, str(log)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "0", out.stderr
+    assert log.read_text().splitlines() == ["no newlinethread done", "atexit ran"]
+
+
+def test_a_child_given_an_earlier_childs_pid_is_not_taken_for_that_one_ended():
+    """pids are reused (pid_max 32768 here; a suite run goes round it): the zygote reports an end before it
+    forks a later child that gets the same pid, and that child is running until its own end is reported."""
+    z = Zygote.__new__(Zygote)  # its bookkeeping only, fed the zygote's reports through a pipe
+    z.changed, z._running, z._spawned, z.closed = threading.Condition(), {}, [], False
+    read_end, write_end = os.pipe()
+    z._proc = types.SimpleNamespace(stdout=open(read_end, "rb"))
+    reader = threading.Thread(target=z._read, daemon=True)
+    reader.start()
+    reports = open(write_end, "wb", buffering=0)
+    for message in ({"pid": 4242}, {"exit": 4242, "code": -9}, {"pid": 4242}):
+        reports.write((json.dumps(message) + "\n").encode())
+    with z.changed:
+        assert z.changed.wait_for(lambda: len(z._spawned) == 2, 10)
+    old, new = z._spawned
+    assert old.poll() == -signal.SIGKILL and new.poll() is None
+    reports.write(b'{"exit": 4242, "code": 0}\n')
+    assert new.wait(10) == 0
+    reports.close()
+    reader.join(10)
 
 
 def test_children_die_with_the_zygote(tmp_path):

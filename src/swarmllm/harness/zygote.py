@@ -9,14 +9,25 @@ dies with the zygote, which dies with the process that started it (lifeline.py's
     process = zygote().spawn(["serve", "--model", ...], env, log_path)   # a Popen-like handle
 
 Only commands whose environment agrees with the zygote's on what is read at import time (ZYGOTE_ENV:
-PYTHONPATH, OpenMP and torch settings) are forked; `ManagedProcess` starts the others, and everything
-else, with subprocess as before. It is on only where SWARMLLM_ZYGOTE=1 (an experiment, off in the test
-suite: with it, a 3-node swarm starts in ~5 s instead of ~11 on 2 cores, but the suite's chaos run and
-several e2e tests failed in one full run, for reasons not yet found; tests/unit/test_zygote.py passes).
+PYTHONPATH, OpenMP, MKL, torch and hivemind settings) are forked; `ManagedProcess` starts the others,
+and everything else, with subprocess as before. It is on where SWARMLLM_ZYGOTE=1, which the test suite
+sets (tests/conftest.py; SWARMLLM_ZYGOTE=0 turns it off): a 3-node swarm starts in ~5 s instead of ~11
+on 2 cores.
 
-The zygote is single-threaded (forking a process with threads can leave a lock held in the child):
-it reads one JSON request per line on stdin, forks, answers {"pid": N}, and reports each child's end
-as {"exit": N, "code": C} (negative: killed by that signal), waking on SIGCHLD through a pipe.
+What a child must not inherit from the zygote (the first two made tests fail before they were fixed):
+- signal dispositions other than a fresh interpreter's (`_signal_dispositions`): with SIGPIPE at its
+  default, a node writing to a killed peer's stream died of it (the chaos run's "crashed by others");
+- torch's after-fork hook (`_preload`): it fixed the child's main-thread OpenMP count before the node's
+  `--num-threads`, so forked nodes announced another compute class than fresh ones (the liars) and
+  verification chose colluders as each other's witnesses;
+- the ends of earlier children: pids are reused within a suite run (pid_max 32768), so a child's end
+  is recorded on its own handle, not by pid.
+A child also ends as the interpreter would (non-daemon threads, atexit, flush), not by os._exit alone.
+
+The zygote runs one thread (numpy's OpenBLAS worker is shut down by OpenBLAS's own fork handler), as
+forking a process with threads can leave a lock held in the child: it reads one JSON request per line
+on stdin, forks, answers {"pid": N}, and reports each child's end as {"exit": N, "code": C} (negative:
+killed by that signal), waking on SIGCHLD through a pipe; an end is always reported before a later fork.
 Standard library only on the caller's side.
 """
 
@@ -36,9 +47,14 @@ from typing import Optional
 from swarmllm.lifeline import die_with_parent
 
 # What the children read when their modules are imported, which happens once, in the zygote.
-ZYGOTE_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
-              "TORCH_NUM_THREADS", "HIVEMIND_LOGLEVEL", "LD_PRELOAD", "LD_LIBRARY_PATH")
-IMPORT_DEFAULTS = {"HIVEMIND_LOGLEVEL": "WARNING"}  # what swarm/node.py sets when it is unset
+# (hivemind reads its HIVEMIND_* and the two others at import, MKL its settings when it starts.)
+ZYGOTE_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "MKL_CBWR",
+              "TORCH_NUM_THREADS", "HIVEMIND_LOGLEVEL", "HIVEMIND_COLORS", "HIVEMIND_ALWAYS_LOG_CALLER",
+              "HIVEMIND_DHT_NUM_WORKERS", "HIVEMIND_MEMORY_SHARING_STRATEGY", "USE_LEGACY_BFLOAT16",
+              "QUANTIZATION_THREADS", "LD_PRELOAD", "LD_LIBRARY_PATH")
+# What an unset variable amounts to in a child: swarm/node.py sets HIVEMIND_LOGLEVEL when it is unset; hivemind
+# colours its log when stderr is a terminal, which a child's log file never is (the zygote's stderr may be).
+IMPORT_DEFAULTS = {"HIVEMIND_LOGLEVEL": "WARNING", "HIVEMIND_COLORS": "0"}
 PRELOAD = ("torch", "numpy", "swarmllm.swarm.hivemind_core", "hivemind.dht.node", "hivemind.p2p", "pydantic",
            "cryptography.hazmat.primitives.asymmetric.ed25519", "psutil", "gguf")  # not swarmllm.cli: it runs as __main__
 
@@ -48,16 +64,18 @@ def enabled() -> bool:
 
 
 class ZygoteProcess:
-    """The part of subprocess.Popen that ManagedProcess uses, for a child of the zygote."""
+    """The part of subprocess.Popen that ManagedProcess uses, for a child of the zygote. Its return code is
+    set by the zygote's report of its end; its pid may be reused by a later child after that."""
 
     def __init__(self, owner: "Zygote", pid: int):
         self._owner, self.pid = owner, pid
         self.returncode: Optional[int] = None
 
     def poll(self) -> Optional[int]:
-        if self.returncode is None:
-            self.returncode = self._owner.exit_code(self.pid)
-        return self.returncode
+        with self._owner.changed:
+            if self.returncode is None and self._owner.closed:
+                self.returncode = -signal.SIGKILL  # the zygote died without reporting it: it died with the zygote
+            return self.returncode
 
     def wait(self, timeout: Optional[float] = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -84,12 +102,16 @@ class Zygote:
     def __init__(self) -> None:
         self.env = {k: v for k, v in os.environ.items()}
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as LocalSwarm gives its nodes
+        self.env.setdefault("HIVEMIND_COLORS", IMPORT_DEFAULTS["HIVEMIND_COLORS"])
         self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       env=self.env, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         self._spawn_lock = threading.Lock()
         self.changed = threading.Condition()
-        self._exits: dict[int, int] = {}
-        self._pids: list[int] = []
+        # Children by pid while they run. Not a table of exit codes by pid: pids are reused (pid_max is
+        # 32768 here, and a suite run goes round it), and a new child must not inherit an old one's end.
+        self._running: dict[int, ZygoteProcess] = {}
+        self._spawned: list[ZygoteProcess] = []
+        self.closed = False  # the zygote's output ended: every report it made has been read
         self._reader = threading.Thread(target=self._read, name="zygote-reader", daemon=True)
         self._reader.start()
 
@@ -100,33 +122,40 @@ class Zygote:
 
     def spawn(self, args: list[str], env: dict, log_path: Path, cwd: Optional[str] = None) -> ZygoteProcess:
         request = {"args": list(args), "env": dict(env), "log": str(log_path), "cwd": cwd or os.getcwd()}
-        with self._spawn_lock, self.changed:
-            before = len(self._pids)
-            self._proc.stdin.write((json.dumps(request) + "\n").encode())
-            self._proc.stdin.flush()
-            while len(self._pids) == before:
-                if self._proc.poll() is not None:
-                    raise RuntimeError("the harness's zygote process died")
-                self.changed.wait(1.0)
-            return ZygoteProcess(self, self._pids[-1])
-
-    def exit_code(self, pid: int) -> Optional[int]:
-        with self.changed:
-            if pid in self._exits:
-                return self._exits[pid]
-            return -signal.SIGKILL if self._proc.poll() is not None else None  # the zygote died: so did they
+        with self._spawn_lock:
+            with self.changed:
+                before = len(self._spawned)
+            try:
+                self._proc.stdin.write((json.dumps(request) + "\n").encode())
+                self._proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                raise RuntimeError("the harness's zygote process died") from None
+            with self.changed:
+                while len(self._spawned) == before:
+                    if self.closed:
+                        raise RuntimeError("the harness's zygote process died")
+                    self.changed.wait(1.0)
+                return self._spawned[before]
 
     def _read(self) -> None:
-        for line in self._proc.stdout:
-            message = json.loads(line)
+        """Reports arrive in order: a child's end before any later child that reuses its pid is forked."""
+        try:
+            for line in self._proc.stdout:
+                message = json.loads(line)
+                with self.changed:
+                    if "pid" in message:
+                        child = ZygoteProcess(self, message["pid"])
+                        self._running[child.pid] = child
+                        self._spawned.append(child)
+                    else:
+                        child = self._running.pop(message["exit"], None)
+                        if child is not None:
+                            child.returncode = message["code"]
+                    self.changed.notify_all()
+        finally:
             with self.changed:
-                if "pid" in message:
-                    self._pids.append(message["pid"])
-                else:
-                    self._exits[message["exit"]] = message["code"]
+                self.closed = True
                 self.changed.notify_all()
-        with self.changed:
-            self.changed.notify_all()
 
 
 _zygote: Optional[Zygote] = None
@@ -143,7 +172,22 @@ def zygote() -> Zygote:
 
 
 # --- the zygote process ---------------------------------------------------------------------
-def _child(request: dict, with_parent) -> None:
+def _signal_dispositions() -> dict[int, object]:
+    """Every signal's handler as this interpreter has it now: in the zygote, before it installs its own,
+    what a fresh `python -m swarmllm.cli` also starts with (SIGPIPE and SIGXFSZ ignored, SIGINT raising
+    KeyboardInterrupt, plus whatever the preloaded modules set)."""
+    dispositions = {}
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+        except (OSError, ValueError):
+            continue
+        if handler is not None:  # None: set outside Python, left as it is
+            dispositions[sig] = handler
+    return dispositions
+
+
+def _child(request: dict, with_parent, dispositions: dict[int, object]) -> None:
     """In the forked child: become the command, as `python -m swarmllm.cli ARGS` would be."""
     code = 1
     try:
@@ -157,9 +201,14 @@ def _child(request: dict, with_parent) -> None:
         os.dup2(log, 2)
         os.closerange(3, 4096)
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, handler in dispositions.items():
+            # Not SIG_DFL for all: with SIGPIPE at its default, a write to a peer that went away (a
+            # killed node's stream) kills the writer, where Python ignores it and raises BrokenPipeError.
+            if signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
         os.chdir(request["cwd"])
+        if not getattr(sys.flags, "safe_path", False):  # `python -m` looks first in its working folder
+            sys.path[0] = request["cwd"]
         os.environ.clear()
         os.environ.update(request["env"])
         import random
@@ -185,20 +234,64 @@ def _child(request: dict, with_parent) -> None:
             code = 1
     finally:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _shut_down_as_the_interpreter_does()
         finally:
             os._exit(code)
 
 
-def _serve() -> None:
+def _shut_down_as_the_interpreter_does() -> None:
+    """What Python does after `__main__` ends, before the process exits: wait for non-daemon threads
+    (and run what threading._register_atexit holds, e.g. concurrent.futures joining its workers), run
+    the atexit functions, flush stdout and stderr. os._exit alone would cut all of that short."""
+    import atexit
+
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    except BaseException:  # a Ctrl-C while waiting, as at a real interpreter's exit: stop waiting
+        pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _preload() -> None:
+    """Import PRELOAD, without torch's after-fork hook.
+
+    torch registers `torch.get_num_threads` to run in every forked child (for children of a parent
+    whose OpenMP pool already ran; the zygote never runs a torch op). That call fixes the forking
+    thread's OpenMP thread count at the default, and the forking thread is the child's main thread:
+    the `--num-threads` a node then sets from its loading thread never reaches it, so its event
+    loop's compute ran with 2 threads where a fresh process uses 1, and it announced another compute
+    class (runtime/compute_class.py). Witnesses are chosen by class, so in the colluding-liars test the
+    forked honest nodes lost their turn to a colluder of the fresh processes' class."""
     import importlib
 
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    register = os.register_at_fork
+
+    def register_all_but_torch_threads(**hooks) -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and hooks.get("after_in_child") is getattr(torch, "get_num_threads", None):
+            return
+        register(**hooks)
+
+    os.register_at_fork = register_all_but_torch_threads
+    try:
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+    finally:
+        os.register_at_fork = register
+
+
+def _serve() -> None:
+    _preload()
+    dispositions = _signal_dispositions()  # before the zygote's own SIGCHLD handler below
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -230,7 +323,7 @@ def _serve() -> None:
                 line, pending = pending.split(b"\n", 1)
                 pid = os.fork()
                 if pid == 0:
-                    _child(json.loads(line), with_parent)
+                    _child(json.loads(line), with_parent, dispositions)
                 out.write((json.dumps({"pid": pid}) + "\n").encode())
                 out.flush()
 
