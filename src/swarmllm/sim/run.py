@@ -74,6 +74,7 @@ def simulate(scenario: Scenario | dict) -> dict[str, Any]:
                         acceptance=decoding.get("speculative_acceptance"), verify=decoding.get("verify") == "sample",
                         wire=decoding.get("wire", "bfloat16"))
     sessions.draft_share = decoding.get("speculative_draft_share", 1.0)
+    sessions.bursty = decoding.get("speculative_bursty", False)
     for failure in s.failures:   # scripted departures: at a time, or when the first session has so many tokens
         how = failure.get("how", "kill")
         if "at_s" in failure:

@@ -98,6 +98,7 @@ FAILURE = {"at_s": (int, float), "after_tokens": int, "node": int, "hop": int, "
 SERVER = {"batching": bool, "max_batch": int, "announce_period_s": (int, float), "record_ttl_s": (int, float),
           "rebalance_period_s": (int, float)}
 DECODING = {"ring": bool, "speculative_acceptance": (int, float, type(None)), "speculative_draft_share": (int, float),
+            "speculative_bursty": bool,
             "verify": (str, bool), "wire": str}
 PROFILE = {"decode_by_batch": dict, "prefill_per_position": (int, float), "head_per_position": (int, float),
            "steps_by_positions": dict}

@@ -10,7 +10,7 @@ within the 3 s ping timeout and is backed off), then runs steps:
 - plain: client -> hop 1 -> ... -> hop k -> client; the client runs the LM head and sampling, then
   sends the next token. Speculative decoding (plain only) sends a draft of DraftLength.k tokens
   with the last one; each draft token is accepted with the scenario's acceptance rate until the
-  first rejection.
+  first rejection (or, `speculative_bursty`, the whole draft with that probability: n-gram drafts).
 - ring: the last server runs the head, sends the token to the first server and streams it to the
   client, which stays out of the loop.
 
@@ -50,7 +50,8 @@ class SimClient:
     place: Place
     host: Host
     hardware: Hardware                      # where the client's own embedding and LM head run
-    step_overhead: float = 0.0              # s of client-side work per step besides the head (framing, asyncio)
+    step_overhead: float = 0.0              # s per step of the chain's own software path (event loops, framing,
+                                            # daemons: fitted by benchmarks/sim_calibration.py), plain and ring
     estimates: SpeedEstimates = field(default_factory=SpeedEstimates)
     rtts: dict[str, float] = field(default_factory=dict)
     opened: dict[str, int] = field(default_factory=dict)
@@ -201,8 +202,9 @@ class SimSession:
         if index + 1 < len(self.chain):
             delay = self.sim.message(node.place, self._node(index + 1).place, self.step_positions)
             self.sim.loop.after(delay, self._arrive, step, index + 1)
-        elif self.sim.ring:
+        elif self.sim.ring and self.out.first_token is not None:
             # The ring's last server samples, streams the token to the client and feeds the first server.
+            # (The prompt's step returns to the client, which samples the first token and starts the ring.)
             threads = node.hardware.threads
             head = node.host.start(threads, node.hardware.head_seconds(self.sim.shape, 1))
             self.sim.loop.after(head, self._ring_next, step, node, threads)
@@ -225,7 +227,8 @@ class SimSession:
         self.step_id += 1
         self.sent_at, self.step_positions = self.sim.loop.now, 1
         step = self.step_id
-        self.sim.loop.after(self.sim.message(last.place, self._node(0).place, 1), self._arrive, step, 0)
+        self.sim.loop.after(self.client.step_overhead + self.sim.message(last.place, self._node(0).place, 1),
+                            self._arrive, step, 0)
         self.sim.loop.after(self.timeouts.step(1), self._timeout, step)
 
     def _token_at_client(self, tokens: int) -> None:
@@ -245,12 +248,14 @@ class SimSession:
             return
         client = self.client
         rows = self.step_positions if self.draft is not None and self.out.first_token is not None else 1
-        alone = client.hardware.head_seconds(self.sim.shape, rows) + client.step_overhead
-        seconds = client.host.start(client.hardware.threads, alone)
-        self.sim.loop.after(seconds, self._sampled, step)
+        seconds = client.host.start(client.hardware.threads, client.hardware.head_seconds(self.sim.shape, rows))
+        self.sim.loop.after(seconds, self._head_done, step)
+
+    def _head_done(self, step: int) -> None:
+        self.client.host.done(self.client.hardware.threads)
+        self.sim.loop.after(self.client.step_overhead, self._sampled, step)   # latency, on no modelled core
 
     def _sampled(self, step: int) -> None:
-        self.client.host.done(self.client.hardware.threads)
         if step != self.step_id or self.done:
             return
         self.position += self.step_positions
@@ -259,8 +264,11 @@ class SimSession:
         if self.draft is not None and self.out.first_token is not None and self.step_positions > 1:
             drafted = self.step_positions - 1
             accepted = 0
-            while accepted < drafted and self.sim.rng.random() < self.sim.acceptance:
-                accepted += 1
+            if self.sim.bursty:      # an n-gram draft copies a span: all of it fits, or it fails early
+                accepted = drafted if self.sim.rng.random() < self.sim.acceptance else 0
+            else:                    # each draft token with the acceptance rate, until the first miss
+                while accepted < drafted and self.sim.rng.random() < self.sim.acceptance:
+                    accepted += 1
             self.draft.update(drafted, accepted)
             tokens = accepted + 1
             self.position -= drafted - accepted      # rejected draft positions are rolled back
@@ -268,6 +276,8 @@ class SimSession:
         self._emit(tokens)
         if self.done:
             return
+        if self.sim.ring:
+            self.produced = len(self.out.token_times)   # the ring samples the rest
         remaining = self.out.new_tokens - len(self.out.token_times)
         if self.draft is not None and self.sim.rng.random() < self.sim.draft_share:
             k = max(0, min(self.draft.k, remaining - 1))
@@ -455,6 +465,7 @@ class Sessions:
         self.shape = swarm.shape
         self.ring, self.acceptance, self.verify, self.wire = ring, acceptance, verify, wire
         self.max_failovers = max_failovers
+        self.bursty = False                # speculative acceptance all or nothing per round (n-gram drafts)
         self.draft_share = 1.0             # the share of steps that carry a draft (an n-gram drafter has none
         self.on_token = []                 # ... where the text does not repeat itself)
         self.active: dict[int, SimSession] = {}
