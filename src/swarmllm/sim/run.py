@@ -154,7 +154,9 @@ def summarise(s: Scenario, swarm: SimSwarm, sessions: Sessions, samples, loop: L
     done = [o for o in counted if o.finished is not None and o.failed is None]
     failed = [o for o in counted if o.failed is not None]
     rates, ttfts, gaps, failover_seconds = [], [], [], []
-    for o in done:
+    for o in counted:   # every session started in the window, finished or not (a slow model's may all run on)
+        if o.failed is not None:
+            continue
         if o.first_token is not None:
             ttfts.append(o.first_token - o.created)
         if len(o.token_times) > 1:
