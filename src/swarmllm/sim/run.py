@@ -168,6 +168,7 @@ def summarise(s: Scenario, swarm: SimSwarm, sessions: Sessions, samples, loop: L
         "scenario": s.name,
         "seed": s.seed,
         "simulated_seconds": s.duration_s,
+        "warmup_s": s.warmup_s,
         "events": loop.events,
         "sessions": {"started": len(counted), "completed": len(done), "failed": len(failed),
                      "still_running": len(counted) - len(done) - len(failed),
