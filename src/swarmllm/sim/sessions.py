@@ -191,7 +191,6 @@ class SimSession:
                 self.sim.loop.after(self.sim.message(node.place, self.client.place, 0, True), self._failed, step,
                                     [index])
             return                  # a crash: silence, until the step's timeout
-        link = self.chain[index]
         job = Job(self.step_positions, self.position, lambda t: self._computed(step, index))
         self.sim.swarm.submit(node, job)
 
@@ -337,7 +336,7 @@ class SimSession:
         self.out.checks += len(jobs)
         pending, step = [len(jobs)], self.step_id
 
-        def checked(index: int, peer: str) -> None:
+        def checked() -> None:
             pending[0] -= 1
             if pending[0] == 0 and step == self.step_id and not self.done:
                 caught = [(i, p) for i, p, _, _ in jobs if self.sim.swarm.nodes[p].liar]
@@ -347,10 +346,9 @@ class SimSession:
                     self._failed(step, [i for i, _ in caught], rewind=True)
                 else:
                     then()
-        for index, peer, witness, positions in jobs:
-            job = Job(positions, end - positions, lambda t, i=index, p=peer: checked(i, p), kind="witness")
-            if not self.sim.swarm.submit(witness, job):
-                checked(index, peer)
+        for _, _, witness, positions in jobs:
+            if not self.sim.swarm.submit(witness, Job(positions, end - positions, lambda t: checked(), kind="witness")):
+                checked()
 
     def _judged(self, peer: str) -> None:
         now, client = self.sim.loop.now, self.client
