@@ -59,7 +59,7 @@ class Clients:
     region: Optional[str] = None
     host: Optional[str] = None
     hardware: str = "cpu-desktop"
-    step_overhead_ms: float = 0.5
+    step_overhead_ms: float = 0.5      # per step of the chain's software path, as latency (plain and ring)
     delay_ms: float = 0.0
     concurrency: Optional[int] = 1
     arrivals_per_s: Optional[float] = None

@@ -215,7 +215,7 @@ class SimSession:
         last.host.done(threads)
         if step != self.step_id or self.done:
             return
-        self.sim.loop.after(self.sim.message(last.place, self.client.place, 1, True), self._token_at_client, 1)
+        self.sim.loop.after(self.sim.message(last.place, self.client.place, 1, True), self._emit, 1)
         self._observe()
         self._check_hops(lambda: None)   # the ring does not wait for its checks (convict_ring_token later)
         self.position += self.step_positions
@@ -229,11 +229,6 @@ class SimSession:
         self.sim.loop.after(self.client.step_overhead + self.sim.message(last.place, self._node(0).place, 1),
                             self._arrive, step, 0)
         self.sim.loop.after(self.timeouts.step(1), self._timeout, step)
-
-    def _token_at_client(self, tokens: int) -> None:
-        if self.done:
-            return
-        self._emit(tokens)
 
     def _result(self, step: int) -> None:
         """The last hop's outputs reached the client: checks, head, sampling, the next step."""
@@ -283,6 +278,8 @@ class SimSession:
         self._send(1 + k)
 
     def _emit(self, tokens: int) -> None:
+        if self.done:
+            return
         now = self.sim.loop.now
         for _ in range(tokens):
             if len(self.out.token_times) >= self.out.new_tokens:
@@ -408,7 +405,7 @@ class SimSession:
         if step != self.step_id or self.done:
             return
         if chunk >= len(self.chunks):
-            self._resend()
+            self._send(self.step_positions)   # the failed step again, under a new step id
             return
         positions = self.chunks[chunk]
         context = sum(self.chunks[:chunk])
@@ -427,10 +424,6 @@ class SimSession:
             self.sim.swarm.submit(node, Job(positions, context, lambda t: self.sim.loop.after(
                 self.sim.message(node.place, after, positions), through, hop + 1), kind="replay"))
         through(index)
-
-    def _resend(self) -> None:
-        positions = self.step_positions
-        self._send(positions)
 
     def _finish(self, failed: Optional[str] = None) -> None:
         if self.done:
